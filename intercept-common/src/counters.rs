@@ -1,0 +1,130 @@
+//! The data path's counters: one name per thing, one index per counter in the per-CPU array
+//! [`crate::maps::COUNTERS`].
+
+/// Every per-CPU counter the XDP program keeps, in map order. The controller sums each index over
+/// all CPUs; `Count` is the number of counters (the map's size), never a counter itself.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Every frame the program saw.
+    Packets = 0,
+    /// IPv4 frames (after any VLAN tags) with a consistent header.
+    Ipv4,
+    /// IPv6 frames (after any VLAN tags) with a consistent header.
+    Ipv6,
+    /// Frames that carried one or two 802.1Q/802.1ad tags.
+    Vlan,
+    /// Well-formed TCP segments (IPv4 or IPv6).
+    Tcp,
+    /// TCP with SYN and without ACK or RST: a connection request.
+    Syn,
+    /// TCP with SYN and ACK, without RST.
+    SynAck,
+    /// TCP with ACK, without SYN or RST (includes data and FIN segments).
+    Ack,
+    /// TCP with RST.
+    Rst,
+    /// Anything that is not TCP: other EtherTypes (ARP, ...), other IP protocols (ICMP, UDP, ...).
+    NonTcp,
+    /// IP fragments (IPv4 MF/offset or an IPv6 fragment header): never parsed as TCP, passed.
+    Fragment,
+    /// Truncated or inconsistent headers (Ethernet, VLAN, IPv4 IHL/total length, IPv6 payload
+    /// length, TCP doff): passed untouched to the kernel, which drops them with its own counters.
+    Malformed,
+    /// Frames handed to the kernel stack (XDP_PASS), whatever their kind.
+    Passed,
+    /// Number of counters; not a counter.
+    Count,
+}
+
+impl Counter {
+    /// All counters, in map order.
+    pub const ALL: [Counter; Counter::Count as usize] = [
+        Counter::Packets,
+        Counter::Ipv4,
+        Counter::Ipv6,
+        Counter::Vlan,
+        Counter::Tcp,
+        Counter::Syn,
+        Counter::SynAck,
+        Counter::Ack,
+        Counter::Rst,
+        Counter::NonTcp,
+        Counter::Fragment,
+        Counter::Malformed,
+        Counter::Passed,
+    ];
+
+    /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Packets => "packets",
+            Counter::Ipv4 => "ipv4",
+            Counter::Ipv6 => "ipv6",
+            Counter::Vlan => "vlan",
+            Counter::Tcp => "tcp",
+            Counter::Syn => "syn",
+            Counter::SynAck => "syn_ack",
+            Counter::Ack => "ack",
+            Counter::Rst => "rst",
+            Counter::NonTcp => "non_tcp",
+            Counter::Fragment => "fragment",
+            Counter::Malformed => "malformed",
+            Counter::Passed => "passed",
+            Counter::Count => "count",
+        }
+    }
+
+    /// One line of help per counter, for `stats` and the metrics' `# HELP`.
+    #[must_use]
+    pub const fn help(self) -> &'static str {
+        match self {
+            Counter::Packets => "Frames seen by the XDP program",
+            Counter::Ipv4 => "Well-formed IPv4 frames",
+            Counter::Ipv6 => "Well-formed IPv6 frames",
+            Counter::Vlan => "Frames with one or two VLAN tags",
+            Counter::Tcp => "Well-formed TCP segments",
+            Counter::Syn => "TCP SYN (connection requests)",
+            Counter::SynAck => "TCP SYN-ACK",
+            Counter::Ack => "TCP ACK without SYN or RST",
+            Counter::Rst => "TCP RST",
+            Counter::NonTcp => "Frames that are not TCP",
+            Counter::Fragment => "IP fragments (passed, not parsed as TCP)",
+            Counter::Malformed => "Truncated or inconsistent headers (passed)",
+            Counter::Passed => "Frames passed to the kernel stack",
+            Counter::Count => "",
+        }
+    }
+
+    /// The counter with this name, if any.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Counter> {
+        Counter::ALL.iter().copied().find(|c| c.name() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counter;
+
+    #[test]
+    fn all_is_in_map_order_and_complete() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{c:?} is out of order in Counter::ALL");
+        }
+        assert_eq!(Counter::ALL.len(), Counter::Count as usize);
+    }
+
+    #[test]
+    fn names_are_unique_snake_case_and_round_trip() {
+        for c in Counter::ALL {
+            let n = c.name();
+            assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{n}");
+            assert!(n.as_bytes()[0].is_ascii_lowercase(), "{n}");
+            assert_eq!(Counter::from_name(n), Some(c));
+            assert!(!c.help().is_empty(), "{c:?} has no help");
+        }
+        assert_eq!(Counter::from_name("count"), None);
+    }
+}

@@ -1,0 +1,16 @@
+//! Types and pure logic shared by the XDP/TC data path (`intercept-ebpf`) and the controller
+//! (`intercept-ctl`). Everything here is `no_std`, allocation-free and written so the BPF verifier
+//! accepts it when inlined into a program: fixed-size reads, bounded loops, no recursion.
+//!
+//! What crosses the kernel/user line is `#[repr(C)]`, `Copy`, free of implicit padding, and its
+//! size is asserted next to its definition.
+#![cfg_attr(not(any(test, feature = "user")), no_std)]
+
+pub mod checksum;
+pub mod counters;
+pub mod maps;
+pub mod parse;
+#[cfg(any(test, feature = "user"))]
+pub mod craft;
+
+pub use counters::Counter;

@@ -1,0 +1,36 @@
+use intercept_ctl::loader::{self, AttachMode, Program};
+
+use super::{Ctx, print_json};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Interface to protect.
+    pub iface: String,
+    /// XDP mode: native (in the driver, default) or generic (slow fallback for drivers without
+    /// native XDP).
+    #[arg(long, value_enum, default_value = "native")]
+    pub xdp_mode: AttachMode,
+    /// Program: intercept (the protection) or pass (pass-through, for the far end of a veth that
+    /// must carry XDP_TX replies).
+    #[arg(long, value_enum, default_value = "intercept")]
+    pub program: Program,
+}
+
+pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
+    if a.xdp_mode == AttachMode::Generic {
+        eprintln!(
+            "intercept-ctl: warning: generic XDP runs after the kernel allocated the skb; it \
+             protects, but is several times slower than native"
+        );
+    }
+    let att = loader::attach(&a.iface, ctx.netns, a.program, a.xdp_mode)?;
+    if ctx.json {
+        print_json(&serde_json::to_value(&att)?);
+    } else {
+        println!(
+            "attached {} (id {}) to {} ({} XDP), pinned at {}",
+            att.program, att.program_id, att.interface, att.xdp_mode, att.pin_dir
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! One module per verb.
+pub mod attach;
+pub mod detach;
+pub mod lab;
+pub mod run;
+pub mod stats;
+
+/// What every verb gets from the global options.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    /// `--json`.
+    pub json: bool,
+    /// `--netns`.
+    pub netns: Option<&'a str>,
+}
+
+/// Prints a JSON value on stdout, one document per line.
+pub fn print_json(v: &serde_json::Value) {
+    println!("{v}");
+}

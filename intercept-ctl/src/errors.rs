@@ -1,0 +1,91 @@
+//! Errors a user can cause, each saying what to do next.
+use std::io;
+
+/// Failures the controller explains to the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The interface does not exist in this network namespace.
+    #[error("no network interface named '{iface}' here{ns}; list them with `ip link`")]
+    UnknownInterface {
+        /// Name given.
+        iface: String,
+        /// " (in netns X)" or "".
+        ns: String,
+    },
+    /// bpf() or netlink refused for lack of privileges.
+    #[error(
+        "{what}: permission denied; run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
+         (e.g. `sudo intercept-ctl ...`)"
+    )]
+    NoPrivilege {
+        /// What was attempted.
+        what: String,
+    },
+    /// The kernel has no BTF.
+    #[error(
+        "this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); xdp-intercept needs a \
+         kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf,
+    /// The kernel has no bpf() syscall.
+    #[error("this kernel has no bpf() syscall (CONFIG_BPF_SYSCALL=n); xdp-intercept needs BPF")]
+    NoBpf,
+    /// bpffs is not mounted where we pin.
+    #[error("{path} is not a bpf filesystem; mount it with `mount -t bpf bpf /sys/fs/bpf`")]
+    NoBpffs {
+        /// The directory checked.
+        path: String,
+    },
+    /// Already attached.
+    #[error(
+        "xdp-intercept is already attached to '{iface}' (pinned at {pin}); run `intercept-ctl \
+         detach {iface}` first"
+    )]
+    AlreadyAttached {
+        /// Interface.
+        iface: String,
+        /// Pin directory.
+        pin: String,
+    },
+    /// Not attached.
+    #[error("xdp-intercept is not attached to '{iface}' (nothing pinned at {pin}); attach it with `intercept-ctl attach {iface}`")]
+    NotAttached {
+        /// Interface.
+        iface: String,
+        /// Pin directory.
+        pin: String,
+    },
+    /// The named network namespace does not exist.
+    #[error("no network namespace named '{0}'; list them with `ip netns list`")]
+    UnknownNetns(String),
+}
+
+/// Turns low-level failures anywhere in `err`'s chain into a [`CtlError`] that says what to do;
+/// other errors are returned unchanged.
+#[must_use]
+pub fn explain(err: anyhow::Error, what: &str) -> anyhow::Error {
+    for cause in err.chain() {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            match io.raw_os_error() {
+                Some(libc::EPERM | libc::EACCES) => {
+                    return anyhow::Error::new(CtlError::NoPrivilege { what: what.to_owned() })
+                        .context(format!("{err:#}"));
+                }
+                Some(libc::ENOSYS) => return anyhow::Error::new(CtlError::NoBpf),
+                _ => {}
+            }
+        }
+    }
+    err
+}
+
+/// Checks the kernel features every verb that loads the object needs.
+///
+/// # Errors
+/// [`CtlError::NoBtf`] when the kernel has no BTF.
+pub fn probe_kernel() -> Result<(), CtlError> {
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(CtlError::NoBtf);
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! A lab of network namespaces: a server namespace and a client namespace joined by a veth pair,
+//! real kernel TCP on both ends, and a bounded spoofed-SYN flood sent with an AF_PACKET socket.
+//! Used by `intercept-ctl lab` (the default main job) and by the end-to-end tests.
+//!
+//! Addresses (RFC 2544 / RFC 3849 ranges only): server 198.18.0.1 and 2001:db8::1, client
+//! 198.18.0.2 and 2001:db8::2; spoofed flood sources in 198.19.0.0/16 and 2001:db8:1::/48, which
+//! the server routes back to the client namespace (where they die), so no packet leaves the lab.
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use intercept_common::{
+    craft::{Link, TcpSegment, linux_syn_options, tcp_frame},
+    parse::tcp_flags,
+};
+
+use crate::netns::{Netns, VethPair};
+
+/// Server address, IPv4.
+pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// Client address, IPv4.
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// Server address, IPv6.
+pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// Client address, IPv6.
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+
+/// Two namespaces joined by a veth pair; everything is deleted on drop.
+#[derive(Debug)]
+pub struct Lab {
+    /// The veth pair: `a` in the server namespace, `b` in the client namespace. Declared first
+    /// so it is dropped first (it dies with its namespaces anyway).
+    pub veth: VethPair,
+    /// Server namespace (the protected host).
+    pub server: Netns,
+    /// Client namespace (legitimate clients and the flood's source).
+    pub client: Netns,
+}
+
+impl Lab {
+    /// Builds the lab.
+    ///
+    /// # Errors
+    /// If namespaces or links cannot be created (needs root).
+    pub fn new() -> anyhow::Result<Lab> {
+        let server = Netns::new("s").context("create the server namespace (needs root)")?;
+        let client = Netns::new("c").context("create the client namespace (needs root)")?;
+        let veth = VethPair::new(
+            &server,
+            &["198.18.0.1/24", "2001:db8::1/64"],
+            &client,
+            &["198.18.0.2/24", "2001:db8::2/64"],
+        )?;
+        server.ip(&["route", "add", "198.19.0.0/16", "via", "198.18.0.2"])?;
+        server.ip(&["-6", "route", "add", "2001:db8:1::/48", "via", "2001:db8::2"])?;
+        Ok(Lab { veth, server, client })
+    }
+
+    /// MAC address of `dev` in `ns`.
+    ///
+    /// # Errors
+    /// If `ip` fails or prints no address.
+    pub fn mac(ns: &Netns, dev: &str) -> anyhow::Result<[u8; 6]> {
+        let out = ns.ip(&["-j", "link", "show", "dev", dev])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let s = v[0]["address"].as_str().context("no MAC in `ip -j link`")?;
+        let mut mac = [0u8; 6];
+        for (i, part) in s.split(':').enumerate().take(6) {
+            mac[i] = u8::from_str_radix(part, 16)?;
+        }
+        Ok(mac)
+    }
+
+    /// TCP listeners on `port` (0.0.0.0 and the server's IPv6 address) in the server namespace.
+    ///
+    /// # Errors
+    /// If binding fails.
+    pub fn listen(&self, port: u16) -> anyhow::Result<(TcpListener, TcpListener)> {
+        self.server
+            .spawn(move || -> io::Result<_> {
+                let v4 = TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?;
+                // The server address, not [::]: a dual-stack [::] would collide with the IPv4 bind.
+                let v6 = TcpListener::bind(SocketAddr::new(IpAddr::V6(SERVER_V6), port))?;
+                Ok((v4, v6))
+            })
+            .join()
+            .expect("listener thread")
+            .with_context(|| format!("listen on port {port} in {}", self.server.name()))
+    }
+
+    /// Connects from the client namespace to `addr`, within `timeout`.
+    ///
+    /// # Errors
+    /// If the connection fails or times out.
+    pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
+        self.client
+            .spawn(move || TcpStream::connect_timeout(&addr, timeout))
+            .join()
+            .expect("connect thread")
+            .with_context(|| format!("connect to {addr}"))
+    }
+
+    /// A raw AF_PACKET sender on the client's end of the veth.
+    ///
+    /// # Errors
+    /// If the socket cannot be opened or bound.
+    pub fn raw_sender(&self) -> anyhow::Result<RawSender> {
+        let dev = self.veth.b.clone();
+        let src = Lab::mac(&self.client, &self.veth.b)?;
+        let dst = Lab::mac(&self.server, &self.veth.a)?;
+        let fd = self.client.spawn(move || RawSender::open(&dev)).join().expect("raw socket thread")?;
+        Ok(RawSender { fd, link: Link { dst, src, vlans: Vec::new() } })
+    }
+}
+
+/// Sends whole Ethernet frames out of one interface.
+#[derive(Debug)]
+pub struct RawSender {
+    fd: OwnedFd,
+    /// Link layer for frames built by this sender (client MAC -> server MAC).
+    pub link: Link,
+}
+
+impl RawSender {
+    fn open(dev: &str) -> anyhow::Result<OwnedFd> {
+        let ifindex = crate::loader::ifindex(dev, None)?;
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error()).context("socket(AF_PACKET)");
+        }
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain data; zeroed then filled.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = i32::try_from(ifindex)?;
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sll).cast(),
+                u32::try_from(size_of::<libc::sockaddr_ll>())?,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("bind AF_PACKET to {dev}"));
+        }
+        Ok(fd)
+    }
+
+    /// Sends one frame.
+    ///
+    /// # Errors
+    /// If the kernel refuses it.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: the buffer is valid for its length.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// A bounded flood: at most `count` frames, for at most `max_time`, paced to `rate` per second.
+#[derive(Debug, Clone, Copy)]
+pub struct FloodSpec {
+    /// Destination (the server) and port.
+    pub target: SocketAddr,
+    /// Frames to send at most.
+    pub count: u64,
+    /// Time to send for at most.
+    pub max_time: Duration,
+    /// Frames per second (0: as fast as possible).
+    pub rate: u64,
+    /// TCP flags of every frame (SYN for a SYN flood, ACK for a forged-ACK flood).
+    pub flags: u8,
+}
+
+/// The spoofed source of frame `i`: 198.19.x.y or 2001:db8:1::x:y, never a lab host.
+#[must_use]
+pub fn spoofed_source(target: IpAddr, i: u64) -> IpAddr {
+    let lo = (i % 65_000) as u16 + 1;
+    match target {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 19, (lo >> 8) as u8, lo as u8)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, lo)),
+    }
+}
+
+/// Sends a bounded spoofed flood; returns how many frames went out.
+///
+/// # Errors
+/// If sending fails for a reason other than a full queue.
+pub fn flood(sender: &RawSender, spec: FloodSpec) -> anyhow::Result<u64> {
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < spec.count && start.elapsed() < spec.max_time {
+        let src = spoofed_source(spec.target.ip(), sent);
+        let mut seg = TcpSegment::new(src, spec.target.ip(), 1024 + (sent % 60_000) as u16, spec.target.port(), spec.flags);
+        seg.seq = (sent as u32).wrapping_mul(2_654_435_761);
+        if spec.flags & tcp_flags::SYN != 0 {
+            seg.options = linux_syn_options(1460, sent as u32, 7);
+        } else {
+            seg.ack_seq = (sent as u32).wrapping_mul(40_503);
+        }
+        match sender.send(&tcp_frame(&sender.link, &seg)) {
+            Ok(()) => sent += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => std::thread::yield_now(),
+            Err(e) => bail!("flood send: {e}"),
+        }
+        if spec.rate > 0 {
+            let due = Duration::from_secs_f64(sent as f64 / spec.rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    Ok(sent)
+}

@@ -1,0 +1,227 @@
+//! Loading the embedded object, attaching it to an interface and pinning what must outlive this
+//! process; detaching undoes exactly that.
+use std::{ffi::CString, fs, os::unix::fs::DirBuilderExt as _};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode, links::FdLink},
+};
+use intercept_common::maps;
+
+use crate::{
+    EBPF_OBJECT,
+    errors::{CtlError, explain, probe_kernel},
+    pins::{PinDir, check_bpffs},
+};
+
+/// Which program to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Program {
+    /// The protection (dissect, count, intercept/watch).
+    Intercept,
+    /// Pass-through: for the peer of a veth that must carry XDP_TX frames back.
+    Pass,
+}
+
+impl Program {
+    /// The program's name in the object.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Program::Intercept => maps::PROG_XDP,
+            Program::Pass => maps::PROG_XDP_PASS,
+        }
+    }
+}
+
+/// Where XDP runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// In the driver (fast; veth, most 10G+ NICs).
+    Native,
+    /// In the generic stack path after the skb is built (works everywhere, much slower).
+    Generic,
+}
+
+impl From<AttachMode> for XdpMode {
+    fn from(m: AttachMode) -> XdpMode {
+        match m {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+/// Loads the embedded object (programs not yet loaded into the kernel).
+///
+/// # Errors
+/// If the kernel lacks BTF/BPF or refuses the object.
+pub fn load_object() -> anyhow::Result<Ebpf> {
+    probe_kernel()?;
+    Ebpf::load(EBPF_OBJECT).map_err(|e| explain(e.into(), "load the eBPF object"))
+}
+
+/// The index of `iface` in the current network namespace.
+///
+/// # Errors
+/// [`CtlError::UnknownInterface`] if there is none.
+pub fn ifindex(iface: &str, netns: Option<&str>) -> Result<u32, CtlError> {
+    let unknown = || CtlError::UnknownInterface {
+        iface: iface.to_owned(),
+        ns: netns.map(|n| format!(" (in netns {n})")).unwrap_or_default(),
+    };
+    let c = CString::new(iface).map_err(|_| unknown())?;
+    // SAFETY: valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(unknown()),
+        i => Ok(i),
+    }
+}
+
+/// What `attach` did.
+#[derive(Debug, serde::Serialize)]
+pub struct Attached {
+    /// Interface name.
+    pub interface: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// Program attached.
+    pub program: String,
+    /// Kernel program id.
+    pub program_id: u32,
+    /// "native" or "generic".
+    pub xdp_mode: String,
+    /// Pin directory.
+    pub pin_dir: String,
+}
+
+/// Loads, attaches and pins `program` on `iface`.
+///
+/// # Errors
+/// Unknown interface, missing privileges or kernel features, already attached, or any load or
+/// attach failure; on failure nothing stays pinned.
+pub fn attach(iface: &str, netns: Option<&str>, program: Program, mode: AttachMode) -> anyhow::Result<Attached> {
+    let ifindex = ifindex(iface, netns)?;
+    check_bpffs()?;
+    let pins = PinDir::new(netns, iface);
+    if pins.is_attached() {
+        return Err(CtlError::AlreadyAttached {
+            iface: iface.to_owned(),
+            pin: pins.path().display().to_string(),
+        }
+        .into());
+    }
+    let mut ebpf = load_object()?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(pins.path())
+        .map_err(|e| explain(anyhow::Error::new(e), "create the pin directory"))
+        .with_context(|| format!("create {}", pins.path().display()))?;
+    let result = attach_and_pin(&mut ebpf, iface, ifindex, program, mode, &pins);
+    if result.is_err() {
+        let _ = fs::remove_dir_all(pins.path());
+    }
+    let program_id = result?;
+    Ok(Attached {
+        interface: iface.to_owned(),
+        ifindex,
+        program: program.name().to_owned(),
+        program_id,
+        xdp_mode: format!("{mode:?}").to_lowercase(),
+        pin_dir: pins.path().display().to_string(),
+    })
+}
+
+/// Pins the maps, loads and attaches the program, pins it and its link; returns the program id.
+fn attach_and_pin(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    ifindex: u32,
+    program: Program,
+    mode: AttachMode,
+    pins: &PinDir,
+) -> anyhow::Result<u32> {
+    for (name, map) in ebpf.maps() {
+        map.pin(pins.map(name))
+            .map_err(|e| explain(e.into(), "pin a map"))
+            .with_context(|| format!("pin map {name}"))?;
+    }
+    let prog: &mut Xdp = ebpf
+        .program_mut(program.name())
+        .with_context(|| format!("program {} missing from the object", program.name()))?
+        .try_into()?;
+    prog.load().map_err(|e| explain(e.into(), "load the XDP program"))?;
+    let program_id = prog.info()?.id();
+    let link_id = prog
+        .attach(ifindex, mode.into())
+        .map_err(|e| explain(e.into(), &format!("attach XDP to {iface}")))
+        .with_context(|| format!("attach XDP ({mode:?}) to {iface}"))?;
+    let link: FdLink = prog
+        .take_link(link_id)?
+        .try_into()
+        .context("the kernel attached XDP without a bpf_link (kernel < 5.9?); cannot pin it")?;
+    prog.pin(pins.prog()).context("pin the program")?;
+    link.pin(pins.link()).context("pin the XDP link")?;
+    Ok(program_id)
+}
+
+/// Detaches what `attach` pinned on `iface` and removes its pin directory.
+///
+/// # Errors
+/// [`CtlError::NotAttached`] if nothing is pinned for `iface`.
+pub fn detach(iface: &str, netns: Option<&str>) -> anyhow::Result<()> {
+    check_bpffs()?;
+    let pins = PinDir::new(netns, iface);
+    if !pins.is_attached() {
+        return Err(CtlError::NotAttached {
+            iface: iface.to_owned(),
+            pin: pins.path().display().to_string(),
+        }
+        .into());
+    }
+    // Removing the last reference to the link (its pin; we hold no fd) detaches the program.
+    fs::remove_dir_all(pins.path())
+        .map_err(|e| explain(anyhow::Error::new(e), "remove the pin directory"))
+        .with_context(|| format!("remove {}", pins.path().display()))?;
+    Ok(())
+}
+
+/// An attachment that is detached when dropped (labs and tests: nothing stays pinned on any
+/// exit path).
+#[derive(Debug)]
+pub struct AttachGuard {
+    iface: String,
+    netns: Option<String>,
+    /// What `attach` reported.
+    pub info: Attached,
+}
+
+impl AttachGuard {
+    /// Attaches `program` to `iface` in `netns` (entered on a short-lived thread, so the caller's
+    /// namespace is untouched).
+    ///
+    /// # Errors
+    /// As [`attach`].
+    pub fn new(iface: &str, netns: Option<&str>, program: Program, mode: AttachMode) -> anyhow::Result<AttachGuard> {
+        let (i, n) = (iface.to_owned(), netns.map(str::to_owned));
+        let info = std::thread::spawn(move || {
+            if let Some(ns) = &n {
+                crate::netns::enter(ns)?;
+            }
+            attach(&i, n.as_deref(), program, mode)
+        })
+        .join()
+        .expect("attach thread")?;
+        Ok(AttachGuard { iface: iface.to_owned(), netns: netns.map(str::to_owned), info })
+    }
+}
+
+impl Drop for AttachGuard {
+    fn drop(&mut self) {
+        if let Err(e) = detach(&self.iface, self.netns.as_deref()) {
+            eprintln!("warning: detach {}: {e:#}", self.iface);
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Where an attachment lives in bpffs: one directory per interface (mode 0700) holding the XDP
+//! link, the program and the maps, so one-shot commands find what `attach` (or a daemon) set up.
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use crate::errors::CtlError;
+
+/// Root of every pin directory.
+pub const ROOT: &str = "/sys/fs/bpf/xdp-intercept";
+/// `statfs` magic of bpffs (include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The pin directory of one interface.
+#[derive(Debug, Clone)]
+pub struct PinDir {
+    path: PathBuf,
+}
+
+impl PinDir {
+    /// `ROOT/<iface>`, or `ROOT/netns-<ns>/<iface>` for an interface in a named namespace (the
+    /// same name may exist in several namespaces).
+    #[must_use]
+    pub fn new(netns: Option<&str>, iface: &str) -> PinDir {
+        let mut path = PathBuf::from(ROOT);
+        if let Some(ns) = netns {
+            path.push(format!("netns-{ns}"));
+        }
+        path.push(iface);
+        PinDir { path }
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The pinned XDP link.
+    #[must_use]
+    pub fn link(&self) -> PathBuf {
+        self.path.join("link_xdp")
+    }
+
+    /// The pinned XDP program.
+    #[must_use]
+    pub fn prog(&self) -> PathBuf {
+        self.path.join("prog_xdp")
+    }
+
+    /// A pinned map, by its name in the object.
+    #[must_use]
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Whether an attachment is pinned here.
+    #[must_use]
+    pub fn is_attached(&self) -> bool {
+        self.link().exists()
+    }
+}
+
+/// Checks that /sys/fs/bpf is a mounted bpffs.
+///
+/// # Errors
+/// [`CtlError::NoBpffs`] if not.
+pub fn check_bpffs() -> Result<(), CtlError> {
+    let dir = "/sys/fs/bpf";
+    let c = CString::new(dir).expect("no NUL");
+    // SAFETY: statfs writes into a zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
+    if rc != 0 || st.f_type != BPF_FS_MAGIC {
+        return Err(CtlError::NoBpffs { path: dir.to_owned() });
+    }
+    Ok(())
+}

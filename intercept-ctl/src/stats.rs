@@ -1,0 +1,58 @@
+//! Reading the per-CPU counters, summed over CPUs.
+use anyhow::Context as _;
+use aya::maps::{Map, MapData, PerCpuArray};
+use intercept_common::{Counter, maps};
+
+use crate::{
+    errors::{CtlError, explain},
+    pins::PinDir,
+};
+
+/// Every counter, summed over CPUs, in [`Counter`] order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters(pub Vec<(Counter, u64)>);
+
+impl Counters {
+    /// The value of one counter.
+    #[must_use]
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v)
+    }
+
+    /// `{"packets": N, ...}`.
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.0.iter().map(|(c, v)| (c.name().to_owned(), serde_json::Value::from(*v))).collect(),
+        )
+    }
+}
+
+/// Sums every counter of a counters map over CPUs.
+///
+/// # Errors
+/// If a lookup fails.
+pub fn read_map(map: &PerCpuArray<&MapData, u64>) -> anyhow::Result<Counters> {
+    let mut out = Vec::with_capacity(Counter::ALL.len());
+    for c in Counter::ALL {
+        let per_cpu = map.get(&(c as u32), 0).with_context(|| format!("read counter {}", c.name()))?;
+        out.push((c, per_cpu.iter().sum()));
+    }
+    Ok(Counters(out))
+}
+
+/// Reads the counters pinned for `iface`.
+///
+/// # Errors
+/// [`CtlError::NotAttached`] if nothing is pinned, or a bpf() failure.
+pub fn read_pinned(iface: &str, netns: Option<&str>) -> anyhow::Result<Counters> {
+    let pins = PinDir::new(netns, iface);
+    let path = pins.map(maps::COUNTERS);
+    if !path.exists() {
+        return Err(CtlError::NotAttached { iface: iface.to_owned(), pin: pins.path().display().to_string() }.into());
+    }
+    let data = MapData::from_pin(&path).map_err(|e| explain(e.into(), "open the counters map"))?;
+    let map = Map::PerCpuArray(data);
+    let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&map)?;
+    read_map(&arr)
+}
