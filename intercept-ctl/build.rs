@@ -16,9 +16,15 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("no channel in {}", pin.display()))?
         .to_owned();
     let ebpf = root.join("intercept-ebpf");
-    let ebpf = ebpf.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf.display()))?;
+    let ebpf = ebpf
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf.display()))?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "intercept-ebpf", root_dir: ebpf, ..Default::default() }],
+        [aya_build::Package {
+            name: "intercept-ebpf",
+            root_dir: ebpf,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Custom(&toolchain),
     )
 }

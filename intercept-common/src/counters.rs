@@ -120,7 +120,11 @@ mod tests {
     fn names_are_unique_snake_case_and_round_trip() {
         for c in Counter::ALL {
             let n = c.name();
-            assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{n}");
+            assert!(
+                n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{n}"
+            );
             assert!(n.as_bytes()[0].is_ascii_lowercase(), "{n}");
             assert_eq!(Counter::from_name(n), Some(c));
             assert!(!c.help().is_empty(), "{c:?} has no help");

@@ -69,7 +69,11 @@ pub struct Link {
 
 impl Default for Link {
     fn default() -> Self {
-        Link { dst: [0x02, 0, 0, 0, 0, 2], src: [0x02, 0, 0, 0, 0, 1], vlans: Vec::new() }
+        Link {
+            dst: [0x02, 0, 0, 0, 0, 2],
+            src: [0x02, 0, 0, 0, 0, 1],
+            vlans: Vec::new(),
+        }
     }
 }
 
@@ -108,13 +112,22 @@ pub fn tcp_bytes(seg: &TcpSegment) -> Vec<u8> {
     t.extend_from_slice(&seg.payload);
     let len = t.len();
     let acc = match (seg.src, seg.dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            pseudo_v4(s.octets(), d.octets(), IPPROTO_TCP, u16::try_from(len).expect("segment too long"))
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            pseudo_v6(&s.octets(), &d.octets(), IPPROTO_TCP, u32::try_from(len).expect("segment too long"))
-        }
-        _ => panic!("TcpSegment with mixed address families: {} -> {}", seg.src, seg.dst),
+        (IpAddr::V4(s), IpAddr::V4(d)) => pseudo_v4(
+            s.octets(),
+            d.octets(),
+            IPPROTO_TCP,
+            u16::try_from(len).expect("segment too long"),
+        ),
+        (IpAddr::V6(s), IpAddr::V6(d)) => pseudo_v6(
+            &s.octets(),
+            &d.octets(),
+            IPPROTO_TCP,
+            u32::try_from(len).expect("segment too long"),
+        ),
+        _ => panic!(
+            "TcpSegment with mixed address families: {} -> {}",
+            seg.src, seg.dst
+        ),
     };
     let c = finish(add_bytes(acc, &t));
     t[16..18].copy_from_slice(&c.to_be_bytes());
@@ -140,10 +153,20 @@ pub fn ipv4_header(src: [u8; 4], dst: [u8; 4], proto: u8, ttl: u8, payload_len: 
 
 /// An IPv6 header for `payload_len` bytes of `next` (flow label 0).
 #[must_use]
-pub fn ipv6_header(src: [u8; 16], dst: [u8; 16], next: u8, hop_limit: u8, payload_len: usize) -> [u8; 40] {
+pub fn ipv6_header(
+    src: [u8; 16],
+    dst: [u8; 16],
+    next: u8,
+    hop_limit: u8,
+    payload_len: usize,
+) -> [u8; 40] {
     let mut h = [0u8; 40];
     h[0] = 0x60;
-    h[4..6].copy_from_slice(&u16::try_from(payload_len).expect("IPv6 payload too long").to_be_bytes());
+    h[4..6].copy_from_slice(
+        &u16::try_from(payload_len)
+            .expect("IPv6 payload too long")
+            .to_be_bytes(),
+    );
     h[6] = next;
     h[7] = hop_limit;
     h[8..24].copy_from_slice(&src);
@@ -172,17 +195,32 @@ pub fn tcp_frame(link: &Link, seg: &TcpSegment) -> Vec<u8> {
     match (seg.src, seg.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let mut f = eth_header(link, ETH_P_IP);
-            f.extend_from_slice(&ipv4_header(s.octets(), d.octets(), IPPROTO_TCP, seg.ttl, tcp.len()));
+            f.extend_from_slice(&ipv4_header(
+                s.octets(),
+                d.octets(),
+                IPPROTO_TCP,
+                seg.ttl,
+                tcp.len(),
+            ));
             f.extend_from_slice(&tcp);
             f
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let mut f = eth_header(link, ETH_P_IPV6);
-            f.extend_from_slice(&ipv6_header(s.octets(), d.octets(), IPPROTO_TCP, seg.ttl, tcp.len()));
+            f.extend_from_slice(&ipv6_header(
+                s.octets(),
+                d.octets(),
+                IPPROTO_TCP,
+                seg.ttl,
+                tcp.len(),
+            ));
             f.extend_from_slice(&tcp);
             f
         }
-        _ => panic!("TcpSegment with mixed address families: {} -> {}", seg.src, seg.dst),
+        _ => panic!(
+            "TcpSegment with mixed address families: {} -> {}",
+            seg.src, seg.dst
+        ),
     }
 }
 

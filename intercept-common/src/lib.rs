@@ -8,9 +8,9 @@
 
 pub mod checksum;
 pub mod counters;
-pub mod maps;
-pub mod parse;
 #[cfg(any(test, feature = "user"))]
 pub mod craft;
+pub mod maps;
+pub mod parse;
 
 pub use counters::Counter;

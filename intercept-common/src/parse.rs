@@ -271,14 +271,24 @@ fn dissect_ipv4<F: Frame + ?Sized>(f: &F, vlans: usize, l3_off: usize) -> Result
     let l3 = L3::V4 { hdr_len, total_len };
     // More-fragments flag or a non-zero offset: a fragment (RFC 791 section 3.1).
     if u16::from_be_bytes([hdr[6], hdr[7]]) & 0x3fff != 0 {
-        return Ok(Ip { vlans, l3_off, l3, l4: L4::Fragment });
+        return Ok(Ip {
+            vlans,
+            l3_off,
+            l3,
+            l4: L4::Fragment,
+        });
     }
     let l4 = if hdr[9] == IPPROTO_TCP {
         L4::Tcp(dissect_tcp(f, l3_off + hdr_len, l3_off + total_len)?)
     } else {
         L4::Other(hdr[9])
     };
-    Ok(Ip { vlans, l3_off, l3, l4 })
+    Ok(Ip {
+        vlans,
+        l3_off,
+        l3,
+        l4,
+    })
 }
 
 #[inline(always)]
@@ -311,7 +321,12 @@ fn dissect_ipv6<F: Frame + ?Sized>(f: &F, vlans: usize, l3_off: usize) -> Result
         IPV6_EXT_FRAGMENT => L4::Fragment,
         other => L4::Other(other),
     };
-    Ok(Ip { vlans, l3_off, l3, l4 })
+    Ok(Ip {
+        vlans,
+        l3_off,
+        l3,
+        l4,
+    })
 }
 
 /// Parses the TCP header at `off`; `end` is where the IP payload ends.
@@ -346,7 +361,10 @@ mod tests {
         ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap())
     }
     fn v6() -> (IpAddr, IpAddr) {
-        ("2001:db8::2".parse().unwrap(), "2001:db8::1".parse().unwrap())
+        (
+            "2001:db8::2".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        )
     }
     fn syn(src: IpAddr, dst: IpAddr) -> TcpSegment {
         let mut s = TcpSegment::new(src, dst, 40000, 80, tcp_flags::SYN);
@@ -367,9 +385,18 @@ mod tests {
         let f = tcp_frame(&Link::default(), &syn(s, d));
         let (ip, t) = tcp_of(&f);
         assert_eq!((ip.vlans, ip.l3_off), (0, 14));
-        assert_eq!(ip.l3, L3::V4 { hdr_len: 20, total_len: 60 });
+        assert_eq!(
+            ip.l3,
+            L3::V4 {
+                hdr_len: 20,
+                total_len: 60
+            }
+        );
         assert_eq!((t.off, t.hdr_len, t.payload_len), (34, 40, 0));
-        assert_eq!((t.sport, t.dport, t.seq, t.flags), (40000, 80, 0x0102_0304, tcp_flags::SYN));
+        assert_eq!(
+            (t.sport, t.dport, t.seq, t.flags),
+            (40000, 80, 0x0102_0304, tcp_flags::SYN)
+        );
         assert_eq!(classify(t.flags), TcpKind::Syn);
     }
 
@@ -378,7 +405,10 @@ mod tests {
         let (s, d) = v6();
         let mut seg = TcpSegment::new(s, d, 1, 2, tcp_flags::ACK | tcp_flags::PSH);
         seg.payload = b"hello".to_vec();
-        let link = Link { vlans: vec![(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)], ..Link::default() };
+        let link = Link {
+            vlans: vec![(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)],
+            ..Link::default()
+        };
         let f = tcp_frame(&link, &seg);
         let (ip, t) = tcp_of(&f);
         assert_eq!((ip.vlans, ip.l3_off), (2, 22));
@@ -396,14 +426,23 @@ mod tests {
         f[14] = 0x47;
         f[16..18].copy_from_slice(&68u16.to_be_bytes());
         let (ip, t) = tcp_of(&f);
-        assert_eq!(ip.l3, L3::V4 { hdr_len: 28, total_len: 68 });
+        assert_eq!(
+            ip.l3,
+            L3::V4 {
+                hdr_len: 28,
+                total_len: 68
+            }
+        );
         assert_eq!(t.off, 42);
     }
 
     #[test]
     fn ethernet_padding_is_allowed() {
         let (s, d) = v4();
-        let mut f = tcp_frame(&Link::default(), &TcpSegment::new(s, d, 1, 2, tcp_flags::RST));
+        let mut f = tcp_frame(
+            &Link::default(),
+            &TcpSegment::new(s, d, 1, 2, tcp_flags::RST),
+        );
         f.extend_from_slice(&[0; 6]); // pad to the 60-byte minimum
         let (_, t) = tcp_of(&f);
         assert_eq!((t.payload_len, classify(t.flags)), (0, TcpKind::Rst));
@@ -417,11 +456,21 @@ mod tests {
         let (s6, d6) = v6();
         for f in [
             tcp_frame(&Link::default(), &syn(s4, d4)),
-            tcp_frame(&Link { vlans: vec![(ETH_P_8021Q, 5)], ..Link::default() }, &syn(s6, d6)),
+            tcp_frame(
+                &Link {
+                    vlans: vec![(ETH_P_8021Q, 5)],
+                    ..Link::default()
+                },
+                &syn(s6, d6),
+            ),
         ] {
             for cut in 0..f.len() {
                 let r = dissect(&f[..cut]);
-                assert!(r.is_err(), "frame cut at {cut} of {} parsed as {r:?}", f.len());
+                assert!(
+                    r.is_err(),
+                    "frame cut at {cut} of {} parsed as {r:?}",
+                    f.len()
+                );
             }
         }
     }
@@ -432,12 +481,32 @@ mod tests {
         let good = tcp_frame(&Link::default(), &syn(s, d));
         let cases: [(&str, usize, u8, Malformed); 7] = [
             ("IHL 4", 14, 0x44, Malformed::Ipv4Header),
-            ("version 6 in an IPv4 frame", 14, 0x65, Malformed::Ipv4Header),
-            ("IHL 15 leaves no room for TCP", 14, 0x4f, Malformed::TcpHeader),
+            (
+                "version 6 in an IPv4 frame",
+                14,
+                0x65,
+                Malformed::Ipv4Header,
+            ),
+            (
+                "IHL 15 leaves no room for TCP",
+                14,
+                0x4f,
+                Malformed::TcpHeader,
+            ),
             ("total length 16 < IHL", 17, 0x10, Malformed::Ipv4Length),
-            ("total length 0x01xx > frame", 16, 0x01, Malformed::Ipv4Length),
+            (
+                "total length 0x01xx > frame",
+                16,
+                0x01,
+                Malformed::Ipv4Length,
+            ),
             ("doff 4", 14 + 20 + 12, 0x40, Malformed::TcpHeader),
-            ("doff 15 > IP payload", 14 + 20 + 12, 0xf0, Malformed::TcpHeader),
+            (
+                "doff 15 > IP payload",
+                14 + 20 + 12,
+                0xf0,
+                Malformed::TcpHeader,
+            ),
         ];
         for (what, at, byte, want) in cases {
             let mut f = good.clone();
@@ -447,7 +516,11 @@ mod tests {
         let (s6, d6) = v6();
         let mut f = tcp_frame(&Link::default(), &syn(s6, d6));
         f[18..20].copy_from_slice(&100u16.to_be_bytes());
-        assert_eq!(dissect(&f[..]), Err(Malformed::Ipv6Length), "IPv6 payload length > frame");
+        assert_eq!(
+            dissect(&f[..]),
+            Err(Malformed::Ipv6Length),
+            "IPv6 payload length > frame"
+        );
     }
 
     #[test]
@@ -455,13 +528,31 @@ mod tests {
         let (s, d) = v4();
         let mut f = tcp_frame(&Link::default(), &syn(s, d));
         f[20] |= 0x20; // MF
-        assert!(matches!(dissect(&f[..]), Ok(Dissected::Ip(Ip { l4: L4::Fragment, .. }))));
+        assert!(matches!(
+            dissect(&f[..]),
+            Ok(Dissected::Ip(Ip {
+                l4: L4::Fragment,
+                ..
+            }))
+        ));
         let mut f = tcp_frame(&Link::default(), &syn(s, d));
         f[23] = 17; // UDP
-        assert!(matches!(dissect(&f[..]), Ok(Dissected::Ip(Ip { l4: L4::Other(17), .. }))));
+        assert!(matches!(
+            dissect(&f[..]),
+            Ok(Dissected::Ip(Ip {
+                l4: L4::Other(17),
+                ..
+            }))
+        ));
         let mut arp = vec![0u8; 42];
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        assert_eq!(dissect(&arp[..]), Ok(Dissected::NotIp { vlans: 0, ether_type: 0x0806 }));
+        assert_eq!(
+            dissect(&arp[..]),
+            Ok(Dissected::NotIp {
+                vlans: 0,
+                ether_type: 0x0806
+            })
+        );
     }
 
     #[test]
@@ -476,7 +567,13 @@ mod tests {
         let (_, t) = tcp_of(&f);
         assert_eq!(t.off, 62);
         f[20] = IPV6_EXT_FRAGMENT;
-        assert!(matches!(dissect(&f[..]), Ok(Dissected::Ip(Ip { l4: L4::Fragment, .. }))));
+        assert!(matches!(
+            dissect(&f[..]),
+            Ok(Dissected::Ip(Ip {
+                l4: L4::Fragment,
+                ..
+            }))
+        ));
     }
 
     #[test]

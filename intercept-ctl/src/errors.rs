@@ -48,7 +48,9 @@ pub enum CtlError {
         pin: String,
     },
     /// Not attached.
-    #[error("xdp-intercept is not attached to '{iface}' (nothing pinned at {pin}); attach it with `intercept-ctl attach {iface}`")]
+    #[error(
+        "xdp-intercept is not attached to '{iface}' (nothing pinned at {pin}); attach it with `intercept-ctl attach {iface}`"
+    )]
     NotAttached {
         /// Interface.
         iface: String,
@@ -68,8 +70,10 @@ pub fn explain(err: anyhow::Error, what: &str) -> anyhow::Error {
         if let Some(io) = cause.downcast_ref::<io::Error>() {
             match io.raw_os_error() {
                 Some(libc::EPERM | libc::EACCES) => {
-                    return anyhow::Error::new(CtlError::NoPrivilege { what: what.to_owned() })
-                        .context(format!("{err:#}"));
+                    return anyhow::Error::new(CtlError::NoPrivilege {
+                        what: what.to_owned(),
+                    })
+                    .context(format!("{err:#}"));
                 }
                 Some(libc::ENOSYS) => return anyhow::Error::new(CtlError::NoBpf),
                 _ => {}

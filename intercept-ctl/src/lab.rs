@@ -56,8 +56,19 @@ impl Lab {
             &["198.18.0.2/24", "2001:db8::2/64"],
         )?;
         server.ip(&["route", "add", "198.19.0.0/16", "via", "198.18.0.2"])?;
-        server.ip(&["-6", "route", "add", "2001:db8:1::/48", "via", "2001:db8::2"])?;
-        Ok(Lab { veth, server, client })
+        server.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:1::/48",
+            "via",
+            "2001:db8::2",
+        ])?;
+        Ok(Lab {
+            veth,
+            server,
+            client,
+        })
     }
 
     /// MAC address of `dev` in `ns`.
@@ -82,7 +93,8 @@ impl Lab {
     pub fn listen(&self, port: u16) -> anyhow::Result<(TcpListener, TcpListener)> {
         self.server
             .spawn(move || -> io::Result<_> {
-                let v4 = TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?;
+                let v4 =
+                    TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?;
                 // The server address, not [::]: a dual-stack [::] would collide with the IPv4 bind.
                 let v6 = TcpListener::bind(SocketAddr::new(IpAddr::V6(SERVER_V6), port))?;
                 Ok((v4, v6))
@@ -112,8 +124,19 @@ impl Lab {
         let dev = self.veth.b.clone();
         let src = Lab::mac(&self.client, &self.veth.b)?;
         let dst = Lab::mac(&self.server, &self.veth.a)?;
-        let fd = self.client.spawn(move || RawSender::open(&dev)).join().expect("raw socket thread")?;
-        Ok(RawSender { fd, link: Link { dst, src, vlans: Vec::new() } })
+        let fd = self
+            .client
+            .spawn(move || RawSender::open(&dev))
+            .join()
+            .expect("raw socket thread")?;
+        Ok(RawSender {
+            fd,
+            link: Link {
+                dst,
+                src,
+                vlans: Vec::new(),
+            },
+        })
     }
 }
 
@@ -146,7 +169,8 @@ impl RawSender {
             )
         };
         if rc != 0 {
-            return Err(io::Error::last_os_error()).with_context(|| format!("bind AF_PACKET to {dev}"));
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("bind AF_PACKET to {dev}"));
         }
         Ok(fd)
     }
@@ -199,7 +223,13 @@ pub fn flood(sender: &RawSender, spec: FloodSpec) -> anyhow::Result<u64> {
     let mut sent = 0u64;
     while sent < spec.count && start.elapsed() < spec.max_time {
         let src = spoofed_source(spec.target.ip(), sent);
-        let mut seg = TcpSegment::new(src, spec.target.ip(), 1024 + (sent % 60_000) as u16, spec.target.port(), spec.flags);
+        let mut seg = TcpSegment::new(
+            src,
+            spec.target.ip(),
+            1024 + (sent % 60_000) as u16,
+            spec.target.port(),
+            spec.flags,
+        );
         seg.seq = (sent as u32).wrapping_mul(2_654_435_761);
         if spec.flags & tcp_flags::SYN != 0 {
             seg.options = linux_syn_options(1460, sent as u32, 7);

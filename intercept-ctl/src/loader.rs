@@ -69,7 +69,9 @@ pub fn load_object() -> anyhow::Result<Ebpf> {
 pub fn ifindex(iface: &str, netns: Option<&str>) -> Result<u32, CtlError> {
     let unknown = || CtlError::UnknownInterface {
         iface: iface.to_owned(),
-        ns: netns.map(|n| format!(" (in netns {n})")).unwrap_or_default(),
+        ns: netns
+            .map(|n| format!(" (in netns {n})"))
+            .unwrap_or_default(),
     };
     let c = CString::new(iface).map_err(|_| unknown())?;
     // SAFETY: valid NUL-terminated string.
@@ -101,7 +103,12 @@ pub struct Attached {
 /// # Errors
 /// Unknown interface, missing privileges or kernel features, already attached, or any load or
 /// attach failure; on failure nothing stays pinned.
-pub fn attach(iface: &str, netns: Option<&str>, program: Program, mode: AttachMode) -> anyhow::Result<Attached> {
+pub fn attach(
+    iface: &str,
+    netns: Option<&str>,
+    program: Program,
+    mode: AttachMode,
+) -> anyhow::Result<Attached> {
     let ifindex = ifindex(iface, netns)?;
     check_bpffs()?;
     let pins = PinDir::new(netns, iface);
@@ -152,7 +159,8 @@ fn attach_and_pin(
         .program_mut(program.name())
         .with_context(|| format!("program {} missing from the object", program.name()))?
         .try_into()?;
-    prog.load().map_err(|e| explain(e.into(), "load the XDP program"))?;
+    prog.load()
+        .map_err(|e| explain(e.into(), "load the XDP program"))?;
     let program_id = prog.info()?.id();
     let link_id = prog
         .attach(ifindex, mode.into())
@@ -204,7 +212,12 @@ impl AttachGuard {
     ///
     /// # Errors
     /// As [`attach`].
-    pub fn new(iface: &str, netns: Option<&str>, program: Program, mode: AttachMode) -> anyhow::Result<AttachGuard> {
+    pub fn new(
+        iface: &str,
+        netns: Option<&str>,
+        program: Program,
+        mode: AttachMode,
+    ) -> anyhow::Result<AttachGuard> {
         let (i, n) = (iface.to_owned(), netns.map(str::to_owned));
         let info = std::thread::spawn(move || {
             if let Some(ns) = &n {
@@ -214,7 +227,11 @@ impl AttachGuard {
         })
         .join()
         .expect("attach thread")?;
-        Ok(AttachGuard { iface: iface.to_owned(), netns: netns.map(str::to_owned), info })
+        Ok(AttachGuard {
+            iface: iface.to_owned(),
+            netns: netns.map(str::to_owned),
+            info,
+        })
     }
 }
 

@@ -53,7 +53,10 @@ fn main() -> ExitCode {
         if let Some(ns) = &cli.netns {
             intercept_ctl::netns::enter(ns)?;
         }
-        let ctx = cmd::Ctx { json: cli.json, netns: cli.netns.as_deref() };
+        let ctx = cmd::Ctx {
+            json: cli.json,
+            netns: cli.netns.as_deref(),
+        };
         match &cli.cmd {
             Command::Attach(a) => cmd::attach::run(&ctx, a),
             Command::Detach(a) => cmd::detach::run(&ctx, a),

@@ -20,7 +20,12 @@ pub fn enter(name: &str) -> anyhow::Result<()> {
     let path = format!("/run/netns/{name}");
     let f = File::open(&path).map_err(|_| CtlError::UnknownNetns(name.to_owned()))?;
     // SAFETY: plain syscall on a valid fd.
-    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f.as_fd()), libc::CLONE_NEWNET) };
+    let rc = unsafe {
+        libc::setns(
+            std::os::fd::AsRawFd::as_raw_fd(&f.as_fd()),
+            libc::CLONE_NEWNET,
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("setns into {path}"));
     }
@@ -32,7 +37,10 @@ pub fn enter(name: &str) -> anyhow::Result<()> {
 /// # Errors
 /// If the command cannot be started or exits non-zero.
 pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("run {cmd}"))?;
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {cmd}"))?;
     if !out.status.success() {
         bail!(
             "`{cmd} {}` failed ({}): {}",
@@ -59,7 +67,11 @@ impl Netns {
     /// # Errors
     /// If `ip netns add` fails (e.g. not root).
     pub fn new(tag: &str) -> anyhow::Result<Netns> {
-        let name = format!("xi{}-{}{tag}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "xi{}-{}{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         run("ip", &["netns", "add", &name])?;
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
@@ -136,12 +148,28 @@ impl VethPair {
     ///
     /// # Errors
     /// If any `ip`/`ethtool` step fails.
-    pub fn new(ns_a: &Netns, addrs_a: &[&str], ns_b: &Netns, addrs_b: &[&str]) -> anyhow::Result<VethPair> {
+    pub fn new(
+        ns_a: &Netns,
+        addrs_a: &[&str],
+        ns_b: &Netns,
+        addrs_b: &[&str],
+    ) -> anyhow::Result<VethPair> {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         // Interface names are at most 15 bytes and need only be unique inside their namespace.
         let a = format!("xv{n}a");
         let b = format!("xv{n}b");
-        ns_a.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b, "netns", ns_b.name()])?;
+        ns_a.ip(&[
+            "link",
+            "add",
+            &a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b,
+            "netns",
+            ns_b.name(),
+        ])?;
         for (ns, dev, addrs) in [(ns_a, &a, addrs_a), (ns_b, &b, addrs_b)] {
             for addr in addrs {
                 let mut args = vec!["addr", "add", addr, "dev", dev.as_str()];

@@ -73,7 +73,9 @@ pub fn check_bpffs() -> Result<(), CtlError> {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
     if rc != 0 || st.f_type != BPF_FS_MAGIC {
-        return Err(CtlError::NoBpffs { path: dir.to_owned() });
+        return Err(CtlError::NoBpffs {
+            path: dir.to_owned(),
+        });
     }
     Ok(())
 }

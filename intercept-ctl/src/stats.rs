@@ -23,7 +23,10 @@ impl Counters {
     #[must_use]
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::Value::Object(
-            self.0.iter().map(|(c, v)| (c.name().to_owned(), serde_json::Value::from(*v))).collect(),
+            self.0
+                .iter()
+                .map(|(c, v)| (c.name().to_owned(), serde_json::Value::from(*v)))
+                .collect(),
         )
     }
 }
@@ -35,7 +38,9 @@ impl Counters {
 pub fn read_map(map: &PerCpuArray<&MapData, u64>) -> anyhow::Result<Counters> {
     let mut out = Vec::with_capacity(Counter::ALL.len());
     for c in Counter::ALL {
-        let per_cpu = map.get(&(c as u32), 0).with_context(|| format!("read counter {}", c.name()))?;
+        let per_cpu = map
+            .get(&(c as u32), 0)
+            .with_context(|| format!("read counter {}", c.name()))?;
         out.push((c, per_cpu.iter().sum()));
     }
     Ok(Counters(out))
@@ -49,7 +54,11 @@ pub fn read_pinned(iface: &str, netns: Option<&str>) -> anyhow::Result<Counters>
     let pins = PinDir::new(netns, iface);
     let path = pins.map(maps::COUNTERS);
     if !path.exists() {
-        return Err(CtlError::NotAttached { iface: iface.to_owned(), pin: pins.path().display().to_string() }.into());
+        return Err(CtlError::NotAttached {
+            iface: iface.to_owned(),
+            pin: pins.path().display().to_string(),
+        }
+        .into());
     }
     let data = MapData::from_pin(&path).map_err(|e| explain(e.into(), "open the counters map"))?;
     let map = Map::PerCpuArray(data);

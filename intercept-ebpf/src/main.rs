@@ -8,8 +8,8 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use intercept_common::{
-    parse::{Dissected, L3, L4, TcpKind, classify, dissect},
     Counter,
+    parse::{Dissected, L3, L4, TcpKind, classify, dissect},
 };
 
 use crate::{frame::XdpFrame, stats::count};

@@ -1,1 +1,200 @@
+//! Helpers for the privileged tests: the root check (a test that lacks privileges fails, never
+//! skips), the real intercept-ctl binary, counter deltas, and running the real object with
+//! BPF_PROG_TEST_RUN.
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+};
 
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray},
+    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
+};
+use intercept_common::{Counter, maps};
+use intercept_ctl::stats::{Counters, read_map};
+
+/// Fails the test (never skips it) unless it runs as root: BPF and network namespaces need it.
+///
+/// # Panics
+/// When not root, with what to do.
+pub fn require_root(test: &str) {
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!(
+            "{test} needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for network namespaces and \
+             bpffs); run `sudo ./x test`. It fails rather than skips so CI cannot pass without it."
+        );
+    }
+}
+
+/// The intercept-ctl binary of this build (`./x test` builds it first): `$INTERCEPT_CTL`, or the
+/// first `intercept-ctl` in a directory above this test executable (target/<profile>/).
+///
+/// # Panics
+/// If it was not built.
+#[must_use]
+pub fn ctl_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("INTERCEPT_CTL") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .skip(1)
+        .map(|d| d.join("intercept-ctl"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no intercept-ctl above {}; run `./x test` (it builds intercept-ctl first)",
+                exe.display()
+            )
+        })
+}
+
+/// Runs intercept-ctl with `args`.
+///
+/// # Panics
+/// If it cannot be started.
+#[must_use]
+pub fn ctl(args: &[&str]) -> Output {
+    Command::new(ctl_bin())
+        .args(args)
+        .output()
+        .expect("run intercept-ctl")
+}
+
+/// Runs intercept-ctl and expects success; returns stdout.
+///
+/// # Panics
+/// If it fails, with its stderr.
+#[must_use]
+pub fn ctl_ok(args: &[&str]) -> String {
+    let out = ctl(args);
+    assert!(
+        out.status.success(),
+        "intercept-ctl {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 stdout")
+}
+
+/// The counters in `stats --json` output.
+///
+/// # Panics
+/// If the JSON does not match the schema.
+#[must_use]
+pub fn counters_from_json(stdout: &str) -> Vec<(Counter, u64)> {
+    let v: serde_json::Value = serde_json::from_str(stdout).expect("stats --json is JSON");
+    let obj = v["counters"]
+        .as_object()
+        .expect("stats --json has a counters object");
+    assert_eq!(
+        obj.len(),
+        Counter::ALL.len(),
+        "stats --json lists every counter: {obj:?}"
+    );
+    Counter::ALL
+        .iter()
+        .map(|c| {
+            (
+                *c,
+                obj.get(c.name())
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or_else(|| panic!("counter {} missing", c.name())),
+            )
+        })
+        .collect()
+}
+
+/// The real embedded object, loaded, with its main XDP program loaded (not attached).
+pub struct Loaded {
+    /// The object.
+    pub ebpf: Ebpf,
+}
+
+impl Loaded {
+    /// Loads the object and the named XDP programs.
+    ///
+    /// # Panics
+    /// If the kernel refuses them (the verifier log is in the message).
+    #[must_use]
+    pub fn new(progs: &[&str]) -> Loaded {
+        let mut ebpf = intercept_ctl::loader::load_object().expect("load the eBPF object");
+        for name in progs {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .expect("program in object")
+                .try_into()
+                .expect("XDP program");
+            p.load().unwrap_or_else(|e| panic!("load {name}: {e:?}"));
+        }
+        Loaded { ebpf }
+    }
+
+    /// The counters, summed over CPUs.
+    ///
+    /// # Panics
+    /// If the map cannot be read.
+    #[must_use]
+    pub fn counters(&self) -> Counters {
+        let map = self.ebpf.map(maps::COUNTERS).expect("COUNTERS map");
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).expect("per-CPU array");
+        read_map(&arr).expect("read counters")
+    }
+
+    /// Runs `prog` once on `frame`; returns (verdict, output frame).
+    ///
+    /// # Errors
+    /// The kernel's error (e.g. EINVAL for a frame shorter than an Ethernet header).
+    pub fn run(&self, prog: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
+        let p: &Xdp = self
+            .ebpf
+            .program(prog)
+            .expect("program")
+            .try_into()
+            .expect("XDP");
+        let mut out = vec![0u8; frame.len() + 512];
+        let r = p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+}
+
+/// Counter deltas between two readings, only the non-zero ones.
+#[must_use]
+pub fn deltas(before: &Counters, after: &Counters) -> Vec<(Counter, u64)> {
+    Counter::ALL
+        .iter()
+        .map(|c| (*c, after.get(*c) - before.get(*c)))
+        .filter(|(_, d)| *d != 0)
+        .collect()
+}
+
+/// Closes `s` with SO_LINGER 0, so the kernel sends one RST instead of a FIN exchange.
+///
+/// # Panics
+/// If setsockopt fails.
+pub fn abort(s: std::net::TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket and option buffer of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const l).cast(),
+            u32::try_from(size_of::<libc::linger>()).unwrap(),
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER 0: {}", std::io::Error::last_os_error());
+}

@@ -39,12 +39,27 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     let ns = lab.server.name().to_owned();
     eprintln!(
         "lab: server netns {} ({} {}), client netns {}, veth {}<->{}",
-        ns, SERVER_V4, SERVER_V6, lab.client.name(), lab.veth.a, lab.veth.b
+        ns,
+        SERVER_V4,
+        SERVER_V6,
+        lab.client.name(),
+        lab.veth.a,
+        lab.veth.b
     );
     // Attach in the server namespace; the client end gets the pass-through program so XDP_TX
     // replies cross the veth (shared/KERNEL.md, veth quirks).
-    let _server_xdp = AttachGuard::new(&lab.veth.a, Some(&ns), Program::Intercept, AttachMode::Native)?;
-    let _client_xdp = AttachGuard::new(&lab.veth.b, Some(lab.client.name()), Program::Pass, AttachMode::Native)?;
+    let _server_xdp = AttachGuard::new(
+        &lab.veth.a,
+        Some(&ns),
+        Program::Intercept,
+        AttachMode::Native,
+    )?;
+    let _client_xdp = AttachGuard::new(
+        &lab.veth.b,
+        Some(lab.client.name()),
+        Program::Pass,
+        AttachMode::Native,
+    )?;
 
     let (l4, l6) = lab.listen(a.port)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -74,7 +89,8 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         clients.push(lab.client.spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let r = (|| -> std::io::Result<()> {
-                    let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+                    let mut s =
+                        std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
                     s.set_read_timeout(Some(Duration::from_secs(2)))?;
                     s.write_all(b"ping")?;
                     let mut b = [0u8; 4];
@@ -107,7 +123,13 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     while start.elapsed() < Duration::from_secs(a.seconds) {
         std::thread::sleep(Duration::from_secs(1));
         let now = read_pinned(&iface, Some(&ns))?;
-        print_live(ctx, start.elapsed().as_secs_f64(), &now, &prev, last.elapsed().as_secs_f64());
+        print_live(
+            ctx,
+            start.elapsed().as_secs_f64(),
+            &now,
+            &prev,
+            last.elapsed().as_secs_f64(),
+        );
         prev = now;
         last = Instant::now();
     }

@@ -38,7 +38,12 @@ pub fn print_live(ctx: &Ctx, t: f64, now: &Counters, prev: &Counters, dt: f64) {
     if ctx.json {
         let rates: serde_json::Map<_, _> = LIVE
             .iter()
-            .map(|c| (c.name().to_owned(), serde_json::json!((now.get(*c) - prev.get(*c)) as f64 / dt)))
+            .map(|c| {
+                (
+                    c.name().to_owned(),
+                    serde_json::json!((now.get(*c) - prev.get(*c)) as f64 / dt),
+                )
+            })
             .collect();
         print_json(&serde_json::json!({ "t": t, "counters": now.to_json(), "rates": rates }));
         return;
@@ -56,11 +61,19 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     let ours = !pins.is_attached();
     if ours {
         let att = loader::attach(&a.iface, ctx.netns, Program::Intercept, a.xdp_mode)?;
-        eprintln!("intercept-ctl: attached to {} (program id {})", att.interface, att.program_id);
+        eprintln!(
+            "intercept-ctl: attached to {} (program id {})",
+            att.interface, att.program_id
+        );
     } else {
-        eprintln!("intercept-ctl: already attached to {}; watching only", a.iface);
+        eprintln!(
+            "intercept-ctl: already attached to {}; watching only",
+            a.iface
+        );
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async {
         let start = Instant::now();
         let mut prev = read_pinned(&a.iface, ctx.netns)?;
@@ -73,10 +86,18 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => break,
             }
             let now = read_pinned(&a.iface, ctx.netns)?;
-            print_live(ctx, start.elapsed().as_secs_f64(), &now, &prev, last.elapsed().as_secs_f64());
+            print_live(
+                ctx,
+                start.elapsed().as_secs_f64(),
+                &now,
+                &prev,
+                last.elapsed().as_secs_f64(),
+            );
             prev = now;
             last = Instant::now();
-            if a.seconds.is_some_and(|s| start.elapsed() >= Duration::from_secs(s)) {
+            if a.seconds
+                .is_some_and(|s| start.elapsed() >= Duration::from_secs(s))
+            {
                 break;
             }
         }

@@ -1,0 +1,198 @@
+//! The real embedded object on crafted frames through BPF_PROG_TEST_RUN: verdict, output frame and
+//! exact counter deltas for every fixture.
+use intercept_common::{
+    Counter::{self, *},
+    craft::{Link, TcpSegment, linux_syn_options, tcp_frame},
+    maps::PROG_XDP,
+    parse::{ETH_P_8021AD, ETH_P_8021Q, tcp_flags},
+};
+use intercept_tests::{Loaded, deltas, require_root};
+use std::net::IpAddr;
+
+const XDP_PASS: u32 = 2;
+
+struct Fixture {
+    what: String,
+    frame: Vec<u8>,
+    verdict: u32,
+    counters: Vec<(Counter, u64)>,
+}
+
+fn fx(what: &str, frame: Vec<u8>, extra: &[Counter]) -> Fixture {
+    let mut counters = vec![(Packets, 1)];
+    counters.extend(extra.iter().map(|c| (*c, 1)));
+    counters.push((Passed, 1));
+    counters.sort_by_key(|(c, _)| *c as u32);
+    Fixture {
+        what: what.to_owned(),
+        frame,
+        verdict: XDP_PASS,
+        counters,
+    }
+}
+
+fn seg(v6: bool, flags: u8) -> TcpSegment {
+    let (s, d): (IpAddr, IpAddr) = if v6 {
+        (
+            "2001:db8::2".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        )
+    } else {
+        ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap())
+    };
+    let mut t = TcpSegment::new(s, d, 40000, 80, flags);
+    t.seq = 1000;
+    t
+}
+
+fn vlans(n: usize) -> Link {
+    let tags = [(ETH_P_8021AD, 10), (ETH_P_8021Q, 20)];
+    Link {
+        vlans: tags[2 - n..].to_vec(),
+        ..Link::default()
+    }
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let mut v = Vec::new();
+    for v6 in [false, true] {
+        let ip = if v6 { Ipv6 } else { Ipv4 };
+        let fam = if v6 { "IPv6" } else { "IPv4" };
+        for nv in 0..=2 {
+            let link = vlans(nv);
+            let mut tagged: Vec<Counter> = if nv > 0 { vec![Vlan] } else { vec![] };
+            tagged.push(ip);
+            let with = |extra: &[Counter]| [tagged.as_slice(), extra].concat();
+            let mut syn = seg(v6, tcp_flags::SYN);
+            syn.options = linux_syn_options(1460, 1, 7);
+            v.push(fx(
+                &format!("{fam} SYN, Linux options, {nv} VLAN"),
+                tcp_frame(&link, &syn),
+                &with(&[Tcp, Syn]),
+            ));
+            v.push(fx(
+                &format!("{fam} bare SYN, {nv} VLAN"),
+                tcp_frame(&link, &seg(v6, tcp_flags::SYN)),
+                &with(&[Tcp, Syn]),
+            ));
+            v.push(fx(
+                &format!("{fam} SYN-ACK, {nv} VLAN"),
+                tcp_frame(&link, &seg(v6, tcp_flags::SYN | tcp_flags::ACK)),
+                &with(&[Tcp, SynAck]),
+            ));
+            let mut data = seg(v6, tcp_flags::ACK | tcp_flags::PSH);
+            data.payload = vec![0xab; 100];
+            v.push(fx(
+                &format!("{fam} ACK with data, {nv} VLAN"),
+                tcp_frame(&link, &data),
+                &with(&[Tcp, Ack]),
+            ));
+            v.push(fx(
+                &format!("{fam} RST, {nv} VLAN"),
+                tcp_frame(&link, &seg(v6, tcp_flags::RST | tcp_flags::ACK)),
+                &with(&[Tcp, Rst]),
+            ));
+            v.push(fx(
+                &format!("{fam} bare FIN, {nv} VLAN"),
+                tcp_frame(&link, &seg(v6, tcp_flags::FIN)),
+                &with(&[Tcp]),
+            ));
+        }
+    }
+    // Not TCP.
+    let mut arp = vec![0u8; 42];
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    v.push(fx("ARP", arp, &[NonTcp]));
+    let mut udp = tcp_frame(&Link::default(), &seg(false, tcp_flags::SYN));
+    udp[23] = 17;
+    v.push(fx("IPv4 UDP", udp, &[Ipv4, NonTcp]));
+    let mut frag = tcp_frame(&Link::default(), &seg(false, tcp_flags::SYN));
+    frag[20] = 0x20; // MF, offset 0: first fragment
+    v.push(fx("IPv4 first fragment", frag, &[Ipv4, Fragment]));
+    // Truncated at every header boundary (the kernel rejects frames under 14 bytes itself).
+    let mut syn4 = seg(false, tcp_flags::SYN);
+    syn4.options = linux_syn_options(1460, 1, 7);
+    let full4 = tcp_frame(&vlans(1), &syn4);
+    for (cut, what) in [
+        (16, "inside the VLAN tag"),
+        (18 + 19, "inside the IPv4 header"),
+        (18 + 20 + 19, "inside the TCP header"),
+        (18 + 20 + 30, "inside the TCP options"),
+    ] {
+        v.push(fx(
+            &format!("IPv4 SYN cut {what} ({cut} bytes)"),
+            full4[..cut].to_vec(),
+            &[Malformed],
+        ));
+    }
+    let mut syn6 = seg(true, tcp_flags::SYN);
+    syn6.options = linux_syn_options(1440, 1, 7);
+    let full6 = tcp_frame(&Link::default(), &syn6);
+    for (cut, what) in [
+        (14 + 39, "inside the IPv6 header"),
+        (54 + 19, "inside the TCP header"),
+        (54 + 39, "inside the TCP options"),
+    ] {
+        v.push(fx(
+            &format!("IPv6 SYN cut {what} ({cut} bytes)"),
+            full6[..cut].to_vec(),
+            &[Malformed],
+        ));
+    }
+    // Lying lengths.
+    let good = tcp_frame(&Link::default(), &syn4);
+    for (what, at, byte) in [
+        ("IHL 4", 14, 0x44u8),
+        ("IPv4 total length > frame", 16, 0x02),
+        ("TCP doff 3", 46, 0x30),
+        ("TCP doff 15 > IP payload", 46, 0xf0),
+    ] {
+        let mut f = good.clone();
+        f[at] = byte;
+        v.push(fx(&format!("IPv4 SYN with {what}"), f, &[Malformed]));
+    }
+    v
+}
+
+#[test]
+fn every_fixture_gets_its_verdict_frame_and_counters() {
+    require_root("every_fixture_gets_its_verdict_frame_and_counters");
+    let obj = Loaded::new(&[PROG_XDP]);
+    let all = fixtures();
+    assert!(all.len() > 40, "fixture table shrank to {}", all.len());
+    for f in all {
+        let before = obj.counters();
+        let (verdict, out) = obj
+            .run(PROG_XDP, &f.frame)
+            .unwrap_or_else(|e| panic!("{}: test_run: {e:?}", f.what));
+        let after = obj.counters();
+        assert_eq!(verdict, f.verdict, "{}: verdict", f.what);
+        assert_eq!(
+            out, f.frame,
+            "{}: a passed frame must leave unchanged",
+            f.what
+        );
+        assert_eq!(
+            deltas(&before, &after),
+            f.counters,
+            "{}: counter deltas",
+            f.what
+        );
+    }
+}
+
+#[test]
+fn frames_shorter_than_ethernet_are_refused_by_the_kernel() {
+    require_root("frames_shorter_than_ethernet_are_refused_by_the_kernel");
+    let obj = Loaded::new(&[PROG_XDP]);
+    let before = obj.counters();
+    assert!(
+        obj.run(PROG_XDP, &[0u8; 13]).is_err(),
+        "BPF_PROG_TEST_RUN accepted a 13-byte frame"
+    );
+    assert_eq!(
+        deltas(&before, &obj.counters()),
+        vec![],
+        "a refused run counted something"
+    );
+}
