@@ -7,6 +7,7 @@
 #![cfg_attr(not(any(test, feature = "user")), no_std)]
 
 pub mod checksum;
+pub mod cookie;
 pub mod counters;
 #[cfg(any(test, feature = "user"))]
 pub mod craft;
