@@ -12,6 +12,9 @@ pub mod counters;
 #[cfg(any(test, feature = "user"))]
 pub mod craft;
 pub mod maps;
+pub mod config;
+pub mod handshake;
 pub mod parse;
+pub mod tcpopt;
 
 pub use counters::Counter;
