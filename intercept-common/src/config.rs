@@ -61,42 +61,51 @@ const _: () = assert!(size_of::<Config>() == 16);
 
 impl Default for Config {
     fn default() -> Self {
-        Config { mode: Mode::Off as u32, flags: flags::ECN, mss_v4: 1460, mss_v6: 1440, window: 65535, wscale: 7, ttl: 64 }
+        Config {
+            mode: Mode::Off as u32,
+            flags: flags::ECN,
+            mss_v4: 1460,
+            mss_v6: 1440,
+            window: 65535,
+            wscale: 7,
+            ttl: 64,
+        }
     }
 }
 
-/// Key of the protected-scope LPM trie [`crate::maps::SCOPE`]: destination port (0 = every port)
-/// then the IPv6 or IPv4-mapped destination address. `prefix_len` counts bits from the start of
-/// `data`: 16 for the port plus the address prefix (96 + n for an IPv4 /n).
+/// Key of the protected-scope LPM trie [`crate::maps::SCOPE`]: a word holding the destination port
+/// (0 = every port) in its top 16 bits, then the IPv6 or IPv4-mapped destination address. The
+/// trie compares bytes in memory order, so every word is stored big-endian. `prefix_len` counts
+/// bits from the start of `data`: 32 for the port word plus the address prefix (96 + n for an
+/// IPv4 /n).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScopeKey {
-    /// Port (big-endian bytes) then address, 18 bytes.
-    pub data: [u8; 18],
+    /// Port word, then the address words; each big-endian in memory.
+    pub data: [u32; 5],
 }
-const _: () = assert!(size_of::<ScopeKey>() == 18);
+const _: () = assert!(size_of::<ScopeKey>() == 20);
 
 impl ScopeKey {
-    /// Key for `port` (0: all ports) and a 16-byte address.
+    /// Key for `port` (0: all ports) and an address in [`crate::cookie::Flow`] word form.
     #[inline(always)]
     #[must_use]
-    pub fn new(port: u16, addr: &[u8; 16]) -> ScopeKey {
-        let p = port.to_be_bytes();
-        let mut data = [0u8; 18];
-        data[0] = p[0];
-        data[1] = p[1];
-        let mut i = 0;
-        while i < 16 {
-            data[2 + i] = addr[i];
-            i += 1;
+    pub const fn new(port: u16, addr: &[u32; 4]) -> ScopeKey {
+        ScopeKey {
+            data: [
+                ((port as u32) << 16).to_be(),
+                addr[0].to_be(),
+                addr[1].to_be(),
+                addr[2].to_be(),
+                addr[3].to_be(),
+            ],
         }
-        ScopeKey { data }
     }
 
-    /// `prefix_len` of an entry for an address prefix of `bits` (on the 16-byte address).
+    /// `prefix_len` of an entry for an address prefix of `addr_bits` (on the 128-bit address).
     #[must_use]
     pub const fn prefix_len(addr_bits: u32) -> u32 {
-        16 + addr_bits
+        32 + addr_bits
     }
 }
 
@@ -108,12 +117,24 @@ pub struct ScopeValue {
     pub protect: u32,
 }
 
-/// Key of the exempt-source LPM trie [`crate::maps::EXEMPT`]: a 16-byte (IPv4-mapped) address.
+/// Key of the exempt-source LPM trie [`crate::maps::EXEMPT`]: an (IPv4-mapped) address, each
+/// word big-endian in memory.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AddrKey {
-    /// Address.
-    pub addr: [u8; 16],
+    /// Address words, big-endian in memory.
+    pub addr: [u32; 4],
+}
+
+impl AddrKey {
+    /// Key for an address in [`crate::cookie::Flow`] word form.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(a: &[u32; 4]) -> AddrKey {
+        AddrKey {
+            addr: [a[0].to_be(), a[1].to_be(), a[2].to_be(), a[3].to_be()],
+        }
+    }
 }
 
 /// What the XDP program leaves in the frame's metadata for the TC program when an ACK carried a

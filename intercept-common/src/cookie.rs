@@ -101,14 +101,17 @@ pub fn siphash24<const N: usize>(key: &Key, words: &[u64; N]) -> u64 {
     v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
-/// A connection's 4-tuple as the client sent it. IPv4 addresses are stored IPv4-mapped
-/// (`::ffff:a.b.c.d`, RFC 4291 section 2.5.5.2), so one code path serves both families.
+/// A connection's 4-tuple as the client sent it. Addresses are four 32-bit words, each the
+/// big-endian reading of 4 address bytes (so `saddr[3]` of 198.18.0.2 is `0xc612_0002`). IPv4
+/// addresses are stored IPv4-mapped (`::ffff:a.b.c.d`, RFC 4291 section 2.5.5.2), so one code path
+/// serves both families. (Words, not bytes: the data path then holds 4 values per address instead
+/// of 16, which keeps it inside the BPF stack.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
-    /// Client address (16 bytes, network order).
-    pub saddr: [u8; 16],
+    /// Client address.
+    pub saddr: [u32; 4],
     /// Server address.
-    pub daddr: [u8; 16],
+    pub daddr: [u32; 4],
     /// Client port.
     pub sport: u16,
     /// Server port.
@@ -116,19 +119,43 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// An IPv4 flow, stored IPv4-mapped.
+    /// An IPv4 flow (addresses as big-endian words), stored IPv4-mapped.
     #[inline(always)]
     #[must_use]
-    pub fn v4(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16) -> Flow {
-        Flow { saddr: mapped(saddr), daddr: mapped(daddr), sport, dport }
+    pub const fn v4(saddr: u32, daddr: u32, sport: u16, dport: u16) -> Flow {
+        Flow {
+            saddr: mapped(saddr),
+            daddr: mapped(daddr),
+            sport,
+            dport,
+        }
     }
 }
 
-/// `::ffff:a.b.c.d`.
+/// `::ffff:a.b.c.d` for the big-endian word `a`.
 #[inline(always)]
 #[must_use]
-pub fn mapped(a: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+pub const fn mapped(a: u32) -> [u32; 4] {
+    [0, 0, 0xffff, a]
+}
+
+/// Whether an address is IPv4-mapped.
+#[inline(always)]
+#[must_use]
+pub const fn is_mapped(a: &[u32; 4]) -> bool {
+    a[0] == 0 && a[1] == 0 && a[2] == 0xffff
+}
+
+/// Address words from 16 bytes in network order.
+#[inline(always)]
+#[must_use]
+pub const fn words(b: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_be_bytes([b[12], b[13], b[14], b[15]]),
+    ]
 }
 
 /// TCP options negotiated on the SYN, as the cookie carries them.
@@ -156,7 +183,12 @@ impl CookieOpts {
     #[inline(always)]
     #[must_use]
     pub const fn decode(b: u8) -> CookieOpts {
-        CookieOpts { mss_idx: b >> 6, wscale: (b >> 2) & 15, sack: b & 2 != 0, ecn: b & 1 != 0 }
+        CookieOpts {
+            mss_idx: b >> 6,
+            wscale: (b >> 2) & 15,
+            sack: b & 2 != 0,
+            ecn: b & 1 != 0,
+        }
     }
 
     /// The MSS this index stands for.
@@ -194,14 +226,12 @@ pub const fn slot_of(now_ns: u64) -> u32 {
 /// The 21-bit MAC over everything the cookie vouches for.
 #[inline(always)]
 fn mac(key: &Key, flow: &Flow, isn: u32, slot: u32, low: u32) -> u32 {
-    let w = |b: &[u8; 16], i: usize| {
-        u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]])
-    };
+    let w = |a: &[u32; 4], i: usize| u64::from(a[i]) << 32 | u64::from(a[i + 1]);
     let words = [
         w(&flow.saddr, 0),
-        w(&flow.saddr, 8),
+        w(&flow.saddr, 2),
         w(&flow.daddr, 0),
-        w(&flow.daddr, 8),
+        w(&flow.daddr, 2),
         u64::from(flow.sport) << 48 | u64::from(flow.dport) << 32 | u64::from(isn),
         u64::from(slot) << 32 | u64::from(low),
     ];
@@ -232,14 +262,24 @@ pub enum CookieError {
 /// # Errors
 /// [`CookieError`] when the cookie is expired or does not authenticate.
 #[inline(always)]
-pub fn check(secrets: &Secrets, flow: &Flow, isn: u32, cookie: u32, now_slot: u32) -> Result<CookieOpts, CookieError> {
+pub fn check(
+    secrets: &Secrets,
+    flow: &Flow,
+    isn: u32,
+    cookie: u32,
+    now_slot: u32,
+) -> Result<CookieOpts, CookieError> {
     let low = cookie & 0x7ff;
     let age = now_slot.wrapping_sub(low >> 8) & 3;
     if age > 1 {
         return Err(CookieError::Expired);
     }
     let slot = now_slot.wrapping_sub(age);
-    let key = if low & 0x400 != 0 { &secrets.keys[1] } else { &secrets.keys[0] };
+    let key = if low & 0x400 != 0 {
+        &secrets.keys[1]
+    } else {
+        &secrets.keys[0]
+    };
     if mac(key, flow, isn, slot, low) != cookie >> 11 {
         return Err(CookieError::BadMac);
     }
@@ -254,15 +294,25 @@ mod tests {
 
     fn secrets() -> Secrets {
         Secrets {
-            keys: [Key { k: [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908] }, Key { k: [1, 2] }],
+            keys: [
+                Key {
+                    k: [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908],
+                },
+                Key { k: [1, 2] },
+            ],
             current: 0,
             generation: 0,
         }
     }
     fn flow() -> Flow {
-        Flow::v4([198, 18, 0, 2], [198, 18, 0, 1], 40000, 80)
+        Flow::v4(0xc612_0002, 0xc612_0001, 40000, 80)
     }
-    const OPTS: CookieOpts = CookieOpts { mss_idx: 3, wscale: 7, sack: true, ecn: false };
+    const OPTS: CookieOpts = CookieOpts {
+        mss_idx: 3,
+        wscale: 7,
+        sack: true,
+        ecn: false,
+    };
 
     /// Our fixed-width SipHash equals the reference implementation on the same bytes.
     #[test]
@@ -275,7 +325,10 @@ mod tests {
         }
         assert_eq!(siphash24(&key, &words), h.finish());
         // Test vector from the SipHash paper's reference table: key 00..0f, message 00..07.
-        assert_eq!(siphash24(&key, &[0x0706_0504_0302_0100]), 0x93f5_f579_9a93_2462);
+        assert_eq!(
+            siphash24(&key, &[0x0706_0504_0302_0100]),
+            0x93f5_f579_9a93_2462
+        );
     }
 
     #[test]
@@ -284,7 +337,12 @@ mod tests {
             for wscale in 0..=15 {
                 for sack in [false, true] {
                     for ecn in [false, true] {
-                        let o = CookieOpts { mss_idx, wscale, sack, ecn };
+                        let o = CookieOpts {
+                            mss_idx,
+                            wscale,
+                            sack,
+                            ecn,
+                        };
                         assert_eq!(CookieOpts::decode(o.encode()), o);
                     }
                 }
@@ -309,11 +367,23 @@ mod tests {
         let s = secrets();
         let c = make(&s.keys[0], 0, &flow(), 1000, 500, OPTS);
         assert_eq!(check(&s, &flow(), 1000, c, 500), Ok(OPTS));
-        assert_eq!(check(&s, &flow(), 1000, c, 501), Ok(OPTS), "previous slot still passes");
+        assert_eq!(
+            check(&s, &flow(), 1000, c, 501),
+            Ok(OPTS),
+            "previous slot still passes"
+        );
         assert_eq!(check(&s, &flow(), 1000, c, 502), Err(CookieError::Expired));
         assert_eq!(check(&s, &flow(), 1000, c, 503), Err(CookieError::Expired));
-        assert_eq!(check(&s, &flow(), 1000, c, 504), Err(CookieError::BadMac), "4 slots: aliases, MAC fails");
-        assert_eq!(check(&s, &flow(), 1000, c, 499), Err(CookieError::Expired), "from the future");
+        assert_eq!(
+            check(&s, &flow(), 1000, c, 504),
+            Err(CookieError::BadMac),
+            "4 slots: aliases, MAC fails"
+        );
+        assert_eq!(
+            check(&s, &flow(), 1000, c, 499),
+            Err(CookieError::Expired),
+            "from the future"
+        );
     }
 
     #[test]
@@ -323,17 +393,30 @@ mod tests {
         let c = make(&s.keys[0], 0, &f, 1000, 500, OPTS);
         let mut other = f;
         other.sport += 1;
-        assert_eq!(check(&s, &other, 1000, c, 500), Err(CookieError::BadMac), "port");
+        assert_eq!(
+            check(&s, &other, 1000, c, 500),
+            Err(CookieError::BadMac),
+            "port"
+        );
         let mut other = f;
-        other.saddr[15] ^= 1;
-        assert_eq!(check(&s, &other, 1000, c, 500), Err(CookieError::BadMac), "address");
+        other.saddr[3] ^= 1;
+        assert_eq!(
+            check(&s, &other, 1000, c, 500),
+            Err(CookieError::BadMac),
+            "address"
+        );
         assert_eq!(check(&s, &f, 1001, c, 500), Err(CookieError::BadMac), "ISN");
         for bit in 0..11 {
             // Options, slot bits and key index are all under the MAC.
             let r = check(&s, &f, 1000, c ^ (1 << bit), 500);
             assert!(r.is_err(), "flipping low bit {bit} still verified");
         }
-        let v6 = Flow { saddr: [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], daddr: [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], sport: 1, dport: 2 };
+        let v6 = Flow {
+            saddr: [0x2001_0db8, 0, 0, 2],
+            daddr: [0x2001_0db8, 0, 0, 1],
+            sport: 1,
+            dport: 2,
+        };
         let c6 = make(&s.keys[0], 0, &v6, 9, 500, OPTS);
         assert_eq!(check(&s, &v6, 9, c6, 500), Ok(OPTS));
     }
@@ -341,11 +424,22 @@ mod tests {
     #[test]
     fn rotation_keeps_cookies_in_flight() {
         let mut s = secrets();
-        let c = make(&s.keys[s.current as usize], s.current, &flow(), 7, 500, OPTS);
+        let c = make(
+            &s.keys[s.current as usize],
+            s.current,
+            &flow(),
+            7,
+            500,
+            OPTS,
+        );
         // Rotate: new secret into the other index, flip current.
         s.keys[1] = Key { k: [99, 100] };
         s.current = 1;
-        assert_eq!(check(&s, &flow(), 7, c, 500), Ok(OPTS), "old-key cookie after one rotation");
+        assert_eq!(
+            check(&s, &flow(), 7, c, 500),
+            Ok(OPTS),
+            "old-key cookie after one rotation"
+        );
         let c2 = make(&s.keys[1], 1, &flow(), 7, 500, OPTS);
         assert_eq!(check(&s, &flow(), 7, c2, 500), Ok(OPTS));
         // Second rotation replaces key 0: the first cookie no longer verifies.

@@ -33,6 +33,34 @@ pub enum Counter {
     Malformed,
     /// Frames handed to the kernel stack (XDP_PASS), whatever their kind.
     Passed,
+    /// SYNs to a protected destination in intercept mode.
+    SynProtected,
+    /// Cookie SYN-ACKs sent back with XDP_TX.
+    SynAckSent,
+    /// ACKs whose cookie verified; handed to the TC program.
+    AckValid,
+    /// ACKs to a listener whose cookie MAC failed (forged or too old): dropped.
+    AckBadMac,
+    /// ACKs to a listener whose cookie is two or three slots old: dropped.
+    AckExpired,
+    /// ACKs to a protected destination with no socket at all: dropped.
+    AckNoListener,
+    /// Connections created in the listener by the kfunc (TC).
+    HandedOff,
+    /// Valid ACKs the kernel refused to turn into a connection (TC).
+    HandoffFailed,
+    /// Protected ACKs of an existing socket (established, request, time-wait): passed.
+    PassEstablished,
+    /// Protected SYNs carrying data (TFO): passed to the kernel.
+    PassSynData,
+    /// SYNs/ACKs from an exempt source: passed.
+    PassExempt,
+    /// Intercept mode without secrets loaded: passed (fail open).
+    PassNoSecret,
+    /// Frames dropped (sum of the ack_* drop reasons).
+    Dropped,
+    /// Internal failures (a helper refused): XDP_ABORTED.
+    Aborted,
     /// Number of counters; not a counter.
     Count,
 }
@@ -53,6 +81,20 @@ impl Counter {
         Counter::Fragment,
         Counter::Malformed,
         Counter::Passed,
+        Counter::SynProtected,
+        Counter::SynAckSent,
+        Counter::AckValid,
+        Counter::AckBadMac,
+        Counter::AckExpired,
+        Counter::AckNoListener,
+        Counter::HandedOff,
+        Counter::HandoffFailed,
+        Counter::PassEstablished,
+        Counter::PassSynData,
+        Counter::PassExempt,
+        Counter::PassNoSecret,
+        Counter::Dropped,
+        Counter::Aborted,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -72,6 +114,20 @@ impl Counter {
             Counter::Fragment => "fragment",
             Counter::Malformed => "malformed",
             Counter::Passed => "passed",
+            Counter::SynProtected => "syn_protected",
+            Counter::SynAckSent => "syn_ack_sent",
+            Counter::AckValid => "ack_valid",
+            Counter::AckBadMac => "ack_bad_mac",
+            Counter::AckExpired => "ack_expired",
+            Counter::AckNoListener => "ack_no_listener",
+            Counter::HandedOff => "handed_off",
+            Counter::HandoffFailed => "handoff_failed",
+            Counter::PassEstablished => "pass_established",
+            Counter::PassSynData => "pass_syn_data",
+            Counter::PassExempt => "pass_exempt",
+            Counter::PassNoSecret => "pass_no_secret",
+            Counter::Dropped => "dropped",
+            Counter::Aborted => "aborted",
             Counter::Count => "count",
         }
     }
@@ -93,6 +149,20 @@ impl Counter {
             Counter::Fragment => "IP fragments (passed, not parsed as TCP)",
             Counter::Malformed => "Truncated or inconsistent headers (passed)",
             Counter::Passed => "Frames passed to the kernel stack",
+            Counter::SynProtected => "Protected SYNs seen in intercept mode",
+            Counter::SynAckSent => "Cookie SYN-ACKs sent (XDP_TX)",
+            Counter::AckValid => "ACKs with a valid cookie",
+            Counter::AckBadMac => "ACKs dropped: cookie MAC failed",
+            Counter::AckExpired => "ACKs dropped: cookie expired",
+            Counter::AckNoListener => "ACKs dropped: no socket or listener",
+            Counter::HandedOff => "Connections handed to the listener",
+            Counter::HandoffFailed => "Handoffs the kernel refused",
+            Counter::PassEstablished => "Passed: segment of an existing connection",
+            Counter::PassSynData => "Passed: SYN with payload",
+            Counter::PassExempt => "Passed: exempt source",
+            Counter::PassNoSecret => "Passed: no cookie secret loaded",
+            Counter::Dropped => "Frames dropped",
+            Counter::Aborted => "Internal failures (XDP_ABORTED)",
             Counter::Count => "",
         }
     }

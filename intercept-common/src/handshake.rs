@@ -2,9 +2,9 @@
 //! (headers built in fixed-size buffers with checksums, so the data path only copies them), and
 //! the attributes a verified ACK hands to the kernel.
 use crate::{
-    checksum::{add_bytes, finish, pseudo_v4, pseudo_v6},
+    checksum::{add_bytes, add_u16, add_u32, finish, pseudo_v4},
     config::{Config, TcpReqAttrs, flags},
-    cookie::{CookieOpts, Flow, WSCALE_NONE, mapped, mss_index},
+    cookie::{CookieOpts, Flow, WSCALE_NONE, mss_index},
     parse::{Frame, IPPROTO_TCP, Ip, L3, Tcp, tcp_flags},
     tcpopt::{self, TcpOptions},
 };
@@ -15,14 +15,30 @@ use crate::{
 pub fn flow_of<F: Frame + ?Sized>(f: &F, ip: &Ip, tcp: &Tcp) -> Option<Flow> {
     match ip.l3 {
         L3::V4 { .. } => {
-            let s: [u8; 4] = f.load(ip.l3_off + 12)?;
-            let d: [u8; 4] = f.load(ip.l3_off + 16)?;
+            let s = f.be32_at(ip.l3_off + 12)?;
+            let d = f.be32_at(ip.l3_off + 16)?;
             Some(Flow::v4(s, d, tcp.sport, tcp.dport))
         }
         L3::V6 { .. } => {
-            let saddr: [u8; 16] = f.load(ip.l3_off + 8)?;
-            let daddr: [u8; 16] = f.load(ip.l3_off + 24)?;
-            Some(Flow { saddr, daddr, sport: tcp.sport, dport: tcp.dport })
+            let o = ip.l3_off;
+            let saddr = [
+                f.be32_at(o + 8)?,
+                f.be32_at(o + 12)?,
+                f.be32_at(o + 16)?,
+                f.be32_at(o + 20)?,
+            ];
+            let daddr = [
+                f.be32_at(o + 24)?,
+                f.be32_at(o + 28)?,
+                f.be32_at(o + 32)?,
+                f.be32_at(o + 36)?,
+            ];
+            Some(Flow {
+                saddr,
+                daddr,
+                sport: tcp.sport,
+                dport: tcp.dport,
+            })
         }
     }
 }
@@ -51,8 +67,26 @@ impl SynRequest {
             flow: flow_of(f, ip, tcp)?,
             isn: tcp.seq,
             opts: tcpopt::parse(f, tcp.off, tcp.hdr_len),
-            ecn_setup: tcp.flags & (tcp_flags::ECE | tcp_flags::CWR) == tcp_flags::ECE | tcp_flags::CWR,
+            ecn_setup: tcp.flags & (tcp_flags::ECE | tcp_flags::CWR)
+                == tcp_flags::ECE | tcp_flags::CWR,
         })
+    }
+
+    /// As [`SynRequest::read`], into `out`; returns false if the addresses cannot be read. (The data
+    /// path points `out` into a per-CPU map: the verifier does not track map memory, so the many
+    /// paths through the option walk do not carry over into the rest of the program.)
+    #[inline(always)]
+    pub fn read_into<F: Frame + ?Sized>(f: &F, ip: &Ip, tcp: &Tcp, out: &mut SynRequest) -> bool {
+        let Some(flow) = flow_of(f, ip, tcp) else {
+            return false;
+        };
+        out.v6 = matches!(ip.l3, L3::V6 { .. });
+        out.flow = flow;
+        out.isn = tcp.seq;
+        out.ecn_setup =
+            tcp.flags & (tcp_flags::ECE | tcp_flags::CWR) == tcp_flags::ECE | tcp_flags::CWR;
+        out.opts = tcpopt::parse(f, tcp.off, tcp.hdr_len);
+        true
     }
 
     /// What the cookie records of this SYN under `cfg`.
@@ -63,18 +97,50 @@ impl SynRequest {
         let mss = if self.opts.mss == 0 { 0 } else { self.opts.mss };
         CookieOpts {
             mss_idx: mss_index(mss, self.v6),
-            wscale: match self.opts.wscale {
-                Some(w) => w,
-                None => WSCALE_NONE,
-            },
+            wscale: self.opts.wscale,
             sack: self.opts.sack_perm,
             ecn: self.ecn_setup && cfg.flags & flags::ECN != 0,
         }
     }
 }
 
+impl SynRequest {
+    /// All zero (IPv4, no options).
+    pub const ZERO: SynRequest = SynRequest {
+        v6: false,
+        flow: Flow {
+            saddr: [0; 4],
+            daddr: [0; 4],
+            sport: 0,
+            dport: 0,
+        },
+        isn: 0,
+        opts: TcpOptions {
+            mss: 0,
+            wscale: WSCALE_NONE,
+            sack_perm: false,
+            ts_ok: false,
+            tsval: 0,
+            tsecr: 0,
+            malformed: false,
+        },
+        ecn_setup: false,
+    };
+}
+
+impl SynAck {
+    /// All zero.
+    pub const ZERO: SynAck = SynAck {
+        ip: [0; 40],
+        ip_len: 0,
+        tcp: [0; 40],
+        tcp_len: 0,
+    };
+}
+
 /// The headers of a SYN-ACK: IP (20 or 40 bytes) and TCP (24 to 40 bytes), checksums included;
 /// bytes past `ip_len` / `tcp_len` are zero.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SynAck {
     /// IP header.
@@ -96,92 +162,124 @@ fn put(buf: &mut [u8; 40], at: usize, bytes: &[u8]) {
     }
 }
 
-/// Builds the SYN-ACK answering `req` with sequence number `cookie`; `tsval` is our timestamp (sent
-/// only if the client sent timestamps). Options as Linux orders them: MSS, SACK-permitted +
-/// timestamps (or NOP NOP + one of them), NOP + window scale.
+/// Builds into `out` the SYN-ACK answering `req` with sequence number `cookie`; `tsval` is our
+/// timestamp (sent only if the client sent timestamps). Options as Linux orders them: MSS,
+/// SACK-permitted + timestamps (or NOP NOP + one of them), NOP + window scale. (`out` rather than
+/// a return value: the data path keeps it in a per-CPU map, off its 512-byte stack.)
 #[inline(always)]
-#[must_use]
-pub fn build_synack(req: &SynRequest, cfg: &Config, co: CookieOpts, cookie: u32, tsval: u32) -> SynAck {
-    let mut tcp = [0u8; 40];
-    put(&mut tcp, 0, &req.flow.dport.to_be_bytes());
-    put(&mut tcp, 2, &req.flow.sport.to_be_bytes());
-    put(&mut tcp, 4, &cookie.to_be_bytes());
-    put(&mut tcp, 8, &req.isn.wrapping_add(1).to_be_bytes());
+pub fn build_synack(
+    req: &SynRequest,
+    cfg: &Config,
+    co: CookieOpts,
+    cookie: u32,
+    tsval: u32,
+    out: &mut SynAck,
+) {
+    out.tcp = [0u8; 40];
+    out.ip = [0u8; 40];
+    let tcp = &mut out.tcp;
+    put(tcp, 0, &req.flow.dport.to_be_bytes());
+    put(tcp, 2, &req.flow.sport.to_be_bytes());
+    put(tcp, 4, &cookie.to_be_bytes());
+    put(tcp, 8, &req.isn.wrapping_add(1).to_be_bytes());
     tcp[13] = tcp_flags::SYN | tcp_flags::ACK | if co.ecn { tcp_flags::ECE } else { 0 };
     let window = if cfg.window == 0 { 65535 } else { cfg.window };
-    put(&mut tcp, 14, &window.to_be_bytes());
+    put(tcp, 14, &window.to_be_bytes());
     let mss = if req.v6 { cfg.mss_v6 } else { cfg.mss_v4 };
-    let m = mss.to_be_bytes();
-    put(&mut tcp, 20, &[2, 4, m[0], m[1]]);
-    let mut len = 24;
-    match req.opts.ts {
-        Some((client_tsval, _)) => {
-            if req.opts.sack_perm {
-                put(&mut tcp, len, &[4, 2, 8, 10]);
-            } else {
-                put(&mut tcp, len, &[1, 1, 8, 10]);
-            }
-            put(&mut tcp, len + 4, &tsval.to_be_bytes());
-            put(&mut tcp, len + 8, &client_tsval.to_be_bytes());
-            len += 12;
-        }
-        None => {
-            if req.opts.sack_perm {
-                put(&mut tcp, len, &[1, 1, 4, 2]);
-                len += 4;
-            }
-        }
-    }
-    if req.opts.wscale.is_some() {
-        put(&mut tcp, len, &[1, 3, 3, cfg.wscale.min(crate::cookie::WSCALE_MAX)]);
-        len += 4;
-    }
+    // Options go in five fixed 4-byte words after the header; the booleans only choose the words'
+    // values, never where they go. (A write offset that depends on which options are present makes
+    // the verifier track every combination exactly; this SYN path then blew past its 1M limit.)
+    let (ts, sack, ws) = (req.opts.ts_ok, req.opts.sack_perm, req.opts.has_wscale());
+    let nop_ws = u32::from_be_bytes([1, 3, 3, cfg.wscale.min(crate::cookie::WSCALE_MAX)]);
+    let nop_sack = u32::from_be_bytes([1, 1, 4, 2]);
+    let w0 = u32::from(mss) | 0x0204_0000;
+    let (w1, w2, w3, w4, words) = if ts {
+        let head = if sack { 0x0402_080a } else { 0x0101_080a };
+        (
+            head,
+            tsval,
+            req.opts.tsval,
+            if ws { nop_ws } else { 0 },
+            4 + usize::from(ws),
+        )
+    } else {
+        let w1 = if sack {
+            nop_sack
+        } else if ws {
+            nop_ws
+        } else {
+            0
+        };
+        let w2 = if sack && ws { nop_ws } else { 0 };
+        (w1, w2, 0, 0, 1 + usize::from(sack) + usize::from(ws))
+    };
+    put(tcp, 20, &w0.to_be_bytes());
+    put(tcp, 24, &w1.to_be_bytes());
+    put(tcp, 28, &w2.to_be_bytes());
+    put(tcp, 32, &w3.to_be_bytes());
+    put(tcp, 36, &w4.to_be_bytes());
+    let len = 20 + 4 * words;
     tcp[12] = ((len / 4) as u8) << 4;
 
-    let mut ip = [0u8; 40];
+    let ip = &mut out.ip;
     let (ip_len, acc) = if req.v6 {
         ip[0] = 0x60;
-        put(&mut ip, 4, &(len as u16).to_be_bytes());
+        put(ip, 4, &(len as u16).to_be_bytes());
         ip[6] = IPPROTO_TCP;
         ip[7] = cfg.ttl;
-        put(&mut ip, 8, &req.flow.daddr);
-        put(&mut ip, 24, &req.flow.saddr);
-        (40, pseudo_v6(&req.flow.daddr, &req.flow.saddr, IPPROTO_TCP, len as u32))
+        let mut i = 0;
+        while i < 4 {
+            put(ip, 8 + 4 * i, &req.flow.daddr[i].to_be_bytes());
+            put(ip, 24 + 4 * i, &req.flow.saddr[i].to_be_bytes());
+            i += 1;
+        }
+        (
+            40,
+            pseudo_v6_words(&req.flow.daddr, &req.flow.saddr, len as u32),
+        )
     } else {
-        let (s, d) = (&req.flow.daddr, &req.flow.saddr);
-        let (src, dst) = ([s[12], s[13], s[14], s[15]], [d[12], d[13], d[14], d[15]]);
+        let (src, dst) = (
+            req.flow.daddr[3].to_be_bytes(),
+            req.flow.saddr[3].to_be_bytes(),
+        );
         ip[0] = 0x45;
-        put(&mut ip, 2, &((20 + len) as u16).to_be_bytes());
+        put(ip, 2, &((20 + len) as u16).to_be_bytes());
         ip[6] = 0x40; // DF
         ip[8] = cfg.ttl;
         ip[9] = IPPROTO_TCP;
-        put(&mut ip, 12, &src);
-        put(&mut ip, 16, &dst);
+        put(ip, 12, &src);
+        put(ip, 16, &dst);
         let c = finish(add_bytes(0, &ip[..20]));
-        put(&mut ip, 10, &c.to_be_bytes());
+        put(ip, 10, &c.to_be_bytes());
         (20, pseudo_v4(src, dst, IPPROTO_TCP, len as u16))
     };
     // Bytes past `len` are zero and add nothing to the sum.
-    let c = finish(add_bytes(acc, &tcp));
-    put(&mut tcp, 16, &c.to_be_bytes());
-    SynAck { ip, ip_len, tcp, tcp_len: len }
+    let c = finish(add_bytes(acc, &out.tcp));
+    put(&mut out.tcp, 16, &c.to_be_bytes());
+    out.ip_len = ip_len;
+    out.tcp_len = len;
 }
 
 /// The attributes the kernel needs to create the connection from a verified ACK: the options the
-/// cookie recorded, our own window scale, and the ACK's timestamps (if any).
+/// cookie recorded, our own window scale, and the ACK's timestamps (`ack` is the ACK's options).
 #[inline(always)]
 #[must_use]
-pub fn handoff_attrs(co: CookieOpts, v6: bool, cfg: &Config, ack_ts: Option<(u32, u32)>) -> TcpReqAttrs {
+pub fn handoff_attrs(co: CookieOpts, v6: bool, cfg: &Config, ack: &TcpOptions) -> TcpReqAttrs {
     let wscale_ok = co.wscale != WSCALE_NONE;
-    let (rcv_tsval, rcv_tsecr, tstamp_ok) = match ack_ts {
-        Some((v, e)) => (v, e, 1),
-        None => (0, 0, 0),
+    let (rcv_tsval, rcv_tsecr, tstamp_ok) = if ack.ts_ok {
+        (ack.tsval, ack.tsecr, 1)
+    } else {
+        (0, 0, 0)
     };
     TcpReqAttrs {
         rcv_tsval,
         rcv_tsecr,
         mss: co.mss(v6),
-        rcv_wscale: if wscale_ok { cfg.wscale.min(crate::cookie::WSCALE_MAX) } else { 0 },
+        rcv_wscale: if wscale_ok {
+            cfg.wscale.min(crate::cookie::WSCALE_MAX)
+        } else {
+            0
+        },
         snd_wscale: if wscale_ok { co.wscale } else { 0 },
         ecn_ok: u8::from(co.ecn),
         wscale_ok: u8::from(wscale_ok),
@@ -192,10 +290,16 @@ pub fn handoff_attrs(co: CookieOpts, v6: bool, cfg: &Config, ack_ts: Option<(u32
     }
 }
 
-/// The address bytes of a flow in its own family (4 or 16), for building frames on the host.
-#[must_use]
-pub fn is_mapped_v4(a: &[u8; 16]) -> bool {
-    a[..12] == mapped([0, 0, 0, 0])[..12]
+/// The IPv6 TCP pseudo-header sum from address words (RFC 8200 section 8.1).
+#[inline(always)]
+fn pseudo_v6_words(src: &[u32; 4], dst: &[u32; 4], l4_len: u32) -> u32 {
+    let mut acc = 0;
+    let mut i = 0;
+    while i < 4 {
+        acc = add_u32(add_u32(acc, src[i]), dst[i]);
+        i += 1;
+    }
+    add_u16(add_u32(acc, l4_len), u16::from(IPPROTO_TCP))
 }
 
 #[cfg(test)]
@@ -212,7 +316,10 @@ mod tests {
 
     fn syn_frame(v6: bool, options: Vec<u8>, flags: u8) -> Vec<u8> {
         let (s, d): (IpAddr, IpAddr) = if v6 {
-            ("2001:db8::2".parse().unwrap(), "2001:db8::1".parse().unwrap())
+            (
+                "2001:db8::2".parse().unwrap(),
+                "2001:db8::1".parse().unwrap(),
+            )
         } else {
             ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap())
         };
@@ -223,7 +330,9 @@ mod tests {
     }
 
     fn request(f: &[u8]) -> SynRequest {
-        let Ok(Dissected::Ip(ip @ Ip { l4: L4::Tcp(t), .. })) = dissect(f) else { panic!("not TCP") };
+        let Ok(Dissected::Ip(ip @ Ip { l4: L4::Tcp(t), .. })) = dissect(f) else {
+            panic!("not TCP")
+        };
         SynRequest::read(f, &ip, &t).expect("request")
     }
 
@@ -232,12 +341,19 @@ mod tests {
     #[test]
     fn synack_round_trip_v4_v6_with_every_option_mix() {
         let cfg = Config::default();
-        let secrets = Secrets { keys: [Key { k: [3, 4] }, Key::default()], current: 0, generation: 0 };
+        let secrets = Secrets {
+            keys: [Key { k: [3, 4] }, Key::default()],
+            current: 0,
+            generation: 0,
+        };
         for v6 in [false, true] {
             for (opts, ecn_flags) in [
                 (linux_syn_options(1460, 77, 7), 0),
                 (vec![], 0),
-                (vec![2, 4, 5, 0xb4, 1, 1, 4, 2], tcp_flags::ECE | tcp_flags::CWR),
+                (
+                    vec![2, 4, 5, 0xb4, 1, 1, 4, 2],
+                    tcp_flags::ECE | tcp_flags::CWR,
+                ),
                 (vec![1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 0], 0),
                 (vec![1, 3, 3, 2], 0),
             ] {
@@ -245,14 +361,27 @@ mod tests {
                 let req = request(&f);
                 let co = req.cookie_opts(&cfg);
                 let cookie = make(&secrets.keys[0], 0, &req.flow, req.isn, 9, co);
-                let sa = build_synack(&req, &cfg, co, cookie, 0xabcd);
+                let mut sa = SynAck::ZERO;
+                build_synack(&req, &cfg, co, cookie, 0xabcd, &mut sa);
                 let mut out = f[..14].to_vec();
                 out.extend_from_slice(&sa.ip[..sa.ip_len]);
                 out.extend_from_slice(&sa.tcp[..sa.tcp_len]);
-                let Ok(Dissected::Ip(ip @ Ip { l4: L4::Tcp(t), .. })) = dissect(&out[..]) else { panic!("reply does not parse") };
-                assert_eq!(t.flags & (tcp_flags::SYN | tcp_flags::ACK), tcp_flags::SYN | tcp_flags::ACK);
-                assert_eq!(t.flags & tcp_flags::ECE != 0, ecn_flags != 0, "ECE answers an ECN setup SYN");
-                assert_eq!((t.sport, t.dport, t.ack_seq, t.seq), (8080, 40000, 0x1111_2223, cookie));
+                let Ok(Dissected::Ip(ip @ Ip { l4: L4::Tcp(t), .. })) = dissect(&out[..]) else {
+                    panic!("reply does not parse")
+                };
+                assert_eq!(
+                    t.flags & (tcp_flags::SYN | tcp_flags::ACK),
+                    tcp_flags::SYN | tcp_flags::ACK
+                );
+                assert_eq!(
+                    t.flags & tcp_flags::ECE != 0,
+                    ecn_flags != 0,
+                    "ECE answers an ECN setup SYN"
+                );
+                assert_eq!(
+                    (t.sport, t.dport, t.ack_seq, t.seq),
+                    (8080, 40000, 0x1111_2223, cookie)
+                );
                 assert!(t.window > 0);
                 let back = flow_of(&out[..], &ip, &t).unwrap();
                 assert_eq!((back.saddr, back.daddr), (req.flow.daddr, req.flow.saddr));
@@ -260,23 +389,56 @@ mod tests {
                 assert!(!o.malformed);
                 assert_eq!(o.mss, if v6 { 1440 } else { 1460 });
                 assert_eq!(o.sack_perm, req.opts.sack_perm);
-                assert_eq!(o.ts, req.opts.ts.map(|(v, _)| (0xabcd, v)));
-                assert_eq!(o.wscale, req.opts.wscale.map(|_| 7));
+                assert_eq!(o.ts_ok, req.opts.ts_ok);
+                if o.ts_ok {
+                    assert_eq!((o.tsval, o.tsecr), (0xabcd, req.opts.tsval));
+                }
+                assert_eq!(o.has_wscale(), req.opts.has_wscale());
+                if o.has_wscale() {
+                    assert_eq!(o.wscale, 7);
+                }
                 let tcp = &out[t.off..];
+                let be = |a: &[u32; 4]| -> [u8; 16] {
+                    core::array::from_fn(|i| a[i / 4].to_be_bytes()[i % 4])
+                };
                 let acc = if v6 {
-                    pseudo_v6(&back.saddr, &back.daddr, IPPROTO_TCP, tcp.len() as u32)
+                    crate::checksum::pseudo_v6(
+                        &be(&back.saddr),
+                        &be(&back.daddr),
+                        IPPROTO_TCP,
+                        tcp.len() as u32,
+                    )
                 } else {
-                    verifies(0, &out[14..34]).then_some(()).expect("IPv4 header checksum");
-                    pseudo_v4(back.saddr[12..].try_into().unwrap(), back.daddr[12..].try_into().unwrap(), IPPROTO_TCP, tcp.len() as u16)
+                    assert!(verifies(0, &out[14..34]), "IPv4 header checksum");
+                    pseudo_v4(
+                        back.saddr[3].to_be_bytes(),
+                        back.daddr[3].to_be_bytes(),
+                        IPPROTO_TCP,
+                        tcp.len() as u16,
+                    )
                 };
                 assert!(verifies(acc, tcp), "TCP checksum");
                 // The completing ACK decodes to what was negotiated.
                 let got = check(&secrets, &req.flow, req.isn, cookie, 9).expect("cookie");
-                let a = handoff_attrs(got, v6, &cfg, o.ts.map(|(v, e)| (e + 1, v)));
+                let ack_opts = TcpOptions {
+                    ts_ok: o.ts_ok,
+                    tsval: o.tsecr + 1,
+                    tsecr: o.tsval,
+                    ..TcpOptions::default()
+                };
+                let a = handoff_attrs(got, v6, &cfg, &ack_opts);
                 assert_eq!(a.sack_ok, u8::from(req.opts.sack_perm));
-                assert_eq!(a.wscale_ok, u8::from(req.opts.wscale.is_some()));
-                assert_eq!(a.snd_wscale, req.opts.wscale.unwrap_or(0));
-                assert_eq!(a.tstamp_ok, u8::from(req.opts.ts.is_some()));
+                assert_eq!(a.wscale_ok, u8::from(req.opts.has_wscale()));
+                assert_eq!(
+                    a.snd_wscale,
+                    if req.opts.has_wscale() {
+                        req.opts.wscale
+                    } else {
+                        0
+                    }
+                );
+                assert_eq!(a.tstamp_ok, u8::from(req.opts.ts_ok));
+                assert_eq!(a.rcv_tsecr, if o.ts_ok { 0xabcd } else { 0 });
                 assert!(a.mss >= 536);
             }
         }

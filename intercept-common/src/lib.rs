@@ -7,13 +7,13 @@
 #![cfg_attr(not(any(test, feature = "user")), no_std)]
 
 pub mod checksum;
+pub mod config;
 pub mod cookie;
 pub mod counters;
 #[cfg(any(test, feature = "user"))]
 pub mod craft;
-pub mod maps;
-pub mod config;
 pub mod handshake;
+pub mod maps;
 pub mod parse;
 pub mod tcpopt;
 

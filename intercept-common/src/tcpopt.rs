@@ -1,13 +1,16 @@
 //! TCP options of a SYN or of the ACK that completes a handshake (RFC 9293 section 3.2,
 //! RFC 7323 for window scale and timestamps, RFC 2018 for SACK-permitted).
 //!
-//! The walk is bounded ([`MAX_OPTIONS`] options) and reads through [`Frame`], one bounds check per
-//! read, so the verifier accepts it; a SYN padded with more options than that keeps what was found
-//! before the limit (the handshake then simply negotiates less).
+//! The walk hops over at most [`MAX_OPTIONS`] options (macOS sends 8 on a SYN, Linux 5), reading
+//! through [`Frame`], one bounds check per read. The verifier tracks packet offsets exactly, so an
+//! offset that depends on the lengths seen so far makes it explore every combination of lengths
+//! ("BPF program is too large. Processed 1000001 insn"); see [`launder`] for how the walk avoids
+//! that. A SYN with more options than the limit keeps what was found before it (the handshake then
+//! negotiates less).
 use crate::parse::Frame;
 
-/// Options walked at most. Linux sends 5 on a SYN (MSS, SACK-permitted, timestamps, NOP, wscale).
-pub const MAX_OPTIONS: usize = 12;
+/// Options walked at most.
+pub const MAX_OPTIONS: usize = 10;
 
 const KIND_EOL: u8 = 0;
 const KIND_NOP: u8 = 1;
@@ -16,32 +19,64 @@ const KIND_WSCALE: u8 = 3;
 const KIND_SACK_PERM: u8 = 4;
 const KIND_TIMESTAMP: u8 = 8;
 
-/// What the options said.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What the options said. Plain fields with sentinels, no `Option`s: LLVM reads an `Option`'s
+/// payload even when it is `None`, and the verifier rejects the stale value it finds in that stack
+/// slot ("R7 pointer arithmetic with <<= operator prohibited").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpOptions {
     /// MSS option value, 0 if absent.
     pub mss: u16,
-    /// Window scale, if offered (clamped to 14 as RFC 7323 section 2.3 says).
-    pub wscale: Option<u8>,
+    /// Window scale (clamped to 14, RFC 7323 section 2.3), or [`crate::cookie::WSCALE_NONE`].
+    pub wscale: u8,
     /// SACK-permitted seen.
     pub sack_perm: bool,
-    /// Timestamps (TSval, TSecr), if present.
-    pub ts: Option<(u32, u32)>,
+    /// Timestamps option seen.
+    pub ts_ok: bool,
+    /// TSval of the timestamps option (0 if absent).
+    pub tsval: u32,
+    /// TSecr of the timestamps option (0 if absent).
+    pub tsecr: u32,
     /// The walk stopped on a malformed option (length < 2 or past the header).
     pub malformed: bool,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions {
+            mss: 0,
+            wscale: crate::cookie::WSCALE_NONE,
+            sack_perm: false,
+            ts_ok: false,
+            tsval: 0,
+            tsecr: 0,
+            malformed: false,
+        }
+    }
+}
+
+impl TcpOptions {
+    /// Whether window scaling was offered.
+    #[inline(always)]
+    #[must_use]
+    pub const fn has_wscale(&self) -> bool {
+        self.wscale != crate::cookie::WSCALE_NONE
+    }
 }
 
 /// Parses the options of the TCP header at `tcp_off` with header length `hdr_len` (doff * 4).
 #[inline(always)]
 pub fn parse<F: Frame + ?Sized>(f: &F, tcp_off: usize, hdr_len: usize) -> TcpOptions {
     let mut o = TcpOptions::default();
-    let end = tcp_off + hdr_len;
-    let mut off = tcp_off + 20;
-    for _ in 0..MAX_OPTIONS {
-        if off >= end {
+    let hdr_len = if hdr_len > 60 { 60 } else { hdr_len };
+    // Offset of the current option from the start of the TCP header (20..=60).
+    let mut rel = 20;
+    let mut n = 0;
+    while n < MAX_OPTIONS {
+        n += 1;
+        if rel >= hdr_len {
             break;
         }
-        let Some(kind) = f.u8_at(off) else {
+        let Some(kind) = f.u8_at(tcp_off + rel) else {
             o.malformed = true;
             break;
         };
@@ -49,32 +84,49 @@ pub fn parse<F: Frame + ?Sized>(f: &F, tcp_off: usize, hdr_len: usize) -> TcpOpt
             break;
         }
         if kind == KIND_NOP {
-            off += 1;
+            rel = launder(rel + 1);
             continue;
         }
-        let Some(len) = f.u8_at(off + 1) else {
-            o.malformed = true;
-            break;
+        let len = match f.u8_at(tcp_off + rel + 1) {
+            Some(l) => usize::from(l),
+            None => 0,
         };
-        let len = usize::from(len);
-        if len < 2 || off + len > end {
+        if len < 2 || rel + len > hdr_len {
             o.malformed = true;
             break;
         }
-        match (kind, len) {
-            (KIND_MSS, 4) => o.mss = f.be16_at(off + 2).unwrap_or(0),
-            (KIND_WSCALE, 3) => o.wscale = f.u8_at(off + 2).map(|w| w.min(crate::cookie::WSCALE_MAX)),
-            (KIND_SACK_PERM, 2) => o.sack_perm = true,
-            (KIND_TIMESTAMP, 10) => {
-                if let (Some(v), Some(e)) = (f.be32_at(off + 2), f.be32_at(off + 6)) {
-                    o.ts = Some((v, e));
-                }
+        let next = launder(rel + len);
+        let at = tcp_off + rel + 2;
+        if kind == KIND_MSS && len == 4 {
+            o.mss = f.be16_at(at).unwrap_or(0);
+        } else if kind == KIND_WSCALE && len == 3 {
+            if let Some(w) = f.u8_at(at) {
+                o.wscale = if w > crate::cookie::WSCALE_MAX {
+                    crate::cookie::WSCALE_MAX
+                } else {
+                    w
+                };
             }
-            _ => {}
+        } else if kind == KIND_SACK_PERM && len == 2 {
+            o.sack_perm = true;
+        } else if kind == KIND_TIMESTAMP && len == 10 {
+            if let (Some(v), Some(e)) = (f.be32_at(at), f.be32_at(at + 4)) {
+                o.ts_ok = true;
+                o.tsval = v;
+                o.tsecr = e;
+            }
         }
-        off += len;
+        rel = next;
     }
     o
+}
+
+/// The option offset, opaque to LLVM and masked to 6 bits. The value is at most 60 whenever it is
+/// used, so the mask changes nothing; it gives the verifier the same shape of offset at the top of
+/// every hop, so it can prune instead of exploring each combination of option lengths.
+#[inline(always)]
+fn launder(rel: usize) -> usize {
+    core::hint::black_box(rel) & 0x3f
 }
 
 #[cfg(test)]
@@ -94,7 +146,18 @@ mod tests {
     fn linux_syn_options() {
         let h = hdr(&crate::craft::linux_syn_options(1460, 0xabcd, 7));
         let o = parse(&h[..], 0, h.len());
-        assert_eq!(o, TcpOptions { mss: 1460, wscale: Some(7), sack_perm: true, ts: Some((0xabcd, 0)), malformed: false });
+        assert_eq!(
+            o,
+            TcpOptions {
+                mss: 1460,
+                wscale: 7,
+                sack_perm: true,
+                ts_ok: true,
+                tsval: 0xabcd,
+                tsecr: 0,
+                malformed: false
+            }
+        );
     }
 
     #[test]
@@ -103,7 +166,11 @@ mod tests {
         assert_eq!(parse(&h[..], 0, 20), TcpOptions::default());
         let h = hdr(&[3, 3, 20, 30, 4, 1, 2, 2, 4, 0x04, 0xb4]);
         let o = parse(&h[..], 0, h.len());
-        assert_eq!((o.wscale, o.mss, o.malformed), (Some(14), 0x04b4, false), "wscale clamped, unknown kind 30 skipped");
+        assert_eq!(
+            (o.wscale, o.mss, o.malformed),
+            (14, 0x04b4, false),
+            "wscale clamped, unknown kind 30 skipped"
+        );
     }
 
     #[test]
@@ -112,7 +179,10 @@ mod tests {
         let o = parse(&h[..], 0, h.len());
         assert!(o.malformed && o.mss == 1460);
         let h = hdr(&[8, 10, 0, 0]);
-        assert!(parse(&h[..], 0, h.len()).malformed, "timestamp running past doff");
+        assert!(
+            parse(&h[..], 0, h.len()).malformed,
+            "timestamp running past doff"
+        );
         // Header claims 40 bytes but the frame is cut after 24.
         let h = hdr(&[2, 4, 5, 0xb4, 1, 1, 1, 1]);
         assert!(parse(&h[..26], 0, 28).malformed);
@@ -120,9 +190,22 @@ mod tests {
 
     #[test]
     fn walk_is_bounded() {
-        let mut opts = vec![1u8; 16];
+        let mut opts = vec![1u8; 10];
         opts.extend_from_slice(&[2, 4, 5, 0xb4]);
         let h = hdr(&opts);
-        assert_eq!(parse(&h[..], 0, h.len()).mss, 0, "an MSS after 16 NOPs is past the limit");
+        assert_eq!(
+            parse(&h[..], 0, h.len()).mss,
+            0,
+            "an MSS after 10 NOPs is past the limit"
+        );
+        // macOS's SYN: MSS, NOP, WS, NOP, NOP, TS, SACK-permitted, EOL: all found.
+        let h = hdr(&[
+            2, 4, 5, 0xb4, 1, 3, 3, 6, 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 4, 2, 0, 0,
+        ]);
+        let o = parse(&h[..], 0, h.len());
+        assert_eq!(
+            (o.mss, o.wscale, o.ts_ok, o.sack_perm),
+            (1460, 6, true, true)
+        );
     }
 }

@@ -69,7 +69,8 @@ pub fn explain(err: anyhow::Error, what: &str) -> anyhow::Error {
     for cause in err.chain() {
         if let Some(io) = cause.downcast_ref::<io::Error>() {
             match io.raw_os_error() {
-                Some(libc::EPERM | libc::EACCES) => {
+                // EPERM only: the verifier rejects programs with EACCES, which is no privilege issue.
+                Some(libc::EPERM) => {
                     return anyhow::Error::new(CtlError::NoPrivilege {
                         what: what.to_owned(),
                     })

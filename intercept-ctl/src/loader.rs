@@ -59,7 +59,13 @@ impl From<AttachMode> for XdpMode {
 /// If the kernel lacks BTF/BPF or refuses the object.
 pub fn load_object() -> anyhow::Result<Ebpf> {
     probe_kernel()?;
-    Ebpf::load(EBPF_OBJECT).map_err(|e| explain(e.into(), "load the eBPF object"))
+    let patched = crate::btf_patch::patch_object(EBPF_OBJECT)
+        .context("declare the kfunc in the object BTF")?;
+    // aya parses ELF structures in place: copy into 8-byte-aligned memory.
+    let mut words = vec![0u64; patched.len().div_ceil(8)];
+    let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..patched.len()];
+    bytes.copy_from_slice(&patched);
+    Ebpf::load(bytes).map_err(|e| explain(e.into(), "load the eBPF object"))
 }
 
 /// The index of `iface` in the current network namespace.
@@ -92,6 +98,8 @@ pub struct Attached {
     pub program: String,
     /// Kernel program id.
     pub program_id: u32,
+    /// Instructions the verifier processed to accept the program (its verification cost).
+    pub verified_insns: Option<u32>,
     /// "native" or "generic".
     pub xdp_mode: String,
     /// Pin directory.
@@ -130,12 +138,13 @@ pub fn attach(
     if result.is_err() {
         let _ = fs::remove_dir_all(pins.path());
     }
-    let program_id = result?;
+    let (program_id, verified_insns) = result?;
     Ok(Attached {
         interface: iface.to_owned(),
         ifindex,
         program: program.name().to_owned(),
         program_id,
+        verified_insns,
         xdp_mode: format!("{mode:?}").to_lowercase(),
         pin_dir: pins.path().display().to_string(),
     })
@@ -149,8 +158,13 @@ fn attach_and_pin(
     program: Program,
     mode: AttachMode,
     pins: &PinDir,
-) -> anyhow::Result<u32> {
+) -> anyhow::Result<(u32, Option<u32>)> {
     for (name, map) in ebpf.maps() {
+        // Compiler-made maps (.rodata, .bss...) stay unpinned: bpffs refuses names with a dot
+        // (EPERM), and the program keeps them alive.
+        if name.contains('.') {
+            continue;
+        }
         map.pin(pins.map(name))
             .map_err(|e| explain(e.into(), "pin a map"))
             .with_context(|| format!("pin map {name}"))?;
@@ -161,7 +175,8 @@ fn attach_and_pin(
         .try_into()?;
     prog.load()
         .map_err(|e| explain(e.into(), "load the XDP program"))?;
-    let program_id = prog.info()?.id();
+    let info = prog.info()?;
+    let (program_id, verified) = (info.id(), info.verified_instruction_count());
     let link_id = prog
         .attach(ifindex, mode.into())
         .map_err(|e| explain(e.into(), &format!("attach XDP to {iface}")))
@@ -172,7 +187,7 @@ fn attach_and_pin(
         .context("the kernel attached XDP without a bpf_link (kernel < 5.9?); cannot pin it")?;
     prog.pin(pins.prog()).context("pin the program")?;
     link.pin(pins.link()).context("pin the XDP link")?;
-    Ok(program_id)
+    Ok((program_id, verified))
 }
 
 /// Detaches what `attach` pinned on `iface` and removes its pin directory.
@@ -193,6 +208,12 @@ pub fn detach(iface: &str, netns: Option<&str>) -> anyhow::Result<()> {
     fs::remove_dir_all(pins.path())
         .map_err(|e| explain(anyhow::Error::new(e), "remove the pin directory"))
         .with_context(|| format!("remove {}", pins.path().display()))?;
+    if netns.is_some() {
+        // The per-namespace parent goes once empty (remove_dir refuses a non-empty one).
+        if let Some(parent) = pins.path().parent() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
     Ok(())
 }
 

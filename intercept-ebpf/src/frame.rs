@@ -1,33 +1,90 @@
-//! The one bounds-check primitive of the data path: every packet read goes through
-//! [`XdpFrame::load`], which checks `data + off + N <= data_end` before reading.
-use aya_ebpf::programs::XdpContext;
+//! The one bounds-check primitive of the data path: every packet read and write goes through
+//! [`Pkt::load`] / [`Pkt::store`], which check `data + off + N <= data_end` first. The same type
+//! serves XDP and TC (both expose direct packet access with data/data_end).
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::__sk_buff,
+    programs::{TcContext, XdpContext},
+};
 use intercept_common::parse::Frame;
 
-/// A view of the XDP frame for [`intercept_common::parse`].
-pub struct XdpFrame<'a> {
-    ctx: &'a XdpContext,
+/// A context with direct packet access.
+pub trait Bounds {
+    /// Start of packet data.
+    fn start(&self) -> usize;
+    /// End of packet data.
+    fn end(&self) -> usize;
 }
 
-impl<'a> XdpFrame<'a> {
+// data/data_end are read with volatile loads, afresh for every access. Plain loads get CSE'd by
+// LLVM into one packet pointer that lives through the whole program; its proven range then differs
+// on every path through the option walk, and the verifier cannot prune states whose packet ranges
+// differ ("BPF program is too large. Processed 1000001 insn").
+impl Bounds for XdpContext {
     #[inline(always)]
-    pub fn new(ctx: &'a XdpContext) -> Self {
-        XdpFrame { ctx }
+    fn start(&self) -> usize {
+        // SAFETY: ctx is the program's own, valid context.
+        unsafe { core::ptr::read_volatile(&raw const (*self.ctx).data) as usize }
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(&raw const (*self.ctx).data_end) as usize }
     }
 }
 
-impl Frame for XdpFrame<'_> {
+impl Bounds for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        let skb: *const __sk_buff = self.as_ptr().cast();
+        // SAFETY: skb is the program's own, valid context.
+        unsafe { core::ptr::read_volatile(&raw const (*skb).data) as usize }
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        let skb: *const __sk_buff = self.as_ptr().cast();
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(&raw const (*skb).data_end) as usize }
+    }
+}
+
+/// A view of the packet for [`intercept_common::parse`]. Rebuild it after any
+/// `bpf_xdp_adjust_*`: it re-reads data/data_end on every access, never caches them.
+pub struct Pkt<'a, C: Bounds> {
+    ctx: &'a C,
+}
+
+impl<'a, C: Bounds> Pkt<'a, C> {
+    #[inline(always)]
+    pub fn new(ctx: &'a C) -> Self {
+        Pkt { ctx }
+    }
+
+    /// Writes `bytes` at `off`; `None` if they do not fit.
+    #[inline(always)]
+    pub fn store<const N: usize>(&self, off: usize, bytes: &[u8; N]) -> Option<()> {
+        let start = self.ctx.start();
+        if start + off + N > self.ctx.end() {
+            return None;
+        }
+        // SAFETY: the N bytes at start+off lie inside [data, data_end), checked just above.
+        unsafe { core::ptr::write_unaligned((start + off) as *mut [u8; N], *bytes) };
+        Some(())
+    }
+}
+
+impl<C: Bounds> Frame for Pkt<'_, C> {
     #[inline(always)]
     fn len(&self) -> usize {
-        self.ctx.data_end() - self.ctx.data()
+        self.ctx.end() - self.ctx.start()
     }
 
     #[inline(always)]
     fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
-        let start = self.ctx.data();
-        let end = self.ctx.data_end();
+        let start = self.ctx.start();
         // Compared as packet pointers (not as `off + N > len`): the verifier only learns a
-        // packet range from a comparison of a packet pointer against `data_end`.
-        if start + off + N > end {
+        // packet range from a comparison of a packet pointer against data_end.
+        if start + off + N > self.ctx.end() {
             return None;
         }
         // SAFETY: the N bytes at start+off lie inside [data, data_end), checked just above.

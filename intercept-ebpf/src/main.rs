@@ -2,25 +2,58 @@
 #![no_std]
 #![no_main]
 
+mod ack;
 mod frame;
+mod handoff;
 mod maps;
+mod scope;
 mod stats;
+mod synack;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use intercept_common::{
     Counter,
-    parse::{Dissected, L3, L4, TcpKind, classify, dissect},
+    config::Mode,
+    parse::{Dissected, L3, L4, Malformed, TcpKind, classify, dissect},
 };
 
-use crate::{frame::XdpFrame, stats::count};
+use crate::{
+    frame::Pkt,
+    maps::CONFIG,
+    stats::{count, pass},
+};
 
-/// Main program: dissects every frame, counts what it is, and passes it to the kernel.
+/// Main program: dissect, count, then (in intercept mode) answer protected SYNs with cookies and
+/// verify the ACKs that complete them; everything else passes.
 #[xdp]
 pub fn xdp_intercept(ctx: XdpContext) -> u32 {
     count(Counter::Packets);
-    account(&XdpFrame::new(&ctx));
-    count(Counter::Passed);
-    xdp_action::XDP_PASS
+    let d = dissect(&Pkt::new(&ctx));
+    account(&d);
+    let (Ok(Dissected::Ip(ip)), Some(cfg)) = (d, CONFIG.get(0)) else {
+        return pass(Counter::Passed);
+    };
+    let L4::Tcp(tcp) = ip.l4 else {
+        return pass(Counter::Passed);
+    };
+    if Mode::from_u32(cfg.mode) != Mode::Intercept {
+        return pass(Counter::Passed);
+    }
+    match classify(tcp.flags) {
+        TcpKind::Syn => synack::handle(&ctx, &ip, &tcp, cfg),
+        TcpKind::Ack => ack::handle(&ctx, &ip, &tcp, cfg),
+        _ => pass(Counter::Passed),
+    }
+}
+
+/// TC ingress: completes handshakes the XDP program verified (see `handoff`).
+#[classifier]
+pub fn tc_handoff(ctx: TcContext) -> i32 {
+    handoff::handle(&ctx)
 }
 
 /// Pass-through program: for the peer veth of an interface that sends XDP_TX frames (veth drops
@@ -32,11 +65,11 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 
 /// Counts the frame's layers.
 #[inline(always)]
-fn account(frame: &XdpFrame) {
-    match dissect(frame) {
+fn account(d: &Result<Dissected, Malformed>) {
+    match d {
         Err(_) => count(Counter::Malformed),
         Ok(Dissected::NotIp { vlans, .. }) => {
-            if vlans > 0 {
+            if *vlans > 0 {
                 count(Counter::Vlan);
             }
             count(Counter::NonTcp);

@@ -1,8 +1,46 @@
 //! Maps of the data path. Names match `intercept_common::maps`; the controller pins them under
-//! the interface's bpffs directory.
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use intercept_common::Counter;
+//! the interface's bpffs directory and writes the configuration ones.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, PerCpuArray},
+};
+use intercept_common::{
+    Counter,
+    config::{AddrKey, Config, ScopeKey, ScopeValue},
+    cookie::Secrets,
+    handshake::{SynAck, SynRequest},
+    maps::SCOPE_ENTRIES,
+};
 
 /// Per-CPU counters, indexed by [`Counter`]; written here, summed by the controller.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::Count as u32, 0);
+
+/// Mode and SYN-ACK parameters; written by the controller. All zero (mode off) until it does.
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Cookie secrets (current and previous); written by the controller.
+#[map(name = "SECRETS")]
+pub static SECRETS: Array<Secrets> = Array::with_max_entries(1, 0);
+
+/// Protected destinations: (port or 0, address prefix) -> protect; written by the controller.
+#[map(name = "SCOPE")]
+pub static SCOPE: LpmTrie<ScopeKey, ScopeValue> = LpmTrie::with_max_entries(SCOPE_ENTRIES, 0);
+
+/// Exempt source prefixes; written by the controller.
+#[map(name = "EXEMPT")]
+pub static EXEMPT: LpmTrie<AddrKey, u32> = LpmTrie::with_max_entries(SCOPE_ENTRIES, 0);
+
+/// Per-CPU scratch for the SYN being answered: the request and the reply under construction.
+pub struct Scratch {
+    /// The SYN, as parsed.
+    pub req: SynRequest,
+    /// The SYN-ACK being built.
+    pub sa: SynAck,
+}
+
+/// Per-CPU scratch (see [`Scratch`]): off the 512-byte stack, and outside what the verifier
+/// tracks, so the option walk's many paths do not multiply the rest of the SYN path.
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

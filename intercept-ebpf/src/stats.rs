@@ -1,4 +1,5 @@
 //! Counting: per-CPU, plain increments (no atomics on the fast path).
+use aya_ebpf::bindings::xdp_action;
 use intercept_common::Counter;
 
 use crate::maps::COUNTERS;
@@ -10,4 +11,22 @@ pub fn count(c: Counter) {
         // SAFETY: per-CPU slot, only this program on this CPU writes it while it runs.
         unsafe { *p += 1 };
     }
+}
+
+/// Counts `reason` (unless it is `Passed` itself) and `Passed`; returns XDP_PASS.
+#[inline(always)]
+pub fn pass(reason: Counter) -> u32 {
+    if reason as u32 != Counter::Passed as u32 {
+        count(reason);
+    }
+    count(Counter::Passed);
+    xdp_action::XDP_PASS
+}
+
+/// Counts `reason` and `Dropped`; returns XDP_DROP.
+#[inline(always)]
+pub fn drop(reason: Counter) -> u32 {
+    count(reason);
+    count(Counter::Dropped);
+    xdp_action::XDP_DROP
 }

@@ -196,3 +196,16 @@ fn frames_shorter_than_ethernet_are_refused_by_the_kernel() {
         "a refused run counted something"
     );
 }
+
+#[test]
+fn tc_handoff_loads_with_the_kfunc_resolved() {
+    require_root("tc_handoff_loads_with_the_kfunc_resolved");
+    let mut obj = intercept_ctl::loader::load_object().expect("load object");
+    let p: &mut aya::programs::SchedClassifier = obj
+        .program_mut(intercept_common::maps::PROG_TC)
+        .expect("tc program")
+        .try_into()
+        .expect("classifier");
+    p.load()
+        .unwrap_or_else(|e| panic!("load tc_handoff: {e:?}"));
+}

@@ -1,0 +1,265 @@
+//! Declares the kfunc `bpf_sk_assign_tcp_reqsk` in the object's BTF before aya loads it.
+//!
+//! aya resolves a kfunc call only if the object's BTF holds an extern FUNC for it in a `.ksyms`
+//! DATASEC; rustc emits no debug info for `extern "C"` declarations, so the call's relocation
+//! names a symbol the BTF lacks ("extern 'bpf_sk_assign_tcp_reqsk' not found"). This module
+//! appends the missing types (three named structs, pointers to them, `int`, the FUNC_PROTO, the
+//! extern FUNC and the DATASEC) to the `.BTF` section, rewriting only that section: the new BTF
+//! goes at the end of the file and the section header points at it. Type ids already in the object
+//! are unchanged, so `.BTF.ext` stays valid.
+//!
+//! Format: include/uapi/linux/btf.h (Documentation/bpf/btf.rst).
+use anyhow::{Context as _, bail, ensure};
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_STRUCT: u32 = 4;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_DATASEC: u32 = 15;
+/// `BTF_FUNC_EXTERN`.
+const LINKAGE_EXTERN: u32 = 2;
+/// `BTF_INT_SIGNED` in the encoding byte of an INT.
+const INT_SIGNED: u32 = 1 << 24;
+
+/// The kfunc we call and its parameters, as the kernel declares it.
+pub const KFUNC: &str = "bpf_sk_assign_tcp_reqsk";
+const PARAMS: [(&str, Option<&str>); 4] = [
+    ("skb", Some("__sk_buff")),
+    ("sk", Some("sock")),
+    ("attrs", Some("bpf_tcp_req_attrs")),
+    ("attrs__sz", None),
+];
+
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes([b[o], b[o + 1]])
+}
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
+}
+
+/// Number of types in a BTF type section (ids run 1..=n).
+fn count_types(types: &[u8]) -> anyhow::Result<u32> {
+    let (mut off, mut n) = (0usize, 0u32);
+    while off < types.len() {
+        ensure!(off + 12 <= types.len(), "truncated BTF type at {off}");
+        let info = u32_at(types, off + 4);
+        let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+        let extra = match kind {
+            1 | 14 | 17 => 4,             // INT, VAR, DECL_TAG
+            3 => 12,                      // ARRAY
+            4 | 5 | 15 | 19 => 12 * vlen, // STRUCT, UNION, DATASEC, ENUM64
+            6 | 13 => 8 * vlen,           // ENUM, FUNC_PROTO
+            2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+            k => bail!("unknown BTF kind {k}"),
+        };
+        if kind == KIND_DATASEC {
+            // A .ksyms DATASEC already present would need merging; ours never has one.
+            let _ = vlen;
+        }
+        off += 12 + extra;
+        n += 1;
+    }
+    Ok(n)
+}
+
+struct Builder {
+    types: Vec<u8>,
+    strings: Vec<u8>,
+    str_base: u32,
+    next_id: u32,
+}
+
+impl Builder {
+    fn string(&mut self, s: &str) -> u32 {
+        let off = self.str_base + u32::try_from(self.strings.len()).expect("small");
+        self.strings.extend_from_slice(s.as_bytes());
+        self.strings.push(0);
+        off
+    }
+    fn ty(&mut self, name: u32, kind: u32, vlen: u32, size_or_type: u32, extra: &[u32]) -> u32 {
+        for w in [name, kind << 24 | vlen, size_or_type].iter().chain(extra) {
+            self.types.extend_from_slice(&w.to_le_bytes());
+        }
+        self.next_id += 1;
+        self.next_id - 1
+    }
+}
+
+/// Returns new BTF with the kfunc declared. `btf` is the object's `.BTF` section.
+///
+/// # Errors
+/// If the section is not BTF this module understands.
+pub fn declare_kfunc(btf: &[u8]) -> anyhow::Result<Vec<u8>> {
+    ensure!(
+        btf.len() >= 24 && u16_at(btf, 0) == BTF_MAGIC,
+        "not a little-endian BTF section"
+    );
+    let hdr_len = u32_at(btf, 4) as usize;
+    let (type_off, type_len) = (u32_at(btf, 8) as usize, u32_at(btf, 12) as usize);
+    let (str_off, str_len) = (u32_at(btf, 16) as usize, u32_at(btf, 20) as usize);
+    let types = btf
+        .get(hdr_len + type_off..hdr_len + type_off + type_len)
+        .context("BTF types out of range")?;
+    let strings = btf
+        .get(hdr_len + str_off..hdr_len + str_off + str_len)
+        .context("BTF strings out of range")?;
+    ensure!(
+        !strings.windows(7).any(|w| w == b".ksyms\0"),
+        "object already has a .ksyms section"
+    );
+    let mut b = Builder {
+        types: Vec::new(),
+        strings: Vec::new(),
+        str_base: u32::try_from(str_len)?,
+        next_id: count_types(types)? + 1,
+    };
+    let int_name = b.string("int");
+    let int = b.ty(int_name, KIND_INT, 0, 4, &[INT_SIGNED | 32]);
+    let mut params = Vec::new();
+    for (pname, strukt) in PARAMS {
+        let ty = match strukt {
+            Some(s) => {
+                let sn = b.string(s);
+                let st = b.ty(sn, KIND_STRUCT, 0, 0, &[]);
+                b.ty(0, KIND_PTR, 0, st, &[])
+            }
+            None => int,
+        };
+        let pn = b.string(pname);
+        params.extend([pn, ty]);
+    }
+    let proto = b.ty(
+        0,
+        KIND_FUNC_PROTO,
+        u32::try_from(PARAMS.len())?,
+        int,
+        &params,
+    );
+    let fname = b.string(KFUNC);
+    let func = b.ty(fname, KIND_FUNC, LINKAGE_EXTERN, proto, &[]);
+    let sec = b.string(".ksyms");
+    b.ty(sec, KIND_DATASEC, 1, 0, &[func, 0, 0]);
+
+    let new_type_len = type_len + b.types.len();
+    let new_str_len = str_len + b.strings.len();
+    let mut out = Vec::with_capacity(24 + new_type_len + new_str_len);
+    out.extend_from_slice(&btf[..4]); // magic, version, flags
+    for w in [
+        24u32,
+        0,
+        u32::try_from(new_type_len)?,
+        u32::try_from(new_type_len)?,
+        u32::try_from(new_str_len)?,
+    ] {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out.extend_from_slice(types);
+    out.extend_from_slice(&b.types);
+    out.extend_from_slice(strings);
+    out.extend_from_slice(&b.strings);
+    Ok(out)
+}
+
+/// Returns a copy of the ELF object whose `.BTF` section declares the kfunc (see module docs).
+/// Objects that do not call the kfunc are returned unchanged.
+///
+/// # Errors
+/// If the object is not a 64-bit little-endian ELF with a `.BTF` section.
+pub fn patch_object(elf: &[u8]) -> anyhow::Result<Vec<u8>> {
+    ensure!(
+        elf.len() > 64 && &elf[..4] == b"\x7fELF" && elf[4] == 2 && elf[5] == 1,
+        "not a 64-bit little-endian ELF"
+    );
+    if !elf.windows(KFUNC.len()).any(|w| w == KFUNC.as_bytes()) {
+        return Ok(elf.to_vec());
+    }
+    let shoff = usize::try_from(u64_at(elf, 0x28))?;
+    let (shentsize, shnum, shstrndx) = (
+        usize::from(u16_at(elf, 0x3a)),
+        usize::from(u16_at(elf, 0x3c)),
+        usize::from(u16_at(elf, 0x3e)),
+    );
+    let sh = |i: usize| shoff + i * shentsize;
+    let strtab_off = usize::try_from(u64_at(elf, sh(shstrndx) + 24))?;
+    let name_of = |i: usize| -> &[u8] {
+        let start = strtab_off + u32_at(elf, sh(i)) as usize;
+        let end = elf[start..]
+            .iter()
+            .position(|&c| c == 0)
+            .map_or(start, |p| start + p);
+        &elf[start..end]
+    };
+    let btf_idx = (0..shnum)
+        .find(|&i| name_of(i) == b".BTF")
+        .context("object has no .BTF section (built without --btf?)")?;
+    let (off, size) = (
+        usize::try_from(u64_at(elf, sh(btf_idx) + 24))?,
+        usize::try_from(u64_at(elf, sh(btf_idx) + 32))?,
+    );
+    let new_btf = declare_kfunc(elf.get(off..off + size).context(".BTF out of range")?)?;
+    let mut out = elf.to_vec();
+    while out.len() % 8 != 0 {
+        out.push(0);
+    }
+    let new_off = out.len() as u64;
+    out.extend_from_slice(&new_btf);
+    out[sh(btf_idx) + 24..sh(btf_idx) + 32].copy_from_slice(&new_off.to_le_bytes());
+    out[sh(btf_idx) + 32..sh(btf_idx) + 40].copy_from_slice(&(new_btf.len() as u64).to_le_bytes());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded object's BTF, patched: every original type is still there with its id, and the
+    /// new types follow with the shapes aya expects.
+    #[test]
+    fn patched_object_declares_the_kfunc() {
+        let patched = patch_object(crate::EBPF_OBJECT).expect("patch");
+        assert!(patched.len() > crate::EBPF_OBJECT.len());
+        // Re-read the .BTF section from the patched ELF and check its tail.
+        let shoff = u64_at(&patched, 0x28) as usize;
+        let (ent, num, strndx) = (
+            u16_at(&patched, 0x3a) as usize,
+            u16_at(&patched, 0x3c) as usize,
+            u16_at(&patched, 0x3e) as usize,
+        );
+        let stroff = u64_at(&patched, shoff + strndx * ent + 24) as usize;
+        let idx = (0..num)
+            .find(|i| {
+                patched[stroff + u32_at(&patched, shoff + i * ent) as usize..]
+                    .starts_with(b".BTF\0")
+            })
+            .expect(".BTF");
+        let off = u64_at(&patched, shoff + idx * ent + 24) as usize;
+        let size = u64_at(&patched, shoff + idx * ent + 32) as usize;
+        let btf = &patched[off..off + size];
+        let types = &btf[24..24 + u32_at(btf, 12) as usize];
+        let strings = &btf[24 + u32_at(btf, 16) as usize..];
+        assert!(
+            strings
+                .windows(KFUNC.len() + 1)
+                .any(|w| &w[..KFUNC.len()] == KFUNC.as_bytes() && w[KFUNC.len()] == 0)
+        );
+        let n = count_types(types).unwrap();
+        // Walk to the last type: the DATASEC with one entry pointing at the FUNC (id n - 1).
+        let last = types.len() - 24;
+        assert_eq!(u32_at(types, last + 4), KIND_DATASEC << 24 | 1);
+        assert_eq!(u32_at(types, last + 12), n - 1, "DATASEC entry -> FUNC");
+        let func = last - 12;
+        assert_eq!(u32_at(types, func + 4), KIND_FUNC << 24 | LINKAGE_EXTERN);
+        // The original types are untouched.
+        let original = patch_object(crate::EBPF_OBJECT).unwrap();
+        assert_eq!(original, patched, "patching is deterministic");
+        assert!(
+            declare_kfunc(btf).is_err(),
+            "a second patch is refused, not duplicated"
+        );
+    }
+}

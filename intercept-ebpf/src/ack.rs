@@ -1,0 +1,153 @@
+//! ACK path: an ACK to a protected destination either belongs to an existing socket (passed), or
+//! completes one of our cookie handshakes (verified here, handed to TC in metadata), or is dropped.
+use aya_ebpf::{
+    bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple, xdp_action},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_adjust_meta},
+    },
+    programs::XdpContext,
+};
+use intercept_common::{
+    Counter,
+    config::{Config, HANDOFF_MAGIC, Handoff},
+    cookie::{self, CookieError, Flow, slot_of},
+    handshake::{flow_of, handoff_attrs},
+    parse::{Ip, L3, Tcp},
+    tcpopt,
+};
+
+use crate::{
+    frame::Pkt,
+    maps::SECRETS,
+    scope,
+    stats::{count, drop, pass},
+};
+
+/// `TCP_LISTEN` in include/net/tcp_states.h.
+const TCP_LISTEN: u32 = 10;
+
+/// What the socket table holds for a flow.
+pub enum Sock {
+    /// Nothing: no connection, no listener.
+    None,
+    /// A listening socket.
+    Listener,
+    /// Anything else: established, request (SYN_RECV), time-wait...
+    Other,
+}
+
+/// Builds the lookup tuple of `flow` (client -> server, as on the wire).
+#[inline(always)]
+pub fn tuple_of(flow: &Flow, v6: bool) -> (bpf_sock_tuple, u32) {
+    // SAFETY: an all-zero tuple is valid.
+    let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    if v6 {
+        // SAFETY: writing the ipv6 member of a zeroed union.
+        let a = unsafe { &mut t.__bindgen_anon_1.ipv6 };
+        a.saddr = be_words(&flow.saddr);
+        a.daddr = be_words(&flow.daddr);
+        a.sport = flow.sport.to_be();
+        a.dport = flow.dport.to_be();
+        (t, 36)
+    } else {
+        // SAFETY: writing the ipv4 member of a zeroed union.
+        let a = unsafe { &mut t.__bindgen_anon_1.ipv4 };
+        a.saddr = flow.saddr[3].to_be();
+        a.daddr = flow.daddr[3].to_be();
+        a.sport = flow.sport.to_be();
+        a.dport = flow.dport.to_be();
+        (t, 12)
+    }
+}
+
+/// Address words in network byte order in memory (`__be32`).
+#[inline(always)]
+fn be_words(a: &[u32; 4]) -> [u32; 4] {
+    [a[0].to_be(), a[1].to_be(), a[2].to_be(), a[3].to_be()]
+}
+
+/// Looks the flow up in the socket table of this network namespace.
+#[inline(always)]
+fn lookup(ctx: &XdpContext, flow: &Flow, v6: bool) -> Sock {
+    let (mut t, size) = tuple_of(flow, v6);
+    // SAFETY: valid context and tuple; the reference is released below.
+    let sk = unsafe {
+        bpf_skc_lookup_tcp(
+            ctx.ctx.cast(),
+            &raw mut t,
+            size,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
+    if sk.is_null() {
+        return Sock::None;
+    }
+    // SAFETY: sk is a valid, referenced bpf_sock until released.
+    let state = unsafe { (*sk).state };
+    unsafe { bpf_sk_release(sk.cast()) };
+    if state == TCP_LISTEN {
+        Sock::Listener
+    } else {
+        Sock::Other
+    }
+}
+
+/// Handles an ACK (no SYN, no RST) in intercept mode. Not inlined (see `synack::handle`).
+#[inline(never)]
+pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, cfg: &Config) -> u32 {
+    let pkt = Pkt::new(ctx);
+    let Some(flow) = flow_of(&pkt, ip, tcp) else {
+        return pass(Counter::Malformed);
+    };
+    if !scope::protected(&flow) {
+        return pass(Counter::Passed);
+    }
+    let v6 = matches!(ip.l3, L3::V6 { .. });
+    match lookup(ctx, &flow, v6) {
+        Sock::Other => return pass(Counter::PassEstablished),
+        Sock::None => return drop(Counter::AckNoListener),
+        Sock::Listener => {}
+    }
+    if scope::exempt(&flow) {
+        return pass(Counter::PassExempt);
+    }
+    let Some(secrets) = SECRETS.get(0) else {
+        return pass(Counter::PassNoSecret);
+    };
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let co = match cookie::check(
+        secrets,
+        &flow,
+        tcp.seq.wrapping_sub(1),
+        tcp.ack_seq.wrapping_sub(1),
+        slot_of(now),
+    ) {
+        Ok(co) => co,
+        Err(CookieError::Expired) => return drop(Counter::AckExpired),
+        Err(CookieError::BadMac) => return drop(Counter::AckBadMac),
+    };
+    let ack_opts = tcpopt::parse(&pkt, tcp.off, tcp.hdr_len);
+    let h = Handoff {
+        magic: HANDOFF_MAGIC,
+        attrs: handoff_attrs(co, v6, cfg, &ack_opts),
+    };
+    // SAFETY: ctx is the program's own context.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<Handoff>() as i32)) } != 0 {
+        count(Counter::Aborted);
+        return xdp_action::XDP_ABORTED;
+    }
+    // After adjust_meta, data_meta moved: read it (and data) afresh from the context.
+    // SAFETY: ctx.ctx is valid; the range is checked against data before writing.
+    let (meta, data) = unsafe { ((*ctx.ctx).data_meta as usize, (*ctx.ctx).data as usize) };
+    if meta + size_of::<Handoff>() > data {
+        count(Counter::Aborted);
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: [meta, meta + 24) lies inside the metadata area, checked just above.
+    unsafe { core::ptr::write_unaligned(meta as *mut Handoff, h) };
+    count(Counter::AckValid);
+    pass(Counter::Passed)
+}

@@ -1,0 +1,131 @@
+//! SYN path: answer a protected SYN with a cookie SYN-ACK built in place, sent back with XDP_TX.
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_ktime_get_ns, generated::bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use intercept_common::{
+    Counter,
+    config::Config,
+    cookie::{self, slot_of},
+    handshake::{SynRequest, build_synack},
+    parse::{Frame, Ip, Tcp},
+};
+
+use crate::{
+    frame::Pkt,
+    maps::{SCRATCH, SECRETS},
+    scope,
+    stats::{count, pass},
+};
+
+/// Handles a SYN (no ACK, no RST) in intercept mode. Not inlined: a BPF-to-BPF call keeps its
+/// stack frame apart from the ACK path's ("BPF stack limit is exceeded" when both share one).
+#[inline(never)]
+pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, cfg: &Config) -> u32 {
+    let pkt = Pkt::new(ctx);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return aborted();
+    };
+    // SAFETY: this CPU's scratch slot; nothing else runs on this CPU while we use it.
+    let scratch = unsafe { &mut *scratch };
+    if !SynRequest::read_into(&pkt, ip, tcp, &mut scratch.req) {
+        return pass(Counter::Malformed);
+    }
+    let req = &scratch.req;
+    if !scope::protected(&req.flow) {
+        return pass(Counter::Passed);
+    }
+    count(Counter::SynProtected);
+    if scope::exempt(&req.flow) {
+        return pass(Counter::PassExempt);
+    }
+    if tcp.payload_len > 0 {
+        // TCP Fast Open data cannot ride on a cookie: the kernel handles it (and its own cookies).
+        return pass(Counter::PassSynData);
+    }
+    let Some(secrets) = SECRETS.get(0) else {
+        return pass(Counter::PassNoSecret);
+    };
+    if secrets.keys[0].k == [0, 0] && secrets.keys[1].k == [0, 0] {
+        return pass(Counter::PassNoSecret);
+    }
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let idx = secrets.current & 1;
+    let key = if idx == 1 {
+        &secrets.keys[1]
+    } else {
+        &secrets.keys[0]
+    };
+    let co = req.cookie_opts(cfg);
+    let c = cookie::make(key, idx, &req.flow, req.isn, slot_of(now), co);
+    // Millisecond TSval; the kernel keeps continuity with its own clock through ts_off.
+    let sa = &mut scratch.sa;
+    build_synack(req, cfg, co, c, (now / 1_000_000) as u32, sa);
+
+    // Lengths re-derived here, not read back from the map: a value loaded from map memory has no
+    // bounds ("math between pkt pointer and register with unbounded min value is not allowed").
+    let ip_len = if req.v6 { 40 } else { 20 };
+    let tcp_len = sa.tcp_len & 0x3c;
+    let l3 = ip.l3_off;
+    let new_len = l3 + ip_len + tcp_len;
+    let delta = new_len as i32 - pkt.len() as i32;
+    let Some(macs) = pkt.load::<12>(0) else {
+        return pass(Counter::Malformed);
+    };
+    if delta != 0 {
+        // SAFETY: ctx is the program's own context.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+            return aborted();
+        }
+    }
+    // Packet pointers changed: a fresh view re-reads data/data_end.
+    let pkt = Pkt::new(ctx);
+    let mut eth = [0u8; 12];
+    let mut i = 0;
+    while i < 6 {
+        eth[i] = macs[i + 6];
+        eth[i + 6] = macs[i];
+        i += 1;
+    }
+    if pkt.store(0, &eth).is_none() {
+        return aborted();
+    }
+    let ok = if req.v6 {
+        pkt.store::<40>(l3, &sa.ip).is_some()
+    } else {
+        let mut h = [0u8; 20];
+        h.copy_from_slice(&sa.ip[..20]);
+        pkt.store::<20>(l3, &h).is_some()
+    };
+    if !ok {
+        return aborted();
+    }
+    let toff = l3 + ip_len;
+    // Word by word at constant offsets: a variable-length copy would need a bounded memcpy
+    // the verifier cannot size ("invalid variable-offset ... access").
+    let mut w = 0;
+    while w < 10 {
+        if w * 4 < tcp_len {
+            let chunk = [
+                sa.tcp[w * 4],
+                sa.tcp[w * 4 + 1],
+                sa.tcp[w * 4 + 2],
+                sa.tcp[w * 4 + 3],
+            ];
+            if pkt.store(toff + w * 4, &chunk).is_none() {
+                return aborted();
+            }
+        }
+        w += 1;
+    }
+    count(Counter::SynAckSent);
+    xdp_action::XDP_TX
+}
+
+#[inline(always)]
+fn aborted() -> u32 {
+    count(Counter::Aborted);
+    xdp_action::XDP_ABORTED
+}
