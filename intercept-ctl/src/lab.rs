@@ -250,3 +250,146 @@ pub fn flood(sender: &RawSender, spec: FloodSpec) -> anyhow::Result<u64> {
     }
     Ok(sent)
 }
+
+/// A capture of what reaches the kernel stack on one interface (an AF_PACKET tap sees frames
+/// after XDP passed them; frames XDP dropped or sent back never show up). Counts TCP segments by
+/// kind until stopped.
+#[derive(Debug)]
+pub struct Capture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<CaptureCounts>>,
+}
+
+/// What a [`Capture`] saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureCounts {
+    /// Incoming SYNs (no ACK).
+    pub syn: u64,
+    /// Incoming ACKs (no SYN, no RST).
+    pub ack: u64,
+    /// Incoming RSTs.
+    pub rst: u64,
+    /// Outgoing SYN-ACKs.
+    pub syn_ack_out: u64,
+}
+
+impl Capture {
+    /// Starts capturing on `dev` in `ns`.
+    ///
+    /// # Errors
+    /// If the socket cannot be opened.
+    pub fn start(ns: &Netns, dev: &str) -> anyhow::Result<Capture> {
+        use std::sync::atomic::Ordering;
+        let dev = dev.to_owned();
+        let fd = ns
+            .spawn(move || -> anyhow::Result<OwnedFd> {
+                let ifindex = crate::loader::ifindex(&dev, None)?;
+                let proto = (libc::ETH_P_ALL as u16).to_be();
+                // SAFETY: plain socket(2); owned right away.
+                let raw =
+                    unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+                anyhow::ensure!(
+                    raw >= 0,
+                    "socket(AF_PACKET): {}",
+                    io::Error::last_os_error()
+                );
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_protocol = proto;
+                sll.sll_ifindex = i32::try_from(ifindex)?;
+                let rc = unsafe {
+                    libc::bind(
+                        fd.as_raw_fd(),
+                        (&raw const sll).cast(),
+                        u32::try_from(size_of::<libc::sockaddr_ll>())?,
+                    )
+                };
+                anyhow::ensure!(rc == 0, "bind capture: {}", io::Error::last_os_error());
+                let tv = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 50_000,
+                };
+                unsafe {
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVTIMEO,
+                        (&raw const tv).cast(),
+                        u32::try_from(size_of::<libc::timeval>())?,
+                    )
+                };
+                Ok(fd)
+            })
+            .join()
+            .expect("capture thread")?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut c = CaptureCounts::default();
+            let mut buf = vec![0u8; 2048];
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            while !s.load(Ordering::Relaxed) {
+                let mut len = u32::try_from(size_of::<libc::sockaddr_ll>()).expect("size");
+                // SAFETY: buffers are valid for their lengths.
+                let n = unsafe {
+                    libc::recvfrom(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        (&raw mut from).cast(),
+                        &raw mut len,
+                    )
+                };
+                let Ok(n) = usize::try_from(n) else { continue };
+                use intercept_common::parse::{Dissected, L4, TcpKind, classify, dissect};
+                if let Ok(Dissected::Ip(ip)) = dissect(&buf[..n]) {
+                    if let L4::Tcp(t) = ip.l4 {
+                        let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING as u8;
+                        match (classify(t.flags), outgoing) {
+                            (TcpKind::Syn, false) => c.syn += 1,
+                            (TcpKind::Ack, false) => c.ack += 1,
+                            (TcpKind::Rst, false) => c.rst += 1,
+                            (TcpKind::SynAck, true) => c.syn_ack_out += 1,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            c
+        });
+        Ok(Capture {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops and returns the counts.
+    ///
+    /// # Panics
+    /// If the capture thread panicked.
+    pub fn finish(mut self) -> CaptureCounts {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("capture thread")
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Half-open (SYN_RECV) entries in `ns`'s socket table.
+///
+/// # Errors
+/// If `ss` fails.
+pub fn syn_recv_count(ns: &Netns) -> anyhow::Result<usize> {
+    let out = ns.exec("ss", &["-Htn", "state", "syn-recv"])?;
+    Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
+}

@@ -2,6 +2,7 @@
 //! counters, and the network-namespace lab (used by the binary's `lab` verb and by the tests).
 
 pub mod btf_patch;
+pub mod control;
 pub mod errors;
 pub mod lab;
 pub mod loader;

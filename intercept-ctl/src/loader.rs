@@ -5,9 +5,14 @@ use std::{ffi::CString, fs, os::unix::fs::DirBuilderExt as _};
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    programs::{Xdp, XdpMode, links::FdLink},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink, tc::TcAttach,
+    },
 };
-use intercept_common::maps;
+use intercept_common::{
+    config::{Config, Mode},
+    maps,
+};
 
 use crate::{
     EBPF_OBJECT,
@@ -106,7 +111,9 @@ pub struct Attached {
     pub pin_dir: String,
 }
 
-/// Loads, attaches and pins `program` on `iface`.
+/// Loads, attaches and pins `program` on `iface`. For the intercept program this is the XDP
+/// program and the TC ingress program (TCX) that completes handshakes, with the configuration set
+/// to intercept mode, MSS from the interface MTU, and two fresh cookie secrets.
 ///
 /// # Errors
 /// Unknown interface, missing privileges or kernel features, already attached, or any load or
@@ -116,6 +123,20 @@ pub fn attach(
     netns: Option<&str>,
     program: Program,
     mode: AttachMode,
+) -> anyhow::Result<Attached> {
+    attach_with(iface, netns, program, mode, Mode::Intercept)
+}
+
+/// [`attach`] with the initial mode.
+///
+/// # Errors
+/// As [`attach`].
+pub fn attach_with(
+    iface: &str,
+    netns: Option<&str>,
+    program: Program,
+    mode: AttachMode,
+    initial: Mode,
 ) -> anyhow::Result<Attached> {
     let ifindex = ifindex(iface, netns)?;
     check_bpffs()?;
@@ -134,7 +155,12 @@ pub fn attach(
         .create(pins.path())
         .map_err(|e| explain(anyhow::Error::new(e), "create the pin directory"))
         .with_context(|| format!("create {}", pins.path().display()))?;
-    let result = attach_and_pin(&mut ebpf, iface, ifindex, program, mode, &pins);
+    let result = attach_and_pin(&mut ebpf, iface, ifindex, program, mode, &pins).and_then(|ids| {
+        if program == Program::Intercept {
+            configure(iface, netns, initial)?;
+        }
+        Ok(ids)
+    });
     if result.is_err() {
         let _ = fs::remove_dir_all(pins.path());
     }
@@ -186,8 +212,55 @@ fn attach_and_pin(
         .try_into()
         .context("the kernel attached XDP without a bpf_link (kernel < 5.9?); cannot pin it")?;
     prog.pin(pins.prog()).context("pin the program")?;
+    if program == Program::Intercept {
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(maps::PROG_TC)
+            .context("TC program missing from the object")?
+            .try_into()?;
+        tc.load()
+            .map_err(|e| explain(e.into(), "load the TC handoff program"))?;
+        let tc_id = tc
+            .attach(
+                ifindex,
+                TcAttach::Tcx {
+                    attach_type: TcAttachType::Ingress,
+                    order: LinkOrder::default(),
+                },
+            )
+            .map_err(|e| {
+                explain(
+                    e.into(),
+                    &format!("attach TC ingress (TCX, Linux >= 6.6) to {iface}"),
+                )
+            })?;
+        let tc_link: FdLink = tc.take_link(tc_id)?.try_into().context("TCX link")?;
+        tc.pin(pins.path().join("prog_tc"))
+            .context("pin the TC program")?;
+        tc_link
+            .pin(pins.path().join("link_tc"))
+            .context("pin the TC link")?;
+    }
+    // The XDP link is pinned last: its presence marks a complete attachment.
     link.pin(pins.link()).context("pin the XDP link")?;
     Ok((program_id, verified))
+}
+
+/// Writes the initial configuration and secrets of a fresh attachment.
+fn configure(iface: &str, netns: Option<&str>, initial: Mode) -> anyhow::Result<()> {
+    let mut m = crate::control::Maps::open(iface, netns)?;
+    let mtu = crate::control::mtu(iface)?;
+    let mut cfg = Config::default();
+    cfg.mode = initial as u32;
+    cfg.mss_v4 = u16::try_from(mtu.saturating_sub(40).clamp(536, 65495))?;
+    cfg.mss_v6 = u16::try_from(mtu.saturating_sub(60).clamp(1220, 65475))?;
+    m.set_config(&cfg)?;
+    m.init_secrets()?;
+    if initial == Mode::Intercept {
+        if let Some(msg) = crate::control::ensure_syncookies()? {
+            eprintln!("intercept-ctl: {msg}");
+        }
+    }
+    Ok(())
 }
 
 /// Detaches what `attach` pinned on `iface` and removes its pin directory.

@@ -31,6 +31,20 @@ enum Command {
     ///
     /// Example: intercept-ctl detach eth0
     Detach(cmd::detach::Args),
+    /// Change the mode while running (off, intercept).
+    ///
+    /// Example: intercept-ctl mode eth0 intercept
+    Mode(cmd::mode::Args),
+    /// Protected destinations (prefixes and ports), changed live.
+    #[command(subcommand)]
+    Scope(cmd::scope::Cmd),
+    /// Exempt sources, changed live.
+    #[command(subcommand)]
+    Exempt(cmd::scope::ExemptCmd),
+    /// Replace the cookie secret; handshakes in flight keep verifying with the previous one.
+    ///
+    /// Example: intercept-ctl rotate-secret eth0
+    RotateSecret(cmd::rotate::Args),
     /// Print the counters of an attached interface, summed over CPUs.
     ///
     /// Example: intercept-ctl stats eth0 --json
@@ -61,6 +75,10 @@ fn main() -> ExitCode {
             Command::Attach(a) => cmd::attach::run(&ctx, a),
             Command::Detach(a) => cmd::detach::run(&ctx, a),
             Command::Stats(a) => cmd::stats::run(&ctx, a),
+            Command::Mode(a) => cmd::mode::run(&ctx, a),
+            Command::Scope(c) => cmd::scope::run(&ctx, c),
+            Command::Exempt(c) => cmd::scope::run_exempt(&ctx, c),
+            Command::RotateSecret(a) => cmd::rotate::run(&ctx, a),
             Command::Run(a) => cmd::run::run(&ctx, a),
             Command::Lab(a) => cmd::lab::run(&ctx, a),
         }

@@ -19,6 +19,17 @@ impl Counters {
         self.0.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v)
     }
 
+    /// Per-counter differences `self - before`.
+    #[must_use]
+    pub fn delta(&self, before: &Counters) -> Counters {
+        Counters(
+            self.0
+                .iter()
+                .map(|(c, v)| (*c, v - before.get(*c)))
+                .collect(),
+        )
+    }
+
     /// `{"packets": N, ...}`.
     #[must_use]
     pub fn to_json(&self) -> serde_json::Value {

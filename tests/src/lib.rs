@@ -198,3 +198,97 @@ pub fn abort(s: std::net::TcpStream) {
     };
     assert_eq!(rc, 0, "SO_LINGER 0: {}", std::io::Error::last_os_error());
 }
+
+/// A lab whose server end runs the intercept program (attached with the real binary) protecting
+/// port `port` on the server's IPv4 and IPv6 addresses, and whose client end runs the
+/// pass-through program (veth drops XDP_TX frames unless the peer has XDP). Detaches on drop.
+pub struct InterceptLab {
+    /// The namespaces and veth.
+    pub lab: intercept_ctl::lab::Lab,
+    /// Protected port.
+    pub port: u16,
+}
+
+impl InterceptLab {
+    /// Builds it.
+    ///
+    /// # Panics
+    /// On any set-up failure.
+    #[must_use]
+    pub fn new(port: u16) -> InterceptLab {
+        let lab = intercept_ctl::lab::Lab::new().expect("lab");
+        let l = InterceptLab { lab, port };
+        let p = port.to_string();
+        let _ = ctl_ok(&["--netns", l.srv(), "attach", l.srv_if()]);
+        let _ = ctl_ok(&[
+            "--netns",
+            l.lab.client.name(),
+            "attach",
+            &l.lab.veth.b,
+            "--program",
+            "pass",
+        ]);
+        for prefix in ["198.18.0.1/32", "2001:db8::1/128"] {
+            let _ = ctl_ok(&[
+                "--netns",
+                l.srv(),
+                "scope",
+                "add",
+                l.srv_if(),
+                prefix,
+                "--ports",
+                &p,
+            ]);
+        }
+        l
+    }
+
+    /// Server namespace name.
+    #[must_use]
+    pub fn srv(&self) -> &str {
+        self.lab.server.name()
+    }
+
+    /// Server interface.
+    #[must_use]
+    pub fn srv_if(&self) -> &str {
+        &self.lab.veth.a
+    }
+
+    /// The server side's counters (`stats --json`).
+    #[must_use]
+    pub fn stats(&self) -> Counters {
+        Counters(counters_from_json(&ctl_ok(&[
+            "--netns",
+            self.srv(),
+            "--json",
+            "stats",
+            self.srv_if(),
+        ])))
+    }
+
+    /// intercept-ctl with `--netns <server>` prepended.
+    #[must_use]
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let mut a = vec!["--netns", self.srv()];
+        a.extend_from_slice(args);
+        ctl_ok(&a)
+    }
+}
+
+impl Drop for InterceptLab {
+    fn drop(&mut self) {
+        let _ = ctl(&[
+            "--netns",
+            self.lab.server.name(),
+            "detach",
+            &self.lab.veth.a,
+        ]);
+        let _ = ctl(&[
+            "--netns",
+            self.lab.client.name(),
+            "detach",
+            &self.lab.veth.b,
+        ]);
+    }
+}

@@ -14,6 +14,9 @@ pub struct Args {
     /// must carry XDP_TX replies).
     #[arg(long, value_enum, default_value = "intercept")]
     pub program: Program,
+    /// Initial mode. Nothing is protected until `scope add` names destinations.
+    #[arg(long, value_enum, default_value = "intercept")]
+    pub mode: super::mode::ModeArg,
 }
 
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
@@ -23,7 +26,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
              protects, but is several times slower than native"
         );
     }
-    let att = loader::attach(&a.iface, ctx.netns, a.program, a.xdp_mode)?;
+    let att = loader::attach_with(&a.iface, ctx.netns, a.program, a.xdp_mode, a.mode.into())?;
     if ctx.json {
         print_json(&serde_json::to_value(&att)?);
     } else {

@@ -2,7 +2,10 @@
 pub mod attach;
 pub mod detach;
 pub mod lab;
+pub mod mode;
+pub mod rotate;
 pub mod run;
+pub mod scope;
 pub mod stats;
 
 /// What every verb gets from the global options.

@@ -1,0 +1,412 @@
+//! Live configuration of an attached interface through its pinned maps: mode, SYN-ACK parameters,
+//! cookie secrets, protected scope and exempt sources. Every change is one map update the data
+//! path sees on its next packet.
+use std::{net::IpAddr, path::Path};
+
+use anyhow::{Context as _, bail, ensure};
+use aya::maps::{Array, LpmTrie, Map, MapData, lpm_trie::Key};
+use intercept_common::{
+    config::{AddrKey, Config, Mode, ScopeKey, ScopeValue},
+    cookie::{Key as SipKey, Secrets, mapped},
+    maps,
+};
+
+use crate::{
+    errors::{CtlError, explain},
+    pins::PinDir,
+};
+
+/// A prefix: address and length, host bits cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length (0..=32 or 0..=128).
+    pub len: u8,
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Prefix> {
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "'{s}' is not an IPv4 or IPv6 address or prefix (e.g. 198.18.0.0/24, 2001:db8::/64)"
+            )
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match l {
+            None => max,
+            Some(l) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| anyhow::anyhow!("'{s}': prefix length must be 0..={max}"))?,
+        };
+        Ok(Prefix {
+            addr: mask(addr, len),
+            len,
+        })
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+fn mask(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
+}
+
+impl Prefix {
+    /// The address in the data path's word form (IPv4-mapped for IPv4) and its length on 128 bits.
+    #[must_use]
+    pub fn words(&self) -> ([u32; 4], u32) {
+        match self.addr {
+            IpAddr::V4(a) => (mapped(u32::from(a)), 96 + u32::from(self.len)),
+            IpAddr::V6(a) => {
+                let o = a.octets();
+                (intercept_common::cookie::words(&o), u32::from(self.len))
+            }
+        }
+    }
+
+    fn from_words(w: &[u32; 4], bits: u32) -> Prefix {
+        if intercept_common::cookie::is_mapped(w) {
+            Prefix {
+                addr: IpAddr::V4(w[3].into()),
+                len: u8::try_from(bits.saturating_sub(96)).unwrap_or(32),
+            }
+        } else {
+            let v = u128::from(w[0]) << 96
+                | u128::from(w[1]) << 64
+                | u128::from(w[2]) << 32
+                | u128::from(w[3]);
+            Prefix {
+                addr: IpAddr::V6(v.into()),
+                len: u8::try_from(bits).unwrap_or(128),
+            }
+        }
+    }
+}
+
+/// Parses a port list "80,443,8000-8010" (1..=65535; ranges of at most 1024 ports).
+///
+/// # Errors
+/// On port 0, a port over 65535, a reversed or too large range, or junk.
+pub fn parse_ports(s: &str) -> anyhow::Result<Vec<u16>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let one = |p: &str| -> anyhow::Result<u16> {
+            let v: u32 = p
+                .parse()
+                .map_err(|_| anyhow::anyhow!("'{p}' is not a port number"))?;
+            ensure!(
+                (1..=65535).contains(&v),
+                "port {v} is out of range: ports are 1-65535"
+            );
+            Ok(u16::try_from(v)?)
+        };
+        if let Some((a, b)) = part.split_once('-') {
+            let (a, b) = (one(a)?, one(b)?);
+            ensure!(a <= b, "port range {part} is reversed");
+            ensure!(
+                b - a < 1024,
+                "port range {part} is larger than 1024 ports; list several ranges"
+            );
+            out.extend(a..=b);
+        } else {
+            out.push(one(part)?);
+        }
+    }
+    ensure!(!out.is_empty(), "empty port list");
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// The pinned maps of one interface.
+pub struct Maps {
+    config: Array<MapData, Config>,
+    secrets: Array<MapData, Secrets>,
+    scope: LpmTrie<MapData, ScopeKey, ScopeValue>,
+    exempt: LpmTrie<MapData, AddrKey, u32>,
+}
+
+fn open(dir: &Path, name: &str) -> anyhow::Result<MapData> {
+    MapData::from_pin(dir.join(name)).map_err(|e| explain(e.into(), &format!("open map {name}")))
+}
+
+impl Maps {
+    /// Opens the maps pinned for `iface`.
+    ///
+    /// # Errors
+    /// [`CtlError::NotAttached`] if nothing is pinned there.
+    pub fn open(iface: &str, netns: Option<&str>) -> anyhow::Result<Maps> {
+        let pins = PinDir::new(netns, iface);
+        if !pins.map(maps::CONFIG).exists() {
+            return Err(CtlError::NotAttached {
+                iface: iface.to_owned(),
+                pin: pins.path().display().to_string(),
+            }
+            .into());
+        }
+        let d = pins.path();
+        Ok(Maps {
+            config: Array::try_from(Map::Array(open(d, maps::CONFIG)?))?,
+            secrets: Array::try_from(Map::Array(open(d, maps::SECRETS)?))?,
+            scope: LpmTrie::try_from(Map::LpmTrie(open(d, maps::SCOPE)?))?,
+            exempt: LpmTrie::try_from(Map::LpmTrie(open(d, maps::EXEMPT)?))?,
+        })
+    }
+
+    /// The configuration.
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        Ok(self.config.get(&0, 0)?)
+    }
+
+    /// Replaces the configuration.
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn set_config(&mut self, c: &Config) -> anyhow::Result<()> {
+        self.config.set(0, c, 0).context("write CONFIG")
+    }
+
+    /// Sets the mode.
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn set_mode(&mut self, mode: Mode) -> anyhow::Result<()> {
+        let mut c = self.config()?;
+        c.mode = mode as u32;
+        self.set_config(&c)
+    }
+
+    /// The secrets (never printed; `status` shows only their generation).
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn secrets(&self) -> anyhow::Result<Secrets> {
+        Ok(self.secrets.get(&0, 0)?)
+    }
+
+    /// Rotates: a new random secret goes into the slot not in use, which becomes current. Cookies
+    /// made with the previous secret keep verifying until the next rotation.
+    ///
+    /// # Errors
+    /// No randomness, or bpf() failure.
+    pub fn rotate_secret(&mut self) -> anyhow::Result<u32> {
+        let mut s = self.secrets()?;
+        let next = (s.current ^ 1) & 1;
+        s.keys[next as usize] = random_key()?;
+        s.current = next;
+        s.generation = s.generation.wrapping_add(1);
+        self.secrets.set(0, &s, 0).context("write SECRETS")?;
+        Ok(s.generation)
+    }
+
+    /// Installs two fresh secrets (at attach).
+    ///
+    /// # Errors
+    /// No randomness, or bpf() failure.
+    pub fn init_secrets(&mut self) -> anyhow::Result<()> {
+        let s = Secrets {
+            keys: [random_key()?, random_key()?],
+            current: 0,
+            generation: 1,
+        };
+        self.secrets.set(0, &s, 0).context("write SECRETS")
+    }
+
+    /// Protects `prefix` on `ports` (None: every port).
+    ///
+    /// # Errors
+    /// bpf() failure (e.g. the trie is full).
+    pub fn scope_add(&mut self, prefix: &Prefix, ports: Option<&[u16]>) -> anyhow::Result<()> {
+        let (w, bits) = prefix.words();
+        for port in ports.unwrap_or(&[0]) {
+            let key = Key::new(ScopeKey::prefix_len(bits), ScopeKey::new(*port, &w));
+            self.scope
+                .insert(&key, &ScopeValue { protect: 1 }, 0)
+                .with_context(|| format!("add {prefix} port {port} to SCOPE"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes `prefix` on `ports` (None: the every-port entry).
+    ///
+    /// # Errors
+    /// If an entry does not exist, or bpf() failure.
+    pub fn scope_del(&mut self, prefix: &Prefix, ports: Option<&[u16]>) -> anyhow::Result<()> {
+        let (w, bits) = prefix.words();
+        for port in ports.unwrap_or(&[0]) {
+            let key = Key::new(ScopeKey::prefix_len(bits), ScopeKey::new(*port, &w));
+            self.scope.remove(&key).map_err(|_| {
+                anyhow::anyhow!(
+                    "{prefix} port {} is not in the protected scope (see `scope list`)",
+                    if *port == 0 {
+                        "any".to_owned()
+                    } else {
+                        port.to_string()
+                    }
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every protected (prefix, port) pair; port 0 means every port.
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn scope_list(&self) -> anyhow::Result<Vec<(Prefix, u16)>> {
+        let mut out = Vec::new();
+        for k in self.scope.keys() {
+            let k = k?;
+            let d = k.data().data;
+            let w = [
+                u32::from_be(d[1]),
+                u32::from_be(d[2]),
+                u32::from_be(d[3]),
+                u32::from_be(d[4]),
+            ];
+            let port = u16::try_from(u32::from_be(d[0]) >> 16)?;
+            out.push((Prefix::from_words(&w, k.prefix_len() - 32), port));
+        }
+        out.sort_by_key(|(p, port)| (p.to_string(), *port));
+        Ok(out)
+    }
+
+    /// Exempts a source prefix.
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn exempt_add(&mut self, prefix: &Prefix) -> anyhow::Result<()> {
+        let (w, bits) = prefix.words();
+        self.exempt
+            .insert(&Key::new(bits, AddrKey::new(&w)), &1, 0)
+            .context("add to EXEMPT")
+    }
+
+    /// Removes an exempt source prefix.
+    ///
+    /// # Errors
+    /// If it is not there.
+    pub fn exempt_del(&mut self, prefix: &Prefix) -> anyhow::Result<()> {
+        let (w, bits) = prefix.words();
+        self.exempt
+            .remove(&Key::new(bits, AddrKey::new(&w)))
+            .map_err(|_| anyhow::anyhow!("{prefix} is not exempt (see `exempt list`)"))
+    }
+
+    /// Every exempt source prefix.
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn exempt_list(&self) -> anyhow::Result<Vec<Prefix>> {
+        let mut out = Vec::new();
+        for k in self.exempt.keys() {
+            let k = k?;
+            let a = k.data().addr;
+            out.push(Prefix::from_words(
+                &[
+                    u32::from_be(a[0]),
+                    u32::from_be(a[1]),
+                    u32::from_be(a[2]),
+                    u32::from_be(a[3]),
+                ],
+                k.prefix_len(),
+            ));
+        }
+        out.sort_by_key(ToString::to_string);
+        Ok(out)
+    }
+}
+
+/// A fresh 128-bit SipHash key from the kernel's CSPRNG.
+///
+/// # Errors
+/// If getrandom fails.
+pub fn random_key() -> anyhow::Result<SipKey> {
+    let mut b = [0u8; 16];
+    // SAFETY: writes at most 16 bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 16 {
+        bail!("getrandom: {}", std::io::Error::last_os_error());
+    }
+    Ok(SipKey {
+        k: [
+            u64::from_le_bytes(b[..8].try_into()?),
+            u64::from_le_bytes(b[8..].try_into()?),
+        ],
+    })
+}
+
+/// The interface's MTU (in the current network namespace).
+///
+/// # Errors
+/// If the ioctl fails.
+pub fn mtu(iface: &str) -> anyhow::Result<u32> {
+    // SAFETY: plain socket/ioctl on a zeroed ifreq we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in iface.bytes().take(15).enumerate() {
+            req.ifr_name[i] = b as libc::c_char;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFMTU, &raw mut req);
+        libc::close(fd);
+        ensure!(
+            rc == 0,
+            "SIOCGIFMTU {iface}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(u32::try_from(req.ifr_ifru.ifru_mtu)?)
+    }
+}
+
+/// `net.ipv4.tcp_syncookies` of the current namespace: the kfunc handoff needs it non-zero
+/// (with 0 the kernel resets every cookie ACK). Sets it to 1 if it is 0 and says so.
+///
+/// # Errors
+/// If /proc/sys cannot be read or written.
+pub fn ensure_syncookies() -> anyhow::Result<Option<String>> {
+    let p = "/proc/sys/net/ipv4/tcp_syncookies";
+    let v = std::fs::read_to_string(p).with_context(|| format!("read {p}"))?;
+    if v.trim() == "0" {
+        std::fs::write(p, "1")
+            .with_context(|| format!("set {p} to 1 (intercept mode needs it)"))?;
+        return Ok(Some(
+            "set net.ipv4.tcp_syncookies=1 (was 0): the kernel resets cookie handshakes without it"
+                .to_owned(),
+        ));
+    }
+    Ok(None)
+}
