@@ -57,6 +57,8 @@ pub enum Counter {
     PassExempt,
     /// Intercept mode without secrets loaded: passed (fail open).
     PassNoSecret,
+    /// Protected SYNs with a wrong TCP checksum: passed unanswered (the kernel drops and counts them).
+    PassBadChecksum,
     /// Frames dropped (sum of the ack_* drop reasons).
     Dropped,
     /// Internal failures (a helper refused): XDP_ABORTED.
@@ -93,6 +95,7 @@ impl Counter {
         Counter::PassSynData,
         Counter::PassExempt,
         Counter::PassNoSecret,
+        Counter::PassBadChecksum,
         Counter::Dropped,
         Counter::Aborted,
     ];
@@ -126,6 +129,7 @@ impl Counter {
             Counter::PassSynData => "pass_syn_data",
             Counter::PassExempt => "pass_exempt",
             Counter::PassNoSecret => "pass_no_secret",
+            Counter::PassBadChecksum => "pass_bad_checksum",
             Counter::Dropped => "dropped",
             Counter::Aborted => "aborted",
             Counter::Count => "count",
@@ -161,6 +165,7 @@ impl Counter {
             Counter::PassSynData => "Passed: SYN with payload",
             Counter::PassExempt => "Passed: exempt source",
             Counter::PassNoSecret => "Passed: no cookie secret loaded",
+            Counter::PassBadChecksum => "Passed: SYN with a bad TCP checksum",
             Counter::Dropped => "Frames dropped",
             Counter::Aborted => "Internal failures (XDP_ABORTED)",
             Counter::Count => "",

@@ -43,6 +43,31 @@ pub fn flow_of<F: Frame + ?Sized>(f: &F, ip: &Ip, tcp: &Tcp) -> Option<Flow> {
     }
 }
 
+/// Whether the TCP checksum of a segment without payload (header and options only, as every SYN
+/// we answer is) is correct. A corrupted SYN must not be answered: the kernel would drop it too
+/// (`TcpInCsumErrors`). The header is summed in 16-bit words at constant offsets from the TCP
+/// header, at most 30 of them.
+#[inline(always)]
+pub fn header_checksum_ok<F: Frame + ?Sized>(f: &F, flow: &Flow, v6: bool, tcp: &Tcp) -> bool {
+    let len = tcp.hdr_len;
+    let mut acc = if v6 {
+        pseudo_v6_words(&flow.saddr, &flow.daddr, len as u32)
+    } else {
+        pseudo_v4(flow.saddr[3].to_be_bytes(), flow.daddr[3].to_be_bytes(), IPPROTO_TCP, len as u16)
+    };
+    let mut i = 0;
+    while i < 30 {
+        if 2 * i < len {
+            match f.be16_at(tcp.off + 2 * i) {
+                Some(w) => acc = add_u16(acc, w),
+                None => return false,
+            }
+        }
+        i += 1;
+    }
+    crate::checksum::fold(acc) == 0xffff
+}
+
 /// A SYN to answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SynRequest {
@@ -338,6 +363,19 @@ mod tests {
 
     /// Builds the reply frame the way the data path does and checks it parses, checksums, and
     /// carries what was asked for.
+    #[test]
+    fn header_checksum_is_checked() {
+        for v6 in [false, true] {
+            let mut f = syn_frame(v6, linux_syn_options(1460, 1, 7), tcp_flags::SYN);
+            let Ok(Dissected::Ip(ip @ Ip { l4: L4::Tcp(t), .. })) = dissect(&f[..]) else { panic!() };
+            let flow = flow_of(&f[..], &ip, &t).unwrap();
+            assert!(header_checksum_ok(&f[..], &flow, v6, &t));
+            let last = t.off + t.hdr_len - 1;
+            f[last] ^= 0x40;
+            assert!(!header_checksum_ok(&f[..], &flow, v6, &t), "a flipped option bit must fail");
+        }
+    }
+
     #[test]
     fn synack_round_trip_v4_v6_with_every_option_mix() {
         let cfg = Config::default();

@@ -182,6 +182,28 @@ impl Maps {
         })
     }
 
+    /// Takes the maps out of a loaded object (tests drive a loaded, unattached object this way).
+    ///
+    /// # Errors
+    /// If a map is missing or of the wrong type.
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<Maps> {
+        let mut take = |n: &str| ebpf.take_map(n).with_context(|| format!("map {n} missing"));
+        Ok(Maps {
+            config: Array::try_from(take(maps::CONFIG)?)?,
+            secrets: Array::try_from(take(maps::SECRETS)?)?,
+            scope: LpmTrie::try_from(take(maps::SCOPE)?)?,
+            exempt: LpmTrie::try_from(take(maps::EXEMPT)?)?,
+        })
+    }
+
+    /// Replaces the secrets (tests; operators rotate).
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn set_secrets(&mut self, s: &Secrets) -> anyhow::Result<()> {
+        self.secrets.set(0, s, 0).context("write SECRETS")
+    }
+
     /// The configuration.
     ///
     /// # Errors

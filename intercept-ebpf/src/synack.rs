@@ -8,7 +8,7 @@ use intercept_common::{
     Counter,
     config::Config,
     cookie::{self, slot_of},
-    handshake::{SynRequest, build_synack},
+    handshake::{SynRequest, build_synack, header_checksum_ok},
     parse::{Frame, Ip, Tcp},
 };
 
@@ -43,6 +43,9 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, cfg: &Config) -> u32 {
     if tcp.payload_len > 0 {
         // TCP Fast Open data cannot ride on a cookie: the kernel handles it (and its own cookies).
         return pass(Counter::PassSynData);
+    }
+    if !header_checksum_ok(&pkt, &req.flow, req.v6, tcp) {
+        return pass(Counter::PassBadChecksum);
     }
     let Some(secrets) = SECRETS.get(0) else {
         return pass(Counter::PassNoSecret);
