@@ -36,6 +36,15 @@ impl Mode {
 pub mod flags {
     /// Answer ECN setup SYNs (ECE+CWR) with ECE (RFC 3168 section 6.1.1), as Linux does by default.
     pub const ECN: u32 = 1;
+    /// SCOPE holds port-specific entries (else the data path skips that lookup). Kept by the
+    /// controller on every scope change.
+    pub const SCOPE_PORTS: u32 = 2;
+    /// SCOPE holds every-port entries.
+    pub const SCOPE_ANY_PORT: u32 = 4;
+    /// EXEMPT holds entries.
+    pub const EXEMPT: u32 = 8;
+    /// Bits the controller derives from the maps (not set by an operator).
+    pub const DERIVED: u32 = SCOPE_PORTS | SCOPE_ANY_PORT | EXEMPT;
 }
 
 /// The data path's configuration, one entry in [`crate::maps::CONFIG`]; written by the controller.

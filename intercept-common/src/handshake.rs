@@ -53,7 +53,12 @@ pub fn header_checksum_ok<F: Frame + ?Sized>(f: &F, flow: &Flow, v6: bool, tcp: 
     let mut acc = if v6 {
         pseudo_v6_words(&flow.saddr, &flow.daddr, len as u32)
     } else {
-        pseudo_v4(flow.saddr[3].to_be_bytes(), flow.daddr[3].to_be_bytes(), IPPROTO_TCP, len as u16)
+        pseudo_v4(
+            flow.saddr[3].to_be_bytes(),
+            flow.daddr[3].to_be_bytes(),
+            IPPROTO_TCP,
+            len as u16,
+        )
     };
     let mut i = 0;
     while i < 30 {
@@ -367,12 +372,17 @@ mod tests {
     fn header_checksum_is_checked() {
         for v6 in [false, true] {
             let mut f = syn_frame(v6, linux_syn_options(1460, 1, 7), tcp_flags::SYN);
-            let Ok(Dissected::Ip(ip @ Ip { l4: L4::Tcp(t), .. })) = dissect(&f[..]) else { panic!() };
+            let Ok(Dissected::Ip(ip @ Ip { l4: L4::Tcp(t), .. })) = dissect(&f[..]) else {
+                panic!()
+            };
             let flow = flow_of(&f[..], &ip, &t).unwrap();
             assert!(header_checksum_ok(&f[..], &flow, v6, &t));
             let last = t.off + t.hdr_len - 1;
             f[last] ^= 0x40;
-            assert!(!header_checksum_ok(&f[..], &flow, v6, &t), "a flipped option bit must fail");
+            assert!(
+                !header_checksum_ok(&f[..], &flow, v6, &t),
+                "a flipped option bit must fail"
+            );
         }
     }
 

@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::Path};
 use anyhow::{Context as _, bail, ensure};
 use aya::maps::{Array, LpmTrie, Map, MapData, lpm_trie::Key};
 use intercept_common::{
-    config::{AddrKey, Config, Mode, ScopeKey, ScopeValue},
+    config::{AddrKey, Config, Mode, ScopeKey, ScopeValue, flags},
     cookie::{Key as SipKey, Secrets, mapped},
     maps,
 };
@@ -212,12 +212,38 @@ impl Maps {
         Ok(self.config.get(&0, 0)?)
     }
 
-    /// Replaces the configuration.
+    /// Replaces the configuration. The flags that say which tries hold entries are recomputed
+    /// from the tries, whatever `c` says, so the data path never skips a lookup it needs.
     ///
     /// # Errors
     /// bpf() failure.
     pub fn set_config(&mut self, c: &Config) -> anyhow::Result<()> {
-        self.config.set(0, c, 0).context("write CONFIG")
+        let mut c = *c;
+        c.flags = (c.flags & !flags::DERIVED) | self.derived_flags()?;
+        self.config.set(0, &c, 0).context("write CONFIG")
+    }
+
+    /// The trie-occupancy flags, from the tries themselves.
+    fn derived_flags(&self) -> anyhow::Result<u32> {
+        let mut f = 0;
+        for k in self.scope.keys() {
+            f |= if u32::from_be(k?.data().data[0]) >> 16 == 0 {
+                flags::SCOPE_ANY_PORT
+            } else {
+                flags::SCOPE_PORTS
+            };
+        }
+        if let Some(k) = self.exempt.keys().next() {
+            k?;
+            f |= flags::EXEMPT;
+        }
+        Ok(f)
+    }
+
+    /// Re-derives the occupancy flags after a scope or exempt change.
+    fn refresh(&mut self) -> anyhow::Result<()> {
+        let c = self.config()?;
+        self.set_config(&c)
     }
 
     /// Sets the mode.
@@ -278,7 +304,7 @@ impl Maps {
                 .insert(&key, &ScopeValue { protect: 1 }, 0)
                 .with_context(|| format!("add {prefix} port {port} to SCOPE"))?;
         }
-        Ok(())
+        self.refresh()
     }
 
     /// Removes `prefix` on `ports` (None: the every-port entry).
@@ -300,7 +326,7 @@ impl Maps {
                 )
             })?;
         }
-        Ok(())
+        self.refresh()
     }
 
     /// Every protected (prefix, port) pair; port 0 means every port.
@@ -333,7 +359,8 @@ impl Maps {
         let (w, bits) = prefix.words();
         self.exempt
             .insert(&Key::new(bits, AddrKey::new(&w)), &1, 0)
-            .context("add to EXEMPT")
+            .context("add to EXEMPT")?;
+        self.refresh()
     }
 
     /// Removes an exempt source prefix.
@@ -344,7 +371,8 @@ impl Maps {
         let (w, bits) = prefix.words();
         self.exempt
             .remove(&Key::new(bits, AddrKey::new(&w)))
-            .map_err(|_| anyhow::anyhow!("{prefix} is not exempt (see `exempt list`)"))
+            .map_err(|_| anyhow::anyhow!("{prefix} is not exempt (see `exempt list`)"))?;
+        self.refresh()
     }
 
     /// Every exempt source prefix.

@@ -31,6 +31,11 @@ enum Command {
     ///
     /// Example: intercept-ctl detach eth0
     Detach(cmd::detach::Args),
+    /// Show an attachment: mode, scope size, SYN-ACK parameters, secret generation (never the
+    /// secrets).
+    ///
+    /// Example: intercept-ctl status eth0 --json
+    Status(cmd::status::Args),
     /// Change the mode while running (off, intercept).
     ///
     /// Example: intercept-ctl mode eth0 intercept
@@ -76,6 +81,7 @@ fn main() -> ExitCode {
             Command::Detach(a) => cmd::detach::run(&ctx, a),
             Command::Stats(a) => cmd::stats::run(&ctx, a),
             Command::Mode(a) => cmd::mode::run(&ctx, a),
+            Command::Status(a) => cmd::status::run(&ctx, a),
             Command::Scope(c) => cmd::scope::run(&ctx, c),
             Command::Exempt(c) => cmd::scope::run_exempt(&ctx, c),
             Command::RotateSecret(a) => cmd::rotate::run(&ctx, a),

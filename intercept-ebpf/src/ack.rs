@@ -19,7 +19,7 @@ use intercept_common::{
 
 use crate::{
     frame::Pkt,
-    maps::SECRETS,
+    maps::{CONFIG, SECRETS},
     scope,
     stats::{count, drop, pass},
 };
@@ -95,13 +95,26 @@ fn lookup(ctx: &XdpContext, flow: &Flow, v6: bool) -> Sock {
 }
 
 /// Handles an ACK (no SYN, no RST) in intercept mode. Not inlined (see `synack::handle`).
+///
+/// The socket table is consulted first, as the kernel's own XDP synproxy does: a segment of an
+/// existing connection (established, request, time-wait) passes at the cost of one lookup and is
+/// never hashed. (Checking the cookie first would save the lookup on the handshake's ACK, but the
+/// client's first data segments repeat that ACK's numbers, so they too would verify and be handed
+/// to TC a second time.) With a listener, the cookie decides; with no socket at all, the ACK can
+/// only be a forgery.
 #[inline(never)]
-pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, cfg: &Config) -> u32 {
+pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
+    // Config is fetched here, not passed: LLVM promotes pointer arguments of a subprogram to
+    // scalars, and past five arguments it spills to a stack the kernel does not have ("R11 is
+    // invalid"). An array lookup is inlined by the verifier and costs next to nothing.
+    let Some(cfg) = CONFIG.get(0) else {
+        return pass(Counter::Passed);
+    };
     let pkt = Pkt::new(ctx);
     let Some(flow) = flow_of(&pkt, ip, tcp) else {
         return pass(Counter::Malformed);
     };
-    if !scope::protected(&flow) {
+    if !scope::protected(&flow, cfg) {
         return pass(Counter::Passed);
     }
     let v6 = matches!(ip.l3, L3::V6 { .. });
@@ -110,7 +123,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, cfg: &Config) -> u32 {
         Sock::None => return drop(Counter::AckNoListener),
         Sock::Listener => {}
     }
-    if scope::exempt(&flow) {
+    if scope::exempt(&flow, cfg) {
         return pass(Counter::PassExempt);
     }
     let Some(secrets) = SECRETS.get(0) else {
@@ -118,18 +131,30 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, cfg: &Config) -> u32 {
     };
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };
-    let co = match cookie::check(
+    match cookie::check(
         secrets,
         &flow,
         tcp.seq.wrapping_sub(1),
         tcp.ack_seq.wrapping_sub(1),
         slot_of(now),
     ) {
-        Ok(co) => co,
-        Err(CookieError::Expired) => return drop(Counter::AckExpired),
-        Err(CookieError::BadMac) => return drop(Counter::AckBadMac),
-    };
-    let ack_opts = tcpopt::parse(&pkt, tcp.off, tcp.hdr_len);
+        Ok(co) => handoff(ctx, &pkt, tcp, co, v6, cfg),
+        Err(CookieError::Expired) => drop(Counter::AckExpired),
+        Err(CookieError::BadMac) => drop(Counter::AckBadMac),
+    }
+}
+
+/// Leaves the decoded options in the metadata for TC and passes the ACK.
+#[inline(always)]
+fn handoff(
+    ctx: &XdpContext,
+    pkt: &Pkt<XdpContext>,
+    tcp: &Tcp,
+    co: cookie::CookieOpts,
+    v6: bool,
+    cfg: &Config,
+) -> u32 {
+    let ack_opts = tcpopt::parse(pkt, tcp.off, tcp.hdr_len);
     let h = Handoff {
         magic: HANDOFF_MAGIC,
         attrs: handoff_attrs(co, v6, cfg, &ack_opts),

@@ -44,8 +44,8 @@ pub fn xdp_intercept(ctx: XdpContext) -> u32 {
         return pass(Counter::Passed);
     }
     match classify(tcp.flags) {
-        TcpKind::Syn => synack::handle(&ctx, &ip, &tcp, cfg),
-        TcpKind::Ack => ack::handle(&ctx, &ip, &tcp, cfg),
+        TcpKind::Syn => synack::handle(&ctx, &ip, &tcp),
+        TcpKind::Ack => ack::handle(&ctx, &ip, &tcp),
         _ => pass(Counter::Passed),
     }
 }

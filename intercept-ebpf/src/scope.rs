@@ -1,17 +1,27 @@
 //! Which flows are protected: destination (port, prefix) in SCOPE, source not in EXEMPT.
 use aya_ebpf::maps::lpm_trie::Key;
 use intercept_common::{
-    config::{AddrKey, ScopeKey},
+    config::{AddrKey, Config, ScopeKey, flags},
     cookie::Flow,
 };
 
 use crate::maps::{EXEMPT, SCOPE};
 
-/// Whether the flow's destination is protected (port-specific entry first, then any-port).
+/// Whether the flow's destination is protected (port-specific entry first, then any-port). A trie
+/// the controller flagged empty is not looked up (an LPM lookup is the dearest step here).
 #[inline(always)]
-pub fn protected(flow: &Flow) -> bool {
-    for port in [flow.dport, 0] {
-        let key = Key::new(ScopeKey::prefix_len(128), ScopeKey::new(port, &flow.daddr));
+pub fn protected(flow: &Flow, cfg: &Config) -> bool {
+    if cfg.flags & flags::SCOPE_PORTS != 0 {
+        let key = Key::new(
+            ScopeKey::prefix_len(128),
+            ScopeKey::new(flow.dport, &flow.daddr),
+        );
+        if let Some(v) = SCOPE.get(&key) {
+            return v.protect != 0;
+        }
+    }
+    if cfg.flags & flags::SCOPE_ANY_PORT != 0 {
+        let key = Key::new(ScopeKey::prefix_len(128), ScopeKey::new(0, &flow.daddr));
         if let Some(v) = SCOPE.get(&key) {
             return v.protect != 0;
         }
@@ -21,8 +31,9 @@ pub fn protected(flow: &Flow) -> bool {
 
 /// Whether the flow's source is exempt.
 #[inline(always)]
-pub fn exempt(flow: &Flow) -> bool {
-    EXEMPT
-        .get(&Key::new(128, AddrKey::new(&flow.saddr)))
-        .is_some()
+pub fn exempt(flow: &Flow, cfg: &Config) -> bool {
+    cfg.flags & flags::EXEMPT != 0
+        && EXEMPT
+            .get(&Key::new(128, AddrKey::new(&flow.saddr)))
+            .is_some()
 }

@@ -14,7 +14,7 @@ use intercept_common::{
 
 use crate::{
     frame::Pkt,
-    maps::{SCRATCH, SECRETS},
+    maps::{CONFIG, SCRATCH, SECRETS},
     scope,
     stats::{count, pass},
 };
@@ -22,7 +22,13 @@ use crate::{
 /// Handles a SYN (no ACK, no RST) in intercept mode. Not inlined: a BPF-to-BPF call keeps its
 /// stack frame apart from the ACK path's ("BPF stack limit is exceeded" when both share one).
 #[inline(never)]
-pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, cfg: &Config) -> u32 {
+pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
+    // Config is fetched here, not passed: LLVM promotes pointer arguments of a subprogram to
+    // scalars, and past five arguments it spills to a stack the kernel does not have ("R11 is
+    // invalid"). An array lookup is inlined by the verifier and costs next to nothing.
+    let Some(cfg) = CONFIG.get(0) else {
+        return pass(Counter::Passed);
+    };
     let pkt = Pkt::new(ctx);
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return aborted();
@@ -33,11 +39,11 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, cfg: &Config) -> u32 {
         return pass(Counter::Malformed);
     }
     let req = &scratch.req;
-    if !scope::protected(&req.flow) {
+    if !scope::protected(&req.flow, cfg) {
         return pass(Counter::Passed);
     }
     count(Counter::SynProtected);
-    if scope::exempt(&req.flow) {
+    if scope::exempt(&req.flow, cfg) {
         return pass(Counter::PassExempt);
     }
     if tcp.payload_len > 0 {
@@ -125,6 +131,14 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, cfg: &Config) -> u32 {
     }
     count(Counter::SynAckSent);
     xdp_action::XDP_TX
+}
+
+/// Stores the first `N` bytes of `src` at `off`.
+#[inline(always)]
+fn store_prefix<const N: usize>(pkt: &Pkt<XdpContext>, off: usize, src: &[u8; 40]) -> bool {
+    let mut b = [0u8; N];
+    b.copy_from_slice(&src[..N]);
+    pkt.store(off, &b).is_some()
 }
 
 #[inline(always)]

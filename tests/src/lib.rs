@@ -292,3 +292,59 @@ impl Drop for InterceptLab {
         ]);
     }
 }
+
+/// The current cookie slot, from CLOCK_MONOTONIC (`bpf_ktime_get_ns`'s clock).
+#[must_use]
+pub fn now_slot() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    intercept_common::cookie::slot_of(
+        u64::try_from(ts.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap(),
+    )
+}
+
+/// Fixed secrets for tests and benchmarks.
+#[must_use]
+pub fn test_secrets() -> intercept_common::cookie::Secrets {
+    use intercept_common::cookie::{Key, Secrets};
+    Secrets {
+        keys: [
+            Key {
+                k: [0x1111, 0x2222],
+            },
+            Key {
+                k: [0x3333, 0x4444],
+            },
+        ],
+        current: 0,
+        generation: 1,
+    }
+}
+
+/// Puts a loaded object in intercept mode with [`test_secrets`], protecting 198.18.0.1/32 and
+/// 2001:db8::1/128 on every port and exempting 198.18.0.77; returns its maps.
+///
+/// # Panics
+/// If a map write fails.
+#[must_use]
+pub fn configure_intercept(obj: &mut Loaded) -> intercept_ctl::control::Maps {
+    use intercept_common::config::{Config, Mode};
+    use intercept_ctl::control::{Maps, Prefix};
+    let mut maps = Maps::from_ebpf(&mut obj.ebpf).expect("maps");
+    maps.set_config(&Config {
+        mode: Mode::Intercept as u32,
+        ..Config::default()
+    })
+    .unwrap();
+    maps.set_secrets(&test_secrets()).unwrap();
+    for p in ["198.18.0.1/32", "2001:db8::1/128"] {
+        maps.scope_add(&p.parse::<Prefix>().unwrap(), None).unwrap();
+    }
+    maps.exempt_add(&"198.18.0.77/32".parse::<Prefix>().unwrap())
+        .unwrap();
+    maps
+}

@@ -7,16 +7,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use intercept_common::{
     Counter::{self, *},
     config::{Config, HANDOFF_MAGIC, Mode, TcpReqAttrs},
-    cookie::{CookieOpts, Flow, Key, Secrets, WSCALE_NONE, make, mapped, slot_of, words},
+    cookie::{CookieOpts, Flow, Key, Secrets, WSCALE_NONE, make, mapped, words},
     craft::{Link, TcpSegment, linux_syn_options, tcp_frame},
     maps::PROG_XDP,
     parse::{ETH_P_8021AD, ETH_P_8021Q, tcp_flags},
 };
-use intercept_ctl::{
-    control::{Maps, Prefix},
-    netns::Netns,
-};
-use intercept_tests::{Loaded, deltas, require_root};
+use intercept_ctl::{control::Maps, netns::Netns};
+use intercept_tests::{Loaded, configure_intercept, deltas, now_slot, require_root, test_secrets};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -27,14 +24,20 @@ const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc];
 const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x5];
 
 fn secrets() -> Secrets {
-    Secrets { keys: [Key { k: [0x1111, 0x2222] }, Key { k: [0x3333, 0x4444] }], current: 0, generation: 1 }
+    test_secrets()
 }
 
 fn ips(v6: bool) -> (IpAddr, IpAddr) {
     if v6 {
-        (IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)), IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)))
+        (
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)),
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        )
     } else {
-        (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)))
+        (
+            IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
+            IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+        )
     }
 }
 
@@ -47,7 +50,11 @@ fn flow_words(ip: IpAddr) -> [u32; 4] {
 
 fn link(vlans: usize) -> Link {
     let tags = [(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)];
-    Link { dst: SERVER_MAC, src: CLIENT_MAC, vlans: tags[2 - vlans..].to_vec() }
+    Link {
+        dst: SERVER_MAC,
+        src: CLIENT_MAC,
+        vlans: tags[2 - vlans..].to_vec(),
+    }
 }
 
 /// RFC 1071 sum written here on its own (not intercept_common::checksum), to check the data path.
@@ -82,13 +89,6 @@ fn checksums_ok(frame: &[u8], l3: usize) -> bool {
     }
 }
 
-fn now_slot() -> u32 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer. CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    slot_of(u64::try_from(ts.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap())
-}
-
 struct Env {
     obj: Loaded,
     maps: Maps,
@@ -97,23 +97,24 @@ struct Env {
 impl Env {
     fn new() -> Env {
         let mut obj = Loaded::new(&[PROG_XDP]);
-        let mut maps = Maps::from_ebpf(&mut obj.ebpf).expect("maps");
-        maps.set_config(&Config { mode: Mode::Intercept as u32, ..Config::default() }).unwrap();
-        maps.set_secrets(&secrets()).unwrap();
-        for p in ["198.18.0.1/32", "2001:db8::1/128"] {
-            maps.scope_add(&p.parse::<Prefix>().unwrap(), None).unwrap();
-        }
-        maps.exempt_add(&"198.18.0.77/32".parse::<Prefix>().unwrap()).unwrap();
+        let maps = configure_intercept(&mut obj);
         Env { obj, maps }
     }
 
     /// Runs a frame; checks verdict and counter deltas; returns the output.
     fn run(&self, what: &str, frame: &[u8], verdict: u32, counters: &[Counter]) -> Vec<u8> {
         let before = self.obj.counters();
-        let (v, out) = self.obj.run(PROG_XDP, frame).unwrap_or_else(|e| panic!("{what}: test_run: {e:?}"));
+        let (v, out) = self
+            .obj
+            .run(PROG_XDP, frame)
+            .unwrap_or_else(|e| panic!("{what}: test_run: {e:?}"));
         let mut want: Vec<(Counter, u64)> = counters.iter().map(|c| (*c, 1)).collect();
         want.sort_by_key(|(c, _)| *c as u32);
-        assert_eq!(deltas(&before, &self.obj.counters()), want, "{what}: counter deltas");
+        assert_eq!(
+            deltas(&before, &self.obj.counters()),
+            want,
+            "{what}: counter deltas"
+        );
         assert_eq!(v, verdict, "{what}: verdict");
         out
     }
@@ -129,15 +130,30 @@ fn syn(v6: bool, options: Vec<u8>) -> TcpSegment {
 
 /// The SYN-ACK the data path must produce for `seg` on `link`, given the cookie options it should
 /// record and our TSval (read from the output: it is the kernel clock at run time).
-fn expected_synack(l: &Link, seg: &TcpSegment, co: CookieOpts, cookie: u32, tsval: u32, ecn: bool) -> Vec<u8> {
+fn expected_synack(
+    l: &Link,
+    seg: &TcpSegment,
+    co: CookieOpts,
+    cookie: u32,
+    tsval: u32,
+    ecn: bool,
+) -> Vec<u8> {
     let v6 = seg.src.is_ipv6();
     let cfg = Config::default();
     let mut o = Vec::new();
     o.extend_from_slice(&[2, 4]);
     o.extend_from_slice(&(if v6 { cfg.mss_v6 } else { cfg.mss_v4 }).to_be_bytes());
-    let client = intercept_common::tcpopt::parse(&tcp_frame(&Link::default(), seg)[..], if v6 { 54 } else { 34 }, 20 + seg.options.len().div_ceil(4) * 4);
+    let client = intercept_common::tcpopt::parse(
+        &tcp_frame(&Link::default(), seg)[..],
+        if v6 { 54 } else { 34 },
+        20 + seg.options.len().div_ceil(4) * 4,
+    );
     if client.ts_ok {
-        o.extend_from_slice(if client.sack_perm { &[4, 2, 8, 10] } else { &[1, 1, 8, 10] });
+        o.extend_from_slice(if client.sack_perm {
+            &[4, 2, 8, 10]
+        } else {
+            &[1, 1, 8, 10]
+        });
         o.extend_from_slice(&tsval.to_be_bytes());
         o.extend_from_slice(&client.tsval.to_be_bytes());
     } else if client.sack_perm {
@@ -146,12 +162,22 @@ fn expected_synack(l: &Link, seg: &TcpSegment, co: CookieOpts, cookie: u32, tsva
     if co.wscale != WSCALE_NONE {
         o.extend_from_slice(&[1, 3, 3, cfg.wscale]);
     }
-    let mut r = TcpSegment::new(seg.dst, seg.src, seg.dport, seg.sport, tcp_flags::SYN | tcp_flags::ACK | if ecn { tcp_flags::ECE } else { 0 });
+    let mut r = TcpSegment::new(
+        seg.dst,
+        seg.src,
+        seg.dport,
+        seg.sport,
+        tcp_flags::SYN | tcp_flags::ACK | if ecn { tcp_flags::ECE } else { 0 },
+    );
     r.seq = cookie;
     r.ack_seq = seg.seq.wrapping_add(1);
     r.window = cfg.window;
     r.options = o;
-    let rl = Link { dst: l.src, src: l.dst, vlans: l.vlans.clone() };
+    let rl = Link {
+        dst: l.src,
+        src: l.dst,
+        vlans: l.vlans.clone(),
+    };
     tcp_frame(&rl, &r)
 }
 
@@ -159,8 +185,20 @@ fn syn_case(env: &Env, what: &str, vlans: usize, seg: &TcpSegment, co: CookieOpt
     let l = link(vlans);
     let frame = tcp_frame(&l, seg);
     let v6 = seg.src.is_ipv6();
-    let flow = Flow { saddr: flow_words(seg.src), daddr: flow_words(seg.dst), sport: seg.sport, dport: seg.dport };
-    let mut counters = vec![Packets, Tcp, Syn, SynProtected, SynAckSent, if v6 { Ipv6 } else { Ipv4 }];
+    let flow = Flow {
+        saddr: flow_words(seg.src),
+        daddr: flow_words(seg.dst),
+        sport: seg.sport,
+        dport: seg.dport,
+    };
+    let mut counters = vec![
+        Packets,
+        Tcp,
+        Syn,
+        SynProtected,
+        SynAckSent,
+        if v6 { Ipv6 } else { Ipv4 },
+    ];
     if vlans > 0 {
         counters.push(Vlan);
     }
@@ -172,8 +210,15 @@ fn syn_case(env: &Env, what: &str, vlans: usize, seg: &TcpSegment, co: CookieOpt
         }
         let l3 = 14 + 4 * vlans;
         let toff = l3 + if v6 { 40 } else { 20 };
-        assert!(checksums_ok(&out, l3), "{what}: IP/TCP checksums of the SYN-ACK");
-        let tsval = if out.len() > toff + 32 && out[toff + 26] == 8 { u32::from_be_bytes(out[toff + 28..toff + 32].try_into().unwrap()) } else { 0 };
+        assert!(
+            checksums_ok(&out, l3),
+            "{what}: IP/TCP checksums of the SYN-ACK"
+        );
+        let tsval = if out.len() > toff + 32 && out[toff + 26] == 8 {
+            u32::from_be_bytes(out[toff + 28..toff + 32].try_into().unwrap())
+        } else {
+            0
+        };
         let cookie = make(&secrets().keys[0], 0, &flow, seg.seq, slot, co);
         let want = expected_synack(&l, seg, co, cookie, tsval, ecn);
         assert_eq!(out, want, "{what}: SYN-ACK frame");
@@ -183,7 +228,12 @@ fn syn_case(env: &Env, what: &str, vlans: usize, seg: &TcpSegment, co: CookieOpt
 }
 
 fn opts(mss_idx: u8, wscale: u8, sack: bool, ecn: bool) -> CookieOpts {
-    CookieOpts { mss_idx, wscale, sack, ecn }
+    CookieOpts {
+        mss_idx,
+        wscale,
+        sack,
+        ecn,
+    }
 }
 
 #[test]
@@ -196,14 +246,59 @@ fn syn_path_fixtures() {
             for vlans in 0..=2 {
                 let seg = syn(v6, linux_syn_options(1460, 0x1234, 7));
                 let idx = if v6 { 2 } else { 3 }; // 1460 -> v6 table {1220, 1420, 1440, 8940}: 1440
-                syn_case(&env, &format!("{} SYN, Linux options, {vlans} VLAN", if v6 { "v6" } else { "v4" }), vlans, &seg, opts(idx, 7, true, false), false);
+                syn_case(
+                    &env,
+                    &format!(
+                        "{} SYN, Linux options, {vlans} VLAN",
+                        if v6 { "v6" } else { "v4" }
+                    ),
+                    vlans,
+                    &seg,
+                    opts(idx, 7, true, false),
+                    false,
+                );
             }
-            syn_case(&env, "SYN without options", 0, &syn(v6, vec![]), opts(0, WSCALE_NONE, false, false), false);
+            syn_case(
+                &env,
+                "SYN without options",
+                0,
+                &syn(v6, vec![]),
+                opts(0, WSCALE_NONE, false, false),
+                false,
+            );
         }
-        syn_case(&env, "SYN, MSS + wscale (no SACK, no TS)", 0, &syn(false, vec![2, 4, 5, 0x14, 1, 3, 3, 8]), opts(1, 8, false, false), false);
-        syn_case(&env, "SYN, SACK only", 0, &syn(false, vec![1, 1, 4, 2]), opts(0, WSCALE_NONE, true, false), false);
-        syn_case(&env, "SYN, TS only", 0, &syn(false, vec![1, 1, 8, 10, 0, 0, 0, 5, 0, 0, 0, 0]), opts(0, WSCALE_NONE, false, false), false);
-        syn_case(&env, "SYN, wscale 14 clamp (sent 20)", 0, &syn(false, vec![1, 3, 3, 20]), opts(0, 14, false, false), false);
+        syn_case(
+            &env,
+            "SYN, MSS + wscale (no SACK, no TS)",
+            0,
+            &syn(false, vec![2, 4, 5, 0x14, 1, 3, 3, 8]),
+            opts(1, 8, false, false),
+            false,
+        );
+        syn_case(
+            &env,
+            "SYN, SACK only",
+            0,
+            &syn(false, vec![1, 1, 4, 2]),
+            opts(0, WSCALE_NONE, true, false),
+            false,
+        );
+        syn_case(
+            &env,
+            "SYN, TS only",
+            0,
+            &syn(false, vec![1, 1, 8, 10, 0, 0, 0, 5, 0, 0, 0, 0]),
+            opts(0, WSCALE_NONE, false, false),
+            false,
+        );
+        syn_case(
+            &env,
+            "SYN, wscale 14 clamp (sent 20)",
+            0,
+            &syn(false, vec![1, 3, 3, 20]),
+            opts(0, 14, false, false),
+            false,
+        );
         let mut ecn = syn(false, linux_syn_options(1440, 9, 7));
         ecn.flags |= tcp_flags::ECE | tcp_flags::CWR;
         syn_case(&env, "ECN setup SYN", 0, &ecn, opts(2, 7, true, true), true);
@@ -212,24 +307,80 @@ fn syn_path_fixtures() {
         let mut data = syn(false, linux_syn_options(1460, 1, 7));
         data.payload = b"TFO data".to_vec();
         let f = tcp_frame(&link(0), &data);
-        assert_eq!(env.run("SYN with payload", &f, XDP_PASS, &[Packets, Ipv4, Tcp, Syn, SynProtected, PassSynData, Passed]), f);
+        assert_eq!(
+            env.run(
+                "SYN with payload",
+                &f,
+                XDP_PASS,
+                &[Packets, Ipv4, Tcp, Syn, SynProtected, PassSynData, Passed]
+            ),
+            f
+        );
         let mut bad = tcp_frame(&link(0), &syn(false, linux_syn_options(1460, 1, 7)));
         bad[34 + 17] ^= 1; // TCP checksum
-        assert_eq!(env.run("SYN with a bad TCP checksum", &bad, XDP_PASS, &[Packets, Ipv4, Tcp, Syn, SynProtected, PassBadChecksum, Passed]), bad);
+        assert_eq!(
+            env.run(
+                "SYN with a bad TCP checksum",
+                &bad,
+                XDP_PASS,
+                &[
+                    Packets,
+                    Ipv4,
+                    Tcp,
+                    Syn,
+                    SynProtected,
+                    PassBadChecksum,
+                    Passed
+                ]
+            ),
+            bad
+        );
         let mut other = syn(false, vec![]);
         other.dst = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9));
         let f = tcp_frame(&link(0), &other);
-        assert_eq!(env.run("SYN to an unprotected destination", &f, XDP_PASS, &[Packets, Ipv4, Tcp, Syn, Passed]), f);
+        assert_eq!(
+            env.run(
+                "SYN to an unprotected destination",
+                &f,
+                XDP_PASS,
+                &[Packets, Ipv4, Tcp, Syn, Passed]
+            ),
+            f
+        );
         let mut ex = syn(false, vec![]);
         ex.src = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 77));
         let f = tcp_frame(&link(0), &ex);
-        assert_eq!(env.run("SYN from an exempt source", &f, XDP_PASS, &[Packets, Ipv4, Tcp, Syn, SynProtected, PassExempt, Passed]), f);
+        assert_eq!(
+            env.run(
+                "SYN from an exempt source",
+                &f,
+                XDP_PASS,
+                &[Packets, Ipv4, Tcp, Syn, SynProtected, PassExempt, Passed]
+            ),
+            f
+        );
         let full = tcp_frame(&link(0), &syn(false, linux_syn_options(1460, 1, 7)));
         let cut = full[..34 + 30].to_vec();
-        assert_eq!(env.run("SYN with truncated options", &cut, XDP_PASS, &[Packets, Malformed, Passed]), cut);
+        assert_eq!(
+            env.run(
+                "SYN with truncated options",
+                &cut,
+                XDP_PASS,
+                &[Packets, Malformed, Passed]
+            ),
+            cut
+        );
         env.maps.set_mode(Mode::Off).unwrap();
         let f = tcp_frame(&link(0), &syn(false, vec![]));
-        assert_eq!(env.run("SYN in mode off", &f, XDP_PASS, &[Packets, Ipv4, Tcp, Syn, Passed]), f);
+        assert_eq!(
+            env.run(
+                "SYN in mode off",
+                &f,
+                XDP_PASS,
+                &[Packets, Ipv4, Tcp, Syn, Passed]
+            ),
+            f
+        );
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e));
@@ -248,8 +399,20 @@ fn ack(v6: bool, dport: u16, isn: u32, cookie: u32) -> TcpSegment {
 
 fn cookie_for(v6: bool, dport: u16, isn: u32, key_idx: usize, slot: u32, co: CookieOpts) -> u32 {
     let (c, s) = ips(v6);
-    let flow = Flow { saddr: flow_words(c), daddr: flow_words(s), sport: 40000, dport };
-    make(&secrets().keys[key_idx], u32::try_from(key_idx).unwrap(), &flow, isn, slot, co)
+    let flow = Flow {
+        saddr: flow_words(c),
+        daddr: flow_words(s),
+        sport: 40000,
+        dport,
+    };
+    make(
+        &secrets().keys[key_idx],
+        u32::try_from(key_idx).unwrap(),
+        &flow,
+        isn,
+        slot,
+        co,
+    )
 }
 
 #[test]
@@ -258,7 +421,8 @@ fn ack_path_fixtures() {
     let ns = Netns::new("fx").expect("netns");
     ns.spawn(|| {
         // The listener the ACK path finds: dual-stack, so IPv4 lookups find it too.
-        let _l = TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), PORT)).expect("listen");
+        let _l = TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), PORT))
+            .expect("listen");
         let mut env = Env::new();
         let co = opts(3, 7, true, false);
         let isn = 0x5555_0000;
@@ -274,7 +438,14 @@ fn ack_path_fixtures() {
                 let slot = now_slot();
                 let seg = ack(v6, PORT, isn, cookie_for(v6, PORT, isn, 0, slot - age, co));
                 let f = tcp_frame(&link(vlans), &seg);
-                let mut c = vec![Packets, if v6 { Ipv6 } else { Ipv4 }, Tcp, Ack, AckValid, Passed];
+                let mut c = vec![
+                    Packets,
+                    if v6 { Ipv6 } else { Ipv4 },
+                    Tcp,
+                    Ack,
+                    AckValid,
+                    Passed,
+                ];
                 if vlans > 0 {
                     c.push(Vlan);
                 }
@@ -284,41 +455,115 @@ fn ack_path_fixtures() {
                 let magic = u32::from_ne_bytes(out[0..4].try_into().unwrap());
                 assert_eq!(magic, HANDOFF_MAGIC);
                 // SAFETY: 20 bytes of plain integers, read unaligned.
-                let a: TcpReqAttrs = unsafe { std::ptr::read_unaligned(out[4..24].as_ptr().cast()) };
-                let want = TcpReqAttrs { rcv_tsval: 0x1234, rcv_tsecr: 0x5678, mss: if v6 { 8940 } else { 1460 }, rcv_wscale: 7, snd_wscale: 7, ecn_ok: 0, wscale_ok: 1, sack_ok: 1, tstamp_ok: 1, usec_ts_ok: 0, reserved: [0; 3] };
+                let a: TcpReqAttrs =
+                    unsafe { std::ptr::read_unaligned(out[4..24].as_ptr().cast()) };
+                let want = TcpReqAttrs {
+                    rcv_tsval: 0x1234,
+                    rcv_tsecr: 0x5678,
+                    mss: if v6 { 8940 } else { 1460 },
+                    rcv_wscale: 7,
+                    snd_wscale: 7,
+                    ecn_ok: 0,
+                    wscale_ok: 1,
+                    sack_ok: 1,
+                    tstamp_ok: 1,
+                    usec_ts_ok: 0,
+                    reserved: [0; 3],
+                };
                 assert_eq!(a, want, "{what}: handoff attributes");
             }
             let slot = now_slot();
-            let f = tcp_frame(&link(vlans), &ack(v6, PORT, isn, cookie_for(v6, PORT, isn, 0, slot - 2, co)));
-            assert_eq!(env.run("expired cookie", &f, XDP_DROP, &drop_(AckExpired, v6, vlans > 0)).len(), f.len());
+            let f = tcp_frame(
+                &link(vlans),
+                &ack(v6, PORT, isn, cookie_for(v6, PORT, isn, 0, slot - 2, co)),
+            );
+            assert_eq!(
+                env.run(
+                    "expired cookie",
+                    &f,
+                    XDP_DROP,
+                    &drop_(AckExpired, v6, vlans > 0)
+                )
+                .len(),
+                f.len()
+            );
         }
         // Forged: a cookie of the current slot with a wrong MAC.
         let slot = now_slot();
         let good = cookie_for(false, PORT, isn, 0, slot, co);
         let f = tcp_frame(&link(0), &ack(false, PORT, isn, good ^ 0x8000_0000));
-        env.run("forged cookie (MAC bit flipped)", &f, XDP_DROP, &drop_(AckBadMac, false, false));
+        env.run(
+            "forged cookie (MAC bit flipped)",
+            &f,
+            XDP_DROP,
+            &drop_(AckBadMac, false, false),
+        );
         let f = tcp_frame(&link(0), &ack(false, PORT, isn ^ 1, good));
-        env.run("cookie of another ISN", &f, XDP_DROP, &drop_(AckBadMac, false, false));
+        env.run(
+            "cookie of another ISN",
+            &f,
+            XDP_DROP,
+            &drop_(AckBadMac, false, false),
+        );
         // Rotation: one rotation keeps the old cookie valid, a second one retires it.
         let mut s = secrets();
         s.keys[1] = Key { k: [7, 8] };
         s.current = 1;
         env.maps.set_secrets(&s).unwrap();
-        let f = tcp_frame(&link(0), &ack(false, PORT, isn, cookie_for(false, PORT, isn, 0, now_slot(), co)));
-        env.run("old-secret cookie after one rotation", &f, XDP_PASS, &[Packets, Ipv4, Tcp, Ack, AckValid, Passed]);
+        let f = tcp_frame(
+            &link(0),
+            &ack(
+                false,
+                PORT,
+                isn,
+                cookie_for(false, PORT, isn, 0, now_slot(), co),
+            ),
+        );
+        env.run(
+            "old-secret cookie after one rotation",
+            &f,
+            XDP_PASS,
+            &[Packets, Ipv4, Tcp, Ack, AckValid, Passed],
+        );
         s.keys[0] = Key { k: [9, 10] };
         s.current = 0;
         env.maps.set_secrets(&s).unwrap();
-        env.run("old-secret cookie after two rotations", &f, XDP_DROP, &drop_(AckBadMac, false, false));
+        env.run(
+            "old-secret cookie after two rotations",
+            &f,
+            XDP_DROP,
+            &drop_(AckBadMac, false, false),
+        );
         env.maps.set_secrets(&secrets()).unwrap();
-        // No socket at all on a protected port.
-        let f = tcp_frame(&link(0), &ack(false, NO_LISTENER_PORT, isn, cookie_for(false, NO_LISTENER_PORT, isn, 0, now_slot(), co)));
-        env.run("ACK to a protected port without listener", &f, XDP_DROP, &drop_(AckNoListener, false, false));
+        // No socket at all on a protected port: dropped, whatever the cookie.
+        let f = tcp_frame(
+            &link(0),
+            &ack(
+                false,
+                NO_LISTENER_PORT,
+                isn,
+                cookie_for(false, NO_LISTENER_PORT, isn, 0, now_slot(), co),
+            ),
+        );
+        env.run(
+            "ACK to a protected port without listener",
+            &f,
+            XDP_DROP,
+            &drop_(AckNoListener, false, false),
+        );
         // Unprotected destination: passed untouched.
         let mut seg = ack(false, PORT, isn, 0);
         seg.dst = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9));
         let f = tcp_frame(&link(0), &seg);
-        assert_eq!(env.run("ACK to an unprotected destination", &f, XDP_PASS, &[Packets, Ipv4, Tcp, Ack, Passed]), f);
+        assert_eq!(
+            env.run(
+                "ACK to an unprotected destination",
+                &f,
+                XDP_PASS,
+                &[Packets, Ipv4, Tcp, Ack, Passed]
+            ),
+            f
+        );
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e));

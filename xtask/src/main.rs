@@ -134,18 +134,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::Bench { args } => {
-            let mut a = vec![
-                "test",
-                "--release",
-                "-p",
-                "intercept-tests",
-                "--test",
-                "bench",
-                "--",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ];
+            cargo(&["build", "-p", "intercept-ctl"], &[])?;
+            let mut a = vec!["bench", "-p", "intercept-tests", "--bench", "xdp", "--"];
             a.extend(args.iter().map(String::as_str));
             cargo(&a, &[])
         }

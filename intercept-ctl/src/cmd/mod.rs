@@ -7,6 +7,7 @@ pub mod rotate;
 pub mod run;
 pub mod scope;
 pub mod stats;
+pub mod status;
 
 /// What every verb gets from the global options.
 #[derive(Debug)]

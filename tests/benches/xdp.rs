@@ -1,0 +1,144 @@
+//! BPF_PROG_TEST_RUN cost per packet of each path of the real object, next to a trivial XDP_PASS
+//! program measured the same way. One run per call (`repeat` would feed the program the frame it
+//! modified on the previous run, e.g. a SYN-ACK instead of a SYN); the figure is the median of the
+//! kernel-reported durations. Needs root. Prints figures; asserts nothing.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use intercept_common::{
+    cookie::{CookieOpts, Flow, make, mapped},
+    craft::{Link, TcpSegment, linux_syn_options, tcp_frame},
+    maps::{PROG_XDP, PROG_XDP_PASS},
+    parse::tcp_flags,
+};
+use intercept_ctl::netns::Netns;
+use intercept_tests::{Loaded, configure_intercept, now_slot, require_root, test_secrets};
+
+const RUNS: usize = 20_000;
+
+fn median_ns(obj: &Loaded, prog: &str, frame: &[u8]) -> f64 {
+    let p: &Xdp = obj
+        .ebpf
+        .program(prog)
+        .expect("program")
+        .try_into()
+        .expect("XDP");
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut d: Vec<u128> = (0..RUNS)
+        .map(|_| {
+            p.test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("test_run")
+            .duration
+            .as_nanos()
+        })
+        .collect();
+    d.sort_unstable();
+    d[d.len() / 2] as f64
+}
+
+fn main() {
+    require_root("the XDP benchmark");
+    let ns = Netns::new("bench").expect("netns");
+    ns.ip(&["addr", "add", "198.18.0.1/32", "dev", "lo"])
+        .unwrap();
+    ns.ip(&["addr", "add", "198.18.0.2/32", "dev", "lo"])
+        .unwrap();
+    ns.spawn(|| {
+        let mut obj = Loaded::new(&[PROG_XDP, PROG_XDP_PASS]);
+        let mut maps = configure_intercept(&mut obj);
+        let listener = TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 8080)).unwrap();
+        // A real established connection whose data segments the ACK path must pass.
+        let client = socket2_connect();
+        let _server = listener.accept().unwrap();
+        let cport = client.local_addr().unwrap().port();
+
+        let (c, s) = (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)));
+        let l = Link::default();
+        let mut syn = TcpSegment::new(c, s, 40000, 8080, tcp_flags::SYN);
+        syn.seq = 77;
+        let bare_syn = tcp_frame(&l, &syn);
+        syn.options = linux_syn_options(1460, 1, 7);
+        let linux_syn = tcp_frame(&l, &syn);
+        let co = CookieOpts { mss_idx: 3, wscale: 7, sack: true, ecn: false };
+        let flow = Flow { saddr: mapped(0xc612_0002), daddr: mapped(0xc612_0001), sport: 40000, dport: 8080 };
+        let mut ack = TcpSegment::new(c, s, 40000, 8080, tcp_flags::ACK);
+        ack.seq = 78;
+        ack.options = vec![1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 1];
+        ack.ack_seq = make(&test_secrets().keys[0], 0, &flow, 77, now_slot(), co).wrapping_add(1);
+        let valid_ack = tcp_frame(&l, &ack);
+        ack.ack_seq ^= 0x8000_0000;
+        let forged_ack = tcp_frame(&l, &ack);
+        let mut data = TcpSegment::new(c, s, cport, 8080, tcp_flags::ACK | tcp_flags::PSH);
+        data.payload = vec![0x61; 100];
+        let established = tcp_frame(&l, &data);
+        let mut udp = tcp_frame(&l, &TcpSegment::new(c, s, 1, 2, 0));
+        udp[23] = 17;
+
+        let base = median_ns(&obj, PROG_XDP_PASS, &linux_syn);
+        println!("BPF_PROG_TEST_RUN, median of {RUNS} single runs, ns per packet (net = minus trivial XDP_PASS)");
+        println!("{:<34} {:>8} {:>8}", "frame", "ns", "net ns");
+        println!("{:<34} {:>8.0} {:>8}", "trivial XDP_PASS program", base, "-");
+        let frames = [
+            ("SYN, Linux options (XDP_TX)", &linux_syn),
+            ("SYN, no options (XDP_TX)", &bare_syn),
+            ("valid cookie ACK (handoff)", &valid_ack),
+            ("forged ACK (drop)", &forged_ack),
+            ("established data segment (pass)", &established),
+            ("non-TCP (UDP, pass)", &udp),
+        ];
+        let rows: Vec<f64> = frames.iter().map(|(_, f)| median_ns(&obj, PROG_XDP, f)).collect();
+        // The same frames with no exempt prefix configured (one LPM lookup less).
+        maps.exempt_del(&"198.18.0.77/32".parse().unwrap()).unwrap();
+        let no_exempt: Vec<f64> = frames.iter().map(|(_, f)| median_ns(&obj, PROG_XDP, f)).collect();
+        println!("{:<34} {:>8} {:>8}   {:>22}", "", "", "", "no exempt prefix: net ns");
+        for (i, (what, _)) in frames.iter().enumerate() {
+            println!("{what:<34} {:>8.0} {:>8.0}   {:>22.0}", rows[i], rows[i] - base, no_exempt[i] - base);
+        }
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+/// Connects 198.18.0.2 -> 198.18.0.1:8080 (both on lo of the bench namespace).
+fn socket2_connect() -> TcpStream {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket/bind/connect on an fd we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let mut a: libc::sockaddr_in = std::mem::zeroed();
+        a.sin_family = libc::AF_INET as u16;
+        a.sin_addr.s_addr = u32::from(Ipv4Addr::new(198, 18, 0, 2)).to_be();
+        assert_eq!(
+            libc::bind(
+                fd,
+                (&raw const a).cast(),
+                u32::try_from(size_of::<libc::sockaddr_in>()).unwrap()
+            ),
+            0
+        );
+        let s = TcpStream::from_raw_fd(fd);
+        let _ = Duration::ZERO;
+        let mut b: libc::sockaddr_in = std::mem::zeroed();
+        b.sin_family = libc::AF_INET as u16;
+        b.sin_port = 8080u16.to_be();
+        b.sin_addr.s_addr = u32::from(Ipv4Addr::new(198, 18, 0, 1)).to_be();
+        assert_eq!(
+            libc::connect(
+                fd,
+                (&raw const b).cast(),
+                u32::try_from(size_of::<libc::sockaddr_in>()).unwrap()
+            ),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        s
+    }
+}
