@@ -10,6 +10,12 @@ pub enum Mode {
     /// Answer protected SYNs with cookies in XDP; verify ACKs; hand proven connections to the
     /// listening socket.
     Intercept = 1,
+    /// SYNs reach the server; every half-open handshake is tracked, and the controller closes
+    /// those that stay half-open past the watch timeout (Cisco's watch mode).
+    Watch = 2,
+    /// Watch while calm, intercept while aggressive (thresholds with hysteresis, evaluated by the
+    /// controller, which keeps [`Config::active`]).
+    Auto = 3,
 }
 
 impl Mode {
@@ -18,6 +24,8 @@ impl Mode {
     pub const fn from_u32(v: u32) -> Mode {
         match v {
             1 => Mode::Intercept,
+            2 => Mode::Watch,
+            3 => Mode::Auto,
             _ => Mode::Off,
         }
     }
@@ -28,8 +36,36 @@ impl Mode {
         match self {
             Mode::Off => "off",
             Mode::Intercept => "intercept",
+            Mode::Watch => "watch",
+            Mode::Auto => "auto",
         }
     }
+
+    /// What the data path does under `cfg`: `auto` resolves to [`Config::active`].
+    #[inline(always)]
+    #[must_use]
+    pub const fn effective(cfg: &Config) -> Mode {
+        match Mode::from_u32(cfg.mode) {
+            Mode::Auto => {
+                if cfg.active == Mode::Intercept as u32 {
+                    Mode::Intercept
+                } else {
+                    Mode::Watch
+                }
+            }
+            m => m,
+        }
+    }
+}
+
+/// Which half-open connection a new SYN displaces in the aggressive state (Cisco's drop-mode).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropMode {
+    /// The oldest (default).
+    Oldest = 0,
+    /// A random one.
+    Random = 1,
 }
 
 /// Bits of [`Config::flags`].
@@ -43,6 +79,9 @@ pub mod flags {
     pub const SCOPE_ANY_PORT: u32 = 4;
     /// EXEMPT holds entries.
     pub const EXEMPT: u32 = 8;
+    /// HALF_OPEN may hold entries: intercept mode then also untracks flows it passes (handshakes
+    /// started in watch mode and completed after a switch). Kept by the controller.
+    pub const TRACKING: u32 = 16;
     /// Bits the controller derives from the maps (not set by an operator).
     pub const DERIVED: u32 = SCOPE_PORTS | SCOPE_ANY_PORT | EXEMPT;
 }
@@ -65,8 +104,21 @@ pub struct Config {
     pub wscale: u8,
     /// TTL / hop limit of our SYN-ACKs.
     pub ttl: u8,
+    /// In `auto` mode, the mode in force ([`Mode::Watch`] or [`Mode::Intercept`]); kept by the
+    /// controller as thresholds are crossed.
+    pub active: u32,
+    /// 1 while the thresholds put the system in the aggressive state (watch mode then displaces a
+    /// half-open connection for every new SYN).
+    pub aggressive: u32,
+    /// [`DropMode`] as u32.
+    pub drop_mode: u32,
+    /// Padding; zero.
+    pub _pad: u32,
+    /// Until this `bpf_ktime_get_ns` time, watch mode still verifies our cookies on ACKs it does
+    /// not track, so handshakes started in intercept mode complete after a switch to watch.
+    pub cookie_grace_until_ns: u64,
 }
-const _: () = assert!(size_of::<Config>() == 16);
+const _: () = assert!(size_of::<Config>() == 40);
 
 impl Default for Config {
     fn default() -> Self {
@@ -78,7 +130,171 @@ impl Default for Config {
             window: 65535,
             wscale: 7,
             ttl: 64,
+            active: Mode::Watch as u32,
+            aggressive: 0,
+            drop_mode: DropMode::Oldest as u32,
+            _pad: 0,
+            cookie_grace_until_ns: 0,
         }
+    }
+}
+
+/// A tracked handshake's key: the client's flow ([`crate::cookie::Flow`] layout, fixed width).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address words (IPv4-mapped for IPv4), host order.
+    pub saddr: [u32; 4],
+    /// Server address words.
+    pub daddr: [u32; 4],
+    /// Client port.
+    pub sport: u16,
+    /// Server port.
+    pub dport: u16,
+}
+const _: () = assert!(size_of::<FlowKey>() == 36);
+
+impl FlowKey {
+    /// The key of a flow.
+    #[inline(always)]
+    #[must_use]
+    pub const fn of(f: &crate::cookie::Flow) -> FlowKey {
+        FlowKey { saddr: f.saddr, daddr: f.daddr, sport: f.sport, dport: f.dport }
+    }
+}
+
+/// A tracked half-open handshake ([`crate::maps::HALF_OPEN`]); written by the data path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HalfOpen {
+    /// `bpf_ktime_get_ns` of the first SYN.
+    pub first_seen_ns: u64,
+    /// The client's ISN (of the latest SYN).
+    pub isn: u32,
+    /// SYNs seen for this flow (1 + retransmissions).
+    pub syns: u32,
+}
+const _: () = assert!(size_of::<HalfOpen>() == 16);
+
+/// Slots of the per-CPU insertion ring that finds the oldest / a random half-open connection.
+pub const RING_SLOTS: usize = 256;
+
+/// Per-CPU ring of recently tracked flows, in insertion order ([`crate::maps::RING`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ring {
+    /// Next slot to write (monotonic; slot = head % RING_SLOTS).
+    pub head: u32,
+    /// Oldest slot not yet consumed.
+    pub tail: u32,
+    /// The flows.
+    pub keys: [FlowKey; RING_SLOTS],
+}
+
+/// Watch-mode knobs (Cisco's names) and the controller's view of the state, in
+/// [`crate::maps::WATCH`]. The controller reads the knobs every tick (so a one-shot command changes
+/// them live) and writes the state fields back for `status`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// Watch timeout in milliseconds (Cisco default 30 s); halved while aggressive.
+    pub timeout_ms: u32,
+    /// Enter aggressive when half-open connections exceed this (default 1100).
+    pub max_incomplete_high: u32,
+    /// Leave aggressive (with the one-minute low) when half-open connections fall below this (900).
+    pub max_incomplete_low: u32,
+    /// Enter aggressive when connection requests in the last minute exceed this (1100).
+    pub one_minute_high: u32,
+    /// Leave aggressive (with max-incomplete low) below this (900).
+    pub one_minute_low: u32,
+    /// State: half-open connections now.
+    pub half_open: u32,
+    /// State: connection requests in the last 60 s.
+    pub one_minute: u32,
+    /// State: 1 while aggressive.
+    pub aggressive: u32,
+    /// State: CLOCK_MONOTONIC ns of the last transition (0: none yet).
+    pub last_transition_ns: u64,
+    /// State: what caused it ([`TransitionCause`] as u32).
+    pub last_cause: u32,
+    /// Length of the "one-minute" rate window in seconds (0 means 60, Cisco's; shorter only for
+    /// tests and labs).
+    pub rate_window_s: u32,
+}
+const _: () = assert!(size_of::<Watch>() == 48);
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            timeout_ms: 30_000,
+            max_incomplete_high: 1100,
+            max_incomplete_low: 900,
+            one_minute_high: 1100,
+            one_minute_low: 900,
+            half_open: 0,
+            one_minute: 0,
+            aggressive: 0,
+            last_transition_ns: 0,
+            last_cause: 0,
+            rate_window_s: 60,
+        }
+    }
+}
+
+/// Why the state last changed.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransitionCause {
+    /// No transition yet.
+    None = 0,
+    /// Half-open connections crossed max-incomplete high.
+    MaxIncompleteHigh = 1,
+    /// Connection requests in the last minute crossed one-minute high.
+    OneMinuteHigh = 2,
+    /// Both fell below their low marks.
+    BelowLow = 3,
+}
+
+impl TransitionCause {
+    /// From the map's u32.
+    #[must_use]
+    pub const fn from_u32(v: u32) -> TransitionCause {
+        match v {
+            1 => TransitionCause::MaxIncompleteHigh,
+            2 => TransitionCause::OneMinuteHigh,
+            3 => TransitionCause::BelowLow,
+            _ => TransitionCause::None,
+        }
+    }
+
+    /// Stable name.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            TransitionCause::None => "none",
+            TransitionCause::MaxIncompleteHigh => "max-incomplete high",
+            TransitionCause::OneMinuteHigh => "one-minute high",
+            TransitionCause::BelowLow => "below low thresholds",
+        }
+    }
+}
+
+/// The thresholds' decision (Cisco TCP intercept): enter aggressive when either high mark is
+/// exceeded; leave only when both counts are below their low marks. Returns the new state and, on
+/// a change, its cause.
+#[must_use]
+pub fn evaluate(w: &Watch, aggressive: bool, half_open: u32, one_minute: u32) -> (bool, Option<TransitionCause>) {
+    if aggressive {
+        if half_open < w.max_incomplete_low && one_minute < w.one_minute_low {
+            return (false, Some(TransitionCause::BelowLow));
+        }
+        (true, None)
+    } else if half_open > w.max_incomplete_high {
+        (true, Some(TransitionCause::MaxIncompleteHigh))
+    } else if one_minute > w.one_minute_high {
+        (true, Some(TransitionCause::OneMinuteHigh))
+    } else {
+        (false, None)
     }
 }
 
@@ -200,4 +416,34 @@ mod pod {
     unsafe impl aya::Pod for super::ScopeValue {}
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for crate::cookie::Secrets {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::HalfOpen {}
+    unsafe impl aya::Pod for super::Watch {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hysteresis_enters_on_either_high_leaves_on_both_low() {
+        let w = Watch::default();
+        assert_eq!(evaluate(&w, false, 1100, 0), (false, None), "at the mark is not above it");
+        assert_eq!(evaluate(&w, false, 1101, 0), (true, Some(TransitionCause::MaxIncompleteHigh)));
+        assert_eq!(evaluate(&w, false, 0, 1101), (true, Some(TransitionCause::OneMinuteHigh)));
+        assert_eq!(evaluate(&w, true, 950, 0), (true, None), "between the marks: stays aggressive");
+        assert_eq!(evaluate(&w, true, 0, 950), (true, None));
+        assert_eq!(evaluate(&w, true, 899, 899), (false, Some(TransitionCause::BelowLow)));
+        assert_eq!(evaluate(&w, false, 950, 950), (false, None), "between the marks: stays calm");
+    }
+
+    #[test]
+    fn auto_resolves_to_the_active_mode() {
+        let mut c = Config { mode: Mode::Auto as u32, ..Config::default() };
+        assert_eq!(Mode::effective(&c), Mode::Watch);
+        c.active = Mode::Intercept as u32;
+        assert_eq!(Mode::effective(&c), Mode::Intercept);
+        c.mode = Mode::Watch as u32;
+        assert_eq!(Mode::effective(&c), Mode::Watch, "active only matters in auto");
+    }
 }

@@ -33,7 +33,7 @@ pub enum Counter {
     Malformed,
     /// Frames handed to the kernel stack (XDP_PASS), whatever their kind.
     Passed,
-    /// SYNs to a protected destination in intercept mode.
+    /// SYNs to a protected destination in intercept or watch mode.
     SynProtected,
     /// Cookie SYN-ACKs sent back with XDP_TX.
     SynAckSent,
@@ -63,6 +63,22 @@ pub enum Counter {
     Dropped,
     /// Internal failures (a helper refused): XDP_ABORTED.
     Aborted,
+    /// Protected SYNs of new handshakes tracked in watch mode.
+    HalfOpenNew,
+    /// SYNs of an already tracked handshake (retransmissions).
+    SynRetransmit,
+    /// Tracked handshakes completed by the client's ACK.
+    HalfOpenCompleted,
+    /// Tracked handshakes ended by the client's RST or FIN.
+    HalfOpenAborted,
+    /// Tracked handshakes displaced by a new SYN while aggressive (drop-mode).
+    HalfOpenDropped,
+    /// Tracked handshakes closed by the controller after the watch timeout.
+    HalfOpenTimedOut,
+    /// Displaced handshakes the controller queue had no room for.
+    VictimQueueFull,
+    /// Tracked handshakes the controller found already gone from the server (reset or completed unseen).
+    HalfOpenGone,
     /// Number of counters; not a counter.
     Count,
 }
@@ -98,6 +114,14 @@ impl Counter {
         Counter::PassBadChecksum,
         Counter::Dropped,
         Counter::Aborted,
+        Counter::HalfOpenNew,
+        Counter::SynRetransmit,
+        Counter::HalfOpenCompleted,
+        Counter::HalfOpenAborted,
+        Counter::HalfOpenDropped,
+        Counter::HalfOpenTimedOut,
+        Counter::VictimQueueFull,
+        Counter::HalfOpenGone,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -132,6 +156,14 @@ impl Counter {
             Counter::PassBadChecksum => "pass_bad_checksum",
             Counter::Dropped => "dropped",
             Counter::Aborted => "aborted",
+            Counter::HalfOpenNew => "half_open_new",
+            Counter::SynRetransmit => "syn_retransmit",
+            Counter::HalfOpenCompleted => "half_open_completed",
+            Counter::HalfOpenAborted => "half_open_aborted",
+            Counter::HalfOpenDropped => "half_open_dropped",
+            Counter::HalfOpenTimedOut => "half_open_timed_out",
+            Counter::VictimQueueFull => "victim_queue_full",
+            Counter::HalfOpenGone => "half_open_gone",
             Counter::Count => "count",
         }
     }
@@ -153,7 +185,7 @@ impl Counter {
             Counter::Fragment => "IP fragments (passed, not parsed as TCP)",
             Counter::Malformed => "Truncated or inconsistent headers (passed)",
             Counter::Passed => "Frames passed to the kernel stack",
-            Counter::SynProtected => "Protected SYNs seen in intercept mode",
+            Counter::SynProtected => "Protected SYNs seen (intercept or watch)",
             Counter::SynAckSent => "Cookie SYN-ACKs sent (XDP_TX)",
             Counter::AckValid => "ACKs with a valid cookie",
             Counter::AckBadMac => "ACKs dropped: cookie MAC failed",
@@ -168,6 +200,14 @@ impl Counter {
             Counter::PassBadChecksum => "Passed: SYN with a bad TCP checksum",
             Counter::Dropped => "Frames dropped",
             Counter::Aborted => "Internal failures (XDP_ABORTED)",
+            Counter::HalfOpenNew => "Watch: new half-open handshakes tracked",
+            Counter::SynRetransmit => "Watch: SYN retransmissions",
+            Counter::HalfOpenCompleted => "Watch: handshakes completed",
+            Counter::HalfOpenAborted => "Watch: handshakes aborted by the client",
+            Counter::HalfOpenDropped => "Watch: half-open displaced while aggressive",
+            Counter::HalfOpenTimedOut => "Watch: half-open timed out and closed",
+            Counter::VictimQueueFull => "Watch: victim queue full",
+            Counter::HalfOpenGone => "Watch: tracked handshakes found already closed",
             Counter::Count => "",
         }
     }

@@ -22,3 +22,18 @@ pub const EXEMPT: &str = "EXEMPT";
 pub const PROG_TC: &str = "tc_handoff";
 /// Entries of the SCOPE and EXEMPT tries.
 pub const SCOPE_ENTRIES: u32 = 4096;
+
+/// `LruHashMap<FlowKey, HalfOpen>`: half-open handshakes tracked in watch mode; written by the data
+/// path (insert, retransmit, removal) and the controller (timeouts).
+pub const HALF_OPEN: &str = "HALF_OPEN";
+/// Capacity of [`HALF_OPEN`].
+pub const HALF_OPEN_ENTRIES: u32 = 65_536;
+/// `PerCpuArray<Ring>`: insertion order of tracked flows, for drop-mode oldest/random.
+pub const RING: &str = "RING";
+/// `Queue<FlowKey>`: half-open connections displaced in the aggressive state, for the controller
+/// to close on the server.
+pub const VICTIMS: &str = "VICTIMS";
+/// Capacity of [`VICTIMS`].
+pub const VICTIM_ENTRIES: u32 = 8192;
+/// `Array<Watch>`: watch-mode knobs and state; written by the controller.
+pub const WATCH: &str = "WATCH";

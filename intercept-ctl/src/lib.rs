@@ -8,7 +8,28 @@ pub mod lab;
 pub mod loader;
 pub mod netns;
 pub mod pins;
+pub mod sockdiag;
 pub mod stats;
+pub mod watchctl;
 
 /// The eBPF object built by aya-build from intercept-ebpf, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/intercept"));
+
+/// Where `run` records its pid for an interface (one-shot commands check it).
+#[must_use]
+pub fn pid_file(iface: &str, netns: Option<&str>) -> std::path::PathBuf {
+    std::path::PathBuf::from("/run/xdp-intercept").join(match netns {
+        Some(ns) => format!("netns-{ns}-{iface}.pid"),
+        None => format!("{iface}.pid"),
+    })
+}
+
+/// Whether a `run` daemon is alive for this interface.
+#[must_use]
+pub fn daemon_running(iface: &str, netns: Option<&str>) -> bool {
+    std::fs::read_to_string(pid_file(iface, netns))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        // SAFETY: signal 0 only checks that the process exists.
+        .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+}

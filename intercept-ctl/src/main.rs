@@ -46,6 +46,14 @@ enum Command {
     /// Exempt sources, changed live.
     #[command(subcommand)]
     Exempt(cmd::scope::ExemptCmd),
+    /// Watch-mode timeout, thresholds (high/low, with hysteresis) and drop-mode, changed live.
+    ///
+    /// Example: intercept-ctl thresholds eth0 --watch-timeout 30 --max-incomplete-high 1100 --max-incomplete-low 900
+    Thresholds(cmd::thresholds::Args),
+    /// The half-open connections tracked in watch mode (client, server, state, age, time left).
+    ///
+    /// Example: intercept-ctl connections eth0 --json
+    Connections(cmd::connections::Args),
     /// Replace the cookie secret; handshakes in flight keep verifying with the previous one.
     ///
     /// Example: intercept-ctl rotate-secret eth0
@@ -85,6 +93,8 @@ fn main() -> ExitCode {
             Command::Scope(c) => cmd::scope::run(&ctx, c),
             Command::Exempt(c) => cmd::scope::run_exempt(&ctx, c),
             Command::RotateSecret(a) => cmd::rotate::run(&ctx, a),
+            Command::Thresholds(a) => cmd::thresholds::run(&ctx, a),
+            Command::Connections(a) => cmd::connections::run(&ctx, a),
             Command::Run(a) => cmd::run::run(&ctx, a),
             Command::Lab(a) => cmd::lab::run(&ctx, a),
         }

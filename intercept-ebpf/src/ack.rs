@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use intercept_common::{
     Counter,
-    config::{Config, HANDOFF_MAGIC, Handoff},
+    config::{Config, HANDOFF_MAGIC, Handoff, flags},
     cookie::{self, CookieError, Flow, slot_of},
     handshake::{flow_of, handoff_attrs},
     parse::{Ip, L3, Tcp},
@@ -104,6 +104,20 @@ fn lookup(ctx: &XdpContext, flow: &Flow, v6: bool) -> Sock {
 /// only be a forgery.
 #[inline(never)]
 pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
+    verify(ctx, ip, tcp, true)
+}
+
+/// The ACK path in watch mode during the grace period after intercept mode: a valid cookie is
+/// still handed off (the handshake started under intercept), anything else passes to the kernel,
+/// which watch mode leaves in charge.
+#[inline(never)]
+pub fn handle_grace(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
+    verify(ctx, ip, tcp, false)
+}
+
+/// The ACK path; `strict` drops what fails (intercept mode), otherwise it passes.
+#[inline(always)]
+fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     // Config is fetched here, not passed: LLVM promotes pointer arguments of a subprogram to
     // scalars, and past five arguments it spills to a stack the kernel does not have ("R11 is
     // invalid"). An array lookup is inlined by the verifier and costs next to nothing.
@@ -119,8 +133,15 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     }
     let v6 = matches!(ip.l3, L3::V6 { .. });
     match lookup(ctx, &flow, v6) {
-        Sock::Other => return pass(Counter::PassEstablished),
-        Sock::None => return drop(Counter::AckNoListener),
+        Sock::Other => {
+            // A handshake started in watch mode may still be tracked: it is complete now.
+            if cfg.flags & flags::TRACKING != 0 {
+                crate::watch::untrack(&flow, tcp);
+            }
+            return pass(Counter::PassEstablished);
+        }
+        Sock::None if strict => return drop(Counter::AckNoListener),
+        Sock::None => return pass(Counter::Passed),
         Sock::Listener => {}
     }
     if scope::exempt(&flow, cfg) {
@@ -139,6 +160,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         slot_of(now),
     ) {
         Ok(co) => handoff(ctx, &pkt, tcp, co, v6, cfg),
+        Err(_) if !strict => pass(Counter::Passed),
         Err(CookieError::Expired) => drop(Counter::AckExpired),
         Err(CookieError::BadMac) => drop(Counter::AckBadMac),
     }

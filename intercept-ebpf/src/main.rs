@@ -9,6 +9,7 @@ mod maps;
 mod scope;
 mod stats;
 mod synack;
+mod watch;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -18,7 +19,7 @@ use aya_ebpf::{
 use intercept_common::{
     Counter,
     config::Mode,
-    parse::{Dissected, L3, L4, Malformed, TcpKind, classify, dissect},
+    parse::{Dissected, L3, L4, Malformed, TcpKind, classify, dissect, tcp_flags},
 };
 
 use crate::{
@@ -40,12 +41,15 @@ pub fn xdp_intercept(ctx: XdpContext) -> u32 {
     let L4::Tcp(tcp) = ip.l4 else {
         return pass(Counter::Passed);
     };
-    if Mode::from_u32(cfg.mode) != Mode::Intercept {
-        return pass(Counter::Passed);
-    }
-    match classify(tcp.flags) {
-        TcpKind::Syn => synack::handle(&ctx, &ip, &tcp),
-        TcpKind::Ack => ack::handle(&ctx, &ip, &tcp),
+    match (Mode::effective(cfg), classify(tcp.flags)) {
+        (Mode::Intercept, TcpKind::Syn) => synack::handle(&ctx, &ip, &tcp),
+        (Mode::Intercept, TcpKind::Ack) => ack::handle(&ctx, &ip, &tcp),
+        (Mode::Watch, TcpKind::Syn) => watch::syn(&ctx, &ip, &tcp),
+        (Mode::Watch, TcpKind::Ack | TcpKind::Rst) => match watch::segment(&ctx, &ip, &tcp) {
+            watch::VERIFY_COOKIE => ack::handle_grace(&ctx, &ip, &tcp),
+            verdict => verdict,
+        },
+        (Mode::Watch, TcpKind::Other) if tcp.flags & tcp_flags::FIN != 0 => watch::segment(&ctx, &ip, &tcp),
         _ => pass(Counter::Passed),
     }
 }

@@ -2,14 +2,14 @@
 //! the interface's bpffs directory and writes the configuration ones.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, Queue},
 };
 use intercept_common::{
     Counter,
-    config::{AddrKey, Config, ScopeKey, ScopeValue},
+    config::{AddrKey, Config, FlowKey, HalfOpen, Ring, ScopeKey, ScopeValue, Watch},
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
-    maps::SCOPE_ENTRIES,
+    maps::{HALF_OPEN_ENTRIES, SCOPE_ENTRIES, VICTIM_ENTRIES},
 };
 
 /// Per-CPU counters, indexed by [`Counter`]; written here, summed by the controller.
@@ -44,3 +44,19 @@ pub struct Scratch {
 /// tracks, so the option walk's many paths do not multiply the rest of the SYN path.
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Half-open handshakes tracked in watch mode; written here and by the controller (timeouts).
+#[map(name = "HALF_OPEN")]
+pub static HALF_OPEN: LruHashMap<FlowKey, HalfOpen> = LruHashMap::with_max_entries(HALF_OPEN_ENTRIES, 0);
+
+/// Per-CPU insertion order of tracked flows (drop-mode oldest/random).
+#[map(name = "RING")]
+pub static RING: PerCpuArray<Ring> = PerCpuArray::with_max_entries(1, 0);
+
+/// Displaced half-open handshakes, for the controller to close on the server.
+#[map(name = "VICTIMS")]
+pub static VICTIMS: Queue<FlowKey> = Queue::with_max_entries(VICTIM_ENTRIES, 0);
+
+/// Watch-mode knobs and state; the controller's (declared here so it is pinned with the rest).
+#[map(name = "WATCH")]
+pub static WATCH: Array<Watch> = Array::with_max_entries(1, 0);

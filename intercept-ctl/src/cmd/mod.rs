@@ -1,5 +1,6 @@
 //! One module per verb.
 pub mod attach;
+pub mod connections;
 pub mod detach;
 pub mod lab;
 pub mod mode;
@@ -8,6 +9,7 @@ pub mod run;
 pub mod scope;
 pub mod stats;
 pub mod status;
+pub mod thresholds;
 
 /// What every verb gets from the global options.
 #[derive(Debug)]

@@ -10,6 +10,10 @@ pub enum ModeArg {
     Off,
     /// SYN cookies in XDP for the protected scope.
     Intercept,
+    /// SYNs reach the server; half-open handshakes are tracked and timed out (needs `run`).
+    Watch,
+    /// Watch while calm, intercept while the thresholds say aggressive (needs `run`).
+    Auto,
 }
 
 impl From<ModeArg> for Mode {
@@ -17,6 +21,8 @@ impl From<ModeArg> for Mode {
         match m {
             ModeArg::Off => Mode::Off,
             ModeArg::Intercept => Mode::Intercept,
+            ModeArg::Watch => Mode::Watch,
+            ModeArg::Auto => Mode::Auto,
         }
     }
 }
@@ -39,7 +45,17 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             eprintln!("intercept-ctl: {msg}");
         }
     }
-    m.set_mode(mode)?;
+    let mut cfg = m.config()?;
+    let was_intercept = Mode::effective(&cfg) == Mode::Intercept;
+    cfg.mode = mode as u32;
+    if was_intercept && Mode::effective(&cfg) != Mode::Intercept {
+        // Handshakes answered with cookies may still complete: watch mode keeps checking them.
+        cfg.cookie_grace_until_ns = intercept_ctl::watchctl::monotonic_ns() + u64::try_from(intercept_ctl::watchctl::COOKIE_GRACE.as_nanos())?;
+    }
+    m.set_config(&cfg)?;
+    if matches!(mode, Mode::Watch | Mode::Auto) && !intercept_ctl::daemon_running(&a.iface, ctx.netns) {
+        eprintln!("intercept-ctl: note: {} mode needs the controller running (`intercept-ctl run {}`) to time out half-open connections{}", mode.name(), a.iface, if mode == Mode::Auto { " and evaluate thresholds" } else { "" });
+    }
     if ctx.json {
         print_json(
             &serde_json::json!({ "interface": a.iface, "mode": mode.name(), "previous": before.name() }),

@@ -1,5 +1,9 @@
 use intercept_common::config::{Mode, flags};
-use intercept_ctl::{control::Maps, pins::PinDir};
+use intercept_ctl::{
+    control::Maps,
+    pins::PinDir,
+    watchctl::{WatchMaps, cause_name, monotonic_ns},
+};
 
 use super::{Ctx, print_json};
 
@@ -16,6 +20,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     let scope = m.scope_list()?;
     let exempt = m.exempt_list()?;
     let pins = PinDir::new(ctx.netns, &a.iface);
+    let w = WatchMaps::open(&a.iface, ctx.netns)?.watch()?;
     let v = serde_json::json!({
         "interface": a.iface,
         "pin_dir": pins.path().display().to_string(),
@@ -26,6 +31,19 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         "exempt_entries": exempt.len(),
         "synack": { "mss_v4": c.mss_v4, "mss_v6": c.mss_v6, "window": c.window, "wscale": c.wscale, "ttl": c.ttl },
         "secret_generation": s.generation,
+        "active_mode": Mode::effective(&c).name(),
+        "watch": {
+            "aggressive": w.aggressive != 0,
+            "half_open": w.half_open,
+            "one_minute": w.one_minute,
+            "timeout_s": w.timeout_ms / 1000,
+            "max_incomplete": { "high": w.max_incomplete_high, "low": w.max_incomplete_low },
+            "one_minute_thresholds": { "high": w.one_minute_high, "low": w.one_minute_low },
+            "drop_mode": if c.drop_mode == 1 { "random" } else { "oldest" },
+            "last_transition_s_ago": if w.last_transition_ns == 0 { serde_json::Value::Null } else { serde_json::json!(monotonic_ns().saturating_sub(w.last_transition_ns) as f64 / 1e9) },
+            "last_cause": cause_name(w.last_cause),
+        },
+        "controller_running": intercept_ctl::daemon_running(&a.iface, ctx.netns),
         "tc_handoff_attached": pins.path().join("link_tc").exists(),
     });
     if ctx.json {

@@ -1,0 +1,153 @@
+//! The kernel's socket table over NETLINK_SOCK_DIAG (include/uapi/linux/inet_diag.h): the state of
+//! one TCP socket by 4-tuple, and SOCK_DESTROY to close a half-open (SYN_RECV) one on the server,
+//! which frees its request socket exactly as an accepted RST would (`tcp_abort`,
+//! net/ipv4/tcp.c). Needs CAP_NET_ADMIN in the namespace and CONFIG_INET_DIAG_DESTROY.
+use std::{io, os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd}};
+
+use anyhow::{Context as _, bail};
+use intercept_common::{config::FlowKey, cookie::is_mapped};
+
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+/// `TCP_SYN_RECV` in include/net/tcp_states.h (request sockets report it).
+pub const TCP_SYN_RECV: u8 = 3;
+
+/// `struct inet_diag_req_v2` after an `nlmsghdr`.
+#[repr(C)]
+struct Request {
+    nl_len: u32,
+    nl_type: u16,
+    nl_flags: u16,
+    nl_seq: u32,
+    nl_pid: u32,
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    sport: u16,
+    dport: u16,
+    src: [u32; 4],
+    dst: [u32; 4],
+    ifindex: u32,
+    cookie: [u32; 2],
+}
+
+/// A NETLINK_SOCK_DIAG socket in the current network namespace.
+pub struct SockDiag {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl SockDiag {
+    /// Opens it.
+    ///
+    /// # Errors
+    /// If the socket cannot be created.
+    pub fn open() -> anyhow::Result<SockDiag> {
+        // SAFETY: plain socket(2); owned right away.
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error()).context("socket(NETLINK_SOCK_DIAG)");
+        }
+        Ok(SockDiag { fd: unsafe { OwnedFd::from_raw_fd(raw) }, seq: 0 })
+    }
+
+    /// The server-side socket of a client flow, as the server sees it (local = server).
+    fn request(&mut self, key: &FlowKey, ty: u16, flags: u16) -> Request {
+        self.seq = self.seq.wrapping_add(1);
+        let v4 = is_mapped(&key.saddr) && is_mapped(&key.daddr);
+        let addr = |a: &[u32; 4]| if v4 { [a[3].to_be(), 0, 0, 0] } else { [a[0].to_be(), a[1].to_be(), a[2].to_be(), a[3].to_be()] };
+        Request {
+            nl_len: u32::try_from(size_of::<Request>()).expect("small"),
+            nl_type: ty,
+            nl_flags: flags,
+            nl_seq: self.seq,
+            nl_pid: 0,
+            family: if v4 { libc::AF_INET as u8 } else { libc::AF_INET6 as u8 },
+            protocol: libc::IPPROTO_TCP as u8,
+            ext: 0,
+            pad: 0,
+            states: u32::MAX,
+            sport: key.dport.to_be(),
+            dport: key.sport.to_be(),
+            src: addr(&key.daddr),
+            dst: addr(&key.saddr),
+            ifindex: 0,
+            cookie: [u32::MAX, u32::MAX], // INET_DIAG_NOCOOKIE
+        }
+    }
+
+    fn exchange(&mut self, req: &Request) -> anyhow::Result<Vec<u8>> {
+        // SAFETY: req is a plain repr(C) struct of its declared length.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), std::ptr::from_ref(req).cast(), size_of::<Request>(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error()).context("send to sock_diag");
+        }
+        let mut buf = vec![0u8; 8192];
+        // SAFETY: buffer valid for its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error()).context("recv from sock_diag");
+        }
+        buf.truncate(usize::try_from(n)?);
+        Ok(buf)
+    }
+
+    /// The TCP state of the server's socket for this client flow, if there is one.
+    ///
+    /// # Errors
+    /// On a netlink failure other than "no such socket".
+    pub fn state(&mut self, key: &FlowKey) -> anyhow::Result<Option<u8>> {
+        let req = self.request(key, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST);
+        let buf = self.exchange(&req)?;
+        if buf.len() < 16 {
+            bail!("short sock_diag reply");
+        }
+        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
+        if ty == NLMSG_ERROR {
+            let err = i32::from_ne_bytes(buf[16..20].try_into()?);
+            if err == -libc::ENOENT {
+                return Ok(None);
+            }
+            bail!("sock_diag: {}", io::Error::from_raw_os_error(-err));
+        }
+        // struct inet_diag_msg: family, state, timer, retrans, ...
+        Ok(buf.get(17).copied())
+    }
+
+    /// Closes the server's socket for this client flow (SOCK_DESTROY). `Ok(false)` if it is gone.
+    ///
+    /// # Errors
+    /// On a netlink failure other than "no such socket".
+    pub fn destroy(&mut self, key: &FlowKey) -> anyhow::Result<bool> {
+        let req = self.request(key, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK);
+        let buf = self.exchange(&req)?;
+        if buf.len() >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == NLMSG_ERROR {
+            let err = i32::from_ne_bytes(buf[16..20].try_into()?);
+            return match err {
+                0 => Ok(true),
+                e if e == -libc::ENOENT => Ok(false),
+                e if e == -libc::EOPNOTSUPP => bail!("SOCK_DESTROY is not supported: the kernel needs CONFIG_INET_DIAG_DESTROY"),
+                e => bail!("SOCK_DESTROY: {}", io::Error::from_raw_os_error(-e)),
+            };
+        }
+        bail!("unexpected sock_diag reply to SOCK_DESTROY")
+    }
+
+    /// Closes the flow's server socket only if it is still half-open (SYN_RECV), so a connection
+    /// that completed meanwhile is never harmed. True if one was closed.
+    ///
+    /// # Errors
+    /// On a netlink failure.
+    pub fn close_half_open(&mut self, key: &FlowKey) -> anyhow::Result<bool> {
+        match self.state(key)? {
+            Some(TCP_SYN_RECV) => self.destroy(key),
+            _ => Ok(false),
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The controller's half of watch mode, one [`Watcher::tick`] at a time (the daemon ticks every
+//! 100 ms): close the half-open connections the data path displaced, reap those older than the
+//! watch timeout, derive the exact half-open count and the one-minute request rate from the
+//! per-CPU counters, evaluate the thresholds with hysteresis, switch `auto` between watch and
+//! intercept, and write the state back for `status`.
+use std::{collections::VecDeque, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, Queue};
+use intercept_common::{
+    Counter,
+    config::{FlowKey, HalfOpen, Mode, TransitionCause, Watch, evaluate, flags},
+    maps,
+};
+
+use crate::{
+    control::Maps,
+    errors::{CtlError, explain},
+    pins::PinDir,
+    sockdiag::SockDiag,
+    stats::{Counters, read_map},
+};
+
+/// How long watch mode keeps verifying our cookies after intercept mode ends: a cookie lives at
+/// most two slots (137.4 s).
+pub const COOKIE_GRACE: Duration = Duration::from_secs(140);
+
+/// CLOCK_MONOTONIC in ns (the data path's `bpf_ktime_get_ns`).
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// The watch-mode maps of one attachment.
+pub struct WatchMaps {
+    /// Tracked half-open handshakes.
+    pub half_open: HashMap<MapData, FlowKey, HalfOpen>,
+    victims: Queue<MapData, FlowKey>,
+    watch: Array<MapData, Watch>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+fn open(pins: &PinDir, name: &str) -> anyhow::Result<MapData> {
+    MapData::from_pin(pins.map(name)).map_err(|e| explain(e.into(), &format!("open map {name}")))
+}
+
+impl WatchMaps {
+    /// Opens the pinned maps of `iface`.
+    ///
+    /// # Errors
+    /// [`CtlError::NotAttached`] if nothing is pinned.
+    pub fn open(iface: &str, netns: Option<&str>) -> anyhow::Result<WatchMaps> {
+        let pins = PinDir::new(netns, iface);
+        if !pins.map(maps::HALF_OPEN).exists() {
+            return Err(CtlError::NotAttached { iface: iface.to_owned(), pin: pins.path().display().to_string() }.into());
+        }
+        Ok(WatchMaps {
+            half_open: HashMap::try_from(Map::LruHashMap(open(&pins, maps::HALF_OPEN)?))?,
+            victims: Queue::try_from(Map::Queue(open(&pins, maps::VICTIMS)?))?,
+            watch: Array::try_from(Map::Array(open(&pins, maps::WATCH)?))?,
+            counters: PerCpuArray::try_from(Map::PerCpuArray(open(&pins, maps::COUNTERS)?))?,
+        })
+    }
+
+    /// The knobs and state.
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn watch(&self) -> anyhow::Result<Watch> {
+        Ok(self.watch.get(&0, 0)?)
+    }
+
+    /// Replaces knobs and state.
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn set_watch(&mut self, w: &Watch) -> anyhow::Result<()> {
+        self.watch.set(0, w, 0).context("write WATCH")
+    }
+
+    /// Every counter, summed.
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        read_map(&self.counters)
+    }
+
+    /// Adds `n` to a controller-owned counter (the data path never writes these indexes, so
+    /// updating CPU 0's slot races with nothing).
+    fn bump(&mut self, c: Counter, n: u64) -> anyhow::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let cur = self.counters.get(&(c as u32), 0)?;
+        let mut v: Vec<u64> = cur.iter().copied().collect();
+        v[0] += n;
+        self.counters.set(c as u32, PerCpuValues::try_from(v)?, 0).context("write COUNTERS")
+    }
+}
+
+/// The half-open count the counters imply: exact, as every insertion and every removal is counted
+/// on one side or the other.
+#[must_use]
+pub fn half_open_count(c: &Counters) -> u64 {
+    let removed = c.get(Counter::HalfOpenCompleted)
+        + c.get(Counter::HalfOpenAborted)
+        + c.get(Counter::HalfOpenDropped)
+        + c.get(Counter::HalfOpenTimedOut)
+        + c.get(Counter::HalfOpenGone);
+    c.get(Counter::HalfOpenNew).saturating_sub(removed)
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Tick {
+    /// Half-open connections now.
+    pub half_open: u64,
+    /// Connection requests in the rate window.
+    pub one_minute: u64,
+    /// Aggressive state after the tick.
+    pub aggressive: bool,
+    /// A transition this tick: (now aggressive, cause).
+    pub transition: Option<(bool, &'static str)>,
+    /// Half-open connections closed on the server for timing out.
+    pub timed_out: u64,
+    /// Displaced connections closed on the server.
+    pub victims_closed: u64,
+}
+
+/// The watch-mode controller of one attachment.
+pub struct Watcher {
+    maps: Maps,
+    wmaps: WatchMaps,
+    diag: SockDiag,
+    samples: VecDeque<(u64, u64)>,
+}
+
+impl Watcher {
+    /// Opens everything for `iface` (call inside its network namespace).
+    ///
+    /// # Errors
+    /// If the attachment or sock_diag cannot be opened.
+    pub fn open(iface: &str, netns: Option<&str>) -> anyhow::Result<Watcher> {
+        Ok(Watcher { maps: Maps::open(iface, netns)?, wmaps: WatchMaps::open(iface, netns)?, diag: SockDiag::open()?, samples: VecDeque::new() })
+    }
+
+    /// One round; see the module docs.
+    ///
+    /// # Errors
+    /// On a map or netlink failure.
+    pub fn tick(&mut self) -> anyhow::Result<Tick> {
+        let now = monotonic_ns();
+        let mut t = Tick::default();
+        // Displaced connections: close them on the server (only if still half-open).
+        while let Ok(key) = self.wmaps.victims.pop(0) {
+            if self.diag.close_half_open(&key)? {
+                t.victims_closed += 1;
+            }
+        }
+        let mut w = self.wmaps.watch()?;
+        let mut cfg = self.maps.config()?;
+        let aggressive = cfg.aggressive != 0;
+        // Reap: older than the timeout (halved while aggressive, as Cisco does).
+        let timeout_ns = u64::from(w.timeout_ms) * 1_000_000 / if aggressive { 2 } else { 1 };
+        let entries: Vec<(FlowKey, HalfOpen)> = self.wmaps.half_open.iter().filter_map(Result::ok).collect();
+        let (mut timed_out, mut gone) = (0, 0);
+        for (key, e) in &entries {
+            if now.saturating_sub(e.first_seen_ns) < timeout_ns {
+                continue;
+            }
+            // Whoever removes the entry owns its accounting (the data path may complete it now).
+            if self.wmaps.half_open.remove(key).is_err() {
+                continue;
+            }
+            if self.diag.close_half_open(key)? {
+                timed_out += 1;
+            } else {
+                gone += 1;
+            }
+        }
+        self.wmaps.bump(Counter::HalfOpenTimedOut, timed_out)?;
+        self.wmaps.bump(Counter::HalfOpenGone, gone)?;
+        t.timed_out = timed_out;
+        // Exact counts from the counters; the request rate over the window from samples of the
+        // protected-SYN counter (which both modes advance).
+        let c = self.wmaps.counters()?;
+        t.half_open = half_open_count(&c);
+        let requests = c.get(Counter::SynProtected);
+        let window_ns = u64::from(if w.rate_window_s == 0 { 60 } else { w.rate_window_s }) * 1_000_000_000;
+        self.samples.push_back((now, requests));
+        while self.samples.len() > 1 && self.samples.front().is_some_and(|(ts, _)| now - ts > window_ns) {
+            self.samples.pop_front();
+        }
+        t.one_minute = requests - self.samples.front().map_or(requests, |(_, r)| *r);
+        let (agg, cause) = evaluate(&w, aggressive, u32::try_from(t.half_open).unwrap_or(u32::MAX), u32::try_from(t.one_minute).unwrap_or(u32::MAX));
+        t.aggressive = agg;
+        let mode = Mode::from_u32(cfg.mode);
+        let mut cfg_changed = false;
+        if let Some(cause) = cause {
+            t.transition = Some((agg, cause.name()));
+            w.last_transition_ns = now;
+            w.last_cause = cause as u32;
+            cfg.aggressive = u32::from(agg);
+            if mode == Mode::Auto {
+                let was_intercept = cfg.active == Mode::Intercept as u32;
+                cfg.active = if agg { Mode::Intercept as u32 } else { Mode::Watch as u32 };
+                if was_intercept && !agg {
+                    cfg.cookie_grace_until_ns = now + u64::try_from(COOKIE_GRACE.as_nanos())?;
+                }
+            }
+            cfg_changed = true;
+        }
+        let tracking = !entries.is_empty() || t.half_open > 0;
+        if tracking != (cfg.flags & flags::TRACKING != 0) {
+            cfg.flags ^= flags::TRACKING;
+            cfg_changed = true;
+        }
+        if cfg_changed {
+            self.maps.set_config(&cfg)?;
+        }
+        w.half_open = u32::try_from(t.half_open).unwrap_or(u32::MAX);
+        w.one_minute = u32::try_from(t.one_minute).unwrap_or(u32::MAX);
+        w.aggressive = u32::from(agg);
+        self.wmaps.set_watch(&w)?;
+        Ok(t)
+    }
+}
+
+/// The cause's display name.
+#[must_use]
+pub fn cause_name(v: u32) -> &'static str {
+    TransitionCause::from_u32(v).name()
+}

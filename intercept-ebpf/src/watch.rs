@@ -1,0 +1,169 @@
+//! Watch mode: SYNs reach the server; every protected half-open handshake is tracked in HALF_OPEN
+//! until the client completes it (ACK) or abandons it (RST, FIN). The controller closes on the
+//! server those that outlive the watch timeout. While aggressive, each new SYN displaces the
+//! oldest (or a random) tracked handshake, which the controller then closes (Cisco's drop-mode).
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::XdpContext,
+};
+use intercept_common::{
+    Counter,
+    config::{Config, DropMode, FlowKey, HalfOpen, RING_SLOTS},
+    handshake::flow_of,
+    parse::{Ip, Tcp, TcpKind, classify, tcp_flags},
+};
+
+use crate::{
+    frame::Pkt,
+    maps::{CONFIG, HALF_OPEN, RING, VICTIMS},
+    scope,
+    stats::{count, pass},
+};
+
+/// A protected SYN in watch mode: track it (or count a retransmission), displace a victim while
+/// aggressive, and pass it to the server. Not inlined (see `synack::handle`).
+#[inline(never)]
+pub fn syn(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return pass(Counter::Passed);
+    };
+    let pkt = Pkt::new(ctx);
+    let Some(flow) = flow_of(&pkt, ip, tcp) else {
+        return pass(Counter::Malformed);
+    };
+    if !scope::protected(&flow, cfg) {
+        return pass(Counter::Passed);
+    }
+    count(Counter::SynProtected);
+    if scope::exempt(&flow, cfg) {
+        return pass(Counter::PassExempt);
+    }
+    let key = FlowKey::of(&flow);
+    if let Some(e) = HALF_OPEN.get_ptr_mut(&key) {
+        // SAFETY: a valid map value pointer; concurrent writers only ever bump the same counters.
+        unsafe {
+            (*e).syns += 1;
+            (*e).isn = tcp.seq;
+        }
+        return pass(Counter::SynRetransmit);
+    }
+    if cfg.aggressive != 0 {
+        displace(cfg);
+    }
+    // SAFETY: helper without side effects.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let entry = HalfOpen { first_seen_ns: now, isn: tcp.seq, syns: 1 };
+    if HALF_OPEN.insert(&key, &entry, u64::from(BPF_NOEXIST)).is_ok() {
+        remember(&key);
+        count(Counter::HalfOpenNew);
+    }
+    pass(Counter::Passed)
+}
+
+/// Appends `key` to this CPU's insertion ring.
+#[inline(always)]
+fn remember(key: &FlowKey) {
+    let Some(r) = RING.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slot; nothing else runs here meanwhile.
+    let r = unsafe { &mut *r };
+    r.keys[(r.head as usize) % RING_SLOTS] = *key;
+    r.head = r.head.wrapping_add(1);
+    if r.head.wrapping_sub(r.tail) as usize > RING_SLOTS {
+        r.tail = r.head.wrapping_sub(RING_SLOTS as u32);
+    }
+}
+
+/// Picks a tracked handshake (this CPU's oldest, or a random one of its ring), queues it for the
+/// controller to close on the server, and forgets it. Entries already gone are skipped.
+#[inline(always)]
+fn displace(cfg: &Config) {
+    let Some(r) = RING.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slot.
+    let r = unsafe { &mut *r };
+    if cfg.drop_mode == DropMode::Random as u32 {
+        let live = r.head.wrapping_sub(r.tail);
+        if live > 0 {
+            // SAFETY: helper without side effects.
+            let pick = r.tail.wrapping_add(unsafe { bpf_get_prandom_u32() } % live);
+            let key = r.keys[(pick as usize) % RING_SLOTS];
+            if evict(&key) {
+                return;
+            }
+        }
+    }
+    // Oldest first; a few stale slots (handshakes completed meanwhile) are skipped.
+    let mut tries = 0;
+    while tries < 8 && r.tail != r.head {
+        let key = r.keys[(r.tail as usize) % RING_SLOTS];
+        r.tail = r.tail.wrapping_add(1);
+        if evict(&key) {
+            return;
+        }
+        tries += 1;
+    }
+}
+
+/// Queues and forgets `key` if it is still tracked; false if it is not (or the queue is full).
+#[inline(always)]
+fn evict(key: &FlowKey) -> bool {
+    // SAFETY: read-only lookup.
+    if unsafe { HALF_OPEN.get(key) }.is_none() {
+        return false;
+    }
+    if VICTIMS.push(key, 0).is_err() {
+        count(Counter::VictimQueueFull);
+        return true;
+    }
+    let _ = HALF_OPEN.remove(key);
+    count(Counter::HalfOpenDropped);
+    true
+}
+
+/// The client's ACK, RST or FIN of a tracked handshake ends its tracking. Returns true if the flow
+/// was tracked.
+#[inline(always)]
+pub fn untrack(flow: &intercept_common::cookie::Flow, tcp: &Tcp) -> bool {
+    let key = FlowKey::of(flow);
+    // SAFETY: read-only lookup.
+    if unsafe { HALF_OPEN.get(&key) }.is_none() {
+        return false;
+    }
+    if HALF_OPEN.remove(&key).is_ok() {
+        let completed = classify(tcp.flags) == TcpKind::Ack && tcp.flags & tcp_flags::FIN == 0;
+        count(if completed { Counter::HalfOpenCompleted } else { Counter::HalfOpenAborted });
+    }
+    true
+}
+
+/// Not an XDP verdict: `segment` asks its caller to run the cookie check (the caller, not
+/// `segment`, makes that call: three nested frames exceed the verifier's combined stack limit,
+/// "combined stack size of 3 calls is 672").
+pub const VERIFY_COOKIE: u32 = u32::MAX;
+
+/// An ACK, RST or FIN from a client in watch mode. Tracked: untracked and passed. Untracked ACK
+/// during the grace period after intercept mode: returns [`VERIFY_COOKIE`], since our cookie may
+/// still complete it.
+#[inline(never)]
+pub fn segment(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return pass(Counter::Passed);
+    };
+    let pkt = Pkt::new(ctx);
+    let Some(flow) = flow_of(&pkt, ip, tcp) else {
+        return pass(Counter::Malformed);
+    };
+    if !scope::protected(&flow, cfg) {
+        return pass(Counter::Passed);
+    }
+    if untrack(&flow, tcp) {
+        return pass(Counter::Passed);
+    }
+    if classify(tcp.flags) == TcpKind::Ack && cfg.cookie_grace_until_ns != 0 {
+        // SAFETY: helper without side effects.
+        if unsafe { bpf_ktime_get_ns() } < cfg.cookie_grace_until_ns {
+            return VERIFY_COOKIE;
+        }
+    }
+    pass(Counter::Passed)
+}
