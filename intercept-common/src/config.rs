@@ -159,7 +159,12 @@ impl FlowKey {
     #[inline(always)]
     #[must_use]
     pub const fn of(f: &crate::cookie::Flow) -> FlowKey {
-        FlowKey { saddr: f.saddr, daddr: f.daddr, sport: f.sport, dport: f.dport }
+        FlowKey {
+            saddr: f.saddr,
+            daddr: f.daddr,
+            sport: f.sport,
+            dport: f.dport,
+        }
     }
 }
 
@@ -283,7 +288,12 @@ impl TransitionCause {
 /// exceeded; leave only when both counts are below their low marks. Returns the new state and, on
 /// a change, its cause.
 #[must_use]
-pub fn evaluate(w: &Watch, aggressive: bool, half_open: u32, one_minute: u32) -> (bool, Option<TransitionCause>) {
+pub fn evaluate(
+    w: &Watch,
+    aggressive: bool,
+    half_open: u32,
+    one_minute: u32,
+) -> (bool, Option<TransitionCause>) {
     if aggressive {
         if half_open < w.max_incomplete_low && one_minute < w.one_minute_low {
             return (false, Some(TransitionCause::BelowLow));
@@ -428,22 +438,50 @@ mod tests {
     #[test]
     fn hysteresis_enters_on_either_high_leaves_on_both_low() {
         let w = Watch::default();
-        assert_eq!(evaluate(&w, false, 1100, 0), (false, None), "at the mark is not above it");
-        assert_eq!(evaluate(&w, false, 1101, 0), (true, Some(TransitionCause::MaxIncompleteHigh)));
-        assert_eq!(evaluate(&w, false, 0, 1101), (true, Some(TransitionCause::OneMinuteHigh)));
-        assert_eq!(evaluate(&w, true, 950, 0), (true, None), "between the marks: stays aggressive");
+        assert_eq!(
+            evaluate(&w, false, 1100, 0),
+            (false, None),
+            "at the mark is not above it"
+        );
+        assert_eq!(
+            evaluate(&w, false, 1101, 0),
+            (true, Some(TransitionCause::MaxIncompleteHigh))
+        );
+        assert_eq!(
+            evaluate(&w, false, 0, 1101),
+            (true, Some(TransitionCause::OneMinuteHigh))
+        );
+        assert_eq!(
+            evaluate(&w, true, 950, 0),
+            (true, None),
+            "between the marks: stays aggressive"
+        );
         assert_eq!(evaluate(&w, true, 0, 950), (true, None));
-        assert_eq!(evaluate(&w, true, 899, 899), (false, Some(TransitionCause::BelowLow)));
-        assert_eq!(evaluate(&w, false, 950, 950), (false, None), "between the marks: stays calm");
+        assert_eq!(
+            evaluate(&w, true, 899, 899),
+            (false, Some(TransitionCause::BelowLow))
+        );
+        assert_eq!(
+            evaluate(&w, false, 950, 950),
+            (false, None),
+            "between the marks: stays calm"
+        );
     }
 
     #[test]
     fn auto_resolves_to_the_active_mode() {
-        let mut c = Config { mode: Mode::Auto as u32, ..Config::default() };
+        let mut c = Config {
+            mode: Mode::Auto as u32,
+            ..Config::default()
+        };
         assert_eq!(Mode::effective(&c), Mode::Watch);
         c.active = Mode::Intercept as u32;
         assert_eq!(Mode::effective(&c), Mode::Intercept);
         c.mode = Mode::Watch as u32;
-        assert_eq!(Mode::effective(&c), Mode::Watch, "active only matters in auto");
+        assert_eq!(
+            Mode::effective(&c),
+            Mode::Watch,
+            "active only matters in auto"
+        );
     }
 }

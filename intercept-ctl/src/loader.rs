@@ -255,7 +255,8 @@ fn configure(iface: &str, netns: Option<&str>, initial: Mode) -> anyhow::Result<
     cfg.mss_v6 = u16::try_from(mtu.saturating_sub(60).clamp(1220, 65475))?;
     m.set_config(&cfg)?;
     m.init_secrets()?;
-    crate::watchctl::WatchMaps::open(iface, netns)?.set_watch(&intercept_common::config::Watch::default())?;
+    crate::watchctl::WatchMaps::open(iface, netns)?
+        .set_watch(&intercept_common::config::Watch::default())?;
     if initial == Mode::Intercept {
         if let Some(msg) = crate::control::ensure_syncookies()? {
             eprintln!("intercept-ctl: {msg}");

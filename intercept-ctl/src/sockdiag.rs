@@ -2,7 +2,10 @@
 //! one TCP socket by 4-tuple, and SOCK_DESTROY to close a half-open (SYN_RECV) one on the server,
 //! which frees its request socket exactly as an accepted RST would (`tcp_abort`,
 //! net/ipv4/tcp.c). Needs CAP_NET_ADMIN in the namespace and CONFIG_INET_DIAG_DESTROY.
-use std::{io, os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd}};
+use std::{
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
 
 use anyhow::{Context as _, bail};
 use intercept_common::{config::FlowKey, cookie::is_mapped};
@@ -50,25 +53,44 @@ impl SockDiag {
     /// If the socket cannot be created.
     pub fn open() -> anyhow::Result<SockDiag> {
         // SAFETY: plain socket(2); owned right away.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_SOCK_DIAG,
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error()).context("socket(NETLINK_SOCK_DIAG)");
         }
-        Ok(SockDiag { fd: unsafe { OwnedFd::from_raw_fd(raw) }, seq: 0 })
+        Ok(SockDiag {
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+            seq: 0,
+        })
     }
 
     /// The server-side socket of a client flow, as the server sees it (local = server).
     fn request(&mut self, key: &FlowKey, ty: u16, flags: u16) -> Request {
         self.seq = self.seq.wrapping_add(1);
         let v4 = is_mapped(&key.saddr) && is_mapped(&key.daddr);
-        let addr = |a: &[u32; 4]| if v4 { [a[3].to_be(), 0, 0, 0] } else { [a[0].to_be(), a[1].to_be(), a[2].to_be(), a[3].to_be()] };
+        let addr = |a: &[u32; 4]| {
+            if v4 {
+                [a[3].to_be(), 0, 0, 0]
+            } else {
+                [a[0].to_be(), a[1].to_be(), a[2].to_be(), a[3].to_be()]
+            }
+        };
         Request {
             nl_len: u32::try_from(size_of::<Request>()).expect("small"),
             nl_type: ty,
             nl_flags: flags,
             nl_seq: self.seq,
             nl_pid: 0,
-            family: if v4 { libc::AF_INET as u8 } else { libc::AF_INET6 as u8 },
+            family: if v4 {
+                libc::AF_INET as u8
+            } else {
+                libc::AF_INET6 as u8
+            },
             protocol: libc::IPPROTO_TCP as u8,
             ext: 0,
             pad: 0,
@@ -84,7 +106,14 @@ impl SockDiag {
 
     fn exchange(&mut self, req: &Request) -> anyhow::Result<Vec<u8>> {
         // SAFETY: req is a plain repr(C) struct of its declared length.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), std::ptr::from_ref(req).cast(), size_of::<Request>(), 0) };
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                std::ptr::from_ref(req).cast(),
+                size_of::<Request>(),
+                0,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error()).context("send to sock_diag");
         }
@@ -132,7 +161,9 @@ impl SockDiag {
             return match err {
                 0 => Ok(true),
                 e if e == -libc::ENOENT => Ok(false),
-                e if e == -libc::EOPNOTSUPP => bail!("SOCK_DESTROY is not supported: the kernel needs CONFIG_INET_DIAG_DESTROY"),
+                e if e == -libc::EOPNOTSUPP => bail!(
+                    "SOCK_DESTROY is not supported: the kernel needs CONFIG_INET_DIAG_DESTROY"
+                ),
                 e => bail!("SOCK_DESTROY: {}", io::Error::from_raw_os_error(-e)),
             };
         }

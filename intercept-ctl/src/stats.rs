@@ -46,7 +46,9 @@ impl Counters {
 ///
 /// # Errors
 /// If a lookup fails.
-pub fn read_map<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> anyhow::Result<Counters> {
+pub fn read_map<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+) -> anyhow::Result<Counters> {
     let mut out = Vec::with_capacity(Counter::ALL.len());
     for c in Counter::ALL {
         let per_cpu = map

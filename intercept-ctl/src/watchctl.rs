@@ -28,7 +28,10 @@ pub const COOKIE_GRACE: Duration = Duration::from_secs(140);
 /// CLOCK_MONOTONIC in ns (the data path's `bpf_ktime_get_ns`).
 #[must_use]
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
@@ -55,7 +58,11 @@ impl WatchMaps {
     pub fn open(iface: &str, netns: Option<&str>) -> anyhow::Result<WatchMaps> {
         let pins = PinDir::new(netns, iface);
         if !pins.map(maps::HALF_OPEN).exists() {
-            return Err(CtlError::NotAttached { iface: iface.to_owned(), pin: pins.path().display().to_string() }.into());
+            return Err(CtlError::NotAttached {
+                iface: iface.to_owned(),
+                pin: pins.path().display().to_string(),
+            }
+            .into());
         }
         Ok(WatchMaps {
             half_open: HashMap::try_from(Map::LruHashMap(open(&pins, maps::HALF_OPEN)?))?,
@@ -98,7 +105,9 @@ impl WatchMaps {
         let cur = self.counters.get(&(c as u32), 0)?;
         let mut v: Vec<u64> = cur.iter().copied().collect();
         v[0] += n;
-        self.counters.set(c as u32, PerCpuValues::try_from(v)?, 0).context("write COUNTERS")
+        self.counters
+            .set(c as u32, PerCpuValues::try_from(v)?, 0)
+            .context("write COUNTERS")
     }
 }
 
@@ -145,7 +154,12 @@ impl Watcher {
     /// # Errors
     /// If the attachment or sock_diag cannot be opened.
     pub fn open(iface: &str, netns: Option<&str>) -> anyhow::Result<Watcher> {
-        Ok(Watcher { maps: Maps::open(iface, netns)?, wmaps: WatchMaps::open(iface, netns)?, diag: SockDiag::open()?, samples: VecDeque::new() })
+        Ok(Watcher {
+            maps: Maps::open(iface, netns)?,
+            wmaps: WatchMaps::open(iface, netns)?,
+            diag: SockDiag::open()?,
+            samples: VecDeque::new(),
+        })
     }
 
     /// One round; see the module docs.
@@ -166,7 +180,8 @@ impl Watcher {
         let aggressive = cfg.aggressive != 0;
         // Reap: older than the timeout (halved while aggressive, as Cisco does).
         let timeout_ns = u64::from(w.timeout_ms) * 1_000_000 / if aggressive { 2 } else { 1 };
-        let entries: Vec<(FlowKey, HalfOpen)> = self.wmaps.half_open.iter().filter_map(Result::ok).collect();
+        let entries: Vec<(FlowKey, HalfOpen)> =
+            self.wmaps.half_open.iter().filter_map(Result::ok).collect();
         let (mut timed_out, mut gone) = (0, 0);
         for (key, e) in &entries {
             if now.saturating_sub(e.first_seen_ns) < timeout_ns {
@@ -190,13 +205,27 @@ impl Watcher {
         let c = self.wmaps.counters()?;
         t.half_open = half_open_count(&c);
         let requests = c.get(Counter::SynProtected);
-        let window_ns = u64::from(if w.rate_window_s == 0 { 60 } else { w.rate_window_s }) * 1_000_000_000;
+        let window_ns = u64::from(if w.rate_window_s == 0 {
+            60
+        } else {
+            w.rate_window_s
+        }) * 1_000_000_000;
         self.samples.push_back((now, requests));
-        while self.samples.len() > 1 && self.samples.front().is_some_and(|(ts, _)| now - ts > window_ns) {
+        while self.samples.len() > 1
+            && self
+                .samples
+                .front()
+                .is_some_and(|(ts, _)| now - ts > window_ns)
+        {
             self.samples.pop_front();
         }
         t.one_minute = requests - self.samples.front().map_or(requests, |(_, r)| *r);
-        let (agg, cause) = evaluate(&w, aggressive, u32::try_from(t.half_open).unwrap_or(u32::MAX), u32::try_from(t.one_minute).unwrap_or(u32::MAX));
+        let (agg, cause) = evaluate(
+            &w,
+            aggressive,
+            u32::try_from(t.half_open).unwrap_or(u32::MAX),
+            u32::try_from(t.one_minute).unwrap_or(u32::MAX),
+        );
         t.aggressive = agg;
         let mode = Mode::from_u32(cfg.mode);
         let mut cfg_changed = false;
@@ -207,7 +236,11 @@ impl Watcher {
             cfg.aggressive = u32::from(agg);
             if mode == Mode::Auto {
                 let was_intercept = cfg.active == Mode::Intercept as u32;
-                cfg.active = if agg { Mode::Intercept as u32 } else { Mode::Watch as u32 };
+                cfg.active = if agg {
+                    Mode::Intercept as u32
+                } else {
+                    Mode::Watch as u32
+                };
                 if was_intercept && !agg {
                     cfg.cookie_grace_until_ns = now + u64::try_from(COOKIE_GRACE.as_nanos())?;
                 }

@@ -49,7 +49,9 @@ pub fn xdp_intercept(ctx: XdpContext) -> u32 {
             watch::VERIFY_COOKIE => ack::handle_grace(&ctx, &ip, &tcp),
             verdict => verdict,
         },
-        (Mode::Watch, TcpKind::Other) if tcp.flags & tcp_flags::FIN != 0 => watch::segment(&ctx, &ip, &tcp),
+        (Mode::Watch, TcpKind::Other) if tcp.flags & tcp_flags::FIN != 0 => {
+            watch::segment(&ctx, &ip, &tcp)
+        }
         _ => pass(Counter::Passed),
     }
 }

@@ -47,7 +47,8 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Half-open handshakes tracked in watch mode; written here and by the controller (timeouts).
 #[map(name = "HALF_OPEN")]
-pub static HALF_OPEN: LruHashMap<FlowKey, HalfOpen> = LruHashMap::with_max_entries(HALF_OPEN_ENTRIES, 0);
+pub static HALF_OPEN: LruHashMap<FlowKey, HalfOpen> =
+    LruHashMap::with_max_entries(HALF_OPEN_ENTRIES, 0);
 
 /// Per-CPU insertion order of tracked flows (drop-mode oldest/random).
 #[map(name = "RING")]

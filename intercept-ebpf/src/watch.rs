@@ -53,8 +53,15 @@ pub fn syn(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     }
     // SAFETY: helper without side effects.
     let now = unsafe { bpf_ktime_get_ns() };
-    let entry = HalfOpen { first_seen_ns: now, isn: tcp.seq, syns: 1 };
-    if HALF_OPEN.insert(&key, &entry, u64::from(BPF_NOEXIST)).is_ok() {
+    let entry = HalfOpen {
+        first_seen_ns: now,
+        isn: tcp.seq,
+        syns: 1,
+    };
+    if HALF_OPEN
+        .insert(&key, &entry, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
         remember(&key);
         count(Counter::HalfOpenNew);
     }
@@ -131,7 +138,11 @@ pub fn untrack(flow: &intercept_common::cookie::Flow, tcp: &Tcp) -> bool {
     }
     if HALF_OPEN.remove(&key).is_ok() {
         let completed = classify(tcp.flags) == TcpKind::Ack && tcp.flags & tcp_flags::FIN == 0;
-        count(if completed { Counter::HalfOpenCompleted } else { Counter::HalfOpenAborted });
+        count(if completed {
+            Counter::HalfOpenCompleted
+        } else {
+            Counter::HalfOpenAborted
+        });
     }
     true
 }

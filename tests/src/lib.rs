@@ -348,3 +348,60 @@ pub fn configure_intercept(obj: &mut Loaded) -> intercept_ctl::control::Maps {
         .unwrap();
     maps
 }
+
+/// A `intercept-ctl run` daemon for the lab's server interface, stopped with SIGTERM on drop.
+pub struct Daemon {
+    child: std::process::Child,
+}
+
+impl Daemon {
+    /// Starts it (it adopts the attachment; `--keep` so stopping it leaves protection running).
+    ///
+    /// # Panics
+    /// If it cannot be started or dies at once.
+    #[must_use]
+    pub fn start(netns: &str, iface: &str) -> Daemon {
+        let child = std::process::Command::new(ctl_bin())
+            .args(["--netns", netns, "run", iface, "--quiet", "--keep"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start intercept-ctl run");
+        let mut d = Daemon { child };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        if let Ok(Some(status)) = d.child.try_wait() {
+            let mut err = String::new();
+            use std::io::Read as _;
+            let _ = d
+                .child
+                .stderr
+                .take()
+                .map(|mut e| e.read_to_string(&mut err));
+            panic!("intercept-ctl run exited at once ({status}): {err}");
+        }
+        d
+    }
+
+    /// Its pid.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap_or(0), libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// `status --json` of the lab's server interface.
+///
+/// # Panics
+/// If the command fails.
+#[must_use]
+pub fn status(lab: &InterceptLab) -> serde_json::Value {
+    serde_json::from_str(&lab.ctl(&["--json", "status", lab.srv_if()])).expect("status JSON")
+}

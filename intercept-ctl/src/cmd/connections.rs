@@ -21,7 +21,13 @@ fn addr(w: &[u32; 4]) -> IpAddr {
     if is_mapped(w) {
         IpAddr::V4(w[3].into())
     } else {
-        IpAddr::V6((u128::from(w[0]) << 96 | u128::from(w[1]) << 64 | u128::from(w[2]) << 32 | u128::from(w[3])).into())
+        IpAddr::V6(
+            (u128::from(w[0]) << 96
+                | u128::from(w[1]) << 64
+                | u128::from(w[2]) << 32
+                | u128::from(w[3]))
+            .into(),
+        )
     }
 }
 
@@ -50,19 +56,24 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     if ctx.json {
         let v: Vec<_> = rows
             .iter()
-            .map(|(k, age, syns)| serde_json::json!({
-                "client": endpoint(addr(&k.saddr), k.sport),
-                "server": endpoint(addr(&k.daddr), k.dport),
-                "state": "SYNRCVD",
-                "age_ms": age,
-                "timeout_ms": timeout_ms.saturating_sub(*age),
-                "syns": syns,
-                "mode": mode,
-            }))
+            .map(|(k, age, syns)| {
+                serde_json::json!({
+                    "client": endpoint(addr(&k.saddr), k.sport),
+                    "server": endpoint(addr(&k.daddr), k.dport),
+                    "state": "SYNRCVD",
+                    "age_ms": age,
+                    "timeout_ms": timeout_ms.saturating_sub(*age),
+                    "syns": syns,
+                    "mode": mode,
+                })
+            })
             .collect();
         print_json(&serde_json::json!({ "interface": a.iface, "connections": v }));
     } else {
-        println!("{:<45} {:<45} {:<8} {:>9} {:>9} {:>5} {}", "Client", "Server", "State", "Age(s)", "Left(s)", "SYNs", "Mode");
+        println!(
+            "{:<45} {:<45} {:<8} {:>9} {:>9} {:>5} {}",
+            "Client", "Server", "State", "Age(s)", "Left(s)", "SYNs", "Mode"
+        );
         for (k, age, syns) in rows {
             println!(
                 "{:<45} {:<45} {:<8} {:>9.1} {:>9.1} {:>5} {}",

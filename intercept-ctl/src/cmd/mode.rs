@@ -50,11 +50,23 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     cfg.mode = mode as u32;
     if was_intercept && Mode::effective(&cfg) != Mode::Intercept {
         // Handshakes answered with cookies may still complete: watch mode keeps checking them.
-        cfg.cookie_grace_until_ns = intercept_ctl::watchctl::monotonic_ns() + u64::try_from(intercept_ctl::watchctl::COOKIE_GRACE.as_nanos())?;
+        cfg.cookie_grace_until_ns = intercept_ctl::watchctl::monotonic_ns()
+            + u64::try_from(intercept_ctl::watchctl::COOKIE_GRACE.as_nanos())?;
     }
     m.set_config(&cfg)?;
-    if matches!(mode, Mode::Watch | Mode::Auto) && !intercept_ctl::daemon_running(&a.iface, ctx.netns) {
-        eprintln!("intercept-ctl: note: {} mode needs the controller running (`intercept-ctl run {}`) to time out half-open connections{}", mode.name(), a.iface, if mode == Mode::Auto { " and evaluate thresholds" } else { "" });
+    if matches!(mode, Mode::Watch | Mode::Auto)
+        && !intercept_ctl::daemon_running(&a.iface, ctx.netns)
+    {
+        eprintln!(
+            "intercept-ctl: note: {} mode needs the controller running (`intercept-ctl run {}`) to time out half-open connections{}",
+            mode.name(),
+            a.iface,
+            if mode == Mode::Auto {
+                " and evaluate thresholds"
+            } else {
+                ""
+            }
+        );
     }
     if ctx.json {
         print_json(

@@ -47,7 +47,12 @@ pub fn print_live(ctx: &Ctx, t: f64, now: &Counters, prev: &Counters, dt: f64) {
     if ctx.json {
         let rates: serde_json::Map<_, _> = LIVE
             .iter()
-            .map(|c| (c.name().to_owned(), serde_json::json!((now.get(*c) - prev.get(*c)) as f64 / dt)))
+            .map(|c| {
+                (
+                    c.name().to_owned(),
+                    serde_json::json!((now.get(*c) - prev.get(*c)) as f64 / dt),
+                )
+            })
             .collect();
         print_json(&serde_json::json!({ "t": t, "counters": now.to_json(), "rates": rates }));
         return;
@@ -68,14 +73,23 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     let ours = !pins.is_attached();
     if ours {
         let att = loader::attach(&a.iface, ctx.netns, Program::Intercept, a.xdp_mode)?;
-        eprintln!("intercept-ctl: attached to {} (program id {})", att.interface, att.program_id);
+        eprintln!(
+            "intercept-ctl: attached to {} (program id {})",
+            att.interface, att.program_id
+        );
     } else {
-        eprintln!("intercept-ctl: adopting the protection already attached to {}", a.iface);
+        eprintln!(
+            "intercept-ctl: adopting the protection already attached to {}",
+            a.iface
+        );
     }
     let pid = pid_file(&a.iface, ctx.netns);
     std::fs::create_dir_all(pid.parent().expect("parent")).context("create /run/xdp-intercept")?;
-    std::fs::write(&pid, format!("{}\n", std::process::id())).with_context(|| format!("write {}", pid.display()))?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::fs::write(&pid, format!("{}\n", std::process::id()))
+        .with_context(|| format!("write {}", pid.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async {
         let mut watcher = Watcher::open(&a.iface, ctx.netns)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -102,12 +116,20 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             if last.elapsed() >= Duration::from_secs(1) {
                 let now = read_pinned(&a.iface, ctx.netns)?;
                 if !a.quiet {
-                    print_live(ctx, start.elapsed().as_secs_f64(), &now, &prev, last.elapsed().as_secs_f64());
+                    print_live(
+                        ctx,
+                        start.elapsed().as_secs_f64(),
+                        &now,
+                        &prev,
+                        last.elapsed().as_secs_f64(),
+                    );
                 }
                 prev = now;
                 last = Instant::now();
             }
-            if a.seconds.is_some_and(|s| start.elapsed() >= Duration::from_secs(s)) {
+            if a.seconds
+                .is_some_and(|s| start.elapsed() >= Duration::from_secs(s))
+            {
                 break;
             }
         }

@@ -66,10 +66,21 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     wm.set_watch(&w)?;
     if let Some(d) = a.drop_mode {
         let mut m = Maps::open(&a.iface, ctx.netns)?;
-        let cfg = Config { drop_mode: match d { DropArg::Oldest => DropMode::Oldest, DropArg::Random => DropMode::Random } as u32, ..m.config()? };
+        let cfg = Config {
+            drop_mode: match d {
+                DropArg::Oldest => DropMode::Oldest,
+                DropArg::Random => DropMode::Random,
+            } as u32,
+            ..m.config()?
+        };
         m.set_config(&cfg)?;
     }
-    let drop_mode = if Maps::open(&a.iface, ctx.netns)?.config()?.drop_mode == DropMode::Random as u32 { "random" } else { "oldest" };
+    let drop_mode =
+        if Maps::open(&a.iface, ctx.netns)?.config()?.drop_mode == DropMode::Random as u32 {
+            "random"
+        } else {
+            "oldest"
+        };
     let v = serde_json::json!({
         "interface": a.iface,
         "watch_timeout_s": w.timeout_ms / 1000,

@@ -1,0 +1,255 @@
+//! Watch mode end to end: SYNs reach the real server, half-open handshakes are tracked, counted
+//! exactly and closed on the server after the watch timeout; thresholds switch `auto` to
+//! intercept under a flood and back after it, while legitimate clients keep connecting.
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use intercept_common::{Counter::*, parse::tcp_flags};
+use intercept_ctl::lab::{Capture, FloodSpec, SERVER_V4, SERVER_V6, flood, syn_recv_count};
+use intercept_tests::{Daemon, InterceptLab, require_root, status};
+
+const PORT: u16 = 8080;
+
+fn echo(l: std::net::TcpListener) {
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut b = [0u8; 64];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+#[test]
+fn half_open_connections_are_counted_exactly_and_closed_after_the_timeout() {
+    require_root("half_open_connections_are_counted_exactly_and_closed_after_the_timeout");
+    let t = InterceptLab::new(PORT);
+    t.ctl(&["mode", t.srv_if(), "watch"]);
+    t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", "2"]);
+    let _d = Daemon::start(t.srv(), t.srv_if());
+    let (l4, l6) = t.lab.listen(PORT).expect("listen");
+    echo(l4);
+    echo(l6);
+    // A real client connects normally; the server's kernel sees its SYN.
+    let cap = Capture::start(&t.lab.server, t.srv_if()).expect("capture");
+    for ip in [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)] {
+        let mut c = t
+            .lab
+            .connect(SocketAddr::new(ip, PORT), Duration::from_secs(3))
+            .expect("connect in watch mode");
+        c.write_all(b"hi").unwrap();
+        let mut b = [0u8; 2];
+        c.read_exact(&mut b).unwrap();
+    }
+    let seen = cap.finish();
+    assert_eq!(
+        seen.syn, 2,
+        "watch mode passes SYNs to the server: {seen:?}"
+    );
+    assert_eq!(
+        seen.syn_ack_out, 2,
+        "and the server answers them itself: {seen:?}"
+    );
+    // A slow, bounded stream of spoofed SYNs: each leaves a SYN_RECV entry on the server.
+    let before = t.stats();
+    let sender = t.lab.raw_sender().unwrap();
+    let n = flood(
+        &sender,
+        FloodSpec {
+            target: SocketAddr::new(IpAddr::V4(SERVER_V4), PORT),
+            count: 20,
+            max_time: Duration::from_secs(5),
+            rate: 40,
+            flags: tcp_flags::SYN,
+        },
+    )
+    .unwrap();
+    assert_eq!(n, 20);
+    wait_for(
+        "20 half-open in the controller's count",
+        Duration::from_secs(2),
+        || status(&t)["watch"]["half_open"] == 20,
+    );
+    assert_eq!(
+        syn_recv_count(&t.lab.server).unwrap(),
+        20,
+        "the server holds 20 SYN_RECV"
+    );
+    let conns: serde_json::Value =
+        serde_json::from_str(&t.ctl(&["--json", "connections", t.srv_if()])).unwrap();
+    assert_eq!(
+        conns["connections"].as_array().unwrap().len(),
+        20,
+        "{conns}"
+    );
+    assert_eq!(conns["connections"][0]["state"], "SYNRCVD");
+    // After the (2 s) watch timeout the controller closes them on the server.
+    wait_for(
+        "SYN_RECV entries closed after the timeout",
+        Duration::from_secs(5),
+        || syn_recv_count(&t.lab.server).unwrap() == 0,
+    );
+    wait_for("the controller counts them", Duration::from_secs(2), || {
+        status(&t)["watch"]["half_open"] == 0
+    });
+    let d = t.stats().delta(&before);
+    assert_eq!(
+        (
+            d.get(HalfOpenNew),
+            d.get(HalfOpenTimedOut),
+            d.get(HalfOpenCompleted)
+        ),
+        (20, 20, 0),
+        "{d:?}"
+    );
+    // Legitimate clients completed (2 above) and are not harmed.
+    let mut c = t
+        .lab
+        .connect(
+            SocketAddr::new(IpAddr::V4(SERVER_V4), PORT),
+            Duration::from_secs(3),
+        )
+        .expect("connect after reaping");
+    c.write_all(b"ok").unwrap();
+}
+
+#[test]
+fn a_flood_switches_auto_to_intercept_and_back() {
+    require_root("a_flood_switches_auto_to_intercept_and_back");
+    let t = InterceptLab::new(PORT);
+    t.ctl(&["mode", t.srv_if(), "auto"]);
+    t.ctl(&[
+        "thresholds",
+        t.srv_if(),
+        "--watch-timeout",
+        "4",
+        "--max-incomplete-high",
+        "50",
+        "--max-incomplete-low",
+        "20",
+        "--one-minute-high",
+        "200",
+        "--one-minute-low",
+        "100",
+        "--rate-window",
+        "3",
+    ]);
+    let _d = Daemon::start(t.srv(), t.srv_if());
+    let (l4, l6) = t.lab.listen(PORT).expect("listen");
+    echo(l4);
+    echo(l6);
+    assert_eq!(status(&t)["active_mode"], "watch");
+    // Legitimate clients throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let client = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let ns = t.lab.client.name().to_owned();
+        std::thread::spawn(move || {
+            intercept_ctl::netns::enter(&ns).unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let ip = if i % 2 == 0 {
+                    IpAddr::V4(SERVER_V4)
+                } else {
+                    IpAddr::V6(SERVER_V6)
+                };
+                let r = (|| -> std::io::Result<()> {
+                    let mut c = std::net::TcpStream::connect_timeout(
+                        &SocketAddr::new(ip, PORT),
+                        Duration::from_secs(3),
+                    )?;
+                    c.set_read_timeout(Some(Duration::from_secs(3)))?;
+                    c.write_all(b"x")?;
+                    let mut b = [0u8; 1];
+                    c.read_exact(&mut b)
+                })();
+                if r.is_ok() {
+                    ok.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed)
+                };
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    // A bounded flood: 3000 spoofed SYNs at 1000/s.
+    let sender = t.lab.raw_sender().unwrap();
+    let flood_start = Instant::now();
+    let flooder = std::thread::spawn(move || {
+        flood(
+            &sender,
+            FloodSpec {
+                target: SocketAddr::new(IpAddr::V4(SERVER_V4), PORT),
+                count: 3000,
+                max_time: Duration::from_secs(6),
+                rate: 1000,
+                flags: tcp_flags::SYN,
+            },
+        )
+    });
+    wait_for("auto switches to intercept", Duration::from_secs(2), || {
+        status(&t)["active_mode"] == "intercept"
+    });
+    let switched = flood_start.elapsed();
+    let s = status(&t);
+    assert_eq!(s["watch"]["aggressive"], true, "{s}");
+    let sent = flooder.join().unwrap().unwrap();
+    let flood_end = Instant::now();
+    // Back to watch once both counts are below their low marks (rate window 3 s, half-open
+    // reaped after the halved 4 s timeout).
+    wait_for("auto returns to watch", Duration::from_secs(12), || {
+        status(&t)["active_mode"] == "watch"
+    });
+    let back = flood_end.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    let s = status(&t);
+    eprintln!(
+        "flood of {sent}: intercept after {switched:?}, back to watch {back:?} after the flood; clients ok {} failed {}; {s}",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert!(
+        switched < Duration::from_secs(1) + Duration::from_millis(200),
+        "switch took {switched:?}"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "every legitimate connection succeeded"
+    );
+    assert!(ok.load(Ordering::Relaxed) >= 20);
+    assert_eq!(s["watch"]["aggressive"], false);
+    assert_eq!(s["watch"]["last_cause"], "below low thresholds");
+    let d = t.stats();
+    assert!(
+        d.get(SynAckSent) > 1000,
+        "intercept answered most of the flood: {d:?}"
+    );
+}

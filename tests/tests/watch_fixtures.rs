@@ -1,0 +1,289 @@
+//! Watch mode on the real object through BPF_PROG_TEST_RUN: tracking on SYN, retransmission,
+//! completion by ACK, removal on RST/FIN, the LRU table full, and drop-mode oldest/random.
+use std::net::{IpAddr, Ipv4Addr};
+
+use aya::maps::{HashMap, MapData, Queue};
+use intercept_common::{
+    Counter::{self, *},
+    config::{Config, DropMode, FlowKey, HalfOpen, Mode},
+    cookie::mapped,
+    craft::{Link, TcpSegment, tcp_frame},
+    maps::{HALF_OPEN, HALF_OPEN_ENTRIES, PROG_XDP, VICTIMS},
+    parse::tcp_flags,
+};
+use intercept_ctl::{control::Maps, netns::Netns};
+use intercept_tests::{Loaded, configure_intercept, deltas, require_root};
+
+const XDP_PASS: u32 = 2;
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
+fn client(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0xc613_0000 + i) // 198.19.x.y
+}
+
+fn seg(i: u32, flags: u8) -> Vec<u8> {
+    let mut t = TcpSegment::new(
+        IpAddr::V4(client(i)),
+        IpAddr::V4(SERVER),
+        40000,
+        8080,
+        flags,
+    );
+    t.seq = 1000 + i;
+    t.ack_seq = if flags & tcp_flags::ACK != 0 { 5000 } else { 0 };
+    tcp_frame(&Link::default(), &t)
+}
+
+fn key(i: u32) -> FlowKey {
+    FlowKey {
+        saddr: mapped(u32::from(client(i))),
+        daddr: mapped(u32::from(SERVER)),
+        sport: 40000,
+        dport: 8080,
+    }
+}
+
+struct Env {
+    obj: Loaded,
+    maps: Maps,
+}
+
+impl Env {
+    fn run(&self, what: &str, frame: &[u8], counters: &[Counter]) {
+        let before = self.obj.counters();
+        let (v, out) = self
+            .obj
+            .run(PROG_XDP, frame)
+            .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        assert_eq!(v, XDP_PASS, "{what}: watch mode passes everything");
+        assert_eq!(out, frame, "{what}: frame unchanged");
+        let mut want: Vec<(Counter, u64)> = counters.iter().map(|c| (*c, 1)).collect();
+        want.sort_by_key(|(c, _)| *c as u32);
+        assert_eq!(
+            deltas(&before, &self.obj.counters()),
+            want,
+            "{what}: counter deltas"
+        );
+    }
+
+    fn table(&self) -> HashMap<&MapData, FlowKey, HalfOpen> {
+        HashMap::try_from(self.obj.ebpf.map(HALF_OPEN).expect("map")).expect("hash map")
+    }
+
+    fn set(&mut self, aggressive: bool, drop: DropMode) {
+        let cfg = Config {
+            mode: Mode::Watch as u32,
+            aggressive: u32::from(aggressive),
+            drop_mode: drop as u32,
+            ..self.maps.config().unwrap()
+        };
+        self.maps.set_config(&cfg).unwrap();
+    }
+}
+
+const SYN_C: [Counter; 7] = [Packets, Ipv4, Tcp, Syn, SynProtected, HalfOpenNew, Passed];
+
+/// Runs `f` on a thread pinned to CPU 0 inside a fresh namespace (the insertion ring is per-CPU).
+fn on_cpu0(f: impl FnOnce() + Send + 'static) {
+    let ns = Netns::new("wfx").expect("netns");
+    ns.spawn(move || {
+        // SAFETY: a zeroed cpu_set_t with bit 0 set, for this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
+                0
+            );
+        }
+        f();
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+fn env() -> Env {
+    let mut obj = Loaded::new(&[PROG_XDP]);
+    let maps = configure_intercept(&mut obj);
+    let mut e = Env { obj, maps };
+    e.set(false, DropMode::Oldest);
+    e
+}
+
+#[test]
+fn tracking_retransmit_completion_and_removal() {
+    require_root("tracking_retransmit_completion_and_removal");
+    on_cpu0(|| {
+        let e = env();
+        e.run("SYN of a new handshake", &seg(1, tcp_flags::SYN), &SYN_C);
+        let t = e.table();
+        let first = t.get(&key(1), 0).expect("tracked");
+        assert_eq!((first.isn, first.syns), (1001, 1));
+        assert!(first.first_seen_ns > 0);
+        e.run(
+            "retransmitted SYN",
+            &seg(1, tcp_flags::SYN),
+            &[Packets, Ipv4, Tcp, Syn, SynProtected, SynRetransmit, Passed],
+        );
+        let again = t.get(&key(1), 0).expect("still tracked");
+        assert_eq!(
+            (again.syns, again.first_seen_ns),
+            (2, first.first_seen_ns),
+            "age kept from the first SYN"
+        );
+        e.run(
+            "the client's ACK completes it",
+            &seg(1, tcp_flags::ACK),
+            &[Packets, Ipv4, Tcp, Ack, HalfOpenCompleted, Passed],
+        );
+        assert!(t.get(&key(1), 0).is_err(), "completed handshake untracked");
+        e.run(
+            "untracked ACK passes",
+            &seg(1, tcp_flags::ACK),
+            &[Packets, Ipv4, Tcp, Ack, Passed],
+        );
+        for (i, flags, what, c) in [
+            (2, tcp_flags::RST, "RST", Rst),
+            (3, tcp_flags::FIN | tcp_flags::ACK, "FIN", Ack),
+        ] {
+            e.run(&format!("SYN {i}"), &seg(i, tcp_flags::SYN), &SYN_C);
+            e.run(
+                &format!("the client's {what} aborts it"),
+                &seg(i, flags),
+                &[Packets, Ipv4, Tcp, c, HalfOpenAborted, Passed],
+            );
+            assert!(t.get(&key(i), 0).is_err(), "{what}: untracked");
+        }
+        let mut other = TcpSegment::new(
+            IpAddr::V4(client(9)),
+            IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9)),
+            1,
+            8080,
+            tcp_flags::SYN,
+        );
+        other.seq = 1;
+        e.run(
+            "SYN to an unprotected destination is not tracked",
+            &tcp_frame(&Link::default(), &other),
+            &[Packets, Ipv4, Tcp, Syn, Passed],
+        );
+    });
+}
+
+#[test]
+fn table_full_evicts_least_recently_used() {
+    require_root("table_full_evicts_least_recently_used");
+    on_cpu0(|| {
+        let e = env();
+        let n = HALF_OPEN_ENTRIES + 64;
+        let before = e.obj.counters();
+        for i in 0..n {
+            let (v, _) = e.obj.run(PROG_XDP, &seg(i, tcp_flags::SYN)).unwrap();
+            assert_eq!(v, XDP_PASS);
+        }
+        let d = deltas(&before, &e.obj.counters());
+        assert!(
+            d.contains(&(HalfOpenNew, u64::from(n))),
+            "every SYN inserted: {d:?}"
+        );
+        let t = e.table();
+        let live = t.keys().filter_map(Result::ok).count();
+        assert!(
+            live <= HALF_OPEN_ENTRIES as usize && live > (HALF_OPEN_ENTRIES / 2) as usize,
+            "LRU keeps the table within capacity: {live}"
+        );
+        assert!(
+            t.get(&key(n - 1), 0).is_ok(),
+            "the newest handshake is tracked"
+        );
+        assert!(
+            t.get(&key(0), 0).is_err(),
+            "the least recently used one was evicted"
+        );
+    });
+}
+
+#[test]
+fn drop_mode_oldest_and_random() {
+    require_root("drop_mode_oldest_and_random");
+    on_cpu0(|| {
+        let mut e = env();
+        for i in 1..=4 {
+            e.run(&format!("SYN {i}"), &seg(i, tcp_flags::SYN), &SYN_C);
+        }
+        e.run(
+            "client 2 completes",
+            &seg(2, tcp_flags::ACK),
+            &[Packets, Ipv4, Tcp, Ack, HalfOpenCompleted, Passed],
+        );
+        e.set(true, DropMode::Oldest);
+        let mut victims: Queue<MapData, FlowKey> =
+            Queue::try_from(e.obj.ebpf.take_map(VICTIMS).expect("victims")).unwrap();
+        e.run(
+            "aggressive: SYN 5 displaces the oldest",
+            &seg(5, tcp_flags::SYN),
+            &[
+                Packets,
+                Ipv4,
+                Tcp,
+                Syn,
+                SynProtected,
+                HalfOpenDropped,
+                HalfOpenNew,
+                Passed,
+            ],
+        );
+        assert_eq!(victims.pop(0).unwrap(), key(1), "oldest is client 1");
+        e.run(
+            "SYN 6 displaces the next oldest still half-open (2 completed)",
+            &seg(6, tcp_flags::SYN),
+            &[
+                Packets,
+                Ipv4,
+                Tcp,
+                Syn,
+                SynProtected,
+                HalfOpenDropped,
+                HalfOpenNew,
+                Passed,
+            ],
+        );
+        assert_eq!(
+            victims.pop(0).unwrap(),
+            key(3),
+            "client 2 completed, so client 3 is next"
+        );
+        let t = e.table();
+        for (i, tracked) in [
+            (1, false),
+            (2, false),
+            (3, false),
+            (4, true),
+            (5, true),
+            (6, true),
+        ] {
+            assert_eq!(t.get(&key(i), 0).is_ok(), tracked, "client {i}");
+        }
+        e.set(true, DropMode::Random);
+        e.run(
+            "random: SYN 7 displaces one of 4, 5, 6",
+            &seg(7, tcp_flags::SYN),
+            &[
+                Packets,
+                Ipv4,
+                Tcp,
+                Syn,
+                SynProtected,
+                HalfOpenDropped,
+                HalfOpenNew,
+                Passed,
+            ],
+        );
+        let v = victims.pop(0).unwrap();
+        assert!([key(4), key(5), key(6)].contains(&v), "victim {v:?}");
+        let t = e.table();
+        assert!(t.get(&v, 0).is_err(), "the victim is untracked");
+        assert!(t.get(&key(7), 0).is_ok());
+        assert!(victims.pop(0).is_err(), "one victim per new SYN");
+    });
+}
