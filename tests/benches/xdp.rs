@@ -43,6 +43,28 @@ fn median_ns(obj: &Loaded, prog: &str, frame: &[u8]) -> f64 {
     d[d.len() / 2] as f64
 }
 
+/// Median ns of `prog` on each frame of `measured`, running `setup[i]` (unmeasured) before
+/// `measured[i]`.
+fn median_ns_seq(obj: &Loaded, prog: &str, setup: Option<&[Vec<u8>]>, measured: &[Vec<u8>]) -> f64 {
+    let p: &Xdp = obj.ebpf.program(prog).expect("program").try_into().expect("XDP");
+    let mut out = vec![0u8; 256];
+    let mut run = |f: &[u8]| {
+        p.test_run(TestRunOptions { data_in: Some(f), data_out: Some(&mut out), ..TestRunOptions::default() }).expect("test_run").duration.as_nanos()
+    };
+    let mut d: Vec<u128> = measured
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if let Some(s) = setup {
+                run(&s[i]);
+            }
+            run(f)
+        })
+        .collect();
+    d.sort_unstable();
+    d[d.len() / 2] as f64
+}
+
 fn main() {
     require_root("the XDP benchmark");
     let ns = Netns::new("bench").expect("netns");
@@ -101,6 +123,19 @@ fn main() {
         for (i, (what, _)) in frames.iter().enumerate() {
             println!("{what:<34} {:>8.0} {:>8.0}   {:>22.0}", rows[i], rows[i] - base, no_exempt[i] - base);
         }
+
+        // Watch mode: every SYN a new handshake (distinct clients), and the ACK completing one.
+        let mut cfg = maps.config().unwrap();
+        cfg.mode = intercept_common::config::Mode::Watch as u32;
+        maps.set_config(&cfg).unwrap();
+        let client = |i: usize| IpAddr::V4(Ipv4Addr::from(0xc613_0000 + u32::try_from(i).unwrap()));
+        let syns: Vec<Vec<u8>> = (0..RUNS).map(|i| tcp_frame(&l, &TcpSegment { seq: 9, ..TcpSegment::new(client(i), s, 40000, 8080, tcp_flags::SYN) })).collect();
+        let syns2: Vec<Vec<u8>> = (0..RUNS).map(|i| tcp_frame(&l, &TcpSegment { seq: 9, ..TcpSegment::new(client(RUNS + i), s, 40000, 8080, tcp_flags::SYN) })).collect();
+        let acks: Vec<Vec<u8>> = (0..RUNS).map(|i| tcp_frame(&l, &TcpSegment { seq: 10, ack_seq: 1, ..TcpSegment::new(client(RUNS + i), s, 40000, 8080, tcp_flags::ACK) })).collect();
+        let w_syn = median_ns_seq(&obj, PROG_XDP, None, &syns);
+        let w_ack = median_ns_seq(&obj, PROG_XDP, Some(&syns2), &acks);
+        println!("{:<34} {w_syn:>8.0} {:>8.0}   (intercept: {:.0})", "watch: SYN of a new handshake", w_syn - base, rows[0] - base);
+        println!("{:<34} {w_ack:>8.0} {:>8.0}   (intercept valid ACK: {:.0})", "watch: completing ACK", w_ack - base, rows[2] - base);
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e));
