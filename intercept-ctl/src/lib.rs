@@ -2,10 +2,12 @@
 //! counters, and the network-namespace lab (used by the binary's `lab` verb and by the tests).
 
 pub mod btf_patch;
+pub mod config;
 pub mod control;
 pub mod errors;
 pub mod lab;
 pub mod loader;
+pub mod metrics;
 pub mod netns;
 pub mod pins;
 pub mod sockdiag;

@@ -54,6 +54,10 @@ enum Command {
     ///
     /// Example: intercept-ctl connections eth0 --json
     Connections(cmd::connections::Args),
+    /// Apply a configuration file to a running attachment (the daemon does this on SIGHUP).
+    ///
+    /// Example: intercept-ctl reload eth0 --config /etc/xdp-intercept/eth0.toml
+    Reload(cmd::reload::Args),
     /// Replace the cookie secret; handshakes in flight keep verifying with the previous one.
     ///
     /// Example: intercept-ctl rotate-secret eth0
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             Command::Exempt(c) => cmd::scope::run_exempt(&ctx, c),
             Command::RotateSecret(a) => cmd::rotate::run(&ctx, a),
             Command::Thresholds(a) => cmd::thresholds::run(&ctx, a),
+            Command::Reload(a) => cmd::reload::run(&ctx, a),
             Command::Connections(a) => cmd::connections::run(&ctx, a),
             Command::Run(a) => cmd::run::run(&ctx, a),
             Command::Lab(a) => cmd::lab::run(&ctx, a),

@@ -46,10 +46,22 @@ fn median_ns(obj: &Loaded, prog: &str, frame: &[u8]) -> f64 {
 /// Median ns of `prog` on each frame of `measured`, running `setup[i]` (unmeasured) before
 /// `measured[i]`.
 fn median_ns_seq(obj: &Loaded, prog: &str, setup: Option<&[Vec<u8>]>, measured: &[Vec<u8>]) -> f64 {
-    let p: &Xdp = obj.ebpf.program(prog).expect("program").try_into().expect("XDP");
+    let p: &Xdp = obj
+        .ebpf
+        .program(prog)
+        .expect("program")
+        .try_into()
+        .expect("XDP");
     let mut out = vec![0u8; 256];
     let mut run = |f: &[u8]| {
-        p.test_run(TestRunOptions { data_in: Some(f), data_out: Some(&mut out), ..TestRunOptions::default() }).expect("test_run").duration.as_nanos()
+        p.test_run(TestRunOptions {
+            data_in: Some(f),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .expect("test_run")
+        .duration
+        .as_nanos()
     };
     let mut d: Vec<u128> = measured
         .iter()

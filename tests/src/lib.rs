@@ -361,8 +361,18 @@ impl Daemon {
     /// If it cannot be started or dies at once.
     #[must_use]
     pub fn start(netns: &str, iface: &str) -> Daemon {
+        Daemon::start_with(netns, iface, &[])
+    }
+
+    /// As [`Daemon::start`], with more arguments for `run`.
+    ///
+    /// # Panics
+    /// If it cannot be started or dies at once.
+    #[must_use]
+    pub fn start_with(netns: &str, iface: &str, extra: &[&str]) -> Daemon {
         let child = std::process::Command::new(ctl_bin())
             .args(["--netns", netns, "run", iface, "--quiet", "--keep"])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -386,6 +396,14 @@ impl Daemon {
     #[must_use]
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `sig` and reaps the process (SIGKILL: no cleanup runs).
+    pub fn signal(mut self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap_or(0), sig) };
+        let _ = self.child.wait();
+        std::mem::forget(self);
     }
 }
 

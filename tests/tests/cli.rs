@@ -131,3 +131,228 @@ fn without_privileges_it_says_what_it_needs() {
         stderr(&o)
     );
 }
+
+/// Every configuration verb rejects bad input with exit code 1 (or 2 for usage) and a message
+/// that says what is accepted, and changes nothing.
+#[test]
+fn bad_input_to_every_verb_is_rejected_with_a_precise_message() {
+    require_root("bad_input_to_every_verb_is_rejected_with_a_precise_message");
+    let t = intercept_tests::InterceptLab::new(8080);
+    let (ns, ifc) = (t.srv().to_owned(), t.srv_if().to_owned());
+    let before = t.ctl(&["--json", "status", &ifc]);
+    let cases: [(&[&str], i32, &str); 12] = [
+        (
+            &["scope", "add", &ifc, "198.18.0.0/33"],
+            2,
+            "prefix length must be 0..=32",
+        ),
+        (
+            &["scope", "add", &ifc, "not-an-address"],
+            2,
+            "is not an IPv4 or IPv6 address",
+        ),
+        (
+            &["scope", "add", &ifc, "198.18.0.1", "--ports", "0"],
+            2,
+            "port 0 is out of range: ports are 1-65535",
+        ),
+        (
+            &["scope", "add", &ifc, "198.18.0.1", "--ports", "65536"],
+            2,
+            "port 65536 is out of range",
+        ),
+        (
+            &["scope", "add", &ifc, "198.18.0.1", "--ports", "90-80"],
+            2,
+            "reversed",
+        ),
+        (
+            &["scope", "del", &ifc, "198.18.0.99/32"],
+            1,
+            "is not in the protected scope",
+        ),
+        (
+            &["exempt", "del", &ifc, "198.18.0.99/32"],
+            1,
+            "is not exempt",
+        ),
+        (
+            &[
+                "thresholds",
+                &ifc,
+                "--max-incomplete-high",
+                "100",
+                "--max-incomplete-low",
+                "200",
+            ],
+            1,
+            "max-incomplete low (200) is above high (100)",
+        ),
+        (
+            &[
+                "thresholds",
+                &ifc,
+                "--one-minute-high",
+                "10",
+                "--one-minute-low",
+                "20",
+            ],
+            1,
+            "one-minute low (20) is above high (10)",
+        ),
+        (
+            &["thresholds", &ifc, "--watch-timeout", "0"],
+            2,
+            "0 is not in 1..=3600",
+        ),
+        (
+            &["mode", &ifc, "turbo"],
+            2,
+            "possible values: off, intercept, watch, auto",
+        ),
+        (
+            &["rotate-secret", "nosuch0"],
+            1,
+            "not attached to 'nosuch0'",
+        ),
+    ];
+    for (args, code, msg) in cases {
+        let mut a = vec!["--netns", ns.as_str()];
+        a.extend_from_slice(args);
+        let o = ctl(&a);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(msg),
+            "{args:?}: want '{msg}' in: {}",
+            stderr(&o)
+        );
+        assert!(o.stdout.is_empty(), "{args:?} printed data on failure");
+    }
+    // A configuration file with an unknown key, and one with a bad value: rejected whole, with
+    // line and column, and the running configuration unchanged.
+    let dir = std::env::temp_dir().join(format!("xi-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "mode = \"watch\"\n\n[[protect]]\nprefix = \"198.18.0.1\"\nports = [80]\nfrobnicate = true\n").unwrap();
+    let o = ctl(&[
+        "--netns",
+        &ns,
+        "reload",
+        &ifc,
+        "--config",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("bad.toml:6:1") && stderr(&o).contains("unknown field `frobnicate`"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(
+        &bad,
+        "mode = \"watch\"\n[watch]\nmax_incomplete_high = 10\nmax_incomplete_low = 20\n",
+    )
+    .unwrap();
+    let o = ctl(&[
+        "--netns",
+        &ns,
+        "reload",
+        &ifc,
+        "--config",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("bad.toml:4:22") && stderr(&o).contains("unchanged"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        t.ctl(&["--json", "status", &ifc]),
+        before,
+        "a rejected file changed the running configuration"
+    );
+    // A good one applies: scope exactly as written, mode and thresholds.
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "mode = \"watch\"\nexempt = [\"198.19.0.0/16\"]\n[watch]\ntimeout = 10\n[[protect]]\nprefix = \"198.18.0.0/24\"\nports = [443, 8443]\n").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&t.ctl(&[
+        "--json",
+        "reload",
+        &ifc,
+        "--config",
+        good.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(
+        (
+            v["mode"].as_str(),
+            v["protect"].as_u64(),
+            v["exempt"].as_u64()
+        ),
+        (Some("watch"), Some(2), Some(1)),
+        "{v}"
+    );
+    let scope: serde_json::Value =
+        serde_json::from_str(&t.ctl(&["--json", "scope", "list", &ifc])).unwrap();
+    let entries: Vec<String> = scope["scope"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{} {}", e["prefix"].as_str().unwrap(), e["port"]))
+        .collect();
+    assert_eq!(
+        entries,
+        vec!["198.18.0.0/24 443", "198.18.0.0/24 8443"],
+        "the file's scope replaces the old one"
+    );
+    let s = intercept_tests::status(&t);
+    assert_eq!(
+        (
+            s["mode"].as_str(),
+            s["watch"]["timeout_s"].as_u64(),
+            s["exempt_entries"].as_u64()
+        ),
+        (Some("watch"), Some(10), Some(1)),
+        "{s}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The JSON of the read-only verbs has a stable shape.
+#[test]
+fn json_output_schemas() {
+    require_root("json_output_schemas");
+    let t = intercept_tests::InterceptLab::new(8080);
+    let s = intercept_tests::status(&t);
+    for k in [
+        "interface",
+        "mode",
+        "active_mode",
+        "scope_entries",
+        "secret_generation",
+        "program_id",
+        "tc_handoff_attached",
+        "watch",
+        "synack",
+    ] {
+        assert!(!s[k].is_null(), "status lacks {k}: {s}");
+    }
+    assert!(
+        s.get("secrets").is_none() && !s.to_string().contains("\"keys\""),
+        "status must never show the secrets"
+    );
+    let th: serde_json::Value =
+        serde_json::from_str(&t.ctl(&["--json", "thresholds", t.srv_if()])).unwrap();
+    assert_eq!(th["max_incomplete"]["high"], 1100, "Cisco's default: {th}");
+    assert_eq!(th["watch_timeout_s"], 30);
+    let c: serde_json::Value =
+        serde_json::from_str(&t.ctl(&["--json", "connections", t.srv_if()])).unwrap();
+    assert!(c["connections"].as_array().unwrap().is_empty());
+    let w: Vec<serde_json::Value> = t
+        .ctl(&["--json", "stats", t.srv_if(), "--watch", "--count", "2"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(w.len(), 2);
+    assert!(w[1]["rates"]["packets"].is_number() && w[1]["counters"]["packets"].is_u64());
+}

@@ -17,6 +17,9 @@ pub struct Args {
     /// Initial mode. Nothing is protected until `scope add` names destinations.
     #[arg(long, value_enum, default_value = "intercept")]
     pub mode: super::mode::ModeArg,
+    /// Apply this configuration file (validated whole before anything is attached).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
@@ -26,7 +29,18 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
              protects, but is several times slower than native"
         );
     }
+    let settings = a
+        .config
+        .as_deref()
+        .map(intercept_ctl::config::load)
+        .transpose()?;
     let att = loader::attach_with(&a.iface, ctx.netns, a.program, a.xdp_mode, a.mode.into())?;
+    if let Some(s) = &settings {
+        if let Err(e) = intercept_ctl::config::apply(&a.iface, ctx.netns, s) {
+            let _ = loader::detach(&a.iface, ctx.netns);
+            return Err(e.context("apply the configuration (detached again)"));
+        }
+    }
     if ctx.json {
         print_json(&serde_json::to_value(&att)?);
     } else {

@@ -4,6 +4,7 @@ pub mod connections;
 pub mod detach;
 pub mod lab;
 pub mod mode;
+pub mod reload;
 pub mod rotate;
 pub mod run;
 pub mod scope;

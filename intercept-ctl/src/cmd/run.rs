@@ -28,6 +28,13 @@ pub struct Args {
     /// Print no live counters (transitions are still logged on stderr).
     #[arg(long)]
     pub quiet: bool,
+    /// Configuration file: applied at start and again on SIGHUP (an invalid file is rejected
+    /// whole and the running configuration kept).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics over HTTP at this address (overrides the file's metrics.listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Counters shown in the live view, in order.
@@ -69,6 +76,11 @@ pub fn print_live(ctx: &Ctx, t: f64, now: &Counters, prev: &Counters, dt: f64) {
 /// connections, thresholds, auto mode) and once a second print counters, until the time is up or
 /// SIGINT/SIGTERM arrives.
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
+    let mut settings = a
+        .config
+        .as_deref()
+        .map(intercept_ctl::config::load)
+        .transpose()?;
     let pins = PinDir::new(ctx.netns, &a.iface);
     let ours = !pins.is_attached();
     if ours {
@@ -83,6 +95,9 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             a.iface
         );
     }
+    if let Some(s) = &settings {
+        intercept_ctl::config::apply(&a.iface, ctx.netns, s)?;
+    }
     let pid = pid_file(&a.iface, ctx.netns);
     std::fs::create_dir_all(pid.parent().expect("parent")).context("create /run/xdp-intercept")?;
     std::fs::write(&pid, format!("{}\n", std::process::id()))
@@ -90,9 +105,17 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(async {
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&rt, async {
         let mut watcher = Watcher::open(&a.iface, ctx.netns)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        if let Some(addr) = a.metrics_listen.or(settings.as_ref().and_then(|s| s.metrics_listen)) {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen for metrics on {addr}"))?;
+            eprintln!("intercept-ctl: Prometheus metrics on http://{addr}/metrics");
+            tokio::task::spawn_local(serve_metrics(listener, a.iface.clone(), ctx.netns.map(str::to_owned)));
+        }
+        let mut last_rotation = Instant::now();
         let start = Instant::now();
         let mut prev = read_pinned(&a.iface, ctx.netns)?;
         let mut last = Instant::now();
@@ -102,6 +125,27 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                 _ = tick.tick() => {}
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
+                _ = hup.recv() => {
+                    match a.config.as_deref().map(intercept_ctl::config::load) {
+                        None => eprintln!("intercept-ctl: SIGHUP ignored: no --config file"),
+                        Some(Err(e)) => eprintln!("intercept-ctl: reload rejected: {e:#}"),
+                        Some(Ok(s)) => match intercept_ctl::config::apply(&a.iface, ctx.netns, &s) {
+                            Ok(()) => {
+                                eprintln!("intercept-ctl: reloaded {}", a.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+                                settings = Some(s);
+                            }
+                            Err(e) => eprintln!("intercept-ctl: reload failed: {e:#}"),
+                        },
+                    }
+                    continue;
+                }
+            }
+            if let Some(every) = settings.as_ref().and_then(|s| s.rotate_every) {
+                if last_rotation.elapsed() >= Duration::from_secs(every) {
+                    let generation = intercept_ctl::control::Maps::open(&a.iface, ctx.netns)?.rotate_secret()?;
+                    eprintln!("intercept-ctl: rotated the cookie secret (generation {generation})");
+                    last_rotation = Instant::now();
+                }
             }
             let t = watcher.tick()?;
             if let Some((aggressive, cause)) = t.transition {
@@ -143,4 +187,37 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         eprintln!("intercept-ctl: protection left running on {}", a.iface);
     }
     result
+}
+
+/// Answers `GET /metrics` with the exposition text; anything else with 404.
+async fn serve_metrics(listener: tokio::net::TcpListener, iface: String, netns: Option<String>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut errors = 0u64;
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let mut buf = [0u8; 2048];
+        let n = match tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => continue,
+        };
+        let req = String::from_utf8_lossy(&buf[..n]);
+        let (status, ctype, body) =
+            if req.starts_with("GET /metrics ") || req.starts_with("GET /metrics?") {
+                (
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    intercept_ctl::metrics::render(&iface, netns.as_deref(), &mut errors),
+                )
+            } else {
+                ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
+            };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = sock.write_all(head.as_bytes()).await;
+        let _ = sock.write_all(body.as_bytes()).await;
+    }
 }

@@ -45,6 +45,8 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         },
         "controller_running": intercept_ctl::daemon_running(&a.iface, ctx.netns),
         "tc_handoff_attached": pins.path().join("link_tc").exists(),
+        "program_id": aya::programs::ProgramInfo::from_pin(pins.prog()).ok().map(|i| i.id()),
+        "tc_program_id": aya::programs::ProgramInfo::from_pin(pins.path().join("prog_tc")).ok().map(|i| i.id()),
     });
     if ctx.json {
         print_json(&v);
