@@ -57,6 +57,12 @@ pub enum CtlError {
         /// Pin directory.
         pin: String,
     },
+    /// The kernel lacks the kfunc that completes handshakes.
+    #[error(
+        "this kernel has no bpf_sk_assign_tcp_reqsk kfunc (Linux >= 6.9 with BTF): intercept mode \
+         cannot hand proven connections to the listener; upgrade the kernel"
+    )]
+    NoKfunc,
     /// The named network namespace does not exist.
     #[error("no network namespace named '{0}'; list them with `ip netns list`")]
     UnknownNetns(String),
@@ -89,8 +95,10 @@ pub fn explain(err: anyhow::Error, what: &str) -> anyhow::Error {
 /// # Errors
 /// [`CtlError::NoBtf`] when the kernel has no BTF.
 pub fn probe_kernel() -> Result<(), CtlError> {
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return Err(CtlError::NoBtf);
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").map_err(|_| CtlError::NoBtf)?;
+    // The kfunc's name is in the kernel BTF's string table when the kernel has it.
+    if !btf.windows(24).any(|w| w == b"bpf_sk_assign_tcp_reqsk\0") {
+        return Err(CtlError::NoKfunc);
     }
     Ok(())
 }

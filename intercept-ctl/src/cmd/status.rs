@@ -9,29 +9,64 @@ use super::{Ctx, print_json};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Interface.
-    pub iface: String,
+    /// Interface (default: every attachment of this network namespace).
+    pub iface: Option<String>,
 }
 
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
-    let m = Maps::open(&a.iface, ctx.netns)?;
+    let all = match &a.iface {
+        Some(iface) => vec![one(ctx, iface)?],
+        None => {
+            let pins = PinDir::new(ctx.netns, "x");
+            let dir = pins.path().parent().expect("pin dir has a parent");
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| !n.starts_with("netns-"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            names.iter().map(|n| one(ctx, n)).collect::<anyhow::Result<_>>()?
+        }
+    };
+    match (&a.iface, ctx.json) {
+        (Some(_), true) => print_json(&all[0]),
+        (None, true) => print_json(&serde_json::Value::Array(all)),
+        (_, false) if all.is_empty() => println!("no attachment here (attach one with `intercept-ctl attach <iface>`)"),
+        (_, false) => {
+            for v in all {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The status of one attachment: never the secrets, only their generation.
+fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
+    let m = Maps::open(iface, ctx.netns)?;
     let c = m.config()?;
     let s = m.secrets()?;
     let scope = m.scope_list()?;
     let exempt = m.exempt_list()?;
-    let pins = PinDir::new(ctx.netns, &a.iface);
-    let w = WatchMaps::open(&a.iface, ctx.netns)?.watch()?;
-    let v = serde_json::json!({
-        "interface": a.iface,
+    let pins = PinDir::new(ctx.netns, iface);
+    let w = WatchMaps::open(iface, ctx.netns)?.watch()?;
+    Ok(serde_json::json!({
+        "interface": iface,
         "pin_dir": pins.path().display().to_string(),
+        "program_id": aya::programs::ProgramInfo::from_pin(pins.prog()).ok().map(|i| i.id()),
+        "tc_program_id": aya::programs::ProgramInfo::from_pin(pins.path().join("prog_tc")).ok().map(|i| i.id()),
+        "tc_handoff_attached": pins.path().join("link_tc").exists(),
         "mode": Mode::from_u32(c.mode).name(),
+        "active_mode": Mode::effective(&c).name(),
         "ecn": c.flags & flags::ECN != 0,
         "scope_entries": scope.len(),
         "scope_flags": { "ports": c.flags & flags::SCOPE_PORTS != 0, "any_port": c.flags & flags::SCOPE_ANY_PORT != 0, "exempt": c.flags & flags::EXEMPT != 0 },
         "exempt_entries": exempt.len(),
         "synack": { "mss_v4": c.mss_v4, "mss_v6": c.mss_v6, "window": c.window, "wscale": c.wscale, "ttl": c.ttl },
         "secret_generation": s.generation,
-        "active_mode": Mode::effective(&c).name(),
         "watch": {
             "aggressive": w.aggressive != 0,
             "half_open": w.half_open,
@@ -43,15 +78,6 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             "last_transition_s_ago": if w.last_transition_ns == 0 { serde_json::Value::Null } else { serde_json::json!(monotonic_ns().saturating_sub(w.last_transition_ns) as f64 / 1e9) },
             "last_cause": cause_name(w.last_cause),
         },
-        "controller_running": intercept_ctl::daemon_running(&a.iface, ctx.netns),
-        "tc_handoff_attached": pins.path().join("link_tc").exists(),
-        "program_id": aya::programs::ProgramInfo::from_pin(pins.prog()).ok().map(|i| i.id()),
-        "tc_program_id": aya::programs::ProgramInfo::from_pin(pins.path().join("prog_tc")).ok().map(|i| i.id()),
-    });
-    if ctx.json {
-        print_json(&v);
-    } else {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    }
-    Ok(())
+        "controller_running": intercept_ctl::daemon_running(iface, ctx.netns),
+    }))
 }
