@@ -6,7 +6,6 @@ use aya_ebpf::{
 };
 use intercept_common::{
     Counter,
-    config::Config,
     cookie::{self, slot_of},
     handshake::{SynRequest, build_synack, header_checksum_ok},
     parse::{Frame, Ip, Tcp},
@@ -112,22 +111,18 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         return aborted();
     }
     let toff = l3 + ip_len;
-    // Word by word at constant offsets: a variable-length copy would need a bounded memcpy
-    // the verifier cannot size ("invalid variable-offset ... access").
-    let mut w = 0;
-    while w < 10 {
-        if w * 4 < tcp_len {
-            let chunk = [
-                sa.tcp[w * 4],
-                sa.tcp[w * 4 + 1],
-                sa.tcp[w * 4 + 2],
-                sa.tcp[w * 4 + 3],
-            ];
-            if pkt.store(toff + w * 4, &chunk).is_none() {
-                return aborted();
-            }
-        }
-        w += 1;
+    // One fixed-size copy per possible length: the verifier needs a constant size for each store
+    // ("invalid variable-offset ... access"), and one bounds check beats ten.
+    let ok = match tcp_len {
+        40 => store_prefix::<40>(&pkt, toff, &sa.tcp),
+        36 => store_prefix::<36>(&pkt, toff, &sa.tcp),
+        32 => store_prefix::<32>(&pkt, toff, &sa.tcp),
+        28 => store_prefix::<28>(&pkt, toff, &sa.tcp),
+        24 => store_prefix::<24>(&pkt, toff, &sa.tcp),
+        _ => false,
+    };
+    if !ok {
+        return aborted();
     }
     count(Counter::SynAckSent);
     xdp_action::XDP_TX

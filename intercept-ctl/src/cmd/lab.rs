@@ -16,12 +16,18 @@ use intercept_ctl::{
     stats::read_pinned,
 };
 
+use intercept_common::config::{Mode, Watch};
+use intercept_ctl::{
+    control::Maps,
+    watchctl::{WatchMaps, Watcher},
+};
+
 use super::{Ctx, print_json, run::print_live};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// How long the lab runs.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 14)]
     pub seconds: u64,
     /// Spoofed SYNs to send at most (the flood stops at this count or after --seconds).
     #[arg(long, default_value_t = 200_000)]
@@ -60,6 +66,39 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         Program::Pass,
         AttachMode::Native,
     )?;
+
+    // Protect the server's port in auto mode, with thresholds sized for the lab: watch while
+    // calm, SYN cookies once the flood makes it aggressive, back to watch after it.
+    let sns = lab.server.name().to_owned();
+    {
+        let mut m = Maps::open(&lab.veth.a, Some(&sns))?;
+        for p in [format!("{SERVER_V4}/32"), format!("{SERVER_V6}/128")] {
+            m.scope_add(&p.parse()?, Some(&[a.port]))?;
+        }
+        m.set_mode(Mode::Auto)?;
+        let mut wm = WatchMaps::open(&lab.veth.a, Some(&sns))?;
+        let w = Watch {
+            timeout_ms: 5_000,
+            max_incomplete_high: 200,
+            max_incomplete_low: 100,
+            one_minute_high: 2_000,
+            one_minute_low: 1_000,
+            rate_window_s: 3,
+            ..wm.watch()?
+        };
+        wm.set_watch(&w)?;
+        eprintln!(
+            "lab: protecting {SERVER_V4} and {SERVER_V6} port {} in auto mode (aggressive above {} half-open or {} SYN per {} s)",
+            a.port, w.max_incomplete_high, w.one_minute_high, w.rate_window_s
+        );
+    }
+    // The controller's sock_diag socket must live in the server's namespace: open it there.
+    let (wi, wn) = (lab.veth.a.clone(), sns.clone());
+    let mut watcher = lab
+        .server
+        .spawn(move || Watcher::open(&wi, Some(&wn)))
+        .join()
+        .expect("watcher thread")?;
 
     let (l4, l6) = lab.listen(a.port)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -110,18 +149,41 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     let spec = FloodSpec {
         target: SocketAddr::new(IpAddr::V4(SERVER_V4), a.port),
         count: a.flood_count,
-        max_time: Duration::from_secs(a.seconds),
+        max_time: Duration::from_secs(a.seconds.saturating_sub(7).max(1)),
         rate: a.flood_rate,
         flags: tcp_flags::SYN,
     };
-    let flooder = std::thread::spawn(move || flood(&sender, spec));
+    // The flood starts after 2 s and stops 5 s before the end, so the lab shows calm, attack and
+    // calm again.
+    let flooder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        flood(&sender, spec)
+    });
 
     let (iface, ns) = (lab.veth.a.clone(), lab.server.name().to_owned());
     let start = Instant::now();
     let mut prev = read_pinned(&iface, Some(&ns))?;
     let mut last = Instant::now();
+    let mut transitions = Vec::new();
     while start.elapsed() < Duration::from_secs(a.seconds) {
-        std::thread::sleep(Duration::from_secs(1));
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(100));
+            let t = watcher.tick()?;
+            if let Some((aggressive, cause)) = t.transition {
+                let what = if aggressive {
+                    "aggressive: intercepting"
+                } else {
+                    "calm: watching"
+                };
+                eprintln!(
+                    "lab: {:.1}s {what} ({cause}; half-open {}, requests in window {})",
+                    start.elapsed().as_secs_f64(),
+                    t.half_open,
+                    t.one_minute
+                );
+                transitions.push(serde_json::json!({ "t": start.elapsed().as_secs_f64(), "aggressive": aggressive, "cause": cause }));
+            }
+        }
         let now = read_pinned(&iface, Some(&ns))?;
         print_live(
             ctx,
@@ -142,6 +204,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         "flood_sent": sent,
         "client_connections_ok": ok.load(Ordering::Relaxed),
         "client_connections_failed": failed.load(Ordering::Relaxed),
+        "transitions": transitions,
         "counters": prev.to_json(),
     });
     if ctx.json {

@@ -28,13 +28,18 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                 })
                 .unwrap_or_default();
             names.sort();
-            names.iter().map(|n| one(ctx, n)).collect::<anyhow::Result<_>>()?
+            names
+                .iter()
+                .map(|n| one(ctx, n))
+                .collect::<anyhow::Result<_>>()?
         }
     };
     match (&a.iface, ctx.json) {
         (Some(_), true) => print_json(&all[0]),
         (None, true) => print_json(&serde_json::Value::Array(all)),
-        (_, false) if all.is_empty() => println!("no attachment here (attach one with `intercept-ctl attach <iface>`)"),
+        (_, false) if all.is_empty() => {
+            println!("no attachment here (attach one with `intercept-ctl attach <iface>`)")
+        }
         (_, false) => {
             for v in all {
                 println!("{}", serde_json::to_string_pretty(&v)?);
