@@ -150,29 +150,7 @@ pub struct RawSender {
 
 impl RawSender {
     fn open(dev: &str) -> anyhow::Result<OwnedFd> {
-        let ifindex = crate::loader::ifindex(dev, None)?;
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error()).context("socket(AF_PACKET)");
-        }
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_ll is plain data; zeroed then filled.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = i32::try_from(ifindex)?;
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const sll).cast(),
-                u32::try_from(size_of::<libc::sockaddr_ll>())?,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("bind AF_PACKET to {dev}"));
-        }
-        Ok(fd)
+        packet_socket(dev, 0)
     }
 
     /// Sends one frame.
@@ -283,33 +261,12 @@ impl Capture {
         let dev = dev.to_owned();
         let fd = ns
             .spawn(move || -> anyhow::Result<OwnedFd> {
-                let ifindex = crate::loader::ifindex(&dev, None)?;
-                let proto = (libc::ETH_P_ALL as u16).to_be();
-                // SAFETY: plain socket(2); owned right away.
-                let raw =
-                    unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-                anyhow::ensure!(
-                    raw >= 0,
-                    "socket(AF_PACKET): {}",
-                    io::Error::last_os_error()
-                );
-                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-                let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                sll.sll_family = libc::AF_PACKET as u16;
-                sll.sll_protocol = proto;
-                sll.sll_ifindex = i32::try_from(ifindex)?;
-                let rc = unsafe {
-                    libc::bind(
-                        fd.as_raw_fd(),
-                        (&raw const sll).cast(),
-                        u32::try_from(size_of::<libc::sockaddr_ll>())?,
-                    )
-                };
-                anyhow::ensure!(rc == 0, "bind capture: {}", io::Error::last_os_error());
+                let fd = packet_socket(&dev, (libc::ETH_P_ALL as u16).to_be())?;
                 let tv = libc::timeval {
                     tv_sec: 0,
                     tv_usec: 50_000,
                 };
+                // SAFETY: valid option buffer of its size.
                 unsafe {
                     libc::setsockopt(
                         fd.as_raw_fd(),
@@ -392,4 +349,33 @@ impl Drop for Capture {
 pub fn syn_recv_count(ns: &Netns) -> anyhow::Result<usize> {
     let out = ns.exec("ss", &["-Htn", "state", "syn-recv"])?;
     Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
+}
+
+/// An AF_PACKET raw socket bound to `dev` (in the calling thread's namespace) for `proto` (network
+/// order; 0: send only).
+fn packet_socket(dev: &str, proto: u16) -> anyhow::Result<OwnedFd> {
+    let ifindex = crate::loader::ifindex(dev, None)?;
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error()).context("socket(AF_PACKET)");
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain data; zeroed then filled.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = i32::try_from(ifindex)?;
+    // SAFETY: sll is a valid sockaddr_ll of its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const sll).cast(),
+            u32::try_from(size_of::<libc::sockaddr_ll>())?,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("bind AF_PACKET to {dev}"));
+    }
+    Ok(fd)
 }

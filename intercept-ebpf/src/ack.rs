@@ -12,14 +12,14 @@ use intercept_common::{
     Counter,
     config::{Config, HANDOFF_MAGIC, Handoff, flags},
     cookie::{self, CookieError, Flow, slot_of},
-    handshake::{flow_of, handoff_attrs},
+    handshake::handoff_attrs,
     parse::{Ip, L3, Tcp},
     tcpopt,
 };
 
 use crate::{
     frame::Pkt,
-    maps::{CONFIG, SECRETS},
+    maps::SECRETS,
     scope,
     stats::{count, drop, pass},
 };
@@ -118,19 +118,14 @@ pub fn handle_grace(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
 /// The ACK path; `strict` drops what fails (intercept mode), otherwise it passes.
 #[inline(always)]
 fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
-    // Config is fetched here, not passed: LLVM promotes pointer arguments of a subprogram to
-    // scalars, and past five arguments it spills to a stack the kernel does not have ("R11 is
-    // invalid"). An array lookup is inlined by the verifier and costs next to nothing.
-    let Some(cfg) = CONFIG.get(0) else {
-        return pass(Counter::Passed);
-    };
+    // Config is fetched in `in_scope`, not passed: LLVM promotes pointer arguments of a
+    // subprogram to scalars, and past five arguments it spills to a stack the kernel does not
+    // have ("R11 is invalid"). An array lookup is inlined by the verifier and costs next to nothing.
     let pkt = Pkt::new(ctx);
-    let Some(flow) = flow_of(&pkt, ip, tcp) else {
-        return pass(Counter::Malformed);
+    let (cfg, flow) = match scope::in_scope(&pkt, ip, tcp) {
+        Ok(x) => x,
+        Err(verdict) => return verdict,
     };
-    if !scope::protected(&flow, cfg) {
-        return pass(Counter::Passed);
-    }
     let v6 = matches!(ip.l3, L3::V6 { .. });
     match lookup(ctx, &flow, v6) {
         Sock::Other => {

@@ -37,3 +37,26 @@ pub fn exempt(flow: &Flow, cfg: &Config) -> bool {
             .get(&Key::new(128, AddrKey::new(&flow.saddr)))
             .is_some()
 }
+
+/// The common start of the SYN/ACK handlers: the configuration and the segment's flow if its
+/// destination is protected; otherwise the verdict to return (passed, or malformed).
+#[inline(always)]
+pub fn in_scope(
+    pkt: &crate::frame::Pkt<aya_ebpf::programs::XdpContext>,
+    ip: &intercept_common::parse::Ip,
+    tcp: &intercept_common::parse::Tcp,
+) -> Result<(&'static Config, Flow), u32> {
+    use intercept_common::Counter;
+
+    use crate::stats::pass;
+    let Some(cfg) = crate::maps::CONFIG.get(0) else {
+        return Err(pass(Counter::Passed));
+    };
+    let Some(flow) = intercept_common::handshake::flow_of(pkt, ip, tcp) else {
+        return Err(pass(Counter::Malformed));
+    };
+    if !protected(&flow, cfg) {
+        return Err(pass(Counter::Passed));
+    }
+    Ok((cfg, flow))
+}

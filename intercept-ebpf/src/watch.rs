@@ -10,13 +10,12 @@ use aya_ebpf::{
 use intercept_common::{
     Counter,
     config::{Config, DropMode, FlowKey, HalfOpen, RING_SLOTS},
-    handshake::flow_of,
     parse::{Ip, Tcp, TcpKind, classify, tcp_flags},
 };
 
 use crate::{
     frame::Pkt,
-    maps::{CONFIG, HALF_OPEN, RING, VICTIMS},
+    maps::{HALF_OPEN, RING, VICTIMS},
     scope,
     stats::{count, pass},
 };
@@ -25,16 +24,10 @@ use crate::{
 /// aggressive, and pass it to the server. Not inlined (see `synack::handle`).
 #[inline(never)]
 pub fn syn(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
-    let Some(cfg) = CONFIG.get(0) else {
-        return pass(Counter::Passed);
+    let (cfg, flow) = match scope::in_scope(&Pkt::new(ctx), ip, tcp) {
+        Ok(x) => x,
+        Err(verdict) => return verdict,
     };
-    let pkt = Pkt::new(ctx);
-    let Some(flow) = flow_of(&pkt, ip, tcp) else {
-        return pass(Counter::Malformed);
-    };
-    if !scope::protected(&flow, cfg) {
-        return pass(Counter::Passed);
-    }
     count(Counter::SynProtected);
     if scope::exempt(&flow, cfg) {
         return pass(Counter::PassExempt);
@@ -157,16 +150,10 @@ pub const VERIFY_COOKIE: u32 = u32::MAX;
 /// still complete it.
 #[inline(never)]
 pub fn segment(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
-    let Some(cfg) = CONFIG.get(0) else {
-        return pass(Counter::Passed);
+    let (cfg, flow) = match scope::in_scope(&Pkt::new(ctx), ip, tcp) {
+        Ok(x) => x,
+        Err(verdict) => return verdict,
     };
-    let pkt = Pkt::new(ctx);
-    let Some(flow) = flow_of(&pkt, ip, tcp) else {
-        return pass(Counter::Malformed);
-    };
-    if !scope::protected(&flow, cfg) {
-        return pass(Counter::Passed);
-    }
     if untrack(&flow, tcp) {
         return pass(Counter::Passed);
     }

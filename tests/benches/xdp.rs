@@ -20,27 +20,8 @@ use intercept_tests::{Loaded, configure_intercept, now_slot, require_root, test_
 const RUNS: usize = 20_000;
 
 fn median_ns(obj: &Loaded, prog: &str, frame: &[u8]) -> f64 {
-    let p: &Xdp = obj
-        .ebpf
-        .program(prog)
-        .expect("program")
-        .try_into()
-        .expect("XDP");
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut d: Vec<u128> = (0..RUNS)
-        .map(|_| {
-            p.test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("test_run")
-            .duration
-            .as_nanos()
-        })
-        .collect();
-    d.sort_unstable();
-    d[d.len() / 2] as f64
+    let frames = vec![frame.to_vec(); RUNS];
+    median_ns_seq(obj, prog, None, &frames)
 }
 
 /// Median ns of `prog` on each frame of `measured`, running `setup[i]` (unmeasured) before

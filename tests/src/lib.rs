@@ -423,3 +423,37 @@ impl Drop for Daemon {
 pub fn status(lab: &InterceptLab) -> serde_json::Value {
     serde_json::from_str(&lab.ctl(&["--json", "status", lab.srv_if()])).expect("status JSON")
 }
+
+/// An echo server on `l`: every accepted connection gets back what it sends, until it closes.
+pub fn echo_server(l: std::net::TcpListener) {
+    use std::io::{Read as _, Write as _};
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut b = [0u8; 256];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Sends `what` and expects it echoed within 3 s.
+///
+/// # Panics
+/// If the write or the echo fails, naming `what`.
+pub fn ping(s: &mut std::net::TcpStream, what: &str) {
+    use std::io::{Read as _, Write as _};
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    s.write_all(what.as_bytes())
+        .unwrap_or_else(|e| panic!("write {what}: {e}"));
+    let mut b = vec![0u8; what.len()];
+    s.read_exact(&mut b)
+        .unwrap_or_else(|e| panic!("read echo of {what}: {e}"));
+    assert_eq!(b, what.as_bytes(), "echo of {what}");
+}

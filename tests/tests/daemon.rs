@@ -8,34 +8,11 @@ use std::{
 
 use intercept_common::{Counter, parse::tcp_flags};
 use intercept_ctl::lab::{FloodSpec, SERVER_V4, SERVER_V6, flood};
-use intercept_tests::{Daemon, InterceptLab, counters_from_json, require_root, status};
+use intercept_tests::{
+    Daemon, InterceptLab, counters_from_json, echo_server, ping, require_root, status,
+};
 
 const PORT: u16 = 8080;
-
-fn echo(l: std::net::TcpListener) {
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut b = [0u8; 64];
-                while let Ok(n) = s.read(&mut b) {
-                    if n == 0 || s.write_all(&b[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
-
-fn ping(s: &mut TcpStream, what: &str) {
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(what.as_bytes())
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let mut b = vec![0u8; what.len()];
-    s.read_exact(&mut b)
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-}
 
 fn scrape(t: &InterceptLab, port: u16) -> String {
     t.lab
@@ -58,8 +35,8 @@ fn prometheus_scrape_is_well_formed_and_matches_stats() {
     let t = InterceptLab::new(PORT);
     let _d = Daemon::start_with(t.srv(), t.srv_if(), &["--metrics-listen", "127.0.0.1:9720"]);
     let (l4, l6) = t.lab.listen(PORT).unwrap();
-    echo(l4);
-    echo(l6);
+    echo_server(l4);
+    echo_server(l6);
     for ip in [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)] {
         let mut c = t
             .lab
@@ -123,8 +100,8 @@ fn protection_survives_sigkill_and_a_restart_adopts_it() {
     require_root("protection_survives_sigkill_and_a_restart_adopts_it");
     let t = InterceptLab::new(PORT);
     let (l4, l6) = t.lab.listen(PORT).unwrap();
-    echo(l4);
-    echo(l6);
+    echo_server(l4);
+    echo_server(l6);
     let d = Daemon::start(t.srv(), t.srv_if());
     let id = status(&t)["program_id"].as_u64().expect("program id");
     let sender = t.lab.raw_sender().unwrap();
@@ -189,8 +166,8 @@ fn live_changes_never_break_legitimate_connections() {
     std::fs::write(&cfg, "mode = \"intercept\"\n[[protect]]\nprefix = \"198.18.0.1\"\nports = [8080]\n[[protect]]\nprefix = \"2001:db8::1\"\nports = [8080]\n").unwrap();
     let d = Daemon::start_with(t.srv(), t.srv_if(), &["--config", cfg.to_str().unwrap()]);
     let (l4, l6) = t.lab.listen(PORT).unwrap();
-    echo(l4);
-    echo(l6);
+    echo_server(l4);
+    echo_server(l6);
     let mut held4 = t
         .lab
         .connect(

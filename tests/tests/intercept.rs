@@ -12,39 +12,12 @@ use std::{
 
 use intercept_common::{Counter::*, parse::tcp_flags};
 use intercept_ctl::lab::{Capture, FloodSpec, SERVER_V4, SERVER_V6, flood, syn_recv_count};
-use intercept_tests::{InterceptLab, require_root};
+use intercept_tests::{InterceptLab, echo_server, ping, require_root};
 
 const PORT: u16 = 8080;
 
 fn addr(ip: IpAddr) -> SocketAddr {
     SocketAddr::new(ip, PORT)
-}
-
-/// Echo server: every accepted connection gets back what it sent, until it closes.
-fn echo_server(l: std::net::TcpListener) {
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut b = [0u8; 256];
-                while let Ok(n) = s.read(&mut b) {
-                    if n == 0 || s.write_all(&b[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
-
-fn ping(s: &mut TcpStream, what: &str) {
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(what.as_bytes())
-        .unwrap_or_else(|e| panic!("write {what}: {e}"));
-    let mut b = vec![0u8; what.len()];
-    s.read_exact(&mut b)
-        .unwrap_or_else(|e| panic!("read echo of {what}: {e}"));
-    assert_eq!(b, what.as_bytes(), "echo of {what}");
 }
 
 #[test]

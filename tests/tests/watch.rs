@@ -13,25 +13,9 @@ use std::{
 
 use intercept_common::{Counter::*, parse::tcp_flags};
 use intercept_ctl::lab::{Capture, FloodSpec, SERVER_V4, SERVER_V6, flood, syn_recv_count};
-use intercept_tests::{Daemon, InterceptLab, require_root, status};
+use intercept_tests::{Daemon, InterceptLab, echo_server, require_root, status};
 
 const PORT: u16 = 8080;
-
-fn echo(l: std::net::TcpListener) {
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut b = [0u8; 64];
-                while let Ok(n) = s.read(&mut b) {
-                    if n == 0 || s.write_all(&b[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
 
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -52,8 +36,8 @@ fn half_open_connections_are_counted_exactly_and_closed_after_the_timeout() {
     t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", "2"]);
     let _d = Daemon::start(t.srv(), t.srv_if());
     let (l4, l6) = t.lab.listen(PORT).expect("listen");
-    echo(l4);
-    echo(l6);
+    echo_server(l4);
+    echo_server(l6);
     // A real client connects normally; the server's kernel sees its SYN.
     let cap = Capture::start(&t.lab.server, t.srv_if()).expect("capture");
     for ip in [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)] {
@@ -160,8 +144,8 @@ fn a_flood_switches_auto_to_intercept_and_back() {
     ]);
     let _d = Daemon::start(t.srv(), t.srv_if());
     let (l4, l6) = t.lab.listen(PORT).expect("listen");
-    echo(l4);
-    echo(l6);
+    echo_server(l4);
+    echo_server(l6);
     assert_eq!(status(&t)["active_mode"], "watch");
     // Legitimate clients throughout.
     let stop = Arc::new(AtomicBool::new(false));
