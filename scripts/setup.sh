@@ -4,7 +4,7 @@
 # costs well under a second.
 #
 # What it may change on the machine (also listed in README.md):
-#   - apt packages: iproute2, ethtool, procps (only those missing; `apt-get update` first)
+#   - apt packages: iproute2, ethtool, procps, nftables (only those missing; `apt-get update` first)
 #   - rustup: installs the toolchain pinned in rust-toolchain.toml (+ rust-src, rustfmt, clippy),
 #     disables rustup self-update
 #   - cargo: installs bpf-linker into $CARGO_HOME/tools/bpf-linker-<toolchain>/bin, built against
@@ -32,6 +32,7 @@ need_pkgs=()
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v ethtool >/dev/null || need_pkgs+=(ethtool)
 command -v sysctl >/dev/null || need_pkgs+=(procps)
+command -v nft >/dev/null || need_pkgs+=(nftables)
 if ((${#need_pkgs[@]})); then
     log "installing apt packages: ${need_pkgs[*]}"
     as_root apt-get update -qq

@@ -216,3 +216,101 @@ fn legitimate_clients_get_through_syn_and_forged_ack_floods() {
         }
     }
 }
+
+/// Holds the client's ACKs back (an nftables rule in the client namespace) so a handshake stays in
+/// flight while the mode changes; returns a guard that lets them through again.
+struct HoldAcks<'a> {
+    ns: &'a intercept_ctl::netns::Netns,
+}
+
+impl<'a> HoldAcks<'a> {
+    fn new(ns: &'a intercept_ctl::netns::Netns) -> HoldAcks<'a> {
+        let port = PORT.to_string();
+        for cmd in [
+            vec!["add", "table", "inet", "xi_hold"],
+            vec![
+                "add",
+                "chain",
+                "inet",
+                "xi_hold",
+                "out",
+                "{ type filter hook output priority 0 ; }",
+            ],
+            vec![
+                "add",
+                "rule",
+                "inet",
+                "xi_hold",
+                "out",
+                "tcp",
+                "dport",
+                &port,
+                "tcp",
+                "flags",
+                "&",
+                "(syn|ack)",
+                "==",
+                "ack",
+                "drop",
+            ],
+        ] {
+            ns.exec("nft", &cmd).expect("nft (installed by ./x setup)");
+        }
+        HoldAcks { ns }
+    }
+}
+
+impl Drop for HoldAcks<'_> {
+    fn drop(&mut self) {
+        let _ = self.ns.exec("nft", &["delete", "table", "inet", "xi_hold"]);
+    }
+}
+
+/// A handshake in flight across a mode change completes, in both directions: started in watch
+/// mode (the server holds a SYN_RECV) and finished in intercept mode, and started in intercept
+/// mode (answered with a cookie) and finished in watch mode.
+#[test]
+fn handshakes_in_flight_survive_mode_changes_both_ways() {
+    require_root("handshakes_in_flight_survive_mode_changes_both_ways");
+    let t = InterceptLab::new(PORT);
+    let (l4, l6) = t.lab.listen(PORT).expect("listen");
+    echo_server(l4);
+    echo_server(l6);
+    for (from, to) in [("watch", "intercept"), ("intercept", "watch")] {
+        t.ctl(&["mode", t.srv_if(), from]);
+        let before = t.stats();
+        let hold = HoldAcks::new(&t.lab.client);
+        // connect() completes on the client as soon as the SYN-ACK arrives; its ACK is held.
+        let mut c = t
+            .lab
+            .connect(addr(IpAddr::V4(SERVER_V4)), Duration::from_secs(3))
+            .expect("connect");
+        std::thread::sleep(Duration::from_millis(100));
+        if from == "watch" {
+            assert_eq!(
+                syn_recv_count(&t.lab.server).unwrap(),
+                1,
+                "the server holds the handshake half-open"
+            );
+        }
+        t.ctl(&["mode", t.srv_if(), to]);
+        drop(hold);
+        // The client's first data segment acknowledges the SYN-ACK and completes the handshake.
+        ping(&mut c, &format!("started in {from}, finished in {to}"));
+        let d = t.stats().delta(&before);
+        if from == "watch" {
+            assert_eq!(
+                (d.get(HalfOpenNew), d.get(PassEstablished) > 0),
+                (1, true),
+                "{d:?}"
+            );
+        } else {
+            assert_eq!(
+                (d.get(SynAckSent), d.get(AckValid), d.get(HandedOff)),
+                (1, 1, 1),
+                "completed with the cookie in watch mode: {d:?}"
+            );
+        }
+        assert_eq!(syn_recv_count(&t.lab.server).unwrap(), 0);
+    }
+}
