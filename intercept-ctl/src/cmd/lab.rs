@@ -22,7 +22,7 @@ use intercept_ctl::{
     watchctl::{WatchMaps, Watcher},
 };
 
-use super::{Ctx, print_json, run::print_live};
+use super::{Ctx, print_json, run::Live};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -162,8 +162,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
 
     let (iface, ns) = (lab.veth.a.clone(), lab.server.name().to_owned());
     let start = Instant::now();
-    let mut prev = read_pinned(&iface, Some(&ns))?;
-    let mut last = Instant::now();
+    let mut live = Live::new(read_pinned(&iface, Some(&ns))?);
     let mut transitions = Vec::new();
     while start.elapsed() < Duration::from_secs(a.seconds) {
         for _ in 0..10 {
@@ -184,16 +183,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                 transitions.push(serde_json::json!({ "t": start.elapsed().as_secs_f64(), "aggressive": aggressive, "cause": cause }));
             }
         }
-        let now = read_pinned(&iface, Some(&ns))?;
-        print_live(
-            ctx,
-            start.elapsed().as_secs_f64(),
-            &now,
-            &prev,
-            last.elapsed().as_secs_f64(),
-        );
-        prev = now;
-        last = Instant::now();
+        live.update(ctx, read_pinned(&iface, Some(&ns))?, false);
     }
     stop.store(true, Ordering::Relaxed);
     let sent = flooder.join().expect("flood thread").context("flood")?;
@@ -205,7 +195,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         "client_connections_ok": ok.load(Ordering::Relaxed),
         "client_connections_failed": failed.load(Ordering::Relaxed),
         "transitions": transitions,
-        "counters": prev.to_json(),
+        "counters": live.counters().to_json(),
     });
     if ctx.json {
         print_json(&summary);

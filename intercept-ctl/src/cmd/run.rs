@@ -49,6 +49,52 @@ pub const LIVE: [Counter; 8] = [
     Counter::Passed,
 ];
 
+/// The live view: counters once a second, with rates since the previous reading.
+pub struct Live {
+    start: Instant,
+    prev: Counters,
+    last: Instant,
+}
+
+impl Live {
+    /// Starts from a first reading.
+    #[must_use]
+    pub fn new(first: Counters) -> Live {
+        Live {
+            start: Instant::now(),
+            prev: first,
+            last: Instant::now(),
+        }
+    }
+
+    /// Whether a second has passed since the last line.
+    #[must_use]
+    pub fn due(&self) -> bool {
+        self.last.elapsed() >= Duration::from_secs(1)
+    }
+
+    /// Takes a new reading and prints it (unless `quiet`).
+    pub fn update(&mut self, ctx: &Ctx, now: Counters, quiet: bool) {
+        if !quiet {
+            print_live(
+                ctx,
+                self.start.elapsed().as_secs_f64(),
+                &now,
+                &self.prev,
+                self.last.elapsed().as_secs_f64(),
+            );
+        }
+        self.prev = now;
+        self.last = Instant::now();
+    }
+
+    /// The latest reading.
+    #[must_use]
+    pub fn counters(&self) -> &Counters {
+        &self.prev
+    }
+}
+
 /// Prints one live line (or JSON object) with totals and per-second rates.
 pub fn print_live(ctx: &Ctx, t: f64, now: &Counters, prev: &Counters, dt: f64) {
     if ctx.json {
@@ -116,9 +162,8 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             tokio::task::spawn_local(serve_metrics(listener, a.iface.clone(), ctx.netns.map(str::to_owned)));
         }
         let mut last_rotation = Instant::now();
+        let mut live = Live::new(read_pinned(&a.iface, ctx.netns)?);
         let start = Instant::now();
-        let mut prev = read_pinned(&a.iface, ctx.netns)?;
-        let mut last = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
@@ -157,19 +202,8 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                     t.one_minute
                 );
             }
-            if last.elapsed() >= Duration::from_secs(1) {
-                let now = read_pinned(&a.iface, ctx.netns)?;
-                if !a.quiet {
-                    print_live(
-                        ctx,
-                        start.elapsed().as_secs_f64(),
-                        &now,
-                        &prev,
-                        last.elapsed().as_secs_f64(),
-                    );
-                }
-                prev = now;
-                last = Instant::now();
+            if live.due() {
+                live.update(ctx, read_pinned(&a.iface, ctx.netns)?, a.quiet);
             }
             if a.seconds
                 .is_some_and(|s| start.elapsed() >= Duration::from_secs(s))
