@@ -5,6 +5,10 @@
 //! What crosses the kernel/user line is `#[repr(C)]`, `Copy`, free of implicit padding, and its
 //! size is asserted next to its definition.
 #![cfg_attr(not(any(test, feature = "user")), no_std)]
+#![expect(
+    clippy::inline_always,
+    reason = "everything here is inlined into BPF programs, where a call costs a subprogram frame and the verifier's state is lost across it"
+)]
 
 pub mod checksum;
 pub mod config;

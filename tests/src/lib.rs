@@ -267,8 +267,8 @@ impl InterceptLab {
         ])))
     }
 
-    /// intercept-ctl with `--netns <server>` prepended.
-    #[must_use]
+    /// intercept-ctl with `--netns <server>` prepended; fails the test if it fails. Returns
+    /// stdout (often ignored: many calls are made for their effect).
     pub fn ctl(&self, args: &[&str]) -> String {
         let mut a = vec!["--netns", self.srv()];
         a.extend_from_slice(args);
