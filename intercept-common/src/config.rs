@@ -246,6 +246,21 @@ impl Default for Watch {
     }
 }
 
+/// Facts about an attachment the controller records for `status` ([`crate::maps::INFO`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Info {
+    /// 1: native XDP, 2: generic XDP.
+    pub xdp_mode: u32,
+    /// Padding; zero.
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC ns of the attach.
+    pub attached_ns: u64,
+    /// CLOCK_MONOTONIC ns of the last secret change (attach or rotation).
+    pub secret_set_ns: u64,
+}
+const _: () = assert!(size_of::<Info>() == 24);
+
 /// Why the state last changed.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -429,6 +444,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::HalfOpen {}
     unsafe impl aya::Pod for super::Watch {}
+    unsafe impl aya::Pod for super::Info {}
 }
 
 #[cfg(test)]

@@ -37,3 +37,5 @@ pub const VICTIMS: &str = "VICTIMS";
 pub const VICTIM_ENTRIES: u32 = 8192;
 /// `Array<Watch>`: watch-mode knobs and state; written by the controller.
 pub const WATCH: &str = "WATCH";
+/// `Array<Info>`: attach facts for `status`; written by the controller only.
+pub const INFO: &str = "INFO";

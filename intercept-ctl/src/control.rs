@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::Path};
 use anyhow::{Context as _, bail, ensure};
 use aya::maps::{Array, LpmTrie, Map, MapData, lpm_trie::Key};
 use intercept_common::{
-    config::{AddrKey, Config, Mode, ScopeKey, ScopeValue, flags},
+    config::{AddrKey, Config, Info, Mode, ScopeKey, ScopeValue, flags},
     cookie::{Key as SipKey, Secrets, mapped},
     maps,
 };
@@ -153,6 +153,7 @@ pub struct Maps {
     secrets: Array<MapData, Secrets>,
     scope: LpmTrie<MapData, ScopeKey, ScopeValue>,
     exempt: LpmTrie<MapData, AddrKey, u32>,
+    info: Array<MapData, Info>,
 }
 
 fn open(dir: &Path, name: &str) -> anyhow::Result<MapData> {
@@ -179,6 +180,7 @@ impl Maps {
             secrets: Array::try_from(Map::Array(open(d, maps::SECRETS)?))?,
             scope: LpmTrie::try_from(Map::LpmTrie(open(d, maps::SCOPE)?))?,
             exempt: LpmTrie::try_from(Map::LpmTrie(open(d, maps::EXEMPT)?))?,
+            info: Array::try_from(Map::Array(open(d, maps::INFO)?))?,
         })
     }
 
@@ -193,6 +195,7 @@ impl Maps {
             secrets: Array::try_from(take(maps::SECRETS)?)?,
             scope: LpmTrie::try_from(take(maps::SCOPE)?)?,
             exempt: LpmTrie::try_from(take(maps::EXEMPT)?)?,
+            info: Array::try_from(take(maps::INFO)?)?,
         })
     }
 
@@ -270,6 +273,7 @@ impl Maps {
     /// # Errors
     /// No randomness, or bpf() failure.
     pub fn rotate_secret(&mut self) -> anyhow::Result<u32> {
+        self.touch_secret_time()?;
         let mut s = self.secrets()?;
         let next = (s.current ^ 1) & 1;
         s.keys[next as usize] = random_key()?;
@@ -284,12 +288,35 @@ impl Maps {
     /// # Errors
     /// No randomness, or bpf() failure.
     pub fn init_secrets(&mut self) -> anyhow::Result<()> {
+        self.touch_secret_time()?;
         let s = Secrets {
             keys: [random_key()?, random_key()?],
             current: 0,
             generation: 1,
         };
         self.secrets.set(0, &s, 0).context("write SECRETS")
+    }
+
+    /// Attach facts.
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn info(&self) -> anyhow::Result<Info> {
+        Ok(self.info.get(&0, 0)?)
+    }
+
+    /// Records attach facts.
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn set_info(&mut self, i: &Info) -> anyhow::Result<()> {
+        self.info.set(0, i, 0).context("write INFO")
+    }
+
+    fn touch_secret_time(&mut self) -> anyhow::Result<()> {
+        let mut i = self.info()?;
+        i.secret_set_ns = crate::watchctl::monotonic_ns();
+        self.set_info(&i)
     }
 
     /// Protects `prefix` on `ports` (None: every port).

@@ -102,3 +102,26 @@ pub fn probe_kernel() -> Result<(), CtlError> {
     }
     Ok(())
 }
+
+/// What `status` reports of the kernel: the features xdp-intercept uses, probed now.
+#[must_use]
+pub fn kernel_features() -> serde_json::Value {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").ok();
+    let has = |name: &[u8]| {
+        btf.as_ref()
+            .is_some_and(|b| b.windows(name.len()).any(|w| w == name))
+    };
+    let sysctl = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    serde_json::json!({
+        "btf": btf.is_some(),
+        "kfunc_bpf_sk_assign_tcp_reqsk": has(b"bpf_sk_assign_tcp_reqsk\0"),
+        "tcx": has(b"tcx_link\0"),
+        "tcp_syncookies": sysctl("/proc/sys/net/ipv4/tcp_syncookies"),
+        "tcp_timestamps": sysctl("/proc/sys/net/ipv4/tcp_timestamps"),
+        "bpffs": crate::pins::check_bpffs().is_ok(),
+    })
+}

@@ -157,7 +157,7 @@ pub fn attach_with(
         .with_context(|| format!("create {}", pins.path().display()))?;
     let result = attach_and_pin(&mut ebpf, iface, ifindex, program, mode, &pins).and_then(|ids| {
         if program == Program::Intercept {
-            configure(iface, netns, initial)?;
+            configure(iface, netns, initial, mode)?;
         }
         Ok(ids)
     });
@@ -246,8 +246,19 @@ fn attach_and_pin(
 }
 
 /// Writes the initial configuration and secrets of a fresh attachment.
-fn configure(iface: &str, netns: Option<&str>, initial: Mode) -> anyhow::Result<()> {
+fn configure(
+    iface: &str,
+    netns: Option<&str>,
+    initial: Mode,
+    xdp: AttachMode,
+) -> anyhow::Result<()> {
     let mut m = crate::control::Maps::open(iface, netns)?;
+    m.set_info(&intercept_common::config::Info {
+        xdp_mode: if xdp == AttachMode::Native { 1 } else { 2 },
+        _pad: 0,
+        attached_ns: crate::watchctl::monotonic_ns(),
+        secret_set_ns: 0,
+    })?;
     let mtu = crate::control::mtu(iface)?;
     let mut cfg = Config::default();
     cfg.mode = initial as u32;

@@ -54,6 +54,10 @@ enum Command {
     ///
     /// Example: intercept-ctl connections eth0 --json
     Connections(cmd::connections::Args),
+    /// Show or change the SYN-ACK of the cookie path (MSS, window, window scale, TTL, ECN), live.
+    ///
+    /// Example: intercept-ctl synack eth0 --mss-v4 1400 --wscale 8
+    Synack(cmd::synack::Args),
     /// Apply a configuration file to a running attachment (the daemon does this on SIGHUP).
     ///
     /// Example: intercept-ctl reload eth0 --config /etc/xdp-intercept/eth0.toml
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
             Command::RotateSecret(a) => cmd::rotate::run(&ctx, a),
             Command::Thresholds(a) => cmd::thresholds::run(&ctx, a),
             Command::Reload(a) => cmd::reload::run(&ctx, a),
+            Command::Synack(a) => cmd::synack::run(&ctx, a),
             Command::Connections(a) => cmd::connections::run(&ctx, a),
             Command::Run(a) => cmd::run::run(&ctx, a),
             Command::Lab(a) => cmd::lab::run(&ctx, a),

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use intercept_common::{
     Counter,
-    config::{AddrKey, Config, FlowKey, HalfOpen, Ring, ScopeKey, ScopeValue, Watch},
+    config::{AddrKey, Config, FlowKey, HalfOpen, Info, Ring, ScopeKey, ScopeValue, Watch},
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
     maps::{HALF_OPEN_ENTRIES, SCOPE_ENTRIES, VICTIM_ENTRIES},
@@ -61,3 +61,7 @@ pub static VICTIMS: Queue<FlowKey> = Queue::with_max_entries(VICTIM_ENTRIES, 0);
 /// Watch-mode knobs and state; the controller's (declared here so it is pinned with the rest).
 #[map(name = "WATCH")]
 pub static WATCH: Array<Watch> = Array::with_max_entries(1, 0);
+
+/// Attach facts for `status`; the controller's (declared here so it is pinned with the rest).
+#[map(name = "INFO")]
+pub static INFO: Array<Info> = Array::with_max_entries(1, 0);

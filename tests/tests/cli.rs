@@ -330,16 +330,65 @@ fn json_output_schemas() {
         "active_mode",
         "scope_entries",
         "secret_generation",
+        "secret_age_s",
+        "xdp_mode",
         "program_id",
+        "tc_program_id",
         "tc_handoff_attached",
         "watch",
         "synack",
+        "kernel",
     ] {
         assert!(!s[k].is_null(), "status lacks {k}: {s}");
     }
     assert!(
         s.get("secrets").is_none() && !s.to_string().contains("\"keys\""),
         "status must never show the secrets"
+    );
+    assert_eq!(
+        (
+            s["xdp_mode"].as_str(),
+            s["kernel"]["kfunc_bpf_sk_assign_tcp_reqsk"].as_bool()
+        ),
+        (Some("native"), Some(true)),
+        "{s}"
+    );
+    let sa: serde_json::Value = serde_json::from_str(&t.ctl(&[
+        "--json",
+        "synack",
+        t.srv_if(),
+        "--mss-v4",
+        "1400",
+        "--wscale",
+        "9",
+        "--ecn",
+        "off",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (
+            sa["mss_v4"].as_u64(),
+            sa["wscale"].as_u64(),
+            sa["ecn"].as_bool()
+        ),
+        (Some(1400), Some(9), Some(false)),
+        "{sa}"
+    );
+    let s = intercept_tests::status(&t);
+    assert_eq!(
+        (
+            s["synack"]["mss_v4"].as_u64(),
+            s["synack"]["wscale"].as_u64(),
+            s["ecn"].as_bool()
+        ),
+        (Some(1400), Some(9), Some(false)),
+        "{s}"
+    );
+    let all: serde_json::Value = serde_json::from_str(&t.ctl(&["--json", "status"])).unwrap();
+    assert_eq!(
+        all.as_array().map(Vec::len),
+        Some(1),
+        "status without an interface lists every attachment: {all}"
     );
     let th: serde_json::Value =
         serde_json::from_str(&t.ctl(&["--json", "thresholds", t.srv_if()])).unwrap();

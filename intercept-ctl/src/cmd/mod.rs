@@ -10,6 +10,7 @@ pub mod run;
 pub mod scope;
 pub mod stats;
 pub mod status;
+pub mod synack;
 pub mod thresholds;
 
 /// What every verb gets from the global options.

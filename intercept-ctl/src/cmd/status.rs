@@ -58,6 +58,15 @@ fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
     let exempt = m.exempt_list()?;
     let pins = PinDir::new(ctx.netns, iface);
     let w = WatchMaps::open(iface, ctx.netns)?.watch()?;
+    let info = m.info()?;
+    let now = monotonic_ns();
+    let ago = |t: u64| {
+        if t == 0 {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!((now.saturating_sub(t) / 1_000_000_000))
+        }
+    };
     Ok(serde_json::json!({
         "interface": iface,
         "pin_dir": pins.path().display().to_string(),
@@ -72,6 +81,10 @@ fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
         "exempt_entries": exempt.len(),
         "synack": { "mss_v4": c.mss_v4, "mss_v6": c.mss_v6, "window": c.window, "wscale": c.wscale, "ttl": c.ttl },
         "secret_generation": s.generation,
+        "secret_age_s": ago(info.secret_set_ns),
+        "xdp_mode": match info.xdp_mode { 1 => "native", 2 => "generic", _ => "unknown" },
+        "attached_s_ago": ago(info.attached_ns),
+        "kernel": intercept_ctl::errors::kernel_features(),
         "watch": {
             "aggressive": w.aggressive != 0,
             "half_open": w.half_open,
