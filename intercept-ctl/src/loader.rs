@@ -163,6 +163,7 @@ pub fn attach_with(
     });
     if result.is_err() {
         let _ = fs::remove_dir_all(pins.path());
+        remove_empty_parent(&pins, netns);
     }
     let (program_id, verified_insns) = result?;
     Ok(Attached {
@@ -294,13 +295,18 @@ pub fn detach(iface: &str, netns: Option<&str>) -> anyhow::Result<()> {
     fs::remove_dir_all(pins.path())
         .map_err(|e| explain(anyhow::Error::new(e), "remove the pin directory"))
         .with_context(|| format!("remove {}", pins.path().display()))?;
+    remove_empty_parent(&pins, netns);
+    Ok(())
+}
+
+/// Removes the per-namespace parent of a pin directory once it is empty (remove_dir refuses a
+/// non-empty one).
+fn remove_empty_parent(pins: &PinDir, netns: Option<&str>) {
     if netns.is_some() {
-        // The per-namespace parent goes once empty (remove_dir refuses a non-empty one).
         if let Some(parent) = pins.path().parent() {
             let _ = fs::remove_dir(parent);
         }
     }
-    Ok(())
 }
 
 /// An attachment that is detached when dropped (labs and tests: nothing stays pinned on any
