@@ -146,6 +146,29 @@ pub const fn is_mapped(a: &[u32; 4]) -> bool {
     a[0] == 0 && a[1] == 0 && a[2] == 0xffff
 }
 
+/// An address in [`Flow`] word form (IPv4 as IPv4-mapped).
+#[must_use]
+pub fn words_of(ip: core::net::IpAddr) -> [u32; 4] {
+    match ip {
+        core::net::IpAddr::V4(a) => mapped(u32::from(a)),
+        core::net::IpAddr::V6(a) => words(&a.octets()),
+    }
+}
+
+/// The address of [`Flow`] words (an IPv4-mapped one as IPv4).
+#[must_use]
+pub fn ip_of(w: &[u32; 4]) -> core::net::IpAddr {
+    if is_mapped(w) {
+        core::net::IpAddr::V4(w[3].into())
+    } else {
+        let v = u128::from(w[0]) << 96
+            | u128::from(w[1]) << 64
+            | u128::from(w[2]) << 32
+            | u128::from(w[3]);
+        core::net::IpAddr::V6(v.into())
+    }
+}
+
 /// Address words from 16 bytes in network order.
 #[inline(always)]
 #[must_use]
@@ -465,6 +488,24 @@ mod tests {
         s.keys[0] = Key { k: [5, 6] };
         s.current = 0;
         assert_eq!(check(&s, &flow(), 7, c, 500), Err(CookieError::BadMac));
+    }
+
+    #[test]
+    fn address_words_round_trip() {
+        for a in ["198.18.0.2", "2001:db8::1", "::ffff:0:1", "::"] {
+            let ip: core::net::IpAddr = a.parse().unwrap();
+            let back = ip_of(&words_of(ip));
+            // An IPv4-mapped IPv6 address reads back as IPv4: one form per address.
+            let want = match ip {
+                core::net::IpAddr::V6(v) => v.to_ipv4_mapped().map_or(ip, core::net::IpAddr::V4),
+                v4 => v4,
+            };
+            assert_eq!(back, want, "{a}");
+        }
+        assert_eq!(
+            words_of("198.18.0.2".parse().unwrap()),
+            [0, 0, 0xffff, 0xc612_0002]
+        );
     }
 
     proptest::proptest! {

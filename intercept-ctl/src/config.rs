@@ -223,31 +223,29 @@ pub fn parse(name: &str, text: &str) -> anyhow::Result<Settings> {
         rate_window_s: rate_window,
         ..dw
     };
-    if w.max_incomplete_low > w.max_incomplete_high {
-        let o = f
-            .watch
-            .max_incomplete_low
-            .as_ref()
-            .map_or(0, |s| s.span().start);
-        errors.push(format!(
-            "{}: max_incomplete_low ({}) is above max_incomplete_high ({})",
-            at(name, text, o),
+    for (low_name, low, high_name, high, at_low) in [
+        (
+            "max_incomplete_low",
             w.max_incomplete_low,
-            w.max_incomplete_high
-        ));
-    }
-    if w.one_minute_low > w.one_minute_high {
-        let o = f
-            .watch
-            .one_minute_low
-            .as_ref()
-            .map_or(0, |s| s.span().start);
-        errors.push(format!(
-            "{}: one_minute_low ({}) is above one_minute_high ({})",
-            at(name, text, o),
+            "max_incomplete_high",
+            w.max_incomplete_high,
+            &f.watch.max_incomplete_low,
+        ),
+        (
+            "one_minute_low",
             w.one_minute_low,
-            w.one_minute_high
-        ));
+            "one_minute_high",
+            w.one_minute_high,
+            &f.watch.one_minute_low,
+        ),
+    ] {
+        if low > high {
+            let o = at_low.as_ref().map_or(0, |s| s.span().start);
+            errors.push(format!(
+                "{}: {low_name} ({low}) is above {high_name} ({high})",
+                at(name, text, o)
+            ));
+        }
     }
     let drop_mode = match f
         .watch

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail, ensure};
 use aya::maps::{Array, LpmTrie, Map, MapData, lpm_trie::Key};
 use intercept_common::{
     config::{AddrKey, Config, Info, Mode, ScopeKey, ScopeValue, flags},
-    cookie::{Key as SipKey, Secrets, mapped},
+    cookie::{Key as SipKey, Secrets, ip_of, words_of},
     maps,
 };
 
@@ -84,30 +84,20 @@ impl Prefix {
     /// The address in the data path's word form (IPv4-mapped for IPv4) and its length on 128 bits.
     #[must_use]
     pub fn words(&self) -> ([u32; 4], u32) {
-        match self.addr {
-            IpAddr::V4(a) => (mapped(u32::from(a)), 96 + u32::from(self.len)),
-            IpAddr::V6(a) => {
-                let o = a.octets();
-                (intercept_common::cookie::words(&o), u32::from(self.len))
-            }
-        }
+        let bits = if self.addr.is_ipv4() { 96 } else { 0 } + u32::from(self.len);
+        (words_of(self.addr), bits)
     }
 
     fn from_words(w: &[u32; 4], bits: u32) -> Prefix {
-        if intercept_common::cookie::is_mapped(w) {
-            Prefix {
-                addr: IpAddr::V4(w[3].into()),
-                len: u8::try_from(bits.saturating_sub(96)).unwrap_or(32),
-            }
+        let addr = ip_of(w);
+        let len = if addr.is_ipv4() {
+            bits.saturating_sub(96)
         } else {
-            let v = u128::from(w[0]) << 96
-                | u128::from(w[1]) << 64
-                | u128::from(w[2]) << 32
-                | u128::from(w[3]);
-            Prefix {
-                addr: IpAddr::V6(v.into()),
-                len: u8::try_from(bits).unwrap_or(128),
-            }
+            bits
+        };
+        Prefix {
+            addr,
+            len: u8::try_from(len).unwrap_or(128),
         }
     }
 }

@@ -95,22 +95,31 @@ pub fn explain(err: anyhow::Error, what: &str) -> anyhow::Error {
 /// # Errors
 /// [`CtlError::NoBtf`] when the kernel has no BTF.
 pub fn probe_kernel() -> Result<(), CtlError> {
-    let btf = std::fs::read("/sys/kernel/btf/vmlinux").map_err(|_| CtlError::NoBtf)?;
-    // The kfunc's name is in the kernel BTF's string table when the kernel has it.
-    if !btf.windows(24).any(|w| w == b"bpf_sk_assign_tcp_reqsk\0") {
+    let btf = kernel_btf().ok_or(CtlError::NoBtf)?;
+    if !btf_has(&btf, KFUNC_NAME) {
         return Err(CtlError::NoKfunc);
     }
     Ok(())
 }
 
+/// The kfunc's name as it stands, NUL-terminated, in the kernel BTF's string table.
+const KFUNC_NAME: &[u8] = b"bpf_sk_assign_tcp_reqsk\0";
+
+/// The kernel's BTF, if it has any.
+fn kernel_btf() -> Option<Vec<u8>> {
+    std::fs::read("/sys/kernel/btf/vmlinux").ok()
+}
+
+/// Whether a BTF blob names `name` (a NUL-terminated string-table entry).
+fn btf_has(btf: &[u8], name: &[u8]) -> bool {
+    btf.windows(name.len()).any(|w| w == name)
+}
+
 /// What `status` reports of the kernel: the features xdp-intercept uses, probed now.
 #[must_use]
 pub fn kernel_features() -> serde_json::Value {
-    let btf = std::fs::read("/sys/kernel/btf/vmlinux").ok();
-    let has = |name: &[u8]| {
-        btf.as_ref()
-            .is_some_and(|b| b.windows(name.len()).any(|w| w == name))
-    };
+    let btf = kernel_btf();
+    let has = |name: &[u8]| btf.as_deref().is_some_and(|b| btf_has(b, name));
     let sysctl = |p: &str| {
         std::fs::read_to_string(p)
             .ok()
@@ -118,7 +127,7 @@ pub fn kernel_features() -> serde_json::Value {
     };
     serde_json::json!({
         "btf": btf.is_some(),
-        "kfunc_bpf_sk_assign_tcp_reqsk": has(b"bpf_sk_assign_tcp_reqsk\0"),
+        "kfunc_bpf_sk_assign_tcp_reqsk": has(KFUNC_NAME),
         "tcx": has(b"tcx_link\0"),
         "tcp_syncookies": sysctl("/proc/sys/net/ipv4/tcp_syncookies"),
         "tcp_timestamps": sysctl("/proc/sys/net/ipv4/tcp_timestamps"),

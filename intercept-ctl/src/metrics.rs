@@ -85,10 +85,6 @@ fn try_render(iface: &str, netns: Option<&str>, errors: u64) -> anyhow::Result<S
         Mode::from_u32(cfg.mode).name(),
         Mode::effective(&cfg).name()
     )?;
-    s.push_str(
-        &errors_only(iface, errors)
-            .replace("# HELP", "# HELP")
-            .to_string(),
-    );
+    s.push_str(&errors_only(iface, errors));
     Ok(s)
 }

@@ -2,10 +2,7 @@
 //! program measured the same way. One run per call (`repeat` would feed the program the frame it
 //! modified on the previous run, e.g. a SYN-ACK instead of a SYN); the figure is the median of the
 //! kernel-reported durations. Needs root. Prints figures; asserts nothing.
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
-    time::Duration,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use intercept_common::{
@@ -70,7 +67,7 @@ fn main() {
         let mut maps = configure_intercept(&mut obj);
         let listener = TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 8080)).unwrap();
         // A real established connection whose data segments the ACK path must pass.
-        let client = socket2_connect();
+        let client = connect_from_client();
         let _server = listener.accept().unwrap();
         let cport = client.local_addr().unwrap().port();
 
@@ -135,7 +132,7 @@ fn main() {
 }
 
 /// Connects 198.18.0.2 -> 198.18.0.1:8080 (both on lo of the bench namespace).
-fn socket2_connect() -> TcpStream {
+fn connect_from_client() -> TcpStream {
     use std::os::fd::FromRawFd as _;
     // SAFETY: plain socket/bind/connect on an fd we own.
     unsafe {
@@ -152,7 +149,6 @@ fn socket2_connect() -> TcpStream {
             0
         );
         let s = TcpStream::from_raw_fd(fd);
-        let _ = Duration::ZERO;
         let mut b: libc::sockaddr_in = std::mem::zeroed();
         b.sin_family = libc::AF_INET as u16;
         b.sin_port = 8080u16.to_be();

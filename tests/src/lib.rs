@@ -166,6 +166,37 @@ impl Loaded {
     }
 }
 
+impl Loaded {
+    /// Runs `prog` once on `frame` and checks the verdict and that exactly `counters` moved, each
+    /// by one (nothing else); returns the output frame. `what` names the fixture in failures.
+    ///
+    /// # Panics
+    /// On a test_run failure or any mismatch.
+    #[must_use]
+    pub fn run_expect(
+        &self,
+        prog: &str,
+        what: &str,
+        frame: &[u8],
+        verdict: u32,
+        counters: &[Counter],
+    ) -> Vec<u8> {
+        let before = self.counters();
+        let (v, out) = self
+            .run(prog, frame)
+            .unwrap_or_else(|e| panic!("{what}: test_run: {e:?}"));
+        let mut want: Vec<(Counter, u64)> = counters.iter().map(|c| (*c, 1)).collect();
+        want.sort_by_key(|(c, _)| *c as u32);
+        assert_eq!(
+            deltas(&before, &self.counters()),
+            want,
+            "{what}: counter deltas"
+        );
+        assert_eq!(v, verdict, "{what}: verdict");
+        out
+    }
+}
+
 /// Counter deltas between two readings, only the non-zero ones.
 #[must_use]
 pub fn deltas(before: &Counters, after: &Counters) -> Vec<(Counter, u64)> {

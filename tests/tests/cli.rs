@@ -233,15 +233,18 @@ fn bad_input_to_every_verb_is_rejected_with_a_precise_message() {
     let dir = std::env::temp_dir().join(format!("xi-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
+    let reload = |f: &std::path::Path| {
+        ctl(&[
+            "--netns",
+            &ns,
+            "reload",
+            &ifc,
+            "--config",
+            f.to_str().unwrap(),
+        ])
+    };
     std::fs::write(&bad, "mode = \"watch\"\n\n[[protect]]\nprefix = \"198.18.0.1\"\nports = [80]\nfrobnicate = true\n").unwrap();
-    let o = ctl(&[
-        "--netns",
-        &ns,
-        "reload",
-        &ifc,
-        "--config",
-        bad.to_str().unwrap(),
-    ]);
+    let o = reload(&bad);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("bad.toml:6:1") && stderr(&o).contains("unknown field `frobnicate`"),
@@ -253,14 +256,7 @@ fn bad_input_to_every_verb_is_rejected_with_a_precise_message() {
         "mode = \"watch\"\n[watch]\nmax_incomplete_high = 10\nmax_incomplete_low = 20\n",
     )
     .unwrap();
-    let o = ctl(&[
-        "--netns",
-        &ns,
-        "reload",
-        &ifc,
-        "--config",
-        bad.to_str().unwrap(),
-    ]);
+    let o = reload(&bad);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("bad.toml:4:22") && stderr(&o).contains("unchanged"),

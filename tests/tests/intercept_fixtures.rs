@@ -7,13 +7,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use intercept_common::{
     Counter::{self, *},
     config::{Config, HANDOFF_MAGIC, Mode, TcpReqAttrs},
-    cookie::{CookieOpts, Flow, Key, Secrets, WSCALE_NONE, make, mapped, words},
+    cookie::{CookieOpts, Flow, Key, Secrets, WSCALE_NONE, make, words_of},
     craft::{Link, TcpSegment, linux_syn_options, tcp_frame},
     maps::PROG_XDP,
     parse::{ETH_P_8021AD, ETH_P_8021Q, tcp_flags},
 };
 use intercept_ctl::{control::Maps, netns::Netns};
-use intercept_tests::{Loaded, configure_intercept, deltas, now_slot, require_root, test_secrets};
+use intercept_tests::{Loaded, configure_intercept, now_slot, require_root, test_secrets};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -38,13 +38,6 @@ fn ips(v6: bool) -> (IpAddr, IpAddr) {
             IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
             IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
         )
-    }
-}
-
-fn flow_words(ip: IpAddr) -> [u32; 4] {
-    match ip {
-        IpAddr::V4(a) => mapped(u32::from(a)),
-        IpAddr::V6(a) => words(&a.octets()),
     }
 }
 
@@ -103,20 +96,8 @@ impl Env {
 
     /// Runs a frame; checks verdict and counter deltas; returns the output.
     fn run(&self, what: &str, frame: &[u8], verdict: u32, counters: &[Counter]) -> Vec<u8> {
-        let before = self.obj.counters();
-        let (v, out) = self
-            .obj
-            .run(PROG_XDP, frame)
-            .unwrap_or_else(|e| panic!("{what}: test_run: {e:?}"));
-        let mut want: Vec<(Counter, u64)> = counters.iter().map(|c| (*c, 1)).collect();
-        want.sort_by_key(|(c, _)| *c as u32);
-        assert_eq!(
-            deltas(&before, &self.obj.counters()),
-            want,
-            "{what}: counter deltas"
-        );
-        assert_eq!(v, verdict, "{what}: verdict");
-        out
+        self.obj
+            .run_expect(PROG_XDP, what, frame, verdict, counters)
     }
 }
 
@@ -186,8 +167,8 @@ fn syn_case(env: &Env, what: &str, vlans: usize, seg: &TcpSegment, co: CookieOpt
     let frame = tcp_frame(&l, seg);
     let v6 = seg.src.is_ipv6();
     let flow = Flow {
-        saddr: flow_words(seg.src),
-        daddr: flow_words(seg.dst),
+        saddr: words_of(seg.src),
+        daddr: words_of(seg.dst),
         sport: seg.sport,
         dport: seg.dport,
     };
@@ -400,8 +381,8 @@ fn ack(v6: bool, dport: u16, isn: u32, cookie: u32) -> TcpSegment {
 fn cookie_for(v6: bool, dport: u16, isn: u32, key_idx: usize, slot: u32, co: CookieOpts) -> u32 {
     let (c, s) = ips(v6);
     let flow = Flow {
-        saddr: flow_words(c),
-        daddr: flow_words(s),
+        saddr: words_of(c),
+        daddr: words_of(s),
         sport: 40000,
         dport,
     };

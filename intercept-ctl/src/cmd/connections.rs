@@ -2,7 +2,7 @@ use std::net::IpAddr;
 
 use intercept_common::{
     config::{FlowKey, Mode},
-    cookie::is_mapped,
+    cookie::ip_of,
 };
 use intercept_ctl::{
     control::Maps,
@@ -15,20 +15,6 @@ use super::{Ctx, print_json};
 pub struct Args {
     /// Interface.
     pub iface: String,
-}
-
-fn addr(w: &[u32; 4]) -> IpAddr {
-    if is_mapped(w) {
-        IpAddr::V4(w[3].into())
-    } else {
-        IpAddr::V6(
-            (u128::from(w[0]) << 96
-                | u128::from(w[1]) << 64
-                | u128::from(w[2]) << 32
-                | u128::from(w[3]))
-            .into(),
-        )
-    }
 }
 
 fn endpoint(a: IpAddr, port: u16) -> String {
@@ -58,8 +44,8 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             .iter()
             .map(|(k, age, syns)| {
                 serde_json::json!({
-                    "client": endpoint(addr(&k.saddr), k.sport),
-                    "server": endpoint(addr(&k.daddr), k.dport),
+                    "client": endpoint(ip_of(&k.saddr), k.sport),
+                    "server": endpoint(ip_of(&k.daddr), k.dport),
                     "state": "SYNRCVD",
                     "age_ms": age,
                     "timeout_ms": timeout_ms.saturating_sub(*age),
@@ -77,8 +63,8 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         for (k, age, syns) in rows {
             println!(
                 "{:<45} {:<45} {:<8} {:>9.1} {:>9.1} {:>5} {}",
-                endpoint(addr(&k.saddr), k.sport),
-                endpoint(addr(&k.daddr), k.dport),
+                endpoint(ip_of(&k.saddr), k.sport),
+                endpoint(ip_of(&k.daddr), k.dport),
                 "SYNRCVD",
                 age as f64 / 1000.0,
                 timeout_ms.saturating_sub(age) as f64 / 1000.0,
