@@ -83,6 +83,30 @@ pub fn verifies(acc: u32, bytes: &[u8]) -> bool {
     fold(add_bytes(acc, bytes)) == 0xffff
 }
 
+/// Adds big-endian 32-bit words to a 64-bit accumulator: no fold per word (2^16 = 1 modulo
+/// 2^16 - 1, so a sum of 32-bit words folds to the same ones' complement sum of 16-bit words).
+#[inline(always)]
+#[must_use]
+pub fn add_words(mut acc: u64, words: &[u32]) -> u64 {
+    let mut i = 0;
+    while i < words.len() {
+        acc += u64::from(words[i]);
+        i += 1;
+    }
+    acc
+}
+
+/// Folds a 64-bit accumulator of [`add_words`] to 16 bits (not complemented).
+#[inline(always)]
+#[must_use]
+pub const fn fold64(mut acc: u64) -> u16 {
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +153,15 @@ mod tests {
         }
 
         /// add_u32 is two add_u16s; the accumulator never overflows however many words.
+        #[test]
+        fn word_sums_fold_like_byte_sums(words in proptest::collection::vec(proptest::num::u32::ANY, 0..64), acc in 0u32..0x2_0000) {
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+            proptest::prop_assert_eq!(
+                fold64(add_words(u64::from(acc), &words)),
+                fold(add_bytes(acc, &bytes))
+            );
+        }
+
         #[test]
         fn long_sums_do_not_overflow(data in proptest::collection::vec(proptest::num::u8::ANY, 0..4000)) {
             let acc = add_bytes(0, &data);

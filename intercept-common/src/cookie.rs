@@ -69,10 +69,11 @@ fn round(v: &mut [u64; 4]) {
     v[2] = v[2].rotate_left(32);
 }
 
-/// SipHash-2-4 of a message of `8 * N` bytes given as little-endian 64-bit words.
+/// SipHash-2-4 of a message of `8 * N + tail_len` bytes (`tail_len` < 8): the little-endian
+/// words `words`, then the low `tail_len` bytes of `tail` (little-endian).
 #[inline(always)]
 #[must_use]
-pub fn siphash24<const N: usize>(key: &Key, words: &[u64; N]) -> u64 {
+pub fn siphash24<const N: usize>(key: &Key, words: &[u64; N], tail: u64, tail_len: u32) -> u64 {
     let mut v = [
         key.k[0] ^ 0x736f_6d65_7073_6575,
         key.k[1] ^ 0x646f_7261_6e64_6f6d,
@@ -87,8 +88,10 @@ pub fn siphash24<const N: usize>(key: &Key, words: &[u64; N]) -> u64 {
         v[0] ^= words[i];
         i += 1;
     }
-    // Final block: no tail bytes, only the length in the top byte.
-    let b = ((8 * N) as u64 & 0xff) << 56;
+    // Final block: the tail bytes, and the message length in the top byte.
+    let tail_len = tail_len & 7;
+    let mask = (1u64 << (8 * tail_len)) - 1;
+    let b = ((8 * N as u64 + u64::from(tail_len)) & 0xff) << 56 | (tail & mask);
     v[3] ^= b;
     round(&mut v);
     round(&mut v);
@@ -247,21 +250,24 @@ pub const fn slot_of(now_ns: u64) -> u32 {
 }
 
 /// The 21-bit MAC over everything the cookie vouches for.
+///
+/// The message is the addresses, ports and client ISN as little-endian 64-bit words, then six
+/// tail bytes: the full slot (4) and the cookie's low 11 bits (2). IPv4 hashes 22 bytes (the
+/// IPv4-mapped prefix carries nothing): two blocks and the final one, 10 SipRounds. IPv6 hashes
+/// 46 bytes, 16 SipRounds. The length is in SipHash's final block, so the families never collide.
 #[inline(always)]
 fn mac(key: &Key, flow: &Flow, isn: u32, slot: u32, low: u32) -> u32 {
     let ports_isn = u64::from(flow.sport) << 48 | u64::from(flow.dport) << 32 | u64::from(isn);
-    let slot_low = u64::from(slot) << 32 | u64::from(low);
-    // IPv4 hashes 3 words, IPv6 6: the IPv4-mapped prefix carries nothing, and 10 SipRounds
-    // instead of 16 matter on this path. The message length (24 or 48 bytes) is in SipHash's
-    // final block, so the two families' inputs never collide.
+    let tail = u64::from(low & 0xffff) << 32 | u64::from(slot);
     let h = if is_mapped(&flow.saddr) && is_mapped(&flow.daddr) {
         siphash24(
             key,
             &[
                 u64::from(flow.saddr[3]) << 32 | u64::from(flow.daddr[3]),
                 ports_isn,
-                slot_low,
             ],
+            tail,
+            6,
         )
     } else {
         let w = |a: &[u32; 4], i: usize| u64::from(a[i]) << 32 | u64::from(a[i + 1]);
@@ -273,8 +279,9 @@ fn mac(key: &Key, flow: &Flow, isn: u32, slot: u32, low: u32) -> u32 {
                 w(&flow.daddr, 0),
                 w(&flow.daddr, 2),
                 ports_isn,
-                slot_low,
             ],
+            tail,
+            6,
         )
     };
     (h >> 43) as u32
@@ -361,14 +368,22 @@ mod tests {
     fn siphash_matches_reference() {
         let key = secrets().keys[0];
         let words: [u64; 6] = [1, 0xdead_beef, u64::MAX, 42, 7 << 40, 0x0123_4567_89ab_cdef];
-        let mut h = siphasher::sip::SipHasher24::new_with_keys(key.k[0], key.k[1]);
-        for w in words {
-            h.write(&w.to_le_bytes());
+        let tail = 0x8877_6655_4433_2211_u64;
+        for tail_len in 0..8 {
+            let mut h = siphasher::sip::SipHasher24::new_with_keys(key.k[0], key.k[1]);
+            for w in words {
+                h.write(&w.to_le_bytes());
+            }
+            h.write(&tail.to_le_bytes()[..tail_len as usize]);
+            assert_eq!(
+                siphash24(&key, &words, tail, tail_len),
+                h.finish(),
+                "tail {tail_len}"
+            );
         }
-        assert_eq!(siphash24(&key, &words), h.finish());
         // Test vector from the SipHash paper's reference table: key 00..0f, message 00..07.
         assert_eq!(
-            siphash24(&key, &[0x0706_0504_0302_0100]),
+            siphash24(&key, &[0x0706_0504_0302_0100], 0, 0),
             0x93f5_f579_9a93_2462
         );
     }

@@ -2,7 +2,7 @@
 //! (headers built in fixed-size buffers with checksums, so the data path only copies them), and
 //! the attributes a verified ACK hands to the kernel.
 use crate::{
-    checksum::{add_bytes, add_u16, add_u32, finish, pseudo_v4},
+    checksum::{add_words, fold64},
     config::{Config, TcpReqAttrs, flags},
     cookie::{CookieOpts, Flow, WSCALE_NONE, mss_index},
     parse::{Frame, IPPROTO_TCP, Ip, L3, Tcp, tcp_flags},
@@ -45,32 +45,23 @@ pub fn flow_of<F: Frame + ?Sized>(f: &F, ip: &Ip, tcp: &Tcp) -> Option<Flow> {
 
 /// Whether the TCP checksum of a segment without payload (header and options only, as every SYN
 /// we answer is) is correct. A corrupted SYN must not be answered: the kernel would drop it too
-/// (`TcpInCsumErrors`). The header is summed in 16-bit words at constant offsets from the TCP
-/// header, at most 30 of them.
+/// (`TcpInCsumErrors`). The header is summed in 32-bit words at constant offsets from the TCP
+/// header (its length is a multiple of 4), at most 15 of them.
 #[inline(always)]
 pub fn header_checksum_ok<F: Frame + ?Sized>(f: &F, flow: &Flow, v6: bool, tcp: &Tcp) -> bool {
     let len = tcp.hdr_len;
-    let mut acc = if v6 {
-        pseudo_v6_words(&flow.saddr, &flow.daddr, len as u32)
-    } else {
-        pseudo_v4(
-            flow.saddr[3].to_be_bytes(),
-            flow.daddr[3].to_be_bytes(),
-            IPPROTO_TCP,
-            len as u16,
-        )
-    };
+    let mut acc = pseudo_words(&flow.saddr, &flow.daddr, v6, len as u32);
     let mut i = 0;
-    while i < 30 {
-        if 2 * i < len {
-            match f.be16_at(tcp.off + 2 * i) {
-                Some(w) => acc = add_u16(acc, w),
+    while i < 15 {
+        if 4 * i < len {
+            match f.load::<4>(tcp.off + 4 * i) {
+                Some(w) => acc += u64::from(u32::from_be_bytes(w)),
                 None => return false,
             }
         }
         i += 1;
     }
-    crate::checksum::fold(acc) == 0xffff
+    fold64(acc) == 0xffff
 }
 
 /// A SYN to answer.
@@ -161,35 +152,36 @@ impl SynRequest {
 impl SynAck {
     /// All zero.
     pub const ZERO: SynAck = SynAck {
-        ip: [0; 40],
+        ip: [0; 10],
         ip_len: 0,
-        tcp: [0; 40],
+        tcp: [0; 10],
         tcp_len: 0,
     };
+
+    /// The IP and TCP headers as bytes on the wire.
+    #[must_use]
+    pub fn bytes(&self) -> ([u8; 40], [u8; 40]) {
+        let b =
+            |w: &[u32; 10]| -> [u8; 40] { core::array::from_fn(|i| w[i / 4].to_be_bytes()[i % 4]) };
+        (b(&self.ip), b(&self.tcp))
+    }
 }
 
-/// The headers of a SYN-ACK: IP (20 or 40 bytes) and TCP (24 to 40 bytes), checksums included;
-/// bytes past `ip_len` / `tcp_len` are zero.
+/// The headers of a SYN-ACK: IP (20 or 40 bytes) and TCP (24 to 40 bytes), checksums included,
+/// as 32-bit words (word `i` holds bytes `4i..4i+4`, the first the most significant); words past
+/// `ip_len` / `tcp_len` are zero. Words, not bytes: the data path builds, sums and stores them a
+/// word at a time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SynAck {
     /// IP header.
-    pub ip: [u8; 40],
+    pub ip: [u32; 10],
     /// 20 (IPv4) or 40 (IPv6).
     pub ip_len: usize,
     /// TCP header with options.
-    pub tcp: [u8; 40],
+    pub tcp: [u32; 10],
     /// TCP header length, a multiple of 4.
     pub tcp_len: usize,
-}
-
-#[inline(always)]
-fn put(buf: &mut [u8; 40], at: usize, bytes: &[u8]) {
-    let mut i = 0;
-    while i < bytes.len() {
-        buf[at + i] = bytes[i];
-        i += 1;
-    }
 }
 
 /// Builds into `out` the SYN-ACK answering `req` with sequence number `cookie`; `tsval` is our
@@ -205,16 +197,8 @@ pub fn build_synack(
     tsval: u32,
     out: &mut SynAck,
 ) {
-    out.tcp = [0u8; 40];
-    out.ip = [0u8; 40];
-    let tcp = &mut out.tcp;
-    put(tcp, 0, &req.flow.dport.to_be_bytes());
-    put(tcp, 2, &req.flow.sport.to_be_bytes());
-    put(tcp, 4, &cookie.to_be_bytes());
-    put(tcp, 8, &req.isn.wrapping_add(1).to_be_bytes());
-    tcp[13] = tcp_flags::SYN | tcp_flags::ACK | if co.ecn { tcp_flags::ECE } else { 0 };
+    let flags = tcp_flags::SYN | tcp_flags::ACK | if co.ecn { tcp_flags::ECE } else { 0 };
     let window = if cfg.window == 0 { 65535 } else { cfg.window };
-    put(tcp, 14, &window.to_be_bytes());
     let mss = if req.v6 { cfg.mss_v6 } else { cfg.mss_v4 };
     // Options go in five fixed 4-byte words after the header; the booleans only choose the words'
     // values, never where they go. (A write offset that depends on which options are present makes
@@ -230,7 +214,7 @@ pub fn build_synack(
             tsval,
             req.opts.tsval,
             if ws { nop_ws } else { 0 },
-            4 + usize::from(ws),
+            4 + u32::from(ws),
         )
     } else {
         let w1 = if sack {
@@ -241,53 +225,59 @@ pub fn build_synack(
             0
         };
         let w2 = if sack && ws { nop_ws } else { 0 };
-        (w1, w2, 0, 0, 1 + usize::from(sack) + usize::from(ws))
+        (w1, w2, 0, 0, 1 + u32::from(sack) + u32::from(ws))
     };
-    put(tcp, 20, &w0.to_be_bytes());
-    put(tcp, 24, &w1.to_be_bytes());
-    put(tcp, 28, &w2.to_be_bytes());
-    put(tcp, 32, &w3.to_be_bytes());
-    put(tcp, 36, &w4.to_be_bytes());
     let len = 20 + 4 * words;
-    tcp[12] = ((len / 4) as u8) << 4;
-
-    let ip = &mut out.ip;
-    let (ip_len, acc) = if req.v6 {
-        ip[0] = 0x60;
-        put(ip, 4, &(len as u16).to_be_bytes());
-        ip[6] = IPPROTO_TCP;
-        ip[7] = cfg.ttl;
-        let mut i = 0;
-        while i < 4 {
-            put(ip, 8 + 4 * i, &req.flow.daddr[i].to_be_bytes());
-            put(ip, 24 + 4 * i, &req.flow.saddr[i].to_be_bytes());
-            i += 1;
-        }
-        (
-            40,
-            pseudo_v6_words(&req.flow.daddr, &req.flow.saddr, len as u32),
-        )
+    out.tcp = [
+        u32::from(req.flow.dport) << 16 | u32::from(req.flow.sport),
+        cookie,
+        req.isn.wrapping_add(1),
+        (len / 4) << 28 | u32::from(flags) << 16 | u32::from(window),
+        0,
+        w0,
+        w1,
+        w2,
+        w3,
+        w4,
+    ];
+    let ttl = u32::from(cfg.ttl);
+    let proto = u32::from(IPPROTO_TCP);
+    let ip_len = if req.v6 {
+        let (d, s) = (&req.flow.daddr, &req.flow.saddr);
+        out.ip = [
+            0x6000_0000,
+            len << 16 | proto << 8 | ttl,
+            d[0],
+            d[1],
+            d[2],
+            d[3],
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+        ];
+        40
     } else {
-        let (src, dst) = (
-            req.flow.daddr[3].to_be_bytes(),
-            req.flow.saddr[3].to_be_bytes(),
-        );
-        ip[0] = 0x45;
-        put(ip, 2, &((20 + len) as u16).to_be_bytes());
-        ip[6] = 0x40; // DF
-        ip[8] = cfg.ttl;
-        ip[9] = IPPROTO_TCP;
-        put(ip, 12, &src);
-        put(ip, 16, &dst);
-        let c = finish(add_bytes(0, &ip[..20]));
-        put(ip, 10, &c.to_be_bytes());
-        (20, pseudo_v4(src, dst, IPPROTO_TCP, len as u16))
+        let (src, dst) = (req.flow.daddr[3], req.flow.saddr[3]);
+        // Version 4, IHL 5, total length; ID 0, DF; TTL, protocol, checksum; addresses.
+        let mut ip = [
+            0x4500_0000 | (20 + len),
+            0x0000_4000,
+            ttl << 24 | proto << 16,
+            src,
+            dst,
+        ];
+        let c = !fold64(add_words(0, &ip));
+        ip[2] |= u32::from(c);
+        out.ip = [ip[0], ip[1], ip[2], ip[3], ip[4], 0, 0, 0, 0, 0];
+        20
     };
-    // Bytes past `len` are zero and add nothing to the sum.
-    let c = finish(add_bytes(acc, &out.tcp));
-    put(&mut out.tcp, 16, &c.to_be_bytes());
+    // Words past `len` are zero and add nothing to the sum.
+    let acc = pseudo_words(&req.flow.daddr, &req.flow.saddr, req.v6, len);
+    let c = !fold64(add_words(acc, &out.tcp));
+    out.tcp[4] = u32::from(c) << 16;
     out.ip_len = ip_len;
-    out.tcp_len = len;
+    out.tcp_len = len as usize;
 }
 
 /// The attributes the kernel needs to create the connection from a verified ACK: the options the
@@ -320,16 +310,17 @@ pub fn handoff_attrs(co: CookieOpts, v6: bool, cfg: &Config, ack: &TcpOptions) -
     }
 }
 
-/// The IPv6 TCP pseudo-header sum from address words (RFC 8200 section 8.1).
+/// The TCP pseudo-header sum (RFC 9293 section 3.1, RFC 8200 section 8.1) of a segment of
+/// `l4_len` bytes from address words, in the accumulator of [`add_words`]. (An IPv4-mapped
+/// address sums to its IPv4 address plus 0xffff, which folds to nothing.)
 #[inline(always)]
-fn pseudo_v6_words(src: &[u32; 4], dst: &[u32; 4], l4_len: u32) -> u32 {
-    let mut acc = 0;
-    let mut i = 0;
-    while i < 4 {
-        acc = add_u32(add_u32(acc, src[i]), dst[i]);
-        i += 1;
+fn pseudo_words(src: &[u32; 4], dst: &[u32; 4], v6: bool, l4_len: u32) -> u64 {
+    let tail = u64::from(l4_len) + u64::from(IPPROTO_TCP);
+    if v6 {
+        add_words(add_words(tail, src), dst)
+    } else {
+        tail + u64::from(src[3]) + u64::from(dst[3])
     }
-    add_u16(add_u32(acc, l4_len), u16::from(IPPROTO_TCP))
 }
 
 #[cfg(test)]
@@ -412,8 +403,9 @@ mod tests {
                 let mut sa = SynAck::ZERO;
                 build_synack(&req, &cfg, co, cookie, 0xabcd, &mut sa);
                 let mut out = f[..14].to_vec();
-                out.extend_from_slice(&sa.ip[..sa.ip_len]);
-                out.extend_from_slice(&sa.tcp[..sa.tcp_len]);
+                let (ip_bytes, tcp_bytes) = sa.bytes();
+                out.extend_from_slice(&ip_bytes[..sa.ip_len]);
+                out.extend_from_slice(&tcp_bytes[..sa.tcp_len]);
                 let Ok(Dissected::Ip(ip @ Ip { l4: L4::Tcp(t), .. })) = dissect(&out[..]) else {
                     panic!("reply does not parse")
                 };
@@ -458,7 +450,7 @@ mod tests {
                     )
                 } else {
                     assert!(verifies(0, &out[14..34]), "IPv4 header checksum");
-                    pseudo_v4(
+                    crate::checksum::pseudo_v4(
                         back.saddr[3].to_be_bytes(),
                         back.daddr[3].to_be_bytes(),
                         IPPROTO_TCP,

@@ -66,8 +66,51 @@ impl<'a, C: Bounds> Pkt<'a, C> {
         if start + off + N > self.ctx.end() {
             return None;
         }
-        // SAFETY: the N bytes at start+off lie inside [data, data_end), checked just above.
-        unsafe { core::ptr::write_unaligned((start + off) as *mut [u8; N], *bytes) };
+        // Eight, four, two, then one byte at a time: a plain array copy becomes a call to a
+        // byte-at-a-time memmove in BPF.
+        let (dst, src) = (start + off, bytes.as_ptr());
+        let mut i = 0;
+        // SAFETY: every write below stays inside the N bytes at start+off, which lie inside
+        // [data, data_end) (checked just above); every read stays inside `bytes`.
+        unsafe {
+            while i + 8 <= N {
+                let v = core::ptr::read_unaligned(src.add(i).cast::<u64>());
+                core::ptr::write_unaligned((dst + i) as *mut u64, v);
+                i += 8;
+            }
+            if i + 4 <= N {
+                let v = core::ptr::read_unaligned(src.add(i).cast::<u32>());
+                core::ptr::write_unaligned((dst + i) as *mut u32, v);
+                i += 4;
+            }
+            if i + 2 <= N {
+                let v = core::ptr::read_unaligned(src.add(i).cast::<u16>());
+                core::ptr::write_unaligned((dst + i) as *mut u16, v);
+                i += 2;
+            }
+            if i < N {
+                *((dst + i) as *mut u8) = *src.add(i);
+            }
+        }
+        Some(())
+    }
+
+    /// Writes `words` at `off`, each big-endian (as [`intercept_common::handshake::SynAck`]
+    /// holds them); `None` if they do not fit.
+    #[inline(always)]
+    pub fn store_words<const N: usize>(&self, off: usize, words: &[u32; N]) -> Option<()> {
+        let start = self.ctx.start();
+        if start + off + 4 * N > self.ctx.end() {
+            return None;
+        }
+        let mut i = 0;
+        while i < N {
+            // SAFETY: the 4N bytes at start+off lie inside [data, data_end), checked above.
+            unsafe {
+                core::ptr::write_unaligned((start + off + 4 * i) as *mut u32, words[i].to_be())
+            };
+            i += 1;
+        }
         Some(())
     }
 }

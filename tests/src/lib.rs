@@ -324,7 +324,7 @@ impl Drop for InterceptLab {
     }
 }
 
-/// The current cookie slot, from CLOCK_MONOTONIC (`bpf_ktime_get_ns`'s clock).
+/// The current cookie slot, from CLOCK_MONOTONIC (the clock of `bpf_ktime_get_coarse_ns`, which the data path reads).
 #[must_use]
 pub fn now_slot() -> u32 {
     let mut ts = libc::timespec {
