@@ -117,8 +117,13 @@ pub struct Config {
     /// Until this `bpf_ktime_get_ns` time, watch mode still verifies our cookies on ACKs it does
     /// not track, so handshakes started in intercept mode complete after a switch to watch.
     pub cookie_grace_until_ns: u64,
+    /// Until this monotonic time, intercept mode asks the kernel's socket table about ACKs that
+    /// fail the cookie (see [`SocketTable`]): the kernel's own handshakes begun before intercept
+    /// mode (request sockets, which the table does not hold) may still complete. Set by the
+    /// controller whenever intercept mode comes into force.
+    pub lookup_until_ns: u64,
 }
-const _: () = assert!(size_of::<Config>() == 40);
+const _: () = assert!(size_of::<Config>() == 48);
 
 impl Default for Config {
     fn default() -> Self {
@@ -135,7 +140,40 @@ impl Default for Config {
             drop_mode: DropMode::Oldest as u32,
             _pad: 0,
             cookie_grace_until_ns: 0,
+            lookup_until_ns: 0,
         }
+    }
+}
+
+/// State of the socket table ([`crate::maps::SOCKETS`]), one entry in
+/// [`crate::maps::SOCKET_TABLE`].
+///
+/// The table holds the inbound flow of every TCP socket in a state other than listening or closed
+/// (SYN-sent, SYN-received, established, closing states): the tracepoint program
+/// `track_sockets` (on `sock:inet_sock_set_state`) inserts at each state change and removes at
+/// `TCP_CLOSE`; the controller first seeds it from sock_diag with the sockets that existed before.
+/// While it is authoritative (seeded, nothing refused), an ACK whose flow is absent and whose
+/// cookie fails is dropped without asking the kernel (`bpf_skc_lookup_tcp`, the dearest step of
+/// the ACK path); otherwise the kernel is asked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketTable {
+    /// 1 once the controller seeded the table from the kernel's sockets.
+    pub seeded: u32,
+    /// Padding; zero.
+    pub _pad: u32,
+    /// Inserts the table refused (full), at least: from the first one on, the table is not
+    /// authoritative. (Racing CPUs may lose increments; never all of them.)
+    pub refused: u64,
+}
+const _: () = assert!(size_of::<SocketTable>() == 16);
+
+impl SocketTable {
+    /// Whether an absent flow proves there is no such socket.
+    #[inline(always)]
+    #[must_use]
+    pub const fn authoritative(&self) -> bool {
+        self.seeded == 1 && self.refused == 0
     }
 }
 
@@ -445,6 +483,7 @@ mod pod {
     unsafe impl aya::Pod for super::HalfOpen {}
     unsafe impl aya::Pod for super::Watch {}
     unsafe impl aya::Pod for super::Info {}
+    unsafe impl aya::Pod for super::SocketTable {}
 }
 
 #[cfg(test)]

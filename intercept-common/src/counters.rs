@@ -39,11 +39,11 @@ pub enum Counter {
     SynAckSent,
     /// ACKs whose cookie verified; handed to the TC program.
     AckValid,
-    /// ACKs to a listener whose cookie MAC failed (forged or too old): dropped.
+    /// ACKs with no socket whose cookie MAC failed (forged or too old): dropped.
     AckBadMac,
-    /// ACKs to a listener whose cookie is two or three slots old: dropped.
+    /// ACKs with no socket whose cookie is two or three slots old: dropped.
     AckExpired,
-    /// ACKs to a protected destination with no socket at all: dropped.
+    /// ACKs whose cookie verified but whose listener is gone (TC): the kernel resets them.
     AckNoListener,
     /// Connections created in the listener by the kfunc (TC).
     HandedOff,
@@ -79,6 +79,8 @@ pub enum Counter {
     VictimQueueFull,
     /// Tracked handshakes the controller found already gone from the server (reset or completed unseen).
     HalfOpenGone,
+    /// ACKs failing the cookie that needed a kernel socket lookup (socket table not authoritative).
+    SocketLookups,
     /// Number of counters; not a counter.
     Count,
 }
@@ -122,6 +124,7 @@ impl Counter {
         Counter::HalfOpenTimedOut,
         Counter::VictimQueueFull,
         Counter::HalfOpenGone,
+        Counter::SocketLookups,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -164,6 +167,7 @@ impl Counter {
             Counter::HalfOpenTimedOut => "half_open_timed_out",
             Counter::VictimQueueFull => "victim_queue_full",
             Counter::HalfOpenGone => "half_open_gone",
+            Counter::SocketLookups => "socket_lookups",
             Counter::Count => "count",
         }
     }
@@ -190,7 +194,9 @@ impl Counter {
             Counter::AckValid => "ACKs with a valid cookie",
             Counter::AckBadMac => "ACKs dropped: cookie MAC failed",
             Counter::AckExpired => "ACKs dropped: cookie expired",
-            Counter::AckNoListener => "ACKs dropped: no socket or listener",
+            Counter::AckNoListener => {
+                "Verified ACKs with no listener left (the kernel resets them)"
+            }
             Counter::HandedOff => "Connections handed to the listener",
             Counter::HandoffFailed => "Handoffs the kernel refused",
             Counter::PassEstablished => "Passed: segment of an existing connection",
@@ -208,6 +214,9 @@ impl Counter {
             Counter::HalfOpenTimedOut => "Watch: half-open timed out and closed",
             Counter::VictimQueueFull => "Watch: victim queue full",
             Counter::HalfOpenGone => "Watch: tracked handshakes found already closed",
+            Counter::SocketLookups => {
+                "ACKs failing the cookie checked against the kernel's sockets"
+            }
             Counter::Count => "",
         }
     }

@@ -39,3 +39,15 @@ pub const VICTIM_ENTRIES: u32 = 8192;
 pub const WATCH: &str = "WATCH";
 /// `Array<Info>`: attach facts for `status`; written by the controller only.
 pub const INFO: &str = "INFO";
+/// `HashMap<FlowKey, u32>`: the inbound flow of every non-listening TCP socket (see
+/// [`crate::config::SocketTable`]); written by the `track_sockets` tracepoint program and, at
+/// attach, by the controller.
+pub const SOCKETS: &str = "SOCKETS";
+/// Capacity of [`SOCKETS`] (allocated as used).
+pub const SOCKET_ENTRIES: u32 = 1 << 20;
+/// `Array<SocketTable>`: whether [`SOCKETS`] is authoritative.
+pub const SOCKET_TABLE: &str = "SOCKET_TABLE";
+/// Name of the tracepoint program that keeps [`SOCKETS`].
+pub const PROG_TRACK: &str = "track_sockets";
+/// The tracepoint it attaches to (category, name).
+pub const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");

@@ -4,9 +4,9 @@
 use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context as _, bail, ensure};
-use aya::maps::{Array, LpmTrie, Map, MapData, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use intercept_common::{
-    config::{AddrKey, Config, Info, Mode, ScopeKey, ScopeValue, flags},
+    config::{AddrKey, Config, FlowKey, Info, Mode, ScopeKey, ScopeValue, SocketTable, flags},
     cookie::{Key as SipKey, Secrets, ip_of, words_of},
     maps,
 };
@@ -144,7 +144,14 @@ pub struct Maps {
     scope: LpmTrie<MapData, ScopeKey, ScopeValue>,
     exempt: LpmTrie<MapData, AddrKey, u32>,
     info: Array<MapData, Info>,
+    sockets: HashMap<MapData, FlowKey, u32>,
+    socket_table: Array<MapData, SocketTable>,
 }
+
+/// How long after intercept mode comes into force ACKs failing the cookie are still checked
+/// against the kernel's sockets: a request socket lives through the SYN-ACK retransmissions
+/// (`tcp_synack_retries` 5: 1+2+4+8+16+32 = 63 s), plus margin.
+pub const LOOKUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(75);
 
 fn open(dir: &Path, name: &str) -> anyhow::Result<MapData> {
     MapData::from_pin(dir.join(name)).map_err(|e| explain(e.into(), &format!("open map {name}")))
@@ -171,6 +178,8 @@ impl Maps {
             scope: LpmTrie::try_from(Map::LpmTrie(open(d, maps::SCOPE)?))?,
             exempt: LpmTrie::try_from(Map::LpmTrie(open(d, maps::EXEMPT)?))?,
             info: Array::try_from(Map::Array(open(d, maps::INFO)?))?,
+            sockets: HashMap::try_from(Map::HashMap(open(d, maps::SOCKETS)?))?,
+            socket_table: Array::try_from(Map::Array(open(d, maps::SOCKET_TABLE)?))?,
         })
     }
 
@@ -186,6 +195,8 @@ impl Maps {
             scope: LpmTrie::try_from(take(maps::SCOPE)?)?,
             exempt: LpmTrie::try_from(take(maps::EXEMPT)?)?,
             info: Array::try_from(take(maps::INFO)?)?,
+            sockets: HashMap::try_from(take(maps::SOCKETS)?)?,
+            socket_table: Array::try_from(take(maps::SOCKET_TABLE)?)?,
         })
     }
 
@@ -210,10 +221,70 @@ impl Maps {
     ///
     /// # Errors
     /// bpf() failure.
+    ///
+    /// When intercept mode comes into force (from off or watch, or at attach), the data path
+    /// asks the kernel's socket table about ACKs failing the cookie for [`LOOKUP_WINDOW`]: the
+    /// kernel's own half-open handshakes (request sockets, absent from the socket table) can
+    /// still complete.
     pub fn set_config(&mut self, c: &Config) -> anyhow::Result<()> {
         let mut c = *c;
         c.flags = (c.flags & !flags::DERIVED) | self.derived_flags()?;
+        let before = self.config()?;
+        if Mode::effective(&c) == Mode::Intercept && Mode::effective(&before) != Mode::Intercept {
+            c.lookup_until_ns = crate::watchctl::monotonic_ns()
+                + u64::try_from(LOOKUP_WINDOW.as_nanos()).expect("small");
+        }
         self.config.set(0, &c, 0).context("write CONFIG")
+    }
+
+    /// Seeds the socket table with the TCP sockets of the current network namespace and marks
+    /// it authoritative; the `track_sockets` tracepoint program must already be attached (so no
+    /// socket created meanwhile is missed). Returns the number of sockets seeded.
+    ///
+    /// # Errors
+    /// sock_diag or bpf() failure (the table then stays non-authoritative: the data path keeps
+    /// asking the kernel).
+    pub fn seed_sockets(&mut self) -> anyhow::Result<usize> {
+        let flows = crate::sockdiag::SockDiag::open()?.table_flows()?;
+        for k in &flows {
+            self.sockets
+                .insert(k, &1, 0)
+                .context("seed the socket table (SOCKETS)")?;
+        }
+        let mut t = self.socket_table()?;
+        t.seeded = 1;
+        self.socket_table
+            .set(0, &t, 0)
+            .context("write SOCKET_TABLE")?;
+        Ok(flows.len())
+    }
+
+    /// The socket table's state.
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn socket_table(&self) -> anyhow::Result<SocketTable> {
+        Ok(self.socket_table.get(&0, 0)?)
+    }
+
+    /// Replaces the socket table's state (tests: make it non-authoritative).
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn set_socket_table(&mut self, t: &SocketTable) -> anyhow::Result<()> {
+        self.socket_table.set(0, t, 0).context("write SOCKET_TABLE")
+    }
+
+    /// Whether the socket table holds this inbound flow.
+    ///
+    /// # Errors
+    /// bpf() failure other than "absent".
+    pub fn socket_known(&self, k: &FlowKey) -> anyhow::Result<bool> {
+        match self.sockets.get(k, 0) {
+            Ok(_) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The trie-occupancy flags, from the tries themselves.

@@ -6,7 +6,8 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink, tc::TcAttach,
+        LinkOrder, SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode, links::FdLink,
+        tc::TcAttach,
     },
 };
 use intercept_common::{
@@ -241,6 +242,11 @@ fn attach_and_pin(
             .pin(pins.path().join("link_tc"))
             .context("pin the TC link")?;
     }
+    if program == Program::Intercept {
+        let link = attach_socket_tracker(ebpf)?;
+        link.pin(pins.path().join("link_track"))
+            .context("pin the socket-table tracepoint link")?;
+    }
     // The XDP link is pinned last: its presence marks a complete attachment.
     link.pin(pins.link()).context("pin the XDP link")?;
     Ok((program_id, verified))
@@ -267,12 +273,80 @@ fn configure(
     cfg.mss_v6 = u16::try_from(mtu.saturating_sub(60).clamp(1220, 65475))?;
     m.set_config(&cfg)?;
     m.init_secrets()?;
+    m.seed_sockets().context("seed the socket table")?;
     crate::watchctl::WatchMaps::open(iface, netns)?
         .set_watch(&intercept_common::config::Watch::default())?;
     if initial == Mode::Intercept {
         if let Some(msg) = crate::control::ensure_syncookies()? {
             eprintln!("intercept-ctl: {msg}");
         }
+    }
+    Ok(())
+}
+
+/// Where tracefs is (mounted there if it is not yet).
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Loads the `track_sockets` program and attaches it to `sock:inet_sock_set_state`, after
+/// checking the tracepoint's record layout is the one the program reads. Returns its link (the
+/// caller pins or holds it).
+///
+/// # Errors
+/// tracefs missing and not mountable, a different record layout, or a load/attach failure.
+pub fn attach_socket_tracker(ebpf: &mut Ebpf) -> anyhow::Result<FdLink> {
+    let (category, name) = maps::TRACEPOINT;
+    let events = std::path::Path::new(TRACEFS).join("events");
+    if !events.exists() {
+        let (src, dst, ty) = (c"tracefs", CString::new(TRACEFS)?, c"tracefs");
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) } != 0
+        {
+            return Err(std::io::Error::last_os_error()).with_context(|| {
+                format!("mount tracefs on {TRACEFS} (needed for the {category}:{name} tracepoint)")
+            });
+        }
+    }
+    let format = events.join(category).join(name).join("format");
+    let text = fs::read_to_string(&format).with_context(|| {
+        format!(
+            "read {} (the kernel needs CONFIG_TRACEPOINTS and the {category}:{name} tracepoint)",
+            format.display()
+        )
+    })?;
+    check_tracepoint_format(&text)
+        .with_context(|| format!("{}: unexpected record layout", format.display()))?;
+    let tp: &mut TracePoint = ebpf
+        .program_mut(maps::PROG_TRACK)
+        .context("tracepoint program missing from the object")?
+        .try_into()?;
+    tp.load()
+        .map_err(|e| explain(e.into(), "load the socket-table tracepoint program"))?;
+    let id = tp
+        .attach(category, name)
+        .map_err(|e| explain(e.into(), &format!("attach to tracepoint {category}:{name}")))?;
+    tp.take_link(id)?
+        .try_into()
+        .context("the kernel attached the tracepoint without a bpf_link (kernel < 5.15?)")
+}
+
+/// Checks a tracepoint `format` file has the fields `track_sockets` reads at its offsets.
+///
+/// # Errors
+/// The first field missing or elsewhere.
+pub fn check_tracepoint_format(text: &str) -> anyhow::Result<()> {
+    for (field, offset, size) in [
+        ("int newstate", 20, 4),
+        ("__u16 sport", 24, 2),
+        ("__u16 dport", 26, 2),
+        ("__u16 protocol", 30, 2),
+        ("__u8 saddr_v6[16]", 40, 16),
+        ("__u8 daddr_v6[16]", 56, 16),
+    ] {
+        let want = format!("field:{field};\toffset:{offset};\tsize:{size};");
+        anyhow::ensure!(
+            text.lines().any(|l| l.trim().starts_with(&want)),
+            "no `{field}` at offset {offset}, size {size}"
+        );
     }
     Ok(())
 }

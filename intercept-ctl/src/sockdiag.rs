@@ -16,6 +16,12 @@ const SOCK_DESTROY: u16 = 21;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_DONE: u16 = 3;
+/// TCP states whose sockets the socket table holds (bits by include/net/tcp_states.h): all but
+/// TIME_WAIT (a minisock; its end fires no state change), CLOSE, LISTEN and NEW_SYN_RECV
+/// (request sockets, covered by the controller's lookup window instead).
+const TABLE_STATES: u32 = 1 << 1 | 1 << 2 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
 /// `TCP_SYN_RECV` in include/net/tcp_states.h (request sockets report it).
 pub const TCP_SYN_RECV: u8 = 3;
 
@@ -149,6 +155,81 @@ impl SockDiag {
         Ok(buf.get(17).copied())
     }
 
+    /// The inbound flow (remote -> local) of every TCP socket of this network namespace in a
+    /// state the socket table holds (see `intercept_common::config::SocketTable`).
+    ///
+    /// # Errors
+    /// On a netlink failure.
+    pub fn table_flows(&mut self) -> anyhow::Result<Vec<FlowKey>> {
+        let mut out = Vec::new();
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            self.seq = self.seq.wrapping_add(1);
+            let req = Request {
+                nl_len: u32::try_from(size_of::<Request>()).expect("small"),
+                nl_type: SOCK_DIAG_BY_FAMILY,
+                nl_flags: NLM_F_REQUEST | NLM_F_DUMP,
+                nl_seq: self.seq,
+                nl_pid: 0,
+                family: family as u8,
+                protocol: libc::IPPROTO_TCP as u8,
+                ext: 0,
+                pad: 0,
+                states: TABLE_STATES,
+                sport: 0,
+                dport: 0,
+                src: [0; 4],
+                dst: [0; 4],
+                ifindex: 0,
+                cookie: [u32::MAX, u32::MAX],
+            };
+            // SAFETY: req is a plain repr(C) struct of its declared length.
+            let n = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    std::ptr::from_ref(&req).cast(),
+                    size_of::<Request>(),
+                    0,
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error()).context("send a sock_diag dump request");
+            }
+            'recv: loop {
+                let mut buf = vec![0u8; 1 << 16];
+                // SAFETY: buffer valid for its length.
+                let n = unsafe {
+                    libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                };
+                if n < 0 {
+                    return Err(io::Error::last_os_error()).context("recv a sock_diag dump");
+                }
+                buf.truncate(usize::try_from(n)?);
+                let mut at = 0;
+                while at + 16 <= buf.len() {
+                    let len = u32::from_ne_bytes(buf[at..at + 4].try_into()?) as usize;
+                    let ty = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+                    if len < 16 || at + len > buf.len() {
+                        bail!("malformed sock_diag dump message");
+                    }
+                    match ty {
+                        NLMSG_DONE => break 'recv,
+                        NLMSG_ERROR => {
+                            let err = i32::from_ne_bytes(buf[at + 16..at + 20].try_into()?);
+                            bail!("sock_diag dump: {}", io::Error::from_raw_os_error(-err));
+                        }
+                        _ => {
+                            if let Some(k) = flow_of_msg(&buf[at + 16..at + len]) {
+                                out.push(k);
+                            }
+                        }
+                    }
+                    at += len.next_multiple_of(4);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Closes the server's socket for this client flow (SOCK_DESTROY). `Ok(false)` if it is gone.
     ///
     /// # Errors
@@ -181,4 +262,27 @@ impl SockDiag {
             _ => Ok(false),
         }
     }
+}
+
+/// The inbound flow of one `struct inet_diag_msg` (family, state, timer, retrans, then
+/// `inet_diag_sockid`: sport, dport, src[4], dst[4] in network order).
+fn flow_of_msg(m: &[u8]) -> Option<FlowKey> {
+    if m.len() < 4 + 4 + 32 {
+        return None;
+    }
+    let be16 = |o: usize| u16::from_be_bytes([m[o], m[o + 1]]);
+    let addr = |o: usize| -> [u32; 4] {
+        let w = |i: usize| u32::from_be_bytes(m[o + 4 * i..o + 4 * i + 4].try_into().expect("4"));
+        if i32::from(m[0]) == libc::AF_INET {
+            intercept_common::cookie::mapped(w(0))
+        } else {
+            [w(0), w(1), w(2), w(3)]
+        }
+    };
+    Some(FlowKey {
+        saddr: addr(24),
+        daddr: addr(8),
+        sport: be16(6),
+        dport: be16(4),
+    })
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use intercept_common::{
     Counter,
-    config::{Config, HANDOFF_MAGIC, Handoff, flags},
+    config::{Config, FlowKey, HANDOFF_MAGIC, Handoff, SocketTable, flags},
     cookie::{self, CookieError, Flow, slot_of},
     handshake::handoff_attrs,
     parse::{Ip, L3, Tcp},
@@ -18,7 +18,7 @@ use intercept_common::{
 
 use crate::{
     frame::Pkt,
-    maps::SECRETS,
+    maps::{SECRETS, SOCKET_TABLE, SOCKETS},
     scope,
     stats::{count, drop, pass},
 };
@@ -95,12 +95,13 @@ fn lookup(ctx: &XdpContext, flow: &Flow, v6: bool) -> Sock {
 
 /// Handles an ACK (no SYN, no RST) in intercept mode. Not inlined (see `synack::handle`).
 ///
-/// The socket table is consulted first, as the kernel's own XDP synproxy does: a segment of an
-/// existing connection (established, request, time-wait) passes at the cost of one lookup and is
-/// never hashed. (Checking the cookie first would save the lookup on the handshake's ACK, but the
-/// client's first data segments repeat that ACK's numbers, so they too would verify and be handed
-/// to TC a second time.) With a listener, the cookie decides; with no socket at all, the ACK can
-/// only be a forgery.
+/// In order: a flow in the socket table belongs to an existing socket and passes (one hash
+/// lookup); otherwise the cookie decides. A valid one goes to TC, which looks the listener up
+/// (and passes a segment whose connection exists by then: the client's first data segments repeat
+/// the handshake ACK's numbers). A failed one is dropped, unless the table is not authoritative
+/// (not yet seeded, refused an insert, or the kernel's own handshakes from before intercept mode
+/// may still complete): then the kernel's socket table is asked first, as the kernel's XDP
+/// synproxy does for every ACK.
 #[inline(never)]
 pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     verify(ctx, ip, tcp, true)
@@ -125,18 +126,9 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
         Ok(x) => x,
         Err(verdict) => return verdict,
     };
-    let v6 = matches!(ip.l3, L3::V6 { .. });
-    match lookup(ctx, &flow, v6) {
-        Sock::Other => {
-            // A handshake started in watch mode may still be tracked: it is complete now.
-            if cfg.flags & flags::TRACKING != 0 {
-                crate::watch::untrack(&flow, tcp);
-            }
-            return pass(Counter::PassEstablished);
-        }
-        Sock::None if strict => return drop(Counter::AckNoListener),
-        Sock::None => return pass(Counter::Passed),
-        Sock::Listener => {}
+    // SAFETY: read-only lookup.
+    if unsafe { SOCKETS.get(&FlowKey::of(&flow)) }.is_some() {
+        return established(&flow, tcp, cfg);
     }
     if scope::exempt(&flow, cfg) {
         return pass(Counter::PassExempt);
@@ -146,18 +138,42 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     };
     // SAFETY: helper without side effects (the coarse clock, as the SYN path uses).
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    match cookie::check(
+    let err = match cookie::check(
         secrets,
         &flow,
         tcp.seq.wrapping_sub(1),
         tcp.ack_seq.wrapping_sub(1),
         slot_of(now),
     ) {
-        Ok(co) => handoff(ctx, &pkt, tcp, co, v6, cfg),
-        Err(_) if !strict => pass(Counter::Passed),
-        Err(CookieError::Expired) => drop(Counter::AckExpired),
-        Err(CookieError::BadMac) => drop(Counter::AckBadMac),
+        Ok(co) => {
+            let v6 = matches!(ip.l3, L3::V6 { .. });
+            return handoff(ctx, &pkt, tcp, co, v6, cfg);
+        }
+        Err(_) if !strict => return pass(Counter::Passed),
+        Err(e) => e,
+    };
+    let authoritative =
+        now >= cfg.lookup_until_ns && SOCKET_TABLE.get(0).is_some_and(SocketTable::authoritative);
+    if !authoritative {
+        count(Counter::SocketLookups);
+        if let Sock::Other = lookup(ctx, &flow, matches!(ip.l3, L3::V6 { .. })) {
+            return established(&flow, tcp, cfg);
+        }
     }
+    drop(match err {
+        CookieError::Expired => Counter::AckExpired,
+        CookieError::BadMac => Counter::AckBadMac,
+    })
+}
+
+/// Passes a segment of an existing connection.
+#[inline(always)]
+fn established(flow: &Flow, tcp: &Tcp, cfg: &Config) -> u32 {
+    // A handshake started in watch mode may still be tracked: it is complete now.
+    if cfg.flags & flags::TRACKING != 0 {
+        crate::watch::untrack(flow, tcp);
+    }
+    pass(Counter::PassEstablished)
 }
 
 /// Leaves the decoded options in the metadata for TC and passes the ACK.

@@ -71,14 +71,21 @@ pub fn handle(ctx: &TcContext) -> i32 {
         unsafe { bpf_skc_lookup_tcp(skb.cast(), &raw mut t, size, BPF_F_CURRENT_NETNS as u64, 0) };
     if sk.is_null() {
         // The listener went away between XDP and here; the kernel answers the ACK with a RST.
-        count(Counter::HandoffFailed);
+        count(Counter::AckNoListener);
+        return TC_ACT_OK;
+    }
+    if unsafe { (*sk).state } != u32::from(TCP_LISTEN) {
+        // The connection exists by now: this is one of the client's first data segments, which
+        // repeat the handshake ACK's numbers (or a duplicate of that ACK). It is the socket's.
+        unsafe { bpf_sk_release(sk.cast()) };
+        count(Counter::PassEstablished);
         return TC_ACT_OK;
     }
     // The kfunc wants a full tcp_sock; passing the sock_common pointer is rejected by the
     // verifier ("arg#1 ... expected pointer to struct sock").
     let tsk = unsafe { bpf_skc_to_tcp_sock(sk.cast()) };
     let mut rc = -1;
-    if !tsk.is_null() && unsafe { (*sk).state } == u32::from(TCP_LISTEN) {
+    if !tsk.is_null() {
         rc = unsafe {
             bpf_sk_assign_tcp_reqsk(
                 skb,

@@ -9,12 +9,13 @@ mod maps;
 mod scope;
 mod stats;
 mod synack;
+mod track;
 mod watch;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, tracepoint, xdp},
+    programs::{TcContext, TracePointContext, XdpContext},
 };
 use intercept_common::{
     Counter,
@@ -60,6 +61,13 @@ pub fn xdp_intercept(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn tc_handoff(ctx: TcContext) -> i32 {
     handoff::handle(&ctx)
+}
+
+/// Keeps the socket table (see `track`).
+#[tracepoint]
+pub fn track_sockets(ctx: TracePointContext) -> u32 {
+    track::handle(&ctx);
+    0
 }
 
 /// Pass-through program: for the peer veth of an interface that sends XDP_TX frames (veth drops

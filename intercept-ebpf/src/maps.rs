@@ -1,15 +1,18 @@
 //! Maps of the data path. Names match `intercept_common::maps`; the controller pins them under
 //! the interface's bpffs directory and writes the configuration ones.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, Queue},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue},
 };
 use intercept_common::{
     Counter,
-    config::{AddrKey, Config, FlowKey, HalfOpen, Info, Ring, ScopeKey, ScopeValue, Watch},
+    config::{
+        AddrKey, Config, FlowKey, HalfOpen, Info, Ring, ScopeKey, ScopeValue, SocketTable, Watch,
+    },
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
-    maps::{HALF_OPEN_ENTRIES, SCOPE_ENTRIES, VICTIM_ENTRIES},
+    maps::{HALF_OPEN_ENTRIES, SCOPE_ENTRIES, SOCKET_ENTRIES, VICTIM_ENTRIES},
 };
 
 /// Per-CPU counters, indexed by [`Counter`]; written here, summed by the controller.
@@ -65,3 +68,14 @@ pub static WATCH: Array<Watch> = Array::with_max_entries(1, 0);
 /// Attach facts for `status`; the controller's (declared here so it is pinned with the rest).
 #[map(name = "INFO")]
 pub static INFO: Array<Info> = Array::with_max_entries(1, 0);
+
+/// The inbound flow of every non-listening TCP socket (see `SocketTable`); kept by
+/// `track_sockets`, seeded by the controller. Not LRU: a silently evicted flow would look like a
+/// forgery; a refused insert is counted instead and the table stops being authoritative.
+#[map(name = "SOCKETS")]
+pub static SOCKETS: HashMap<FlowKey, u32> =
+    HashMap::with_max_entries(SOCKET_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Whether [`SOCKETS`] is authoritative.
+#[map(name = "SOCKET_TABLE")]
+pub static SOCKET_TABLE: Array<SocketTable> = Array::with_max_entries(1, 0);

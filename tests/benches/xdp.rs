@@ -2,7 +2,7 @@
 //! program measured the same way. One run per call (`repeat` would feed the program the frame it
 //! modified on the previous run, e.g. a SYN-ACK instead of a SYN); the figure is the median of the
 //! kernel-reported durations. Needs root. Prints figures; asserts nothing.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use intercept_common::{
@@ -12,7 +12,10 @@ use intercept_common::{
     parse::tcp_flags,
 };
 use intercept_ctl::netns::Netns;
-use intercept_tests::{Loaded, configure_intercept, now_slot, require_root, test_secrets};
+use intercept_tests::{
+    Loaded, configure_intercept, connect_from, now_slot, require_root, start_socket_table,
+    test_secrets,
+};
 
 const RUNS: usize = 20_000;
 
@@ -65,13 +68,15 @@ fn main() {
     ns.spawn(|| {
         let mut obj = Loaded::new(&[PROG_XDP, PROG_XDP_PASS]);
         let mut maps = configure_intercept(&mut obj);
+        // The socket table as an attachment keeps it (tracepoint, seeded, authoritative).
+        let _track = start_socket_table(&mut obj, &mut maps);
         let listener = TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 8080)).unwrap();
+        let (c, s) = (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)));
         // A real established connection whose data segments the ACK path must pass.
-        let client = connect_from_client();
+        let client = connect_from(c, s, 8080);
         let _server = listener.accept().unwrap();
         let cport = client.local_addr().unwrap().port();
 
-        let (c, s) = (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)));
         let l = Link::default();
         let mut syn = TcpSegment::new(c, s, 40000, 8080, tcp_flags::SYN);
         syn.seq = 77;
@@ -129,40 +134,4 @@ fn main() {
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e));
-}
-
-/// Connects 198.18.0.2 -> 198.18.0.1:8080 (both on lo of the bench namespace).
-fn connect_from_client() -> TcpStream {
-    use std::os::fd::FromRawFd as _;
-    // SAFETY: plain socket/bind/connect on an fd we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        let mut a: libc::sockaddr_in = std::mem::zeroed();
-        a.sin_family = libc::AF_INET as u16;
-        a.sin_addr.s_addr = u32::from(Ipv4Addr::new(198, 18, 0, 2)).to_be();
-        assert_eq!(
-            libc::bind(
-                fd,
-                (&raw const a).cast(),
-                u32::try_from(size_of::<libc::sockaddr_in>()).unwrap()
-            ),
-            0
-        );
-        let s = TcpStream::from_raw_fd(fd);
-        let mut b: libc::sockaddr_in = std::mem::zeroed();
-        b.sin_family = libc::AF_INET as u16;
-        b.sin_port = 8080u16.to_be();
-        b.sin_addr.s_addr = u32::from(Ipv4Addr::new(198, 18, 0, 1)).to_be();
-        assert_eq!(
-            libc::connect(
-                fd,
-                (&raw const b).cast(),
-                u32::try_from(size_of::<libc::sockaddr_in>()).unwrap()
-            ),
-            0,
-            "{}",
-            std::io::Error::last_os_error()
-        );
-        s
-    }
 }

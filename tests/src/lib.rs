@@ -380,6 +380,48 @@ pub fn configure_intercept(obj: &mut Loaded) -> intercept_ctl::control::Maps {
     maps
 }
 
+/// Attaches the socket-table tracepoint program of `obj`, seeds the table from this namespace's
+/// sockets and ends the lookup window, as an attachment does (the window is cleared so the table
+/// is authoritative at once). Keep the returned link: dropping it detaches the program.
+///
+/// # Panics
+/// On any failure.
+pub fn start_socket_table(
+    obj: &mut Loaded,
+    maps: &mut intercept_ctl::control::Maps,
+) -> aya::programs::links::FdLink {
+    let link = intercept_ctl::loader::attach_socket_tracker(&mut obj.ebpf).expect("tracepoint");
+    maps.seed_sockets().expect("seed");
+    let mut cfg = maps.config().unwrap();
+    cfg.lookup_until_ns = 0;
+    maps.set_config(&cfg).unwrap();
+    assert!(maps.socket_table().unwrap().authoritative());
+    link
+}
+
+/// A TCP connection from `client` to `server`:`port` (addresses already on this namespace).
+///
+/// # Panics
+/// If it cannot connect.
+#[must_use]
+pub fn connect_from(
+    client: std::net::IpAddr,
+    server: std::net::IpAddr,
+    port: u16,
+) -> std::net::TcpStream {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(std::net::SocketAddr::new(client, 0)),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    s.bind(&std::net::SocketAddr::new(client, 0).into())
+        .expect("bind");
+    s.connect(&std::net::SocketAddr::new(server, port).into())
+        .expect("connect");
+    s.into()
+}
+
 /// A `intercept-ctl run` daemon for the lab's server interface, stopped with SIGTERM on drop.
 pub struct Daemon {
     child: std::process::Child,

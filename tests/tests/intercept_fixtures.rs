@@ -13,7 +13,10 @@ use intercept_common::{
     parse::{ETH_P_8021AD, ETH_P_8021Q, tcp_flags},
 };
 use intercept_ctl::{control::Maps, netns::Netns};
-use intercept_tests::{Loaded, configure_intercept, now_slot, require_root, test_secrets};
+use intercept_tests::{
+    Loaded, configure_intercept, connect_from, now_slot, require_root, start_socket_table,
+    test_secrets,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -400,10 +403,29 @@ fn cookie_for(v6: bool, dport: u16, isn: u32, key_idx: usize, slot: u32, co: Coo
 fn ack_path_fixtures() {
     require_root("ack_path_fixtures");
     let ns = Netns::new("fx").expect("netns");
+    for a in ["198.18.0.1/32", "198.18.0.2/32"] {
+        ns.ip(&["addr", "add", a, "dev", "lo"]).unwrap();
+    }
     ns.spawn(|| {
         // The listener the ACK path finds: dual-stack, so IPv4 lookups find it too.
-        let _l = TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), PORT))
+        let l = TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), PORT))
             .expect("listen");
+        let (c, s) = ips(false);
+        // A connection from before the attachment, and a data segment of it.
+        let before = connect_from(c, s, PORT);
+        let _before_srv = l.accept().unwrap();
+        let data_of = |conn: &std::net::TcpStream| {
+            let mut d = TcpSegment::new(
+                c,
+                s,
+                conn.local_addr().unwrap().port(),
+                PORT,
+                tcp_flags::ACK | tcp_flags::PSH,
+            );
+            (d.seq, d.ack_seq) = (0x0102_0304, 0x0a0b_0c0d);
+            d.payload = vec![0x61; 10];
+            tcp_frame(&link(0), &d)
+        };
         let mut env = Env::new();
         let co = opts(3, 7, true, false);
         let isn = 0x5555_0000;
@@ -414,6 +436,74 @@ fn ack_path_fixtures() {
             }
             c
         };
+        let established = [Packets, Ipv4, Tcp, Ack, PassEstablished, Passed];
+        let looked_up = [
+            Packets,
+            Ipv4,
+            Tcp,
+            Ack,
+            SocketLookups,
+            PassEstablished,
+            Passed,
+        ];
+        // The socket table is not authoritative yet (not seeded, and intercept mode just came
+        // into force): ACKs failing the cookie are checked against the kernel's sockets.
+        env.run(
+            "established, before the table",
+            &data_of(&before),
+            XDP_PASS,
+            &looked_up,
+        );
+        let forged = tcp_frame(&link(0), &ack(false, PORT, isn, 0x0bad_c0de));
+        let mut want = drop_(AckBadMac, false, false);
+        want.push(SocketLookups);
+        env.run("forged, before the table", &forged, XDP_DROP, &want);
+        // Seeded, tracepoint attached, window over: the table answers alone.
+        let _track = start_socket_table(&mut env.obj, &mut env.maps);
+        env.run(
+            "established, seeded from sock_diag",
+            &data_of(&before),
+            XDP_PASS,
+            &established,
+        );
+        let after = connect_from(c, s, PORT);
+        let after_srv = l.accept().unwrap();
+        env.run(
+            "established after the tracepoint",
+            &data_of(&after),
+            XDP_PASS,
+            &established,
+        );
+        env.run(
+            "forged, authoritative table",
+            &forged,
+            XDP_DROP,
+            &drop_(AckBadMac, false, false),
+        );
+        // Closed on the server: the tracepoint removes the flow at TCP_CLOSE.
+        let f = data_of(&after);
+        drop(after_srv);
+        drop(after);
+        let start = std::time::Instant::now();
+        let key = intercept_common::config::FlowKey::of(&Flow {
+            saddr: words_of(c),
+            daddr: words_of(s),
+            sport: u16::from_be_bytes([f[34], f[35]]),
+            dport: PORT,
+        });
+        while env.maps.socket_known(&key).unwrap() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "flow still in the table after close"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        env.run(
+            "segment of a closed connection",
+            &f,
+            XDP_DROP,
+            &drop_(AckBadMac, false, false),
+        );
         for (v6, vlans) in [(false, 0), (true, 2)] {
             for (what, age) in [("valid cookie", 0), ("cookie from the previous slot", 1)] {
                 let slot = now_slot();
@@ -516,7 +606,9 @@ fn ack_path_fixtures() {
             &drop_(AckBadMac, false, false),
         );
         env.maps.set_secrets(&secrets()).unwrap();
-        // No socket at all on a protected port: dropped, whatever the cookie.
+        // A valid cookie to a port without listener: XDP cannot know (it never asks the kernel
+        // about a valid cookie); TC finds no listener, counts ack_no_listener, and the kernel
+        // answers with a RST.
         let f = tcp_frame(
             &link(0),
             &ack(
@@ -527,10 +619,10 @@ fn ack_path_fixtures() {
             ),
         );
         env.run(
-            "ACK to a protected port without listener",
+            "valid ACK to a protected port without listener",
             &f,
-            XDP_DROP,
-            &drop_(AckNoListener, false, false),
+            XDP_PASS,
+            &[Packets, Ipv4, Tcp, Ack, AckValid, Passed],
         );
         // Unprotected destination: passed untouched.
         let mut seg = ack(false, PORT, isn, 0);
