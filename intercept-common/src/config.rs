@@ -82,8 +82,11 @@ pub mod flags {
     /// HALF_OPEN may hold entries: intercept mode then also untracks flows it passes (handshakes
     /// started in watch mode and completed after a switch). Kept by the controller.
     pub const TRACKING: u32 = 16;
+    /// Every SCOPE entry is a single address (/32, /128): the data path looks destinations up
+    /// in SCOPE_HOSTS, an exact-match hash holding the same entries, instead of the trie.
+    pub const SCOPE_HOSTS: u32 = 32;
     /// Bits the controller derives from the maps (not set by an operator).
-    pub const DERIVED: u32 = SCOPE_PORTS | SCOPE_ANY_PORT | EXEMPT;
+    pub const DERIVED: u32 = SCOPE_PORTS | SCOPE_ANY_PORT | EXEMPT | SCOPE_HOSTS;
 }
 
 /// The data path's configuration, one entry in [`crate::maps::CONFIG`]; written by the controller.
@@ -367,7 +370,7 @@ pub fn evaluate(
 /// bits from the start of `data`: 32 for the port word plus the address prefix (96 + n for an
 /// IPv4 /n).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ScopeKey {
     /// Port word, then the address words; each big-endian in memory.
     pub data: [u32; 5],

@@ -16,6 +16,9 @@ pub const CONFIG: &str = "CONFIG";
 pub const SECRETS: &str = "SECRETS";
 /// `LpmTrie<ScopeKey, ScopeValue>`: protected destinations and ports; written by the controller.
 pub const SCOPE: &str = "SCOPE";
+/// `HashMap<ScopeKey, ScopeValue>`: the single-address entries of [`SCOPE`], for exact-match
+/// lookups while every entry is one (see `flags::SCOPE_HOSTS`); written by the controller.
+pub const SCOPE_HOSTS: &str = "SCOPE_HOSTS";
 /// `LpmTrie<AddrKey, u32>`: exempt sources; written by the controller.
 pub const EXEMPT: &str = "EXEMPT";
 /// Name of the TC ingress program that completes verified handshakes.

@@ -142,6 +142,7 @@ pub struct Maps {
     config: Array<MapData, Config>,
     secrets: Array<MapData, Secrets>,
     scope: LpmTrie<MapData, ScopeKey, ScopeValue>,
+    scope_hosts: HashMap<MapData, ScopeKey, ScopeValue>,
     exempt: LpmTrie<MapData, AddrKey, u32>,
     info: Array<MapData, Info>,
     sockets: HashMap<MapData, FlowKey, u32>,
@@ -176,6 +177,7 @@ impl Maps {
             config: Array::try_from(Map::Array(open(d, maps::CONFIG)?))?,
             secrets: Array::try_from(Map::Array(open(d, maps::SECRETS)?))?,
             scope: LpmTrie::try_from(Map::LpmTrie(open(d, maps::SCOPE)?))?,
+            scope_hosts: HashMap::try_from(Map::HashMap(open(d, maps::SCOPE_HOSTS)?))?,
             exempt: LpmTrie::try_from(Map::LpmTrie(open(d, maps::EXEMPT)?))?,
             info: Array::try_from(Map::Array(open(d, maps::INFO)?))?,
             sockets: HashMap::try_from(Map::HashMap(open(d, maps::SOCKETS)?))?,
@@ -193,6 +195,7 @@ impl Maps {
             config: Array::try_from(take(maps::CONFIG)?)?,
             secrets: Array::try_from(take(maps::SECRETS)?)?,
             scope: LpmTrie::try_from(take(maps::SCOPE)?)?,
+            scope_hosts: HashMap::try_from(take(maps::SCOPE_HOSTS)?)?,
             exempt: LpmTrie::try_from(take(maps::EXEMPT)?)?,
             info: Array::try_from(take(maps::INFO)?)?,
             sockets: HashMap::try_from(take(maps::SOCKETS)?)?,
@@ -289,9 +292,13 @@ impl Maps {
 
     /// The trie-occupancy flags, from the tries themselves.
     fn derived_flags(&self) -> anyhow::Result<u32> {
-        let mut f = 0;
+        let mut f = flags::SCOPE_HOSTS;
         for k in self.scope.keys() {
-            f |= if u32::from_be(k?.data().data[0]) >> 16 == 0 {
+            let k = k?;
+            if k.prefix_len() != ScopeKey::prefix_len(128) {
+                f &= !flags::SCOPE_HOSTS;
+            }
+            f |= if u32::from_be(k.data().data[0]) >> 16 == 0 {
                 flags::SCOPE_ANY_PORT
             } else {
                 flags::SCOPE_PORTS
@@ -388,9 +395,15 @@ impl Maps {
         let (w, bits) = prefix.words();
         for port in ports.unwrap_or(&[0]) {
             let key = Key::new(ScopeKey::prefix_len(bits), ScopeKey::new(*port, &w));
+            let v = ScopeValue { protect: 1 };
             self.scope
-                .insert(&key, &ScopeValue { protect: 1 }, 0)
+                .insert(&key, &v, 0)
                 .with_context(|| format!("add {prefix} port {port} to SCOPE"))?;
+            if bits == 128 {
+                self.scope_hosts
+                    .insert(&key.data(), &v, 0)
+                    .with_context(|| format!("add {prefix} port {port} to SCOPE_HOSTS"))?;
+            }
         }
         self.refresh()
     }
@@ -403,6 +416,9 @@ impl Maps {
         let (w, bits) = prefix.words();
         for port in ports.unwrap_or(&[0]) {
             let key = Key::new(ScopeKey::prefix_len(bits), ScopeKey::new(*port, &w));
+            if bits == 128 {
+                let _ = self.scope_hosts.remove(&key.data());
+            }
             self.scope.remove(&key).map_err(|_| {
                 anyhow::anyhow!(
                     "{prefix} port {} is not in the protected scope (see `scope list`)",

@@ -2,9 +2,7 @@
 //! completes one of our cookie handshakes (verified here, handed to TC in metadata), or is dropped.
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple, xdp_action},
-    helpers::generated::{
-        bpf_ktime_get_coarse_ns, bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_adjust_meta,
-    },
+    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_adjust_meta},
     programs::XdpContext,
 };
 use intercept_common::{
@@ -136,8 +134,7 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     let Some(secrets) = SECRETS.get(0) else {
         return pass(Counter::PassNoSecret);
     };
-    // SAFETY: helper without side effects (the coarse clock, as the SYN path uses).
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::now_ns();
     let err = match cookie::check(
         secrets,
         &flow,

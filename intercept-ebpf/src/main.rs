@@ -3,6 +3,7 @@
 #![no_main]
 
 mod ack;
+mod clock;
 mod frame;
 mod handoff;
 mod maps;

@@ -31,6 +31,10 @@ pub static SECRETS: Array<Secrets> = Array::with_max_entries(1, 0);
 #[map(name = "SCOPE")]
 pub static SCOPE: LpmTrie<ScopeKey, ScopeValue> = LpmTrie::with_max_entries(SCOPE_ENTRIES, 0);
 
+/// The single-address entries of SCOPE, exact match (see `flags::SCOPE_HOSTS`).
+#[map(name = "SCOPE_HOSTS")]
+pub static SCOPE_HOSTS: HashMap<ScopeKey, ScopeValue> = HashMap::with_max_entries(SCOPE_ENTRIES, 0);
+
 /// Exempt source prefixes; written by the controller.
 #[map(name = "EXEMPT")]
 pub static EXEMPT: LpmTrie<AddrKey, u32> = LpmTrie::with_max_entries(SCOPE_ENTRIES, 0);

@@ -5,12 +5,28 @@ use intercept_common::{
     cookie::Flow,
 };
 
-use crate::maps::{EXEMPT, SCOPE};
+use crate::maps::{EXEMPT, SCOPE, SCOPE_HOSTS};
 
 /// Whether the flow's destination is protected (port-specific entry first, then any-port). A trie
-/// the controller flagged empty is not looked up (an LPM lookup is the dearest step here).
+/// the controller flagged empty is not looked up (an LPM lookup is the dearest step here), and
+/// while every entry is a single address an exact-match hash stands in for the trie.
 #[inline(always)]
 pub fn protected(flow: &Flow, cfg: &Config) -> bool {
+    if cfg.flags & flags::SCOPE_HOSTS != 0 {
+        if cfg.flags & flags::SCOPE_PORTS != 0 {
+            // SAFETY: read-only lookup.
+            if let Some(v) = unsafe { SCOPE_HOSTS.get(&ScopeKey::new(flow.dport, &flow.daddr)) } {
+                return v.protect != 0;
+            }
+        }
+        if cfg.flags & flags::SCOPE_ANY_PORT != 0 {
+            // SAFETY: read-only lookup.
+            if let Some(v) = unsafe { SCOPE_HOSTS.get(&ScopeKey::new(0, &flow.daddr)) } {
+                return v.protect != 0;
+            }
+        }
+        return false;
+    }
     if cfg.flags & flags::SCOPE_PORTS != 0 {
         let key = Key::new(
             ScopeKey::prefix_len(128),

@@ -1,8 +1,6 @@
 //! SYN path: answer a protected SYN with a cookie SYN-ACK built in place, sent back with XDP_TX.
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_xdp_adjust_tail},
-    programs::XdpContext,
+    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
 };
 use intercept_common::{
     Counter,
@@ -58,10 +56,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     if secrets.keys[0].k == [0, 0] && secrets.keys[1].k == [0, 0] {
         return pass(Counter::PassNoSecret);
     }
-    // The coarse clock (the same CLOCK_MONOTONIC, at tick resolution): slots are 68 s and the
-    // TSval milliseconds, and the precise clock costs a TSC read (about 20 ns in a VM).
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::now_ns();
     let idx = secrets.current & 1;
     let key = if idx == 1 {
         &secrets.keys[1]
