@@ -454,7 +454,16 @@ fn ack_path_fixtures() {
             XDP_PASS,
             &looked_up,
         );
-        let forged = tcp_frame(&link(0), &ack(false, PORT, isn, 0x0bad_c0de));
+        // Current slot bits, one MAC bit flipped.
+        let forged = tcp_frame(
+            &link(0),
+            &ack(
+                false,
+                PORT,
+                isn,
+                cookie_for(false, PORT, isn, 0, now_slot(), co) ^ 0x8000_0000,
+            ),
+        );
         let mut want = drop_(AckBadMac, false, false);
         want.push(SocketLookups);
         env.run("forged, before the table", &forged, XDP_DROP, &want);
