@@ -1,8 +1,17 @@
 //! Names of the maps the XDP program declares and the controller opens (by these names in the
 //! object, and as file names under the interface's bpffs pin directory).
 
-/// `PerCpuArray<u64>` of [`crate::Counter::Count`] entries; written by the data path only.
+/// `PerCpuArray<[u64; Counter::Count]>` of two entries: entry [`COUNTERS_DATA_PATH`] is written
+/// by the data path only, entry [`COUNTERS_CONTROLLER`] by the controller only; a counter's value
+/// is the sum of both over CPUs. (One block per CPU, not one map entry per counter: a packet then
+/// touches one or two cache lines of counters, not one line and one pointer per counter.)
 pub const COUNTERS: &str = "COUNTERS";
+/// The data path's entry of [`COUNTERS`].
+pub const COUNTERS_DATA_PATH: u32 = 0;
+/// The controller's entry of [`COUNTERS`] (watch-mode timeouts and the like).
+pub const COUNTERS_CONTROLLER: u32 = 1;
+/// One entry of [`COUNTERS`].
+pub type CounterBlock = [u64; crate::Counter::Count as usize];
 
 /// Name of the main XDP program in the object.
 pub const PROG_XDP: &str = "xdp_intercept";

@@ -1,7 +1,10 @@
 //! Reading the per-CPU counters, summed over CPUs.
 use anyhow::Context as _;
 use aya::maps::{Map, MapData, PerCpuArray};
-use intercept_common::{Counter, maps};
+use intercept_common::{
+    Counter,
+    maps::{self, CounterBlock},
+};
 
 use crate::{
     errors::{CtlError, explain},
@@ -47,16 +50,22 @@ impl Counters {
 /// # Errors
 /// If a lookup fails.
 pub fn read_map<T: std::borrow::Borrow<MapData>>(
-    map: &PerCpuArray<T, u64>,
+    map: &PerCpuArray<T, CounterBlock>,
 ) -> anyhow::Result<Counters> {
-    let mut out = Vec::with_capacity(Counter::ALL.len());
-    for c in Counter::ALL {
-        let per_cpu = map
-            .get(&(c as u32), 0)
-            .with_context(|| format!("read counter {}", c.name()))?;
-        out.push((c, per_cpu.iter().sum()));
+    let mut sum = [0u64; Counter::Count as usize];
+    for entry in [maps::COUNTERS_DATA_PATH, maps::COUNTERS_CONTROLLER] {
+        for block in map.get(&entry, 0).context("read COUNTERS")?.iter() {
+            for (s, v) in sum.iter_mut().zip(block) {
+                *s = s.wrapping_add(*v);
+            }
+        }
     }
-    Ok(Counters(out))
+    Ok(Counters(
+        Counter::ALL
+            .iter()
+            .map(|c| (*c, sum[*c as usize]))
+            .collect(),
+    ))
 }
 
 /// Reads the counters pinned for `iface`.
@@ -75,6 +84,6 @@ pub fn read_pinned(iface: &str, netns: Option<&str>) -> anyhow::Result<Counters>
     }
     let data = MapData::from_pin(&path).map_err(|e| explain(e.into(), "open the counters map"))?;
     let map = Map::PerCpuArray(data);
-    let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(&map)?;
+    let arr: PerCpuArray<&MapData, CounterBlock> = PerCpuArray::try_from(&map)?;
     read_map(&arr)
 }

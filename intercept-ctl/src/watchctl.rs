@@ -10,7 +10,7 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, Queue};
 use intercept_common::{
     Counter,
     config::{FlowKey, HalfOpen, Mode, TransitionCause, Watch, evaluate, flags},
-    maps,
+    maps::{self, CounterBlock},
 };
 
 use crate::{
@@ -43,7 +43,7 @@ pub struct WatchMaps {
     pub half_open: HashMap<MapData, FlowKey, HalfOpen>,
     victims: Queue<MapData, FlowKey>,
     watch: Array<MapData, Watch>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, CounterBlock>,
 }
 
 fn open(pins: &PinDir, name: &str) -> anyhow::Result<MapData> {
@@ -102,11 +102,11 @@ impl WatchMaps {
         if n == 0 {
             return Ok(());
         }
-        let cur = self.counters.get(&(c as u32), 0)?;
-        let mut v: Vec<u64> = cur.iter().copied().collect();
-        v[0] += n;
+        let cur = self.counters.get(&maps::COUNTERS_CONTROLLER, 0)?;
+        let mut v: Vec<CounterBlock> = cur.iter().copied().collect();
+        v[0][c as usize] += n;
         self.counters
-            .set(c as u32, PerCpuValues::try_from(v)?, 0)
+            .set(maps::COUNTERS_CONTROLLER, PerCpuValues::try_from(v)?, 0)
             .context("write COUNTERS")
     }
 }

@@ -6,18 +6,17 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue},
 };
 use intercept_common::{
-    Counter,
     config::{
         AddrKey, Config, FlowKey, HalfOpen, Info, Ring, ScopeKey, ScopeValue, SocketTable, Watch,
     },
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
-    maps::{HALF_OPEN_ENTRIES, SCOPE_ENTRIES, SOCKET_ENTRIES, VICTIM_ENTRIES},
+    maps::{CounterBlock, HALF_OPEN_ENTRIES, SCOPE_ENTRIES, SOCKET_ENTRIES, VICTIM_ENTRIES},
 };
 
 /// Per-CPU counters, indexed by [`Counter`]; written here, summed by the controller.
 #[map(name = "COUNTERS")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::Count as u32, 0);
+pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(2, 0);
 
 /// Mode and SYN-ACK parameters; written by the controller. All zero (mode off) until it does.
 #[map(name = "CONFIG")]

@@ -1,15 +1,16 @@
 //! Counting: per-CPU, plain increments (no atomics on the fast path).
 use aya_ebpf::bindings::xdp_action;
-use intercept_common::Counter;
+use intercept_common::{Counter, maps::COUNTERS_DATA_PATH};
 
 use crate::maps::COUNTERS;
 
 /// Adds one to `c` on this CPU.
 #[inline(always)]
 pub fn count(c: Counter) {
-    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
-        // SAFETY: per-CPU slot, only this program on this CPU writes it while it runs.
-        unsafe { *p += 1 };
+    if let Some(p) = COUNTERS.get_ptr_mut(COUNTERS_DATA_PATH) {
+        // SAFETY: this CPU's block, written only by this program on this CPU while it runs;
+        // `c` is below `Counter::Count`, the block's length.
+        unsafe { (*p)[c as usize] += 1 };
     }
 }
 

@@ -140,7 +140,8 @@ impl Loaded {
     #[must_use]
     pub fn counters(&self) -> Counters {
         let map = self.ebpf.map(maps::COUNTERS).expect("COUNTERS map");
-        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).expect("per-CPU array");
+        let arr: PerCpuArray<&MapData, intercept_common::maps::CounterBlock> =
+            PerCpuArray::try_from(map).expect("per-CPU array");
         read_map(&arr).expect("read counters")
     }
 
