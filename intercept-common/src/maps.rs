@@ -57,6 +57,19 @@ pub const INFO: &str = "INFO";
 pub const SOCKETS: &str = "SOCKETS";
 /// Capacity of [`SOCKETS`] (allocated as used).
 pub const SOCKET_ENTRIES: u32 = 1 << 20;
+/// `Array<u64>` of [`SOCKET_BUCKETS`]: how many flows of [`SOCKETS`] fall in each bucket of
+/// [`crate::config::socket_bucket`]. The data path reads one counter (an inlined array load)
+/// before paying for a hash lookup: a zero proves the flow absent. Kept with atomic adds by the
+/// same code that inserts and removes flows (the tracepoint, and `seed_socket` at attach).
+pub const SOCKET_FILTER: &str = "SOCKET_FILTER";
+/// Log2 of the number of [`SOCKET_FILTER`] buckets.
+pub const SOCKET_BUCKET_BITS: u32 = 19;
+/// Number of [`SOCKET_FILTER`] buckets (4 MiB of counters).
+pub const SOCKET_BUCKETS: u32 = 1 << SOCKET_BUCKET_BITS;
+/// Name of the XDP program the controller runs with BPF_PROG_TEST_RUN to seed [`SOCKETS`] (a
+/// frame carrying one `FlowKey` after an Ethernet header), so seeding and the tracepoint share
+/// one insertion code path, atomic counters included.
+pub const PROG_SEED: &str = "seed_socket";
 /// `Array<SocketTable>`: whether [`SOCKETS`] is authoritative.
 pub const SOCKET_TABLE: &str = "SOCKET_TABLE";
 /// Name of the tracepoint program that keeps [`SOCKETS`].

@@ -240,26 +240,15 @@ impl Maps {
         self.config.set(0, &c, 0).context("write CONFIG")
     }
 
-    /// Seeds the socket table with the TCP sockets of the current network namespace and marks
-    /// it authoritative; the `track_sockets` tracepoint program must already be attached (so no
-    /// socket created meanwhile is missed). Returns the number of sockets seeded.
+    /// Marks the socket table authoritative, once [`crate::loader::seed_sockets`] has seeded it
+    /// (with the tracepoint program attached before, so no socket created meanwhile is missed).
     ///
     /// # Errors
-    /// sock_diag or bpf() failure (the table then stays non-authoritative: the data path keeps
-    /// asking the kernel).
-    pub fn seed_sockets(&mut self) -> anyhow::Result<usize> {
-        let flows = crate::sockdiag::SockDiag::open()?.table_flows()?;
-        for k in &flows {
-            self.sockets
-                .insert(k, &1, 0)
-                .context("seed the socket table (SOCKETS)")?;
-        }
+    /// bpf() failure.
+    pub fn mark_seeded(&mut self) -> anyhow::Result<()> {
         let mut t = self.socket_table()?;
         t.seeded = 1;
-        self.socket_table
-            .set(0, &t, 0)
-            .context("write SOCKET_TABLE")?;
-        Ok(flows.len())
+        self.set_socket_table(&t)
     }
 
     /// The socket table's state.

@@ -246,6 +246,7 @@ fn attach_and_pin(
         let link = attach_socket_tracker(ebpf)?;
         link.pin(pins.path().join("link_track"))
             .context("pin the socket-table tracepoint link")?;
+        seed_sockets(ebpf).context("seed the socket table")?;
     }
     // The XDP link is pinned last: its presence marks a complete attachment.
     link.pin(pins.link()).context("pin the XDP link")?;
@@ -273,7 +274,7 @@ fn configure(
     cfg.mss_v6 = u16::try_from(mtu.saturating_sub(60).clamp(1220, 65475))?;
     m.set_config(&cfg)?;
     m.init_secrets()?;
-    m.seed_sockets().context("seed the socket table")?;
+    m.mark_seeded()?;
     crate::watchctl::WatchMaps::open(iface, netns)?
         .set_watch(&intercept_common::config::Watch::default())?;
     if initial == Mode::Intercept {
@@ -327,6 +328,43 @@ pub fn attach_socket_tracker(ebpf: &mut Ebpf) -> anyhow::Result<FdLink> {
     tp.take_link(id)?
         .try_into()
         .context("the kernel attached the tracepoint without a bpf_link (kernel < 5.15?)")
+}
+
+/// Seeds the socket table with the TCP sockets of the current network namespace (sock_diag),
+/// through the object's `seed_socket` program run once per socket with BPF_PROG_TEST_RUN, so the
+/// table and its bucket counters change exactly as the tracepoint changes them. Returns how many
+/// sockets were seeded. Attach the tracepoint first (see [`attach_socket_tracker`]); mark the
+/// table seeded after (`Maps::mark_seeded`).
+///
+/// # Errors
+/// sock_diag failure, or the program refused to load or run.
+pub fn seed_sockets(ebpf: &mut Ebpf) -> anyhow::Result<usize> {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    let flows = crate::sockdiag::SockDiag::open()?.table_flows()?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(maps::PROG_SEED)
+        .context("seed program missing from the object")?
+        .try_into()?;
+    prog.load()
+        .map_err(|e| explain(e.into(), "load the socket-table seed program"))?;
+    let mut frame = [0u8; 14 + size_of::<intercept_common::config::FlowKey>()];
+    for k in &flows {
+        // The FlowKey's repr(C) layout: two address-word arrays, then the two ports.
+        let words = k.saddr.iter().chain(&k.daddr).flat_map(|w| w.to_ne_bytes());
+        for (d, b) in frame[14..].iter_mut().zip(
+            words
+                .chain(k.sport.to_ne_bytes())
+                .chain(k.dport.to_ne_bytes()),
+        ) {
+            *d = b;
+        }
+        prog.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ..TestRunOptions::default()
+        })
+        .context("run the seed program (BPF_PROG_TEST_RUN)")?;
+    }
+    Ok(flows.len())
 }
 
 /// Checks a tracepoint `format` file has the fields `track_sockets` reads at its offsets.

@@ -124,8 +124,10 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
         Ok(x) => x,
         Err(verdict) => return verdict,
     };
+    // The filter first: a zero bucket proves the flow absent without hashing it.
+    let key = FlowKey::of(&flow);
     // SAFETY: read-only lookup.
-    if unsafe { SOCKETS.get(&FlowKey::of(&flow)) }.is_some() {
+    if crate::track::may_hold(&key) && unsafe { SOCKETS.get(&key) }.is_some() {
         return established(&flow, tcp, cfg);
     }
     if scope::exempt(&flow, cfg) {

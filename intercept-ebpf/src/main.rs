@@ -1,6 +1,10 @@
 //! xdp-intercept's data path. This file holds only the entry points; the work is in the modules.
 #![no_std]
 #![no_main]
+// Atomic adds: the BPF target has 64-bit atomics but no compare-and-swap, so core's atomic
+// types offer no fetch_add; the intrinsic lowers to BPF's atomic add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod ack;
 mod clock;
@@ -69,6 +73,22 @@ pub fn tc_handoff(ctx: TcContext) -> i32 {
 pub fn track_sockets(ctx: TracePointContext) -> u32 {
     track::handle(&ctx);
     0
+}
+
+/// Seeds the socket table with one flow: run by the controller with BPF_PROG_TEST_RUN on a frame
+/// holding a `FlowKey` after the Ethernet header, for each socket that existed before the
+/// tracepoint. Never attached to an interface.
+#[xdp]
+pub fn seed_socket(ctx: XdpContext) -> u32 {
+    use intercept_common::{config::FlowKey, parse::Frame as _};
+    let pkt = Pkt::new(&ctx);
+    let Some(b) = pkt.load::<{ size_of::<FlowKey>() }>(14) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: FlowKey is plain integers; every bit pattern is valid.
+    let key: FlowKey = unsafe { core::mem::transmute(b) };
+    track::insert(&key);
+    xdp_action::XDP_DROP
 }
 
 /// Pass-through program: for the peer veth of an interface that sends XDP_TX frames (veth drops

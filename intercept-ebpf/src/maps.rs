@@ -11,7 +11,10 @@ use intercept_common::{
     },
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
-    maps::{CounterBlock, HALF_OPEN_ENTRIES, SCOPE_ENTRIES, SOCKET_ENTRIES, VICTIM_ENTRIES},
+    maps::{
+        CounterBlock, HALF_OPEN_ENTRIES, SCOPE_ENTRIES, SOCKET_BUCKETS, SOCKET_ENTRIES,
+        VICTIM_ENTRIES,
+    },
 };
 
 /// Per-CPU counters, indexed by [`Counter`]; written here, summed by the controller.
@@ -78,6 +81,10 @@ pub static INFO: Array<Info> = Array::with_max_entries(1, 0);
 #[map(name = "SOCKETS")]
 pub static SOCKETS: HashMap<FlowKey, u32> =
     HashMap::with_max_entries(SOCKET_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Per bucket of `socket_bucket`, the number of flows of [`SOCKETS`] in it.
+#[map(name = "SOCKET_FILTER")]
+pub static SOCKET_FILTER: Array<u64> = Array::with_max_entries(SOCKET_BUCKETS, 0);
 
 /// Whether [`SOCKETS`] is authoritative.
 #[map(name = "SOCKET_TABLE")]

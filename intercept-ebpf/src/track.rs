@@ -1,10 +1,18 @@
 //! The socket table: keeps `SOCKETS` equal to the set of non-listening TCP sockets, from the
 //! `sock:inet_sock_set_state` tracepoint (every TCP state change of a full socket, in every
 //! network namespace). See `intercept_common::config::SocketTable`.
-use aya_ebpf::programs::TracePointContext;
-use intercept_common::{config::FlowKey, cookie::words};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use crate::maps::{SOCKET_TABLE, SOCKETS};
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::TracePointContext};
+use intercept_common::{
+    config::{FlowKey, socket_bucket},
+    cookie::words,
+};
+
+use crate::maps::{SOCKET_FILTER, SOCKET_TABLE, SOCKETS};
+
+/// `EEXIST` (include/uapi/asm-generic/errno-base.h).
+const EEXIST: i32 = 17;
 
 /// Field offsets of the tracepoint's record (tracefs `events/sock/inet_sock_set_state/format`;
 /// the controller checks them against this kernel's before attaching).
@@ -56,10 +64,56 @@ pub fn handle(ctx: &TracePointContext) {
         dport: local_port,
     };
     if state == TCP_CLOSE {
-        let _ = SOCKETS.remove(&key);
-    } else if SOCKETS.insert(&key, &1, 0).is_err() {
-        refused();
+        remove(&key);
+    } else {
+        insert(&key);
     }
+}
+
+/// The bucket counter of `key` in the filter.
+#[inline(always)]
+fn bucket(key: &FlowKey) -> Option<*mut u64> {
+    SOCKET_FILTER.get_ptr_mut(socket_bucket(key))
+}
+
+/// Adds a flow (a no-op if present). The bucket is counted before the flow is inserted, so a
+/// reader never sees the flow without its bucket's count.
+#[inline(always)]
+pub fn insert(key: &FlowKey) {
+    let Some(b) = bucket(key) else {
+        refused();
+        return;
+    };
+    // SAFETY: a valid u64 in map memory; an atomic add, as CPUs race here.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, 1) };
+    match SOCKETS.insert(key, &1, BPF_NOEXIST.into()) {
+        Ok(()) => {}
+        Err(e) => {
+            // SAFETY: as above.
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, u64::MAX) };
+            if e != -EEXIST {
+                refused();
+            }
+        }
+    }
+}
+
+/// Removes a flow (a no-op if absent); its bucket is uncounted after.
+#[inline(always)]
+fn remove(key: &FlowKey) {
+    if SOCKETS.remove(key).is_ok() {
+        if let Some(b) = bucket(key) {
+            // SAFETY: a valid u64 in map memory; an atomic add of -1.
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, u64::MAX) };
+        }
+    }
+}
+
+/// Whether the table may hold `key`: its bucket is counted (then look it up), or not (absent).
+#[inline(always)]
+pub fn may_hold(key: &FlowKey) -> bool {
+    // SAFETY: a valid u64 in map memory; a plain load (a racing add is ordered by the insert).
+    bucket(key).is_none_or(|b| unsafe { core::ptr::read_volatile(b) } != 0)
 }
 
 /// Counts a change the table could not record: it is no longer authoritative.

@@ -392,7 +392,8 @@ pub fn start_socket_table(
     maps: &mut intercept_ctl::control::Maps,
 ) -> aya::programs::links::FdLink {
     let link = intercept_ctl::loader::attach_socket_tracker(&mut obj.ebpf).expect("tracepoint");
-    maps.seed_sockets().expect("seed");
+    intercept_ctl::loader::seed_sockets(&mut obj.ebpf).expect("seed");
+    maps.mark_seeded().expect("mark seeded");
     let mut cfg = maps.config().unwrap();
     cfg.lookup_until_ns = 0;
     maps.set_config(&cfg).unwrap();
