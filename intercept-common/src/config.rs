@@ -85,8 +85,12 @@ pub mod flags {
     /// Every SCOPE entry is a single address (/32, /128): the data path looks destinations up
     /// in SCOPE_HOSTS, an exact-match hash holding the same entries, instead of the trie.
     pub const SCOPE_HOSTS: u32 = 32;
+    /// Every SCOPE entry is a single address and there are at most
+    /// [`super::SCOPE_LIST_MAX`]: the data path scans SCOPE_LIST, a copy of them in one map
+    /// value, and looks nothing up (the usual deployment: a few service addresses and ports).
+    pub const SCOPE_LIST: u32 = 64;
     /// Bits the controller derives from the maps (not set by an operator).
-    pub const DERIVED: u32 = SCOPE_PORTS | SCOPE_ANY_PORT | EXEMPT | SCOPE_HOSTS;
+    pub const DERIVED: u32 = SCOPE_PORTS | SCOPE_ANY_PORT | EXEMPT | SCOPE_HOSTS | SCOPE_LIST;
 }
 
 /// The data path's configuration, one entry in [`crate::maps::CONFIG`]; written by the controller.
@@ -418,6 +422,54 @@ impl ScopeKey {
     }
 }
 
+/// Most entries [`ScopeList`] holds.
+pub const SCOPE_LIST_MAX: usize = 8;
+
+/// One protected (address, port) pair of a [`ScopeList`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeEntry {
+    /// Address words ([`crate::cookie::Flow`] form).
+    pub addr: [u32; 4],
+    /// Port, or 0 for every port.
+    pub port: u32,
+}
+
+/// The whole protected scope while it is a few single addresses (see `flags::SCOPE_LIST`);
+/// one entry in [`crate::maps::SCOPE_LIST`], written by the controller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeList {
+    /// Entries in use.
+    pub len: u32,
+    /// The entries; those past `len` are zero.
+    pub entries: [ScopeEntry; SCOPE_LIST_MAX],
+}
+const _: () = assert!(size_of::<ScopeList>() == 4 + 20 * SCOPE_LIST_MAX);
+
+impl ScopeList {
+    /// Whether a destination is protected: an entry with its address and port, or every port.
+    #[inline(always)]
+    #[must_use]
+    pub fn protects(&self, addr: &[u32; 4], port: u16) -> bool {
+        let mut i = 0;
+        while i < SCOPE_LIST_MAX {
+            let e = &self.entries[i];
+            if (i as u32) < self.len
+                && e.addr[3] == addr[3]
+                && (e.port == 0 || e.port == u32::from(port))
+                && e.addr[0] == addr[0]
+                && e.addr[1] == addr[1]
+                && e.addr[2] == addr[2]
+            {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
 /// Value of a [`ScopeKey`] entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -505,11 +557,36 @@ mod pod {
     unsafe impl aya::Pod for super::Watch {}
     unsafe impl aya::Pod for super::Info {}
     unsafe impl aya::Pod for super::SocketTable {}
+    unsafe impl aya::Pod for super::ScopeList {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scope_list_matches_address_and_port() {
+        let a = crate::cookie::mapped(0xc612_0001);
+        let b = [0x2001_0db8, 0, 0, 1];
+        let mut l = ScopeList::default();
+        l.entries[0] = ScopeEntry { addr: a, port: 443 };
+        l.entries[1] = ScopeEntry { addr: b, port: 0 };
+        l.len = 2;
+        assert!(l.protects(&a, 443));
+        assert!(!l.protects(&a, 80), "other port");
+        assert!(l.protects(&b, 80), "every port");
+        assert!(
+            !l.protects(&[0x2001_0db8, 0, 1, 1], 80),
+            "other address, same last word"
+        );
+        assert!(!l.protects(&crate::cookie::mapped(0xc612_0002), 443));
+        l.len = 1;
+        assert!(!l.protects(&b, 80), "entries past len do not count");
+        assert!(
+            !ScopeList::default().protects(&[0; 4], 0),
+            "an empty list protects nothing"
+        );
+    }
 
     /// Flows that differ in one field (client port, client address, IPv6 prefix) spread over
     /// the buckets: a filter that clumped them would send most lookups to the hash.

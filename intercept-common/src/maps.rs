@@ -28,6 +28,9 @@ pub const SCOPE: &str = "SCOPE";
 /// `HashMap<ScopeKey, ScopeValue>`: the single-address entries of [`SCOPE`], for exact-match
 /// lookups while every entry is one (see `flags::SCOPE_HOSTS`); written by the controller.
 pub const SCOPE_HOSTS: &str = "SCOPE_HOSTS";
+/// `Array<ScopeList>` of one entry: SCOPE while it is a few single addresses (see
+/// `flags::SCOPE_LIST`); written by the controller.
+pub const SCOPE_LIST: &str = "SCOPE_LIST";
 /// `LpmTrie<AddrKey, u32>`: exempt sources; written by the controller.
 pub const EXEMPT: &str = "EXEMPT";
 /// Name of the TC ingress program that completes verified handshakes.

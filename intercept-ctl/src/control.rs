@@ -6,7 +6,10 @@ use std::{net::IpAddr, path::Path};
 use anyhow::{Context as _, bail, ensure};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use intercept_common::{
-    config::{AddrKey, Config, FlowKey, Info, Mode, ScopeKey, ScopeValue, SocketTable, flags},
+    config::{
+        AddrKey, Config, FlowKey, Info, Mode, SCOPE_LIST_MAX, ScopeEntry, ScopeKey, ScopeList,
+        ScopeValue, SocketTable, flags,
+    },
     cookie::{Key as SipKey, Secrets, ip_of, words_of},
     maps,
 };
@@ -143,6 +146,7 @@ pub struct Maps {
     secrets: Array<MapData, Secrets>,
     scope: LpmTrie<MapData, ScopeKey, ScopeValue>,
     scope_hosts: HashMap<MapData, ScopeKey, ScopeValue>,
+    scope_list: Array<MapData, ScopeList>,
     exempt: LpmTrie<MapData, AddrKey, u32>,
     info: Array<MapData, Info>,
     sockets: HashMap<MapData, FlowKey, u32>,
@@ -178,6 +182,7 @@ impl Maps {
             secrets: Array::try_from(Map::Array(open(d, maps::SECRETS)?))?,
             scope: LpmTrie::try_from(Map::LpmTrie(open(d, maps::SCOPE)?))?,
             scope_hosts: HashMap::try_from(Map::HashMap(open(d, maps::SCOPE_HOSTS)?))?,
+            scope_list: Array::try_from(Map::Array(open(d, maps::SCOPE_LIST)?))?,
             exempt: LpmTrie::try_from(Map::LpmTrie(open(d, maps::EXEMPT)?))?,
             info: Array::try_from(Map::Array(open(d, maps::INFO)?))?,
             sockets: HashMap::try_from(Map::HashMap(open(d, maps::SOCKETS)?))?,
@@ -196,6 +201,7 @@ impl Maps {
             secrets: Array::try_from(take(maps::SECRETS)?)?,
             scope: LpmTrie::try_from(take(maps::SCOPE)?)?,
             scope_hosts: HashMap::try_from(take(maps::SCOPE_HOSTS)?)?,
+            scope_list: Array::try_from(take(maps::SCOPE_LIST)?)?,
             exempt: LpmTrie::try_from(take(maps::EXEMPT)?)?,
             info: Array::try_from(take(maps::INFO)?)?,
             sockets: HashMap::try_from(take(maps::SOCKETS)?)?,
@@ -279,13 +285,29 @@ impl Maps {
         }
     }
 
-    /// The trie-occupancy flags, from the tries themselves.
-    fn derived_flags(&self) -> anyhow::Result<u32> {
-        let mut f = flags::SCOPE_HOSTS;
+    /// The trie-occupancy flags, from the tries themselves; with `SCOPE_LIST`, the list is
+    /// written first (the data path reads it as soon as the flag is in the configuration).
+    fn derived_flags(&mut self) -> anyhow::Result<u32> {
+        let mut f = flags::SCOPE_HOSTS | flags::SCOPE_LIST;
+        let mut list = ScopeList::default();
         for k in self.scope.keys() {
             let k = k?;
+            let d = k.data().data;
             if k.prefix_len() != ScopeKey::prefix_len(128) {
-                f &= !flags::SCOPE_HOSTS;
+                f &= !(flags::SCOPE_HOSTS | flags::SCOPE_LIST);
+            } else if let Some(e) = list.entries.get_mut(list.len as usize) {
+                *e = ScopeEntry {
+                    addr: [
+                        u32::from_be(d[1]),
+                        u32::from_be(d[2]),
+                        u32::from_be(d[3]),
+                        u32::from_be(d[4]),
+                    ],
+                    port: u32::from_be(d[0]) >> 16,
+                };
+                list.len += 1;
+            } else {
+                f &= !flags::SCOPE_LIST;
             }
             f |= if u32::from_be(k.data().data[0]) >> 16 == 0 {
                 flags::SCOPE_ANY_PORT
@@ -296,6 +318,12 @@ impl Maps {
         if let Some(k) = self.exempt.keys().next() {
             k?;
             f |= flags::EXEMPT;
+        }
+        if f & flags::SCOPE_LIST != 0 {
+            debug_assert!(list.len as usize <= SCOPE_LIST_MAX);
+            self.scope_list
+                .set(0, &list, 0)
+                .context("write SCOPE_LIST")?;
         }
         Ok(f)
     }

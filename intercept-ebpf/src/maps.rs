@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use intercept_common::{
     config::{
-        AddrKey, Config, FlowKey, HalfOpen, Info, Ring, ScopeKey, ScopeValue, SocketTable, Watch,
+        AddrKey, Config, FlowKey, HalfOpen, Info, Ring, ScopeKey, ScopeList, ScopeValue,
+        SocketTable, Watch,
     },
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
@@ -36,6 +37,10 @@ pub static SCOPE: LpmTrie<ScopeKey, ScopeValue> = LpmTrie::with_max_entries(SCOP
 /// The single-address entries of SCOPE, exact match (see `flags::SCOPE_HOSTS`).
 #[map(name = "SCOPE_HOSTS")]
 pub static SCOPE_HOSTS: HashMap<ScopeKey, ScopeValue> = HashMap::with_max_entries(SCOPE_ENTRIES, 0);
+
+/// SCOPE as a short list (see `flags::SCOPE_LIST`).
+#[map(name = "SCOPE_LIST")]
+pub static SCOPE_LIST: Array<ScopeList> = Array::with_max_entries(1, 0);
 
 /// Exempt source prefixes; written by the controller.
 #[map(name = "EXEMPT")]

@@ -5,13 +5,18 @@ use intercept_common::{
     cookie::Flow,
 };
 
-use crate::maps::{EXEMPT, SCOPE, SCOPE_HOSTS};
+use crate::maps::{EXEMPT, SCOPE, SCOPE_HOSTS, SCOPE_LIST};
 
 /// Whether the flow's destination is protected (port-specific entry first, then any-port). A trie
 /// the controller flagged empty is not looked up (an LPM lookup is the dearest step here), and
 /// while every entry is a single address an exact-match hash stands in for the trie.
 #[inline(always)]
 pub fn protected(flow: &Flow, cfg: &Config) -> bool {
+    if cfg.flags & flags::SCOPE_LIST != 0 {
+        return SCOPE_LIST
+            .get(0)
+            .is_some_and(|l| l.protects(&flow.daddr, flow.dport));
+    }
     if cfg.flags & flags::SCOPE_HOSTS != 0 {
         if cfg.flags & flags::SCOPE_PORTS != 0 {
             // SAFETY: read-only lookup.
