@@ -89,8 +89,12 @@ pub mod flags {
     /// [`super::SCOPE_LIST_MAX`]: the data path scans SCOPE_LIST, a copy of them in one map
     /// value, and looks nothing up (the usual deployment: a few service addresses and ports).
     pub const SCOPE_LIST: u32 = 64;
+    /// EXEMPT holds at most [`super::SCOPE_LIST_MAX`] prefixes: the data path scans
+    /// EXEMPT_LIST (the same prefixes as address and mask words in one map value) instead.
+    pub const EXEMPT_LIST: u32 = 128;
     /// Bits the controller derives from the maps (not set by an operator).
-    pub const DERIVED: u32 = SCOPE_PORTS | SCOPE_ANY_PORT | EXEMPT | SCOPE_HOSTS | SCOPE_LIST;
+    pub const DERIVED: u32 =
+        SCOPE_PORTS | SCOPE_ANY_PORT | EXEMPT | SCOPE_HOSTS | SCOPE_LIST | EXEMPT_LIST;
 }
 
 /// The data path's configuration, one entry in [`crate::maps::CONFIG`]; written by the controller.
@@ -470,6 +474,58 @@ impl ScopeList {
     }
 }
 
+/// The exempt source prefixes while there are few (see `flags::EXEMPT_LIST`); one entry in
+/// [`crate::maps::EXEMPT_LIST`], written by the controller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixList {
+    /// Prefixes in use.
+    pub len: u32,
+    /// Network address words ([`crate::cookie::Flow`] form, host bits clear) per prefix.
+    pub net: [[u32; 4]; SCOPE_LIST_MAX],
+    /// Mask words per prefix.
+    pub mask: [[u32; 4]; SCOPE_LIST_MAX],
+}
+const _: () = assert!(size_of::<PrefixList>() == 4 + 32 * SCOPE_LIST_MAX);
+
+impl PrefixList {
+    /// Adds the prefix of `addr` words and `bits` (on the 128-bit address); false if full.
+    pub fn push(&mut self, addr: &[u32; 4], bits: u32) -> bool {
+        let i = self.len as usize;
+        if i >= SCOPE_LIST_MAX {
+            return false;
+        }
+        for w in 0..4 {
+            let b = bits.saturating_sub(32 * w as u32).min(32);
+            let m = if b == 0 { 0 } else { u32::MAX << (32 - b) };
+            self.mask[i][w] = m;
+            self.net[i][w] = addr[w] & m;
+        }
+        self.len += 1;
+        true
+    }
+
+    /// Whether `addr` is in one of the prefixes.
+    #[inline(always)]
+    #[must_use]
+    pub fn contains(&self, addr: &[u32; 4]) -> bool {
+        let mut i = 0;
+        while i < SCOPE_LIST_MAX {
+            let (n, m) = (&self.net[i], &self.mask[i]);
+            if (i as u32) < self.len
+                && addr[3] & m[3] == n[3]
+                && addr[2] & m[2] == n[2]
+                && addr[1] & m[1] == n[1]
+                && addr[0] & m[0] == n[0]
+            {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
 /// Value of a [`ScopeKey`] entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -558,6 +614,7 @@ mod pod {
     unsafe impl aya::Pod for super::Info {}
     unsafe impl aya::Pod for super::SocketTable {}
     unsafe impl aya::Pod for super::ScopeList {}
+    unsafe impl aya::Pod for super::PrefixList {}
 }
 
 #[cfg(test)]
@@ -586,6 +643,28 @@ mod tests {
             !ScopeList::default().protects(&[0; 4], 0),
             "an empty list protects nothing"
         );
+    }
+
+    #[test]
+    fn prefix_list_matches_like_the_trie() {
+        let mut l = PrefixList::default();
+        assert!(l.push(&crate::cookie::mapped(0xc612_0100), 96 + 24));
+        assert!(l.push(&[0x2001_0db8, 0x0001_0000, 0, 0], 48));
+        assert!(l.contains(&crate::cookie::mapped(0xc612_01fe)));
+        assert!(!l.contains(&crate::cookie::mapped(0xc612_02fe)));
+        assert!(l.contains(&[0x2001_0db8, 0x0001_ffff, 5, 6]));
+        assert!(!l.contains(&[0x2001_0db8, 0x0002_0000, 5, 6]));
+        assert!(
+            !l.contains(&crate::cookie::mapped(0)),
+            "an IPv4 prefix holds no other address"
+        );
+        let mut all = PrefixList::default();
+        assert!(all.push(&[0; 4], 0));
+        assert!(all.contains(&[1, 2, 3, 4]), "::/0 holds everything");
+        for _ in 2..SCOPE_LIST_MAX {
+            assert!(l.push(&[1, 1, 1, 1], 128));
+        }
+        assert!(!l.push(&[1, 1, 1, 1], 128), "full");
     }
 
     /// Flows that differ in one field (client port, client address, IPv6 prefix) spread over

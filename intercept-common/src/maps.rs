@@ -33,6 +33,9 @@ pub const SCOPE_HOSTS: &str = "SCOPE_HOSTS";
 pub const SCOPE_LIST: &str = "SCOPE_LIST";
 /// `LpmTrie<AddrKey, u32>`: exempt sources; written by the controller.
 pub const EXEMPT: &str = "EXEMPT";
+/// `Array<PrefixList>` of one entry: EXEMPT while it holds few prefixes (see
+/// `flags::EXEMPT_LIST`); written by the controller.
+pub const EXEMPT_LIST: &str = "EXEMPT_LIST";
 /// Name of the TC ingress program that completes verified handshakes.
 pub const PROG_TC: &str = "tc_handoff";
 /// Entries of the SCOPE and EXEMPT tries.

@@ -7,8 +7,8 @@ use anyhow::{Context as _, bail, ensure};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use intercept_common::{
     config::{
-        AddrKey, Config, FlowKey, Info, Mode, SCOPE_LIST_MAX, ScopeEntry, ScopeKey, ScopeList,
-        ScopeValue, SocketTable, flags,
+        AddrKey, Config, FlowKey, Info, Mode, PrefixList, SCOPE_LIST_MAX, ScopeEntry, ScopeKey,
+        ScopeList, ScopeValue, SocketTable, flags,
     },
     cookie::{Key as SipKey, Secrets, ip_of, words_of},
     maps,
@@ -147,6 +147,7 @@ pub struct Maps {
     scope: LpmTrie<MapData, ScopeKey, ScopeValue>,
     scope_hosts: HashMap<MapData, ScopeKey, ScopeValue>,
     scope_list: Array<MapData, ScopeList>,
+    exempt_list: Array<MapData, PrefixList>,
     exempt: LpmTrie<MapData, AddrKey, u32>,
     info: Array<MapData, Info>,
     sockets: HashMap<MapData, FlowKey, u32>,
@@ -183,6 +184,7 @@ impl Maps {
             scope: LpmTrie::try_from(Map::LpmTrie(open(d, maps::SCOPE)?))?,
             scope_hosts: HashMap::try_from(Map::HashMap(open(d, maps::SCOPE_HOSTS)?))?,
             scope_list: Array::try_from(Map::Array(open(d, maps::SCOPE_LIST)?))?,
+            exempt_list: Array::try_from(Map::Array(open(d, maps::EXEMPT_LIST)?))?,
             exempt: LpmTrie::try_from(Map::LpmTrie(open(d, maps::EXEMPT)?))?,
             info: Array::try_from(Map::Array(open(d, maps::INFO)?))?,
             sockets: HashMap::try_from(Map::HashMap(open(d, maps::SOCKETS)?))?,
@@ -202,6 +204,7 @@ impl Maps {
             scope: LpmTrie::try_from(take(maps::SCOPE)?)?,
             scope_hosts: HashMap::try_from(take(maps::SCOPE_HOSTS)?)?,
             scope_list: Array::try_from(take(maps::SCOPE_LIST)?)?,
+            exempt_list: Array::try_from(take(maps::EXEMPT_LIST)?)?,
             exempt: LpmTrie::try_from(take(maps::EXEMPT)?)?,
             info: Array::try_from(take(maps::INFO)?)?,
             sockets: HashMap::try_from(take(maps::SOCKETS)?)?,
@@ -315,9 +318,26 @@ impl Maps {
                 flags::SCOPE_PORTS
             };
         }
-        if let Some(k) = self.exempt.keys().next() {
-            k?;
+        let mut exempt = PrefixList::default();
+        f |= flags::EXEMPT_LIST;
+        for k in self.exempt.keys() {
+            let k = k?;
             f |= flags::EXEMPT;
+            let a = k.data().addr;
+            let w = [
+                u32::from_be(a[0]),
+                u32::from_be(a[1]),
+                u32::from_be(a[2]),
+                u32::from_be(a[3]),
+            ];
+            if !exempt.push(&w, k.prefix_len()) {
+                f &= !flags::EXEMPT_LIST;
+            }
+        }
+        if f & flags::EXEMPT_LIST != 0 {
+            self.exempt_list
+                .set(0, &exempt, 0)
+                .context("write EXEMPT_LIST")?;
         }
         if f & flags::SCOPE_LIST != 0 {
             debug_assert!(list.len as usize <= SCOPE_LIST_MAX);

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use intercept_common::{
     config::{
-        AddrKey, Config, FlowKey, HalfOpen, Info, Ring, ScopeKey, ScopeList, ScopeValue,
-        SocketTable, Watch,
+        AddrKey, Config, FlowKey, HalfOpen, Info, PrefixList, Ring, ScopeKey, ScopeList,
+        ScopeValue, SocketTable, Watch,
     },
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
@@ -41,6 +41,10 @@ pub static SCOPE_HOSTS: HashMap<ScopeKey, ScopeValue> = HashMap::with_max_entrie
 /// SCOPE as a short list (see `flags::SCOPE_LIST`).
 #[map(name = "SCOPE_LIST")]
 pub static SCOPE_LIST: Array<ScopeList> = Array::with_max_entries(1, 0);
+
+/// EXEMPT as a short list (see `flags::EXEMPT_LIST`).
+#[map(name = "EXEMPT_LIST")]
+pub static EXEMPT_LIST: Array<PrefixList> = Array::with_max_entries(1, 0);
 
 /// Exempt source prefixes; written by the controller.
 #[map(name = "EXEMPT")]

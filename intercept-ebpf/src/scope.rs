@@ -5,7 +5,7 @@ use intercept_common::{
     cookie::Flow,
 };
 
-use crate::maps::{EXEMPT, SCOPE, SCOPE_HOSTS, SCOPE_LIST};
+use crate::maps::{EXEMPT, EXEMPT_LIST, SCOPE, SCOPE_HOSTS, SCOPE_LIST};
 
 /// Whether the flow's destination is protected (port-specific entry first, then any-port). A trie
 /// the controller flagged empty is not looked up (an LPM lookup is the dearest step here), and
@@ -53,10 +53,15 @@ pub fn protected(flow: &Flow, cfg: &Config) -> bool {
 /// Whether the flow's source is exempt.
 #[inline(always)]
 pub fn exempt(flow: &Flow, cfg: &Config) -> bool {
-    cfg.flags & flags::EXEMPT != 0
-        && EXEMPT
-            .get(&Key::new(128, AddrKey::new(&flow.saddr)))
-            .is_some()
+    if cfg.flags & flags::EXEMPT == 0 {
+        return false;
+    }
+    if cfg.flags & flags::EXEMPT_LIST != 0 {
+        return EXEMPT_LIST.get(0).is_some_and(|l| l.contains(&flow.saddr));
+    }
+    EXEMPT
+        .get(&Key::new(128, AddrKey::new(&flow.saddr)))
+        .is_some()
 }
 
 /// The common start of the SYN/ACK handlers: the configuration and the segment's flow if its

@@ -422,7 +422,17 @@ fn ack_path_fixtures() {
                 PORT,
                 tcp_flags::ACK | tcp_flags::PSH,
             );
-            (d.seq, d.ack_seq) = (0x0102_0304, 0x0a0b_0c0d);
+            // An acknowledgment number that is no cookie of this flow but carries the current
+            // slot bits, so a drop is a MAC failure, never "expired".
+            let not_cookie = cookie_for(
+                false,
+                PORT,
+                0x0102_0303,
+                0,
+                now_slot(),
+                opts(3, 7, true, false),
+            );
+            (d.seq, d.ack_seq) = (0x0102_0304, (not_cookie ^ 0x8000_0000).wrapping_add(1));
             d.payload = vec![0x61; 10];
             tcp_frame(&link(0), &d)
         };
