@@ -156,37 +156,55 @@ impl Default for Config {
     }
 }
 
-/// State of the socket table ([`crate::maps::SOCKETS`]), one entry in
-/// [`crate::maps::SOCKET_TABLE`].
+/// State of the socket table ([`crate::maps::SOCKETS`]), as read by the controller from the
+/// words of [`crate::maps::SOCKET_TABLE`] (see [`table_word`]).
 ///
 /// The table holds the inbound flow of every TCP socket in a state other than listening or closed
 /// (SYN-sent, SYN-received, established, closing states): the tracepoint program
 /// `track_sockets` (on `sock:inet_sock_set_state`) inserts at each state change and removes at
 /// `TCP_CLOSE`; the controller first seeds it from sock_diag with the sockets that existed before.
-/// While it is authoritative (seeded, nothing refused), an ACK whose flow is absent and whose
-/// cookie fails is dropped without asking the kernel (`bpf_skc_lookup_tcp`, the dearest step of
-/// the ACK path); otherwise the kernel is asked.
-#[repr(C)]
+/// While it is authoritative, an ACK whose flow is absent and whose cookie fails is dropped without
+/// asking the kernel (`bpf_skc_lookup_tcp`, the dearest step of the ACK path); otherwise the
+/// kernel is asked. Request sockets (the kernel's own half-open handshakes) are not in the table:
+/// while the kernel may hold some, the table is not authoritative (see `kernel_until_ns` and
+/// [`Config::lookup_until_ns`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketTable {
-    /// 1 once the controller seeded the table from the kernel's sockets.
-    pub seeded: u32,
-    /// Padding; zero.
-    pub _pad: u32,
+    /// The controller seeded the table from the kernel's sockets.
+    pub seeded: bool,
     /// Inserts the table refused (full), at least: from the first one on, the table is not
     /// authoritative. (Racing CPUs may lose increments; never all of them.)
     pub refused: u64,
+    /// Until this monotonic time the kernel may hold request sockets in intercept mode: the data
+    /// path passed it a protected SYN it did not answer (a SYN with data, TCP Fast Open).
+    pub kernel_until_ns: u64,
 }
-const _: () = assert!(size_of::<SocketTable>() == 16);
 
 impl SocketTable {
-    /// Whether an absent flow proves there is no such socket.
+    /// Whether an absent flow proves there is no such socket at `now_ns`.
     #[inline(always)]
     #[must_use]
-    pub const fn authoritative(&self) -> bool {
-        self.seeded == 1 && self.refused == 0
+    pub const fn authoritative(&self, now_ns: u64) -> bool {
+        self.seeded && self.refused == 0 && now_ns >= self.kernel_until_ns
     }
 }
+
+/// Indexes of the `u64` words of [`crate::maps::SOCKET_TABLE`]. Each word has one kind of writer,
+/// so no writer's read-modify-write can undo another's.
+pub mod table_word {
+    /// 1 once seeded (the controller).
+    pub const SEEDED: u32 = 0;
+    /// Refused inserts (the tracepoint and seed programs).
+    pub const REFUSED: u32 = 1;
+    /// Request sockets possible until (the XDP program).
+    pub const KERNEL_UNTIL: u32 = 2;
+    /// Number of words.
+    pub const COUNT: u32 = 3;
+}
+
+/// How long a request socket can live: the SYN-ACK retransmissions (`tcp_synack_retries` 5:
+/// 1+2+4+8+16+32 = 63 s), plus margin.
+pub const REQUEST_SOCK_LIFETIME_NS: u64 = 75_000_000_000;
 
 /// The [`crate::maps::SOCKET_FILTER`] bucket of a flow: a multiplicative mix of its words
 /// (unkeyed: a chosen collision only costs the data path one hash lookup, never a wrong verdict,
@@ -612,7 +630,6 @@ mod pod {
     unsafe impl aya::Pod for super::HalfOpen {}
     unsafe impl aya::Pod for super::Watch {}
     unsafe impl aya::Pod for super::Info {}
-    unsafe impl aya::Pod for super::SocketTable {}
     unsafe impl aya::Pod for super::ScopeList {}
     unsafe impl aya::Pod for super::PrefixList {}
 }

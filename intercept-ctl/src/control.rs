@@ -8,7 +8,7 @@ use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use intercept_common::{
     config::{
         AddrKey, Config, FlowKey, Info, Mode, PrefixList, SCOPE_LIST_MAX, ScopeEntry, ScopeKey,
-        ScopeList, ScopeValue, SocketTable, flags,
+        ScopeList, ScopeValue, SocketTable, flags, table_word,
     },
     cookie::{Key as SipKey, Secrets, ip_of, words_of},
     maps,
@@ -151,7 +151,7 @@ pub struct Maps {
     exempt: LpmTrie<MapData, AddrKey, u32>,
     info: Array<MapData, Info>,
     sockets: HashMap<MapData, FlowKey, u32>,
-    socket_table: Array<MapData, SocketTable>,
+    socket_table: Array<MapData, u64>,
 }
 
 /// How long after intercept mode comes into force ACKs failing the cookie are still checked
@@ -249,15 +249,15 @@ impl Maps {
         self.config.set(0, &c, 0).context("write CONFIG")
     }
 
-    /// Marks the socket table authoritative, once [`crate::loader::seed_sockets`] has seeded it
-    /// (with the tracepoint program attached before, so no socket created meanwhile is missed).
+    /// Marks the socket table seeded, once [`crate::loader::seed_sockets`] has seeded it (with
+    /// the tracepoint program attached before, so no socket created meanwhile is missed).
     ///
     /// # Errors
     /// bpf() failure.
     pub fn mark_seeded(&mut self) -> anyhow::Result<()> {
-        let mut t = self.socket_table()?;
-        t.seeded = 1;
-        self.set_socket_table(&t)
+        self.socket_table
+            .set(table_word::SEEDED, &1, 0)
+            .context("write SOCKET_TABLE")
     }
 
     /// The socket table's state.
@@ -265,15 +265,12 @@ impl Maps {
     /// # Errors
     /// bpf() failure.
     pub fn socket_table(&self) -> anyhow::Result<SocketTable> {
-        Ok(self.socket_table.get(&0, 0)?)
-    }
-
-    /// Replaces the socket table's state (tests: make it non-authoritative).
-    ///
-    /// # Errors
-    /// bpf() failure.
-    pub fn set_socket_table(&mut self, t: &SocketTable) -> anyhow::Result<()> {
-        self.socket_table.set(0, t, 0).context("write SOCKET_TABLE")
+        let w = |i| self.socket_table.get(&i, 0).context("read SOCKET_TABLE");
+        Ok(SocketTable {
+            seeded: w(table_word::SEEDED)? == 1,
+            refused: w(table_word::REFUSED)?,
+            kernel_until_ns: w(table_word::KERNEL_UNTIL)?,
+        })
     }
 
     /// Whether the socket table holds this inbound flow.

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use intercept_common::{
     Counter,
-    config::{Config, FlowKey, HANDOFF_MAGIC, Handoff, SocketTable, flags},
+    config::{Config, FlowKey, HANDOFF_MAGIC, Handoff, flags},
     cookie::{self, CookieError, Flow, slot_of},
     handshake::handoff_attrs,
     parse::{Ip, L3, Tcp},
@@ -16,7 +16,7 @@ use intercept_common::{
 
 use crate::{
     frame::Pkt,
-    maps::{SECRETS, SOCKET_TABLE, SOCKETS},
+    maps::{SECRETS, SOCKETS},
     scope,
     stats::{count, drop, pass},
 };
@@ -151,8 +151,7 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
         Err(_) if !strict => return pass(Counter::Passed),
         Err(e) => e,
     };
-    let authoritative =
-        now >= cfg.lookup_until_ns && SOCKET_TABLE.get(0).is_some_and(SocketTable::authoritative);
+    let authoritative = now >= cfg.lookup_until_ns && crate::track::authoritative(now);
     if !authoritative {
         count(Counter::SocketLookups);
         if let Sock::Other = lookup(ctx, &flow, matches!(ip.l3, L3::V6 { .. })) {

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use intercept_common::{
     config::{
         AddrKey, Config, FlowKey, HalfOpen, Info, PrefixList, Ring, ScopeKey, ScopeList,
-        ScopeValue, SocketTable, Watch,
+        ScopeValue, Watch, table_word,
     },
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
@@ -84,7 +84,7 @@ pub static WATCH: Array<Watch> = Array::with_max_entries(1, 0);
 #[map(name = "INFO")]
 pub static INFO: Array<Info> = Array::with_max_entries(1, 0);
 
-/// The inbound flow of every non-listening TCP socket (see `SocketTable`); kept by
+/// The inbound flow of every non-listening TCP socket (see `intercept_common::config::SocketTable`); kept by
 /// `track_sockets`, seeded by the controller. Not LRU: a silently evicted flow would look like a
 /// forgery; a refused insert is counted instead and the table stops being authoritative.
 #[map(name = "SOCKETS")]
@@ -97,4 +97,4 @@ pub static SOCKET_FILTER: Array<u64> = Array::with_max_entries(SOCKET_BUCKETS, 0
 
 /// Whether [`SOCKETS`] is authoritative.
 #[map(name = "SOCKET_TABLE")]
-pub static SOCKET_TABLE: Array<SocketTable> = Array::with_max_entries(1, 0);
+pub static SOCKET_TABLE: Array<u64> = Array::with_max_entries(table_word::COUNT, 0);

@@ -44,7 +44,9 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         return pass(Counter::PassExempt);
     }
     if tcp.payload_len > 0 {
-        // TCP Fast Open data cannot ride on a cookie: the kernel handles it (and its own cookies).
+        // TCP Fast Open data cannot ride on a cookie: the kernel handles it (and its own cookies),
+        // perhaps with a request socket the socket table does not see.
+        crate::track::kernel_handshake(crate::clock::now_ns());
         return pass(Counter::PassSynData);
     }
     if !header_checksum_ok(&pkt, &req.flow, req.v6, tcp) {

@@ -5,7 +5,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::TracePointContext};
 use intercept_common::{
-    config::{FlowKey, socket_bucket},
+    config::{FlowKey, REQUEST_SOCK_LIFETIME_NS, socket_bucket, table_word},
     cookie::words,
 };
 
@@ -109,6 +109,26 @@ fn remove(key: &FlowKey) {
     }
 }
 
+/// Whether the table proves a flow it does not hold has no socket (see `SocketTable`), at `now`.
+#[inline(always)]
+pub fn authoritative(now: u64) -> bool {
+    let word = |i| SOCKET_TABLE.get(i).copied().unwrap_or(0);
+    word(table_word::SEEDED) == 1
+        && word(table_word::REFUSED) == 0
+        && now >= word(table_word::KERNEL_UNTIL)
+}
+
+/// Notes that the kernel may now create a request socket (a protected SYN passed to it in
+/// intercept mode): the table stops being authoritative for a request socket's lifetime.
+#[inline(always)]
+pub fn kernel_handshake(now: u64) {
+    if let Some(w) = SOCKET_TABLE.get_ptr_mut(table_word::KERNEL_UNTIL) {
+        // SAFETY: a valid u64 in map memory. A plain store: racing writers store nearly the same
+        // time, and any of them keeps the table non-authoritative long enough.
+        unsafe { *w = now + REQUEST_SOCK_LIFETIME_NS };
+    }
+}
+
 /// Whether the table may hold `key`: its bucket is counted (then look it up), or not (absent).
 #[inline(always)]
 pub fn may_hold(key: &FlowKey) -> bool {
@@ -119,9 +139,8 @@ pub fn may_hold(key: &FlowKey) -> bool {
 /// Counts a change the table could not record: it is no longer authoritative.
 #[inline(always)]
 fn refused() {
-    if let Some(t) = SOCKET_TABLE.get_ptr_mut(0) {
-        // SAFETY: a valid u64 in map memory. Not atomic (the BPF target has no fetch_add in
-        // core): racing CPUs may lose an increment, but never bring it back to zero.
-        unsafe { (*t).refused = (*t).refused.wrapping_add(1).max(1) };
+    if let Some(r) = SOCKET_TABLE.get_ptr_mut(table_word::REFUSED) {
+        // SAFETY: a valid u64 in map memory; an atomic add, as CPUs race here.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(r, 1) };
     }
 }

@@ -299,6 +299,25 @@ impl InterceptLab {
         ])))
     }
 
+    /// Ends the lookup window that opened when intercept mode came into force (as 75 s of no
+    /// kernel handshakes would): from now on the socket table alone decides ACKs failing the
+    /// cookie.
+    ///
+    /// # Panics
+    /// If the maps cannot be written.
+    pub fn end_lookup_window(&self) {
+        let mut m =
+            intercept_ctl::control::Maps::open(self.srv_if(), Some(self.srv())).expect("maps");
+        let mut cfg = m.config().unwrap();
+        cfg.lookup_until_ns = 0;
+        m.set_config(&cfg).unwrap();
+        assert!(
+            m.socket_table()
+                .unwrap()
+                .authoritative(intercept_ctl::watchctl::monotonic_ns())
+        );
+    }
+
     /// intercept-ctl with `--netns <server>` prepended; fails the test if it fails. Returns
     /// stdout (often ignored: many calls are made for their effect).
     pub fn ctl(&self, args: &[&str]) -> String {
@@ -397,7 +416,11 @@ pub fn start_socket_table(
     let mut cfg = maps.config().unwrap();
     cfg.lookup_until_ns = 0;
     maps.set_config(&cfg).unwrap();
-    assert!(maps.socket_table().unwrap().authoritative());
+    assert!(
+        maps.socket_table()
+            .unwrap()
+            .authoritative(intercept_ctl::watchctl::monotonic_ns())
+    );
     link
 }
 

@@ -111,8 +111,18 @@ fn connections_opened_before_intercept_keep_working() {
         .unwrap();
     ping(&mut old4, "before");
     ping(&mut old6, "before");
+    // Attached afresh: the socket table learns these connections from sock_diag (seeding), not
+    // from the tracepoint, which was not there when they opened.
+    t.ctl(&["detach", t.srv_if()]);
+    t.ctl(&["attach", t.srv_if()]);
+    for prefix in ["198.18.0.1/32", "2001:db8::1/128"] {
+        t.ctl(&["scope", "add", t.srv_if(), prefix, "--ports", "8080"]);
+    }
+    t.ctl(&["mode", t.srv_if(), "off"]);
     let before = t.stats();
     t.ctl(&["mode", t.srv_if(), "intercept"]);
+    // No kernel handshake can be in flight: the table alone decides from here on.
+    t.end_lookup_window();
     for i in 0..5 {
         ping(&mut old4, &format!("after {i}"));
         ping(&mut old6, &format!("after {i}"));
@@ -136,6 +146,11 @@ fn connections_opened_before_intercept_keep_working() {
         (0, 0, 0),
         "{d:?}"
     );
+    assert_eq!(
+        d.get(SocketLookups),
+        0,
+        "the table knew every connection: {d:?}"
+    );
     assert_eq!(d.get(HandedOff), 1, "{d:?}");
 }
 
@@ -148,6 +163,7 @@ fn legitimate_clients_get_through_syn_and_forged_ack_floods() {
     let (l4, l6) = t.lab.listen(PORT).expect("listen");
     echo_server(l4);
     echo_server(l6);
+    t.end_lookup_window();
     for (what, flags) in [("SYN", tcp_flags::SYN), ("forged ACK", tcp_flags::ACK)] {
         let before = t.stats();
         let sender = t.lab.raw_sender().expect("raw sender");
@@ -213,6 +229,11 @@ fn legitimate_clients_get_through_syn_and_forged_ack_floods() {
                 "forged ACKs rejected: {rejected} of {sent}: {d:?}"
             );
             assert!(d.get(HandedOff) <= ok as u64 + 1, "{d:?}");
+            assert_eq!(
+                d.get(SocketLookups),
+                0,
+                "dropped on the socket table alone: {d:?}"
+            );
         }
     }
 }

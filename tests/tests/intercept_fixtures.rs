@@ -643,6 +643,29 @@ fn ack_path_fixtures() {
             XDP_PASS,
             &[Packets, Ipv4, Tcp, Ack, AckValid, Passed],
         );
+        // A SYN with data goes to the kernel, which may answer it with a request socket the
+        // table does not see: until such a socket could have expired, ACKs failing the cookie
+        // are checked against the kernel's sockets again.
+        let mut data = syn(false, linux_syn_options(1460, 1, 7));
+        data.payload = b"TFO data".to_vec();
+        env.run(
+            "SYN with payload",
+            &tcp_frame(&link(0), &data),
+            XDP_PASS,
+            &[Packets, Ipv4, Tcp, Syn, SynProtected, PassSynData, Passed],
+        );
+        let now = intercept_ctl::watchctl::monotonic_ns();
+        let t = env.maps.socket_table().unwrap();
+        assert!(t.kernel_until_ns > now + 60_000_000_000, "{t:?}");
+        assert!(!t.authoritative(now));
+        let mut want = drop_(AckBadMac, false, false);
+        want.push(SocketLookups);
+        env.run(
+            "forged, after a SYN left to the kernel",
+            &forged,
+            XDP_DROP,
+            &want,
+        );
         // Unprotected destination: passed untouched.
         let mut seg = ack(false, PORT, isn, 0);
         seg.dst = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9));
