@@ -12,7 +12,7 @@ use std::{
 
 use intercept_common::{Counter::*, parse::tcp_flags};
 use intercept_ctl::lab::{Capture, FloodSpec, SERVER_V4, SERVER_V6, flood, syn_recv_count};
-use intercept_tests::{InterceptLab, echo_server, ping, require_root};
+use intercept_tests::{InterceptLab, echo_server, ping, require_root, status};
 
 const PORT: u16 = 8080;
 
@@ -121,8 +121,25 @@ fn connections_opened_before_intercept_keep_working() {
     t.ctl(&["mode", t.srv_if(), "off"]);
     let before = t.stats();
     t.ctl(&["mode", t.srv_if(), "intercept"]);
+    let st = status(&t);
+    assert_eq!(
+        st["socket_table"]["authoritative"], false,
+        "lookup window: {st}"
+    );
+    assert!(
+        st["socket_table"]["lookup_window_s"].as_u64().unwrap() > 60,
+        "{st}"
+    );
     // No kernel handshake can be in flight: the table alone decides from here on.
     t.end_lookup_window();
+    let st = status(&t);
+    assert_eq!(st["socket_table"]["tracepoint_attached"], true, "{st}");
+    assert_eq!(st["socket_table"]["seeded"], true, "{st}");
+    assert_eq!(st["socket_table"]["authoritative"], true, "{st}");
+    assert_eq!(
+        st["scope_lookup"], "list",
+        "two addresses: scanned, not looked up: {st}"
+    );
     for i in 0..5 {
         ping(&mut old4, &format!("after {i}"));
         ping(&mut old6, &format!("after {i}"));

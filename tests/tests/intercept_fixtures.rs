@@ -683,3 +683,138 @@ fn ack_path_fixtures() {
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e));
 }
+
+/// The three ways the data path decides scope (a scanned list of up to 8 addresses, an
+/// exact-match hash of single addresses, the LPM trie) and the two for exempt sources (list,
+/// trie) agree: each configuration protects exactly what it says, checked on real SYNs.
+#[test]
+fn scope_and_exempt_lookups_agree() {
+    require_root("scope_and_exempt_lookups_agree");
+    let ns = Netns::new("fx").expect("netns");
+    ns.spawn(|| {
+        let mut env = Env::new();
+        let (c, _) = ips(false);
+        let syn_to = |dst: Ipv4Addr, port: u16| {
+            let mut t = TcpSegment::new(c, IpAddr::V4(dst), 40000, port, tcp_flags::SYN);
+            t.seq = 7;
+            tcp_frame(&link(0), &t)
+        };
+        let answered = [Packets, Ipv4, Tcp, Syn, SynProtected, SynAckSent];
+        let passed = [Packets, Ipv4, Tcp, Syn, Passed];
+        let exempt = [Packets, Ipv4, Tcp, Syn, SynProtected, PassExempt, Passed];
+        let check = |env: &Env, how: &str| {
+            let cfg = env.maps.config().unwrap();
+            let got = if cfg.flags & intercept_common::config::flags::SCOPE_LIST != 0 {
+                "list"
+            } else if cfg.flags & intercept_common::config::flags::SCOPE_HOSTS != 0 {
+                "hash"
+            } else {
+                "trie"
+            };
+            assert_eq!(got, how, "scope lookup in use");
+            let host = Ipv4Addr::new(198, 18, 0, 1);
+            env.run(
+                &format!("{how}: protected host"),
+                &syn_to(host, PORT),
+                XDP_TX,
+                &answered,
+            );
+            env.run(
+                &format!("{how}: other host"),
+                &syn_to(Ipv4Addr::new(198, 18, 0, 99), PORT),
+                XDP_PASS,
+                &passed,
+            );
+            env.run(
+                &format!("{how}: port-specific entry, its port"),
+                &syn_to(Ipv4Addr::new(198, 18, 0, 50), 443),
+                XDP_TX,
+                &answered,
+            );
+            env.run(
+                &format!("{how}: port-specific entry, other port"),
+                &syn_to(Ipv4Addr::new(198, 18, 0, 50), 444),
+                XDP_PASS,
+                &passed,
+            );
+        };
+        env.maps
+            .scope_add(&"198.18.0.50/32".parse().unwrap(), Some(&[443]))
+            .unwrap();
+        check(&env, "list");
+        for i in 0..8 {
+            env.maps
+                .scope_add(&format!("198.18.2.{i}/32").parse().unwrap(), None)
+                .unwrap();
+        }
+        check(&env, "hash");
+        env.maps
+            .scope_add(&"198.18.3.0/24".parse().unwrap(), None)
+            .unwrap();
+        check(&env, "trie");
+        env.run(
+            "trie: inside a protected prefix",
+            &syn_to(Ipv4Addr::new(198, 18, 3, 77), 1),
+            XDP_TX,
+            &answered,
+        );
+        // Exempt sources: up to 8 prefixes scanned, more in the trie; both exempt the client.
+        let host = Ipv4Addr::new(198, 18, 0, 1);
+        env.maps
+            .exempt_add(&"198.18.0.0/30".parse().unwrap())
+            .unwrap();
+        assert_ne!(
+            env.maps.config().unwrap().flags & intercept_common::config::flags::EXEMPT_LIST,
+            0
+        );
+        env.run(
+            "exempt list: client inside",
+            &syn_to(host, PORT),
+            XDP_PASS,
+            &exempt,
+        );
+        for i in 0..8 {
+            env.maps
+                .exempt_add(&format!("2001:db8:{i}::/48").parse().unwrap())
+                .unwrap();
+        }
+        assert_eq!(
+            env.maps.config().unwrap().flags & intercept_common::config::flags::EXEMPT_LIST,
+            0
+        );
+        env.run(
+            "exempt trie: client inside",
+            &syn_to(host, PORT),
+            XDP_PASS,
+            &exempt,
+        );
+        env.maps
+            .exempt_del(&"198.18.0.0/30".parse().unwrap())
+            .unwrap();
+        env.maps
+            .exempt_del(&"198.18.0.77/32".parse().unwrap())
+            .unwrap();
+        env.run(
+            "exempt trie: client outside",
+            &syn_to(host, PORT),
+            XDP_TX,
+            &answered,
+        );
+        for i in 0..8 {
+            env.maps
+                .exempt_del(&format!("2001:db8:{i}::/48").parse().unwrap())
+                .unwrap();
+        }
+        env.maps
+            .exempt_add(&"198.18.0.4/30".parse().unwrap())
+            .unwrap();
+        env.run(
+            "exempt list: client outside",
+            &syn_to(host, PORT),
+            XDP_TX,
+            &answered,
+        );
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}

@@ -59,6 +59,7 @@ fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
     let pins = PinDir::new(ctx.netns, iface);
     let w = WatchMaps::open(iface, ctx.netns)?.watch()?;
     let info = m.info()?;
+    let table = m.socket_table()?;
     let now = monotonic_ns();
     let ago = |t: u64| {
         if t == 0 {
@@ -78,6 +79,15 @@ fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
         "ecn": c.flags & flags::ECN != 0,
         "scope_entries": scope.len(),
         "scope_flags": { "ports": c.flags & flags::SCOPE_PORTS != 0, "any_port": c.flags & flags::SCOPE_ANY_PORT != 0, "exempt": c.flags & flags::EXEMPT != 0 },
+        "scope_lookup": if c.flags & flags::SCOPE_LIST != 0 { "list" } else if c.flags & flags::SCOPE_HOSTS != 0 { "hash" } else { "trie" },
+        "exempt_lookup": if c.flags & flags::EXEMPT_LIST != 0 { "list" } else { "trie" },
+        "socket_table": {
+            "tracepoint_attached": pins.path().join("link_track").exists(),
+            "seeded": table.seeded,
+            "refused_inserts": table.refused,
+            "authoritative": table.authoritative(now) && now >= c.lookup_until_ns,
+            "lookup_window_s": (c.lookup_until_ns.max(table.kernel_until_ns)).saturating_sub(now).div_ceil(1_000_000_000),
+        },
         "exempt_entries": exempt.len(),
         "synack": { "mss_v4": c.mss_v4, "mss_v6": c.mss_v6, "window": c.window, "wscale": c.wscale, "ttl": c.ttl },
         "secret_generation": s.generation,
