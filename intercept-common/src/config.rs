@@ -125,7 +125,7 @@ pub struct Config {
     pub drop_mode: u32,
     /// Padding; zero.
     pub _pad: u32,
-    /// Until this `bpf_ktime_get_ns` time, watch mode still verifies our cookies on ACKs it does
+    /// Until this monotonic time (ns), watch mode still verifies our cookies on ACKs it does
     /// not track, so handshakes started in intercept mode complete after a switch to watch.
     pub cookie_grace_until_ns: u64,
     /// Until this monotonic time, intercept mode asks the kernel's socket table about ACKs that
@@ -257,7 +257,7 @@ impl FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HalfOpen {
-    /// `bpf_ktime_get_ns` of the first SYN.
+    /// Monotonic time (ns, tick resolution) of the first SYN.
     pub first_seen_ns: u64,
     /// The client's ISN (of the latest SYN).
     pub isn: u32,

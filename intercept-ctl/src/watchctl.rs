@@ -25,7 +25,7 @@ use crate::{
 /// most two slots (137.4 s).
 pub const COOKIE_GRACE: Duration = Duration::from_secs(140);
 
-/// CLOCK_MONOTONIC in ns (the data path's `bpf_ktime_get_ns`).
+/// CLOCK_MONOTONIC in ns (the data path reads the same clock at tick resolution).
 #[must_use]
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -2,11 +2,7 @@
 //! until the client completes it (ACK) or abandons it (RST, FIN). The controller closes on the
 //! server those that outlive the watch timeout. While aggressive, each new SYN displaces the
 //! oldest (or a random) tracked handshake, which the controller then closes (Cisco's drop-mode).
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, programs::XdpContext};
 use intercept_common::{
     Counter,
     config::{Config, DropMode, FlowKey, HalfOpen, RING_SLOTS},
@@ -44,8 +40,8 @@ pub fn syn(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     if cfg.aggressive != 0 {
         displace(cfg);
     }
-    // SAFETY: helper without side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // Tick resolution is plenty for timeouts in seconds (see `clock`).
+    let now = crate::clock::now_ns();
     let entry = HalfOpen {
         first_seen_ns: now,
         isn: tcp.seq,
@@ -158,8 +154,7 @@ pub fn segment(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         return pass(Counter::Passed);
     }
     if classify(tcp.flags) == TcpKind::Ack && cfg.cookie_grace_until_ns != 0 {
-        // SAFETY: helper without side effects.
-        if unsafe { bpf_ktime_get_ns() } < cfg.cookie_grace_until_ns {
+        if crate::clock::now_ns() < cfg.cookie_grace_until_ns {
             return VERIFY_COOKIE;
         }
     }
