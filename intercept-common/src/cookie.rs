@@ -10,12 +10,12 @@
 //! | 9..8 | low 2 bits of the time slot |
 //! | 7..0 | options: MSS index (2), window scale (4, 15 = not offered), SACK-permitted (1), ECN (1) |
 //!
-//! A slot is 2^36 ns (68.7 s) of the monotonic clock (`CLOCK_MONOTONIC` at tick resolution, as the data path reads it). A
-//! cookie verifies in its own slot and the next one, so it is valid for 68.7 s to 137.4 s, like the
-//! kernel's two minutes (`net/ipv4/syncookies.c`, `MAX_SYNCOOKIE_AGE`). A cookie whose slot bits
-//! are two or three slots old is rejected as expired without hashing; the options, slot and key
-//! index are all under the MAC, so none can be altered without failing it. A forgery passes with
-//! probability 2^-21 per guess, per 4-tuple and ISN.
+//! A slot is 2^36 ns (68.7 s) of the monotonic clock (`CLOCK_MONOTONIC`, read by the data path at
+//! tick resolution). A cookie verifies in its own slot and the next one, so it is valid for 68.7 s
+//! to 137.4 s, like the kernel's two minutes (`net/ipv4/syncookies.c`, `MAX_SYNCOOKIE_AGE`). A
+//! cookie whose slot bits are two or three slots old is rejected as expired without hashing; the
+//! options, slot and key index are all under the MAC, so none can be altered without failing it.
+//! A forgery passes with probability 2^-21 per guess, per 4-tuple and ISN.
 //!
 //! Two secrets: SYNs use the current one and record its index; verification uses the index in the
 //! cookie. Rotating writes the new secret into the other index and flips `current`, so handshakes
