@@ -101,11 +101,11 @@ pub fn insert(key: &FlowKey) {
 /// Removes a flow (a no-op if absent); its bucket is uncounted after.
 #[inline(always)]
 fn remove(key: &FlowKey) {
-    if SOCKETS.remove(key).is_ok() {
-        if let Some(b) = bucket(key) {
-            // SAFETY: a valid u64 in map memory; an atomic add of -1.
-            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, u64::MAX) };
-        }
+    if SOCKETS.remove(key).is_ok()
+        && let Some(b) = bucket(key)
+    {
+        // SAFETY: a valid u64 in map memory; an atomic add of -1.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, u64::MAX) };
     }
 }
 
