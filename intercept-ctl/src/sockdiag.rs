@@ -75,9 +75,31 @@ impl SockDiag {
         })
     }
 
+    /// A request for `family` sockets in `states`, any addresses (the caller fills them in).
+    fn base(&mut self, family: i32, ty: u16, flags: u16, states: u32) -> Request {
+        self.seq = self.seq.wrapping_add(1);
+        Request {
+            nl_len: u32::try_from(size_of::<Request>()).expect("small"),
+            nl_type: ty,
+            nl_flags: flags,
+            nl_seq: self.seq,
+            nl_pid: 0,
+            family: family as u8,
+            protocol: libc::IPPROTO_TCP as u8,
+            ext: 0,
+            pad: 0,
+            states,
+            sport: 0,
+            dport: 0,
+            src: [0; 4],
+            dst: [0; 4],
+            ifindex: 0,
+            cookie: [u32::MAX, u32::MAX], // INET_DIAG_NOCOOKIE
+        }
+    }
+
     /// The server-side socket of a client flow, as the server sees it (local = server).
     fn request(&mut self, key: &FlowKey, ty: u16, flags: u16) -> Request {
-        self.seq = self.seq.wrapping_add(1);
         let v4 = is_mapped(&key.saddr) && is_mapped(&key.daddr);
         let addr = |a: &[u32; 4]| {
             if v4 {
@@ -86,31 +108,17 @@ impl SockDiag {
                 [a[0].to_be(), a[1].to_be(), a[2].to_be(), a[3].to_be()]
             }
         };
+        let family = if v4 { libc::AF_INET } else { libc::AF_INET6 };
         Request {
-            nl_len: u32::try_from(size_of::<Request>()).expect("small"),
-            nl_type: ty,
-            nl_flags: flags,
-            nl_seq: self.seq,
-            nl_pid: 0,
-            family: if v4 {
-                libc::AF_INET as u8
-            } else {
-                libc::AF_INET6 as u8
-            },
-            protocol: libc::IPPROTO_TCP as u8,
-            ext: 0,
-            pad: 0,
-            states: u32::MAX,
             sport: key.dport.to_be(),
             dport: key.sport.to_be(),
             src: addr(&key.daddr),
             dst: addr(&key.saddr),
-            ifindex: 0,
-            cookie: [u32::MAX, u32::MAX], // INET_DIAG_NOCOOKIE
+            ..self.base(family, ty, flags, u32::MAX)
         }
     }
 
-    fn exchange(&mut self, req: &Request) -> anyhow::Result<Vec<u8>> {
+    fn send(&self, req: &Request) -> anyhow::Result<()> {
         // SAFETY: req is a plain repr(C) struct of its declared length.
         let n = unsafe {
             libc::send(
@@ -123,7 +131,11 @@ impl SockDiag {
         if n < 0 {
             return Err(io::Error::last_os_error()).context("send to sock_diag");
         }
-        let mut buf = vec![0u8; 8192];
+        Ok(())
+    }
+
+    fn recv(&self, size: usize) -> anyhow::Result<Vec<u8>> {
+        let mut buf = vec![0u8; size];
         // SAFETY: buffer valid for its length.
         let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
@@ -131,6 +143,11 @@ impl SockDiag {
         }
         buf.truncate(usize::try_from(n)?);
         Ok(buf)
+    }
+
+    fn exchange(&mut self, req: &Request) -> anyhow::Result<Vec<u8>> {
+        self.send(req)?;
+        self.recv(8192)
     }
 
     /// The TCP state of the server's socket for this client flow, if there is one.
@@ -163,47 +180,15 @@ impl SockDiag {
     pub fn table_flows(&mut self) -> anyhow::Result<Vec<FlowKey>> {
         let mut out = Vec::new();
         for family in [libc::AF_INET, libc::AF_INET6] {
-            self.seq = self.seq.wrapping_add(1);
-            let req = Request {
-                nl_len: u32::try_from(size_of::<Request>()).expect("small"),
-                nl_type: SOCK_DIAG_BY_FAMILY,
-                nl_flags: NLM_F_REQUEST | NLM_F_DUMP,
-                nl_seq: self.seq,
-                nl_pid: 0,
-                family: family as u8,
-                protocol: libc::IPPROTO_TCP as u8,
-                ext: 0,
-                pad: 0,
-                states: TABLE_STATES,
-                sport: 0,
-                dport: 0,
-                src: [0; 4],
-                dst: [0; 4],
-                ifindex: 0,
-                cookie: [u32::MAX, u32::MAX],
-            };
-            // SAFETY: req is a plain repr(C) struct of its declared length.
-            let n = unsafe {
-                libc::send(
-                    self.fd.as_raw_fd(),
-                    std::ptr::from_ref(&req).cast(),
-                    size_of::<Request>(),
-                    0,
-                )
-            };
-            if n < 0 {
-                return Err(io::Error::last_os_error()).context("send a sock_diag dump request");
-            }
+            let req = self.base(
+                family,
+                SOCK_DIAG_BY_FAMILY,
+                NLM_F_REQUEST | NLM_F_DUMP,
+                TABLE_STATES,
+            );
+            self.send(&req)?;
             'recv: loop {
-                let mut buf = vec![0u8; 1 << 16];
-                // SAFETY: buffer valid for its length.
-                let n = unsafe {
-                    libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-                };
-                if n < 0 {
-                    return Err(io::Error::last_os_error()).context("recv a sock_diag dump");
-                }
-                buf.truncate(usize::try_from(n)?);
+                let buf = self.recv(1 << 16)?;
                 let mut at = 0;
                 while at + 16 <= buf.len() {
                     let len = u32::from_ne_bytes(buf[at..at + 4].try_into()?) as usize;

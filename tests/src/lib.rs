@@ -299,22 +299,13 @@ impl InterceptLab {
         ])))
     }
 
-    /// Ends the lookup window that opened when intercept mode came into force (as 75 s of no
-    /// kernel handshakes would): from now on the socket table alone decides ACKs failing the
-    /// cookie.
+    /// [`end_lookup_window`] on the server interface's pinned maps.
     ///
     /// # Panics
-    /// If the maps cannot be written.
+    /// As [`end_lookup_window`].
     pub fn end_lookup_window(&self) {
-        let mut m =
-            intercept_ctl::control::Maps::open(self.srv_if(), Some(self.srv())).expect("maps");
-        let mut cfg = m.config().unwrap();
-        cfg.lookup_until_ns = 0;
-        m.set_config(&cfg).unwrap();
-        assert!(
-            m.socket_table()
-                .unwrap()
-                .authoritative(intercept_ctl::watchctl::monotonic_ns())
+        end_lookup_window(
+            &mut intercept_ctl::control::Maps::open(self.srv_if(), Some(self.srv())).expect("maps"),
         );
     }
 
@@ -413,6 +404,16 @@ pub fn start_socket_table(
     let link = intercept_ctl::loader::attach_socket_tracker(&mut obj.ebpf).expect("tracepoint");
     intercept_ctl::loader::seed_sockets(&mut obj.ebpf).expect("seed");
     maps.mark_seeded().expect("mark seeded");
+    end_lookup_window(maps);
+    link
+}
+
+/// Ends the lookup window that opened when intercept mode came into force (as 75 s without
+/// kernel handshakes would): from then on the socket table alone decides ACKs failing the cookie.
+///
+/// # Panics
+/// If the maps cannot be written, or the table is still not authoritative.
+pub fn end_lookup_window(maps: &mut intercept_ctl::control::Maps) {
     let mut cfg = maps.config().unwrap();
     cfg.lookup_until_ns = 0;
     maps.set_config(&cfg).unwrap();
@@ -421,7 +422,6 @@ pub fn start_socket_table(
             .unwrap()
             .authoritative(intercept_ctl::watchctl::monotonic_ns())
     );
-    link
 }
 
 /// A TCP connection from `client` to `server`:`port` (addresses already on this namespace).
