@@ -33,7 +33,8 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     // SAFETY: this CPU's scratch slot; nothing else runs on this CPU while we use it.
     let scratch = unsafe { &mut *scratch };
     if !SynRequest::read_into(&pkt, ip, tcp, &mut scratch.req) {
-        return pass(Counter::Malformed);
+        // Options we will not parse may still be ones the kernel accepts.
+        return to_kernel(Counter::Malformed);
     }
     let req = &scratch.req;
     if !scope::protected(&req.flow, cfg) {
@@ -44,19 +45,17 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         return pass(Counter::PassExempt);
     }
     if tcp.payload_len > 0 {
-        // TCP Fast Open data cannot ride on a cookie: the kernel handles it (and its own cookies),
-        // perhaps with a request socket the socket table does not see.
-        crate::track::kernel_handshake(crate::clock::now_ns());
-        return pass(Counter::PassSynData);
+        // TCP Fast Open data cannot ride on a cookie: the kernel handles it (and its own cookies).
+        return to_kernel(Counter::PassSynData);
     }
     if !header_checksum_ok(&pkt, &req.flow, req.v6, tcp) {
         return pass(Counter::PassBadChecksum);
     }
     let Some(secrets) = SECRETS.get(0) else {
-        return pass(Counter::PassNoSecret);
+        return to_kernel(Counter::PassNoSecret);
     };
     if secrets.keys[0].k == [0, 0] && secrets.keys[1].k == [0, 0] {
-        return pass(Counter::PassNoSecret);
+        return to_kernel(Counter::PassNoSecret);
     }
     let now = crate::clock::now_ns();
     let idx = secrets.current & 1;
@@ -131,6 +130,16 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
 fn store_prefix<const N: usize>(pkt: &Pkt<XdpContext>, off: usize, src: &[u32; 10]) -> bool {
     let w: [u32; N] = core::array::from_fn(|i| src[i]);
     pkt.store_words(off, &w).is_some()
+}
+
+/// Passes a SYN the kernel may answer with a request socket of its own, which the socket table
+/// does not see: until that could have expired, ACKs failing the cookie ask the kernel (see
+/// `track::kernel_handshake`). (Not for an exempt source, whose ACKs pass before any cookie
+/// check, nor a bad checksum, which the kernel drops.)
+#[inline(always)]
+fn to_kernel(reason: Counter) -> u32 {
+    crate::track::kernel_handshake(crate::clock::now_ns());
+    pass(reason)
 }
 
 #[inline(always)]
