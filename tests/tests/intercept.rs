@@ -352,3 +352,65 @@ fn handshakes_in_flight_survive_mode_changes_both_ways() {
         assert_eq!(syn_recv_count(&t.lab.server).unwrap(), 0);
     }
 }
+
+/// A SYN carrying data (TCP Fast Open without a cookie) is left to the server's kernel, which
+/// answers it with a request socket of its own. That socket is not in the socket table and the
+/// client's ACK carries no cookie of ours, yet the connection completes: the SYN reopened the
+/// lookup window, so the ACK is checked against the kernel's sockets instead of dropped.
+#[test]
+fn syn_with_data_completes_through_the_kernel() {
+    require_root("syn_with_data_completes_through_the_kernel");
+    let t = InterceptLab::new(PORT);
+    let (l4, _l6) = t.lab.listen(PORT).expect("listen");
+    echo_server(l4);
+    t.end_lookup_window();
+    // Client: Fast Open on, data in the SYN even without a cookie (0x1 | 0x4).
+    t.lab
+        .client
+        .exec("sysctl", &["-qw", "net.ipv4.tcp_fastopen=5"])
+        .expect("sysctl");
+    let before = t.stats();
+    let echoed = t
+        .lab
+        .client
+        .spawn(|| {
+            use std::os::fd::AsRawFd as _;
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            let one: libc::c_int = 1;
+            // SAFETY: a plain setsockopt on our own socket with an int option.
+            let rc = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_FASTOPEN_CONNECT,
+                    (&raw const one).cast(),
+                    4,
+                )
+            };
+            anyhow::ensure!(
+                rc == 0,
+                "TCP_FASTOPEN_CONNECT: {}",
+                std::io::Error::last_os_error()
+            );
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            // With TCP_FASTOPEN_CONNECT, connect returns at once and the first write rides on the SYN.
+            s.connect(&addr(IpAddr::V4(SERVER_V4)).into())?;
+            let mut c: std::net::TcpStream = s.into();
+            c.write_all(b"in the SYN")?;
+            let mut buf = [0u8; 10];
+            c.read_exact(&mut buf)?;
+            Ok::<_, anyhow::Error>(buf)
+        })
+        .join()
+        .unwrap()
+        .expect("connection with data in the SYN");
+    assert_eq!(&echoed, b"in the SYN");
+    let d = t.stats().delta(&before);
+    assert_eq!(d.get(PassSynData), 1, "the SYN went to the kernel: {d:?}");
+    assert!(
+        d.get(SocketLookups) >= 1,
+        "the ACK was checked against the kernel: {d:?}"
+    );
+    assert_eq!(d.get(Dropped), 0, "{d:?}");
+    assert_eq!(d.get(SynAckSent), 0, "{d:?}");
+}
