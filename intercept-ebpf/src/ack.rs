@@ -10,7 +10,7 @@ use intercept_common::{
     config::{Config, FlowKey, HANDOFF_MAGIC, Handoff, flags},
     cookie::{self, CookieError, Flow, slot_of},
     handshake::handoff_attrs,
-    parse::{Ip, L3, Tcp},
+    parse::{Ip, L3, Tcp, tcp_flags},
     tcpopt,
 };
 
@@ -98,8 +98,8 @@ fn lookup(ctx: &XdpContext, flow: &Flow, v6: bool) -> Sock {
 /// (and passes a segment whose connection exists by then: the client's first data segments repeat
 /// the handshake ACK's numbers). A failed one is dropped, unless the table is not authoritative
 /// (not yet seeded, refused an insert, or the kernel's own handshakes from before intercept mode
-/// may still complete): then the kernel's socket table is asked first, as the kernel's XDP
-/// synproxy does for every ACK.
+/// may still complete) or the segment carries a FIN (time-wait sockets are not in the table): then
+/// the kernel's socket table is asked first, as the kernel's XDP synproxy does for every ACK.
 #[inline(never)]
 pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     verify(ctx, ip, tcp, true)
@@ -151,7 +151,12 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
         Err(_) if !strict => return pass(Counter::Passed),
         Err(e) => e,
     };
-    let authoritative = now >= cfg.lookup_until_ns && crate::track::authoritative(now);
+    // A FIN is always checked against the kernel: a connection the server closed first lives on
+    // as a time-wait socket, which the table does not hold, and the peer's retransmitted FIN
+    // must reach it.
+    let authoritative = now >= cfg.lookup_until_ns
+        && crate::track::authoritative(now)
+        && tcp.flags & tcp_flags::FIN == 0;
     if !authoritative {
         count(Counter::SocketLookups);
         if let Sock::Other = lookup(ctx, &flow, matches!(ip.l3, L3::V6 { .. })) {

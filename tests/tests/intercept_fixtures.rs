@@ -523,6 +523,31 @@ fn ack_path_fixtures() {
             XDP_DROP,
             &drop_(AckBadMac, false, false),
         );
+        // The server closed first: its socket lives on in time-wait, outside the table. The
+        // peer's FIN (here a retransmission of it) is checked against the kernel and reaches it.
+        let fin = {
+            let mut seg = TcpSegment::new(c, s, key.sport, PORT, tcp_flags::FIN | tcp_flags::ACK);
+            // The data segment's numbers (its acknowledgment field: bytes 42..46).
+            (seg.seq, seg.ack_seq) = (
+                0x0102_0304,
+                u32::from_be_bytes(f[42..46].try_into().unwrap()),
+            );
+            tcp_frame(&link(0), &seg)
+        };
+        env.run(
+            "FIN to a time-wait socket",
+            &fin,
+            XDP_PASS,
+            &[
+                Packets,
+                Ipv4,
+                Tcp,
+                Ack,
+                SocketLookups,
+                PassEstablished,
+                Passed,
+            ],
+        );
         for (v6, vlans) in [(false, 0), (true, 2)] {
             for (what, age) in [("valid cookie", 0), ("cookie from the previous slot", 1)] {
                 let slot = now_slot();
