@@ -263,7 +263,11 @@ struct HoldAcks<'a> {
 
 impl<'a> HoldAcks<'a> {
     fn new(ns: &'a intercept_ctl::netns::Netns) -> HoldAcks<'a> {
-        let port = PORT.to_string();
+        HoldAcks::on_port(ns, PORT)
+    }
+
+    fn on_port(ns: &'a intercept_ctl::netns::Netns, port: u16) -> HoldAcks<'a> {
+        let port = port.to_string();
         for cmd in [
             vec!["add", "table", "inet", "xi_hold"],
             vec![
@@ -413,4 +417,50 @@ fn syn_with_data_completes_through_the_kernel() {
     );
     assert_eq!(d.get(Dropped), 0, "{d:?}");
     assert_eq!(d.get(SynAckSent), 0, "{d:?}");
+}
+
+/// A valid cookie ACK whose listener closed meanwhile: XDP verifies it and hands it to TC, which
+/// finds no listener, counts it, and leaves it to the kernel, which resets the connection.
+#[test]
+fn valid_ack_after_the_listener_closed_is_counted_and_reset() {
+    require_root("valid_ack_after_the_listener_closed_is_counted_and_reset");
+    const GONE: u16 = 8082;
+    let t = InterceptLab::new(PORT);
+    t.ctl(&[
+        "scope",
+        "add",
+        t.srv_if(),
+        "198.18.0.1/32",
+        "--ports",
+        "8082",
+    ]);
+    let (l4, l6) = t.lab.listen(GONE).expect("listen");
+    drop(l6);
+    let before = t.stats();
+    let hold = HoldAcks::on_port(&t.lab.client, GONE);
+    let mut c = t
+        .lab
+        .connect(
+            SocketAddr::new(IpAddr::V4(SERVER_V4), GONE),
+            Duration::from_secs(3),
+        )
+        .expect("connect (answered by XDP)");
+    drop(l4);
+    drop(hold);
+    // The first data segment carries the handshake's ACK.
+    let _ = c.write_all(b"anyone?");
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut b = [0u8; 8];
+    let r = c.read(&mut b);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the kernel resets it: {r:?}"
+    );
+    let d = t.stats().delta(&before);
+    assert_eq!(
+        (d.get(SynAckSent), d.get(HandedOff), d.get(Dropped)),
+        (1, 0, 0),
+        "{d:?}"
+    );
+    assert!(d.get(AckValid) >= 1 && d.get(AckNoListener) >= 1, "{d:?}");
 }
