@@ -92,6 +92,26 @@ pub mod flags {
     /// EXEMPT holds at most [`super::SCOPE_LIST_MAX`] prefixes: the data path scans
     /// EXEMPT_LIST (the same prefixes as address and mask words in one map value) instead.
     pub const EXEMPT_LIST: u32 = 128;
+    /// How the data path decides scope under `flags`: "list", "hash" or "trie".
+    #[must_use]
+    pub const fn scope_lookup(flags: u32) -> &'static str {
+        if flags & SCOPE_LIST != 0 {
+            "list"
+        } else if flags & SCOPE_HOSTS != 0 {
+            "hash"
+        } else {
+            "trie"
+        }
+    }
+    /// How the data path decides exempt sources under `flags`: "list" or "trie".
+    #[must_use]
+    pub const fn exempt_lookup(flags: u32) -> &'static str {
+        if flags & EXEMPT_LIST != 0 {
+            "list"
+        } else {
+            "trie"
+        }
+    }
     /// Bits the controller derives from the maps (not set by an operator).
     pub const DERIVED: u32 =
         SCOPE_PORTS | SCOPE_ANY_PORT | EXEMPT | SCOPE_HOSTS | SCOPE_LIST | EXEMPT_LIST;
@@ -128,13 +148,8 @@ pub struct Config {
     /// Until this monotonic time (ns), watch mode still verifies our cookies on ACKs it does
     /// not track, so handshakes started in intercept mode complete after a switch to watch.
     pub cookie_grace_until_ns: u64,
-    /// Until this monotonic time, intercept mode asks the kernel's socket table about ACKs that
-    /// fail the cookie (see [`SocketTable`]): the kernel's own handshakes begun before intercept
-    /// mode (request sockets, which the table does not hold) may still complete. Set by the
-    /// controller whenever intercept mode comes into force.
-    pub lookup_until_ns: u64,
 }
-const _: () = assert!(size_of::<Config>() == 48);
+const _: () = assert!(size_of::<Config>() == 40);
 
 impl Default for Config {
     fn default() -> Self {
@@ -151,7 +166,6 @@ impl Default for Config {
             drop_mode: DropMode::Oldest as u32,
             _pad: 0,
             cookie_grace_until_ns: 0,
-            lookup_until_ns: 0,
         }
     }
 }
@@ -166,8 +180,7 @@ impl Default for Config {
 /// While it is authoritative, an ACK whose flow is absent and whose cookie fails is dropped without
 /// asking the kernel (`bpf_skc_lookup_tcp`, the dearest step of the ACK path); otherwise the
 /// kernel is asked. Request sockets (the kernel's own half-open handshakes) are not in the table:
-/// while the kernel may hold some, the table is not authoritative (see `kernel_until_ns` and
-/// [`Config::lookup_until_ns`]).
+/// while the kernel may hold some, the table is not authoritative (see `lookup_until_ns`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketTable {
     /// The controller seeded the table from the kernel's sockets.
@@ -175,9 +188,10 @@ pub struct SocketTable {
     /// Inserts the table refused (full), at least: from the first one on, the table is not
     /// authoritative. (Racing CPUs may lose increments; never all of them.)
     pub refused: u64,
-    /// Until this monotonic time the kernel may hold request sockets in intercept mode: the data
-    /// path passed it a protected SYN it did not answer (a SYN with data, TCP Fast Open).
-    pub kernel_until_ns: u64,
+    /// Until this monotonic time the kernel may hold request sockets of its own: the controller
+    /// sets it when intercept mode comes into force (handshakes the kernel began before), the
+    /// data path when it leaves a protected SYN to the kernel in intercept mode.
+    pub lookup_until_ns: u64,
 }
 
 impl SocketTable {
@@ -185,19 +199,20 @@ impl SocketTable {
     #[inline(always)]
     #[must_use]
     pub const fn authoritative(&self, now_ns: u64) -> bool {
-        self.seeded && self.refused == 0 && now_ns >= self.kernel_until_ns
+        self.seeded && self.refused == 0 && now_ns >= self.lookup_until_ns
     }
 }
 
-/// Indexes of the `u64` words of [`crate::maps::SOCKET_TABLE`]. Each word has one kind of writer,
-/// so no writer's read-modify-write can undo another's.
+/// Indexes of the `u64` words of [`crate::maps::SOCKET_TABLE`]. Separate words, each written whole
+/// (or added to atomically), so no writer's read-modify-write of a struct can undo another's.
 pub mod table_word {
     /// 1 once seeded (the controller).
     pub const SEEDED: u32 = 0;
     /// Refused inserts (the tracepoint and seed programs).
     pub const REFUSED: u32 = 1;
-    /// Request sockets possible until (the XDP program).
-    pub const KERNEL_UNTIL: u32 = 2;
+    /// Request sockets possible until (the controller and the XDP program; both store a time
+    /// about [`super::REQUEST_SOCK_LIFETIME_NS`] ahead, so a race only moves it by microseconds).
+    pub const LOOKUP_UNTIL: u32 = 2;
     /// Number of words.
     pub const COUNT: u32 = 3;
 }
@@ -442,6 +457,24 @@ impl ScopeKey {
     pub const fn prefix_len(addr_bits: u32) -> u32 {
         32 + addr_bits
     }
+
+    /// The port of [`ScopeKey::new`] (0: all ports).
+    #[must_use]
+    pub const fn port(&self) -> u16 {
+        (u32::from_be(self.data[0]) >> 16) as u16
+    }
+
+    /// The address words of [`ScopeKey::new`].
+    #[must_use]
+    pub const fn addr(&self) -> [u32; 4] {
+        let d = &self.data;
+        [
+            u32::from_be(d[1]),
+            u32::from_be(d[2]),
+            u32::from_be(d[3]),
+            u32::from_be(d[4]),
+        ]
+    }
 }
 
 /// Most entries [`ScopeList`] holds.
@@ -570,6 +603,18 @@ impl AddrKey {
             addr: [a[0].to_be(), a[1].to_be(), a[2].to_be(), a[3].to_be()],
         }
     }
+
+    /// The address words of [`AddrKey::new`].
+    #[must_use]
+    pub const fn words(&self) -> [u32; 4] {
+        let a = &self.addr;
+        [
+            u32::from_be(a[0]),
+            u32::from_be(a[1]),
+            u32::from_be(a[2]),
+            u32::from_be(a[3]),
+        ]
+    }
 }
 
 /// What the XDP program leaves in the frame's metadata for the TC program when an ACK carried a
@@ -637,6 +682,14 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_decode_what_they_encode() {
+        let a = [0x2001_0db8, 1, 2, 3];
+        let k = ScopeKey::new(8080, &a);
+        assert_eq!((k.port(), k.addr()), (8080, a));
+        assert_eq!(AddrKey::new(&a).words(), a);
+    }
 
     #[test]
     fn scope_list_matches_address_and_port() {

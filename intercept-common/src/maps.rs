@@ -82,3 +82,59 @@ pub const SOCKET_TABLE: &str = "SOCKET_TABLE";
 pub const PROG_TRACK: &str = "track_sockets";
 /// The tracepoint it attaches to (category, name).
 pub const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
+
+/// A field of [`TRACEPOINT`]'s record that [`PROG_TRACK`] reads: its declaration as tracefs'
+/// `format` file writes it, its offset and size. The program reads at these offsets; the
+/// controller checks this kernel's `format` has them before attaching.
+#[derive(Clone, Copy, Debug)]
+pub struct TraceField {
+    /// Declaration, e.g. `int newstate`.
+    pub decl: &'static str,
+    /// Offset in the record.
+    pub offset: usize,
+    /// Size in bytes.
+    pub size: usize,
+}
+
+/// The fields of [`TRACEPOINT`]'s record that [`PROG_TRACK`] reads.
+pub mod trace_field {
+    use super::TraceField;
+    /// The new TCP state.
+    pub const NEWSTATE: TraceField = TraceField {
+        decl: "int newstate",
+        offset: 20,
+        size: 4,
+    };
+    /// Local port, host order.
+    pub const SPORT: TraceField = TraceField {
+        decl: "__u16 sport",
+        offset: 24,
+        size: 2,
+    };
+    /// Remote port, host order.
+    pub const DPORT: TraceField = TraceField {
+        decl: "__u16 dport",
+        offset: 26,
+        size: 2,
+    };
+    /// IP protocol.
+    pub const PROTOCOL: TraceField = TraceField {
+        decl: "__u16 protocol",
+        offset: 30,
+        size: 2,
+    };
+    /// Local address (IPv4 ones IPv4-mapped).
+    pub const SADDR_V6: TraceField = TraceField {
+        decl: "__u8 saddr_v6[16]",
+        offset: 40,
+        size: 16,
+    };
+    /// Remote address (IPv4 ones IPv4-mapped).
+    pub const DADDR_V6: TraceField = TraceField {
+        decl: "__u8 daddr_v6[16]",
+        offset: 56,
+        size: 16,
+    };
+    /// All of them.
+    pub const ALL: [TraceField; 6] = [NEWSTATE, SPORT, DPORT, PROTOCOL, SADDR_V6, DADDR_V6];
+}

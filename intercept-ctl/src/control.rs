@@ -7,8 +7,8 @@ use anyhow::{Context as _, bail, ensure};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use intercept_common::{
     config::{
-        AddrKey, Config, FlowKey, Info, Mode, PrefixList, SCOPE_LIST_MAX, ScopeEntry, ScopeKey,
-        ScopeList, ScopeValue, SocketTable, flags, table_word,
+        AddrKey, Config, FlowKey, Info, Mode, PrefixList, REQUEST_SOCK_LIFETIME_NS, SCOPE_LIST_MAX,
+        ScopeEntry, ScopeKey, ScopeList, ScopeValue, SocketTable, flags, table_word,
     },
     cookie::{Key as SipKey, Secrets, ip_of, words_of},
     maps,
@@ -154,11 +154,6 @@ pub struct Maps {
     socket_table: Array<MapData, u64>,
 }
 
-/// How long after intercept mode comes into force ACKs failing the cookie are still checked
-/// against the kernel's sockets: a request socket lives through the SYN-ACK retransmissions
-/// (`tcp_synack_retries` 5: 1+2+4+8+16+32 = 63 s), plus margin.
-pub const LOOKUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(75);
-
 fn open(dir: &Path, name: &str) -> anyhow::Result<MapData> {
     MapData::from_pin(dir.join(name)).map_err(|e| explain(e.into(), &format!("open map {name}")))
 }
@@ -235,7 +230,8 @@ impl Maps {
     /// bpf() failure.
     ///
     /// When intercept mode comes into force (from off or watch, or at attach), the data path
-    /// asks the kernel's socket table about ACKs failing the cookie for [`LOOKUP_WINDOW`]: the
+    /// asks the kernel's socket table about ACKs failing the cookie for a request socket's lifetime
+    /// (`intercept_common::config::REQUEST_SOCK_LIFETIME_NS`): the
     /// kernel's own half-open handshakes (request sockets, absent from the socket table) can
     /// still complete.
     pub fn set_config(&mut self, c: &Config) -> anyhow::Result<()> {
@@ -243,8 +239,8 @@ impl Maps {
         c.flags = (c.flags & !flags::DERIVED) | self.derived_flags()?;
         let before = self.config()?;
         if Mode::effective(&c) == Mode::Intercept && Mode::effective(&before) != Mode::Intercept {
-            c.lookup_until_ns = crate::watchctl::monotonic_ns()
-                + u64::try_from(LOOKUP_WINDOW.as_nanos()).expect("small");
+            let until = crate::watchctl::monotonic_ns() + REQUEST_SOCK_LIFETIME_NS;
+            self.set_lookup_until(until.max(self.socket_table()?.lookup_until_ns))?;
         }
         self.config.set(0, &c, 0).context("write CONFIG")
     }
@@ -269,8 +265,19 @@ impl Maps {
         Ok(SocketTable {
             seeded: w(table_word::SEEDED)? == 1,
             refused: w(table_word::REFUSED)?,
-            kernel_until_ns: w(table_word::KERNEL_UNTIL)?,
+            lookup_until_ns: w(table_word::LOOKUP_UNTIL)?,
         })
+    }
+
+    /// Sets until when ACKs failing the cookie are checked against the kernel's sockets (0: the
+    /// window ends now; tests use that to stand for a request socket's lifetime gone by).
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn set_lookup_until(&mut self, until_ns: u64) -> anyhow::Result<()> {
+        self.socket_table
+            .set(table_word::LOOKUP_UNTIL, &until_ns, 0)
+            .context("write SOCKET_TABLE")
     }
 
     /// Whether the socket table holds this inbound flow.
@@ -292,24 +299,19 @@ impl Maps {
         let mut list = ScopeList::default();
         for k in self.scope.keys() {
             let k = k?;
-            let d = k.data().data;
+            let d = k.data();
             if k.prefix_len() != ScopeKey::prefix_len(128) {
                 f &= !(flags::SCOPE_HOSTS | flags::SCOPE_LIST);
             } else if let Some(e) = list.entries.get_mut(list.len as usize) {
                 *e = ScopeEntry {
-                    addr: [
-                        u32::from_be(d[1]),
-                        u32::from_be(d[2]),
-                        u32::from_be(d[3]),
-                        u32::from_be(d[4]),
-                    ],
-                    port: u32::from_be(d[0]) >> 16,
+                    addr: d.addr(),
+                    port: u32::from(d.port()),
                 };
                 list.len += 1;
             } else {
                 f &= !flags::SCOPE_LIST;
             }
-            f |= if u32::from_be(k.data().data[0]) >> 16 == 0 {
+            f |= if d.port() == 0 {
                 flags::SCOPE_ANY_PORT
             } else {
                 flags::SCOPE_PORTS
@@ -320,14 +322,7 @@ impl Maps {
         for k in self.exempt.keys() {
             let k = k?;
             f |= flags::EXEMPT;
-            let a = k.data().addr;
-            let w = [
-                u32::from_be(a[0]),
-                u32::from_be(a[1]),
-                u32::from_be(a[2]),
-                u32::from_be(a[3]),
-            ];
-            if !exempt.push(&w, k.prefix_len()) {
+            if !exempt.push(&k.data().words(), k.prefix_len()) {
                 f &= !flags::EXEMPT_LIST;
             }
         }
@@ -475,15 +470,8 @@ impl Maps {
         let mut out = Vec::new();
         for k in self.scope.keys() {
             let k = k?;
-            let d = k.data().data;
-            let w = [
-                u32::from_be(d[1]),
-                u32::from_be(d[2]),
-                u32::from_be(d[3]),
-                u32::from_be(d[4]),
-            ];
-            let port = u16::try_from(u32::from_be(d[0]) >> 16)?;
-            out.push((Prefix::from_words(&w, k.prefix_len() - 32), port));
+            let d = k.data();
+            out.push((Prefix::from_words(&d.addr(), k.prefix_len() - 32), d.port()));
         }
         out.sort_by_key(|(p, port)| (p.to_string(), *port));
         Ok(out)
@@ -521,16 +509,7 @@ impl Maps {
         let mut out = Vec::new();
         for k in self.exempt.keys() {
             let k = k?;
-            let a = k.data().addr;
-            out.push(Prefix::from_words(
-                &[
-                    u32::from_be(a[0]),
-                    u32::from_be(a[1]),
-                    u32::from_be(a[2]),
-                    u32::from_be(a[3]),
-                ],
-                k.prefix_len(),
-            ));
+            out.push(Prefix::from_words(&k.data().words(), k.prefix_len()));
         }
         out.sort_by_key(ToString::to_string);
         Ok(out)

@@ -372,18 +372,14 @@ pub fn seed_sockets(ebpf: &mut Ebpf) -> anyhow::Result<usize> {
 /// # Errors
 /// The first field missing or elsewhere.
 pub fn check_tracepoint_format(text: &str) -> anyhow::Result<()> {
-    for (field, offset, size) in [
-        ("int newstate", 20, 4),
-        ("__u16 sport", 24, 2),
-        ("__u16 dport", 26, 2),
-        ("__u16 protocol", 30, 2),
-        ("__u8 saddr_v6[16]", 40, 16),
-        ("__u8 daddr_v6[16]", 56, 16),
-    ] {
-        let want = format!("field:{field};\toffset:{offset};\tsize:{size};");
+    for f in maps::trace_field::ALL {
+        let want = format!("field:{};\toffset:{};\tsize:{};", f.decl, f.offset, f.size);
         anyhow::ensure!(
             text.lines().any(|l| l.trim().starts_with(&want)),
-            "no `{field}` at offset {offset}, size {size}"
+            "no `{}` at offset {}, size {}",
+            f.decl,
+            f.offset,
+            f.size
         );
     }
     Ok(())
@@ -465,5 +461,36 @@ impl Drop for AttachGuard {
         if let Err(e) = detach(&self.iface, self.netns.as_deref()) {
             eprintln!("warning: detach {}: {e:#}", self.iface);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The record layout of `sock:inet_sock_set_state` on Linux 6.18 (tracefs `format`, fields).
+    const FORMAT_6_18: &str = "name: inet_sock_set_state
+ID: 2287
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
+";
+
+    #[test]
+    fn tracepoint_layout_is_checked() {
+        super::check_tracepoint_format(FORMAT_6_18).expect("the layout the program reads");
+        let moved = FORMAT_6_18.replace("offset:26;", "offset:28;");
+        let e = super::check_tracepoint_format(&moved).unwrap_err();
+        assert!(e.to_string().contains("__u16 dport"), "{e}");
+        let gone = FORMAT_6_18.replace("field:__u8 daddr_v6[16]", "field:__u8 raddr_v6[16]");
+        assert!(super::check_tracepoint_format(&gone).is_err());
     }
 }

@@ -257,11 +257,12 @@ fn flow_of_msg(m: &[u8]) -> Option<FlowKey> {
     }
     let be16 = |o: usize| u16::from_be_bytes([m[o], m[o + 1]]);
     let addr = |o: usize| -> [u32; 4] {
-        let w = |i: usize| u32::from_be_bytes(m[o + 4 * i..o + 4 * i + 4].try_into().expect("4"));
+        let w = intercept_common::cookie::words(m[o..o + 16].try_into().expect("16 bytes"));
+        // An IPv4 socket reports its address in the first word.
         if i32::from(m[0]) == libc::AF_INET {
-            intercept_common::cookie::mapped(w(0))
+            intercept_common::cookie::mapped(w[0])
         } else {
-            [w(0), w(1), w(2), w(3)]
+            w
         }
     };
     Some(FlowKey {

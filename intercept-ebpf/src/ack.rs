@@ -154,9 +154,7 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     // A FIN is always checked against the kernel: a connection the server closed first lives on
     // as a time-wait socket, which the table does not hold, and the peer's retransmitted FIN
     // must reach it.
-    let authoritative = now >= cfg.lookup_until_ns
-        && crate::track::authoritative(now)
-        && tcp.flags & tcp_flags::FIN == 0;
+    let authoritative = crate::track::state().authoritative(now) && tcp.flags & tcp_flags::FIN == 0;
     if !authoritative {
         count(Counter::SocketLookups);
         if let Sock::Other = lookup(ctx, &flow, matches!(ip.l3, L3::V6 { .. })) {

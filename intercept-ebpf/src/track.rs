@@ -5,31 +5,15 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::TracePointContext};
 use intercept_common::{
-    config::{FlowKey, REQUEST_SOCK_LIFETIME_NS, socket_bucket, table_word},
+    config::{FlowKey, REQUEST_SOCK_LIFETIME_NS, SocketTable, socket_bucket, table_word},
     cookie::words,
+    maps::trace_field,
 };
 
 use crate::maps::{SOCKET_FILTER, SOCKET_TABLE, SOCKETS};
 
 /// `EEXIST` (include/uapi/asm-generic/errno-base.h).
 const EEXIST: i32 = 17;
-
-/// Field offsets of the tracepoint's record (tracefs `events/sock/inet_sock_set_state/format`;
-/// the controller checks them against this kernel's before attaching).
-pub mod offsets {
-    /// `int newstate`.
-    pub const NEWSTATE: usize = 20;
-    /// `__u16 sport` (local port, host order).
-    pub const SPORT: usize = 24;
-    /// `__u16 dport` (remote port, host order).
-    pub const DPORT: usize = 26;
-    /// `__u16 protocol`.
-    pub const PROTOCOL: usize = 30;
-    /// `__u8 saddr_v6[16]` (local address; IPv4 ones IPv4-mapped).
-    pub const SADDR_V6: usize = 40;
-    /// `__u8 daddr_v6[16]` (remote address).
-    pub const DADDR_V6: usize = 56;
-}
 
 const IPPROTO_TCP: u16 = 6;
 const TCP_CLOSE: i32 = 7;
@@ -38,15 +22,15 @@ const TCP_LISTEN: i32 = 10;
 /// Handles one state change.
 #[inline(always)]
 pub fn handle(ctx: &TracePointContext) {
-    // SAFETY: reads of the tracepoint record at the offsets of its format.
+    // SAFETY: reads of the tracepoint record at the offsets of its format (checked at attach).
     let read = || unsafe {
         Some((
-            ctx.read_at::<u16>(offsets::PROTOCOL).ok()?,
-            ctx.read_at::<i32>(offsets::NEWSTATE).ok()?,
-            ctx.read_at::<u16>(offsets::SPORT).ok()?,
-            ctx.read_at::<u16>(offsets::DPORT).ok()?,
-            ctx.read_at::<[u8; 16]>(offsets::SADDR_V6).ok()?,
-            ctx.read_at::<[u8; 16]>(offsets::DADDR_V6).ok()?,
+            ctx.read_at::<u16>(trace_field::PROTOCOL.offset).ok()?,
+            ctx.read_at::<i32>(trace_field::NEWSTATE.offset).ok()?,
+            ctx.read_at::<u16>(trace_field::SPORT.offset).ok()?,
+            ctx.read_at::<u16>(trace_field::DPORT.offset).ok()?,
+            ctx.read_at::<[u8; 16]>(trace_field::SADDR_V6.offset).ok()?,
+            ctx.read_at::<[u8; 16]>(trace_field::DADDR_V6.offset).ok()?,
         ))
     };
     let Some((proto, state, local_port, remote_port, local, remote)) = read() else {
@@ -109,20 +93,22 @@ fn remove(key: &FlowKey) {
     }
 }
 
-/// Whether the table proves a flow it does not hold has no socket (see `SocketTable`), at `now`.
+/// The table's state, from its words.
 #[inline(always)]
-pub fn authoritative(now: u64) -> bool {
+pub fn state() -> SocketTable {
     let word = |i| SOCKET_TABLE.get(i).copied().unwrap_or(0);
-    word(table_word::SEEDED) == 1
-        && word(table_word::REFUSED) == 0
-        && now >= word(table_word::KERNEL_UNTIL)
+    SocketTable {
+        seeded: word(table_word::SEEDED) == 1,
+        refused: word(table_word::REFUSED),
+        lookup_until_ns: word(table_word::LOOKUP_UNTIL),
+    }
 }
 
 /// Notes that the kernel may now create a request socket (a protected SYN passed to it in
 /// intercept mode): the table stops being authoritative for a request socket's lifetime.
 #[inline(always)]
 pub fn kernel_handshake(now: u64) {
-    if let Some(w) = SOCKET_TABLE.get_ptr_mut(table_word::KERNEL_UNTIL) {
+    if let Some(w) = SOCKET_TABLE.get_ptr_mut(table_word::LOOKUP_UNTIL) {
         // SAFETY: a valid u64 in map memory. A plain store: racing writers store nearly the same
         // time, and any of them keeps the table non-authoritative long enough.
         unsafe { *w = now + REQUEST_SOCK_LIFETIME_NS };

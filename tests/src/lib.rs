@@ -414,9 +414,7 @@ pub fn start_socket_table(
 /// # Panics
 /// If the maps cannot be written, or the table is still not authoritative.
 pub fn end_lookup_window(maps: &mut intercept_ctl::control::Maps) {
-    let mut cfg = maps.config().unwrap();
-    cfg.lookup_until_ns = 0;
-    maps.set_config(&cfg).unwrap();
+    maps.set_lookup_until(0).unwrap();
     assert!(
         maps.socket_table()
             .unwrap()

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 
 use intercept_common::{
     Counter::{self, *},
-    config::{Config, HANDOFF_MAGIC, Mode, TcpReqAttrs},
+    config::{Config, HANDOFF_MAGIC, Mode, TcpReqAttrs, flags},
     cookie::{CookieOpts, Flow, Key, Secrets, WSCALE_NONE, make, words_of},
     craft::{Link, TcpSegment, linux_syn_options, tcp_frame},
     maps::PROG_XDP,
@@ -681,7 +681,7 @@ fn ack_path_fixtures() {
         );
         let now = intercept_ctl::watchctl::monotonic_ns();
         let t = env.maps.socket_table().unwrap();
-        assert!(t.kernel_until_ns > now + 60_000_000_000, "{t:?}");
+        assert!(t.lookup_until_ns > now + 60_000_000_000, "{t:?}");
         assert!(!t.authoritative(now));
         let mut want = drop_(AckBadMac, false, false);
         want.push(SocketLookups);
@@ -729,14 +729,7 @@ fn scope_and_exempt_lookups_agree() {
         let exempt = [Packets, Ipv4, Tcp, Syn, SynProtected, PassExempt, Passed];
         let check = |env: &Env, how: &str| {
             let cfg = env.maps.config().unwrap();
-            let got = if cfg.flags & intercept_common::config::flags::SCOPE_LIST != 0 {
-                "list"
-            } else if cfg.flags & intercept_common::config::flags::SCOPE_HOSTS != 0 {
-                "hash"
-            } else {
-                "trie"
-            };
-            assert_eq!(got, how, "scope lookup in use");
+            assert_eq!(flags::scope_lookup(cfg.flags), how, "scope lookup in use");
             let host = Ipv4Addr::new(198, 18, 0, 1);
             env.run(
                 &format!("{how}: protected host"),
@@ -788,10 +781,8 @@ fn scope_and_exempt_lookups_agree() {
         env.maps
             .exempt_add(&"198.18.0.0/30".parse().unwrap())
             .unwrap();
-        assert_ne!(
-            env.maps.config().unwrap().flags & intercept_common::config::flags::EXEMPT_LIST,
-            0
-        );
+        let exempt_lookup = |env: &Env| flags::exempt_lookup(env.maps.config().unwrap().flags);
+        assert_eq!(exempt_lookup(&env), "list");
         env.run(
             "exempt list: client inside",
             &syn_to(host, PORT),
@@ -803,10 +794,7 @@ fn scope_and_exempt_lookups_agree() {
                 .exempt_add(&format!("2001:db8:{i}::/48").parse().unwrap())
                 .unwrap();
         }
-        assert_eq!(
-            env.maps.config().unwrap().flags & intercept_common::config::flags::EXEMPT_LIST,
-            0
-        );
+        assert_eq!(exempt_lookup(&env), "trie");
         env.run(
             "exempt trie: client inside",
             &syn_to(host, PORT),
