@@ -6,7 +6,7 @@
 //! 198.18.0.2 and 2001:db8::2; spoofed flood sources in 198.19.0.0/16 and 2001:db8:1::/48, which
 //! the server routes back to the client namespace (where they die), so no packet leaves the lab.
 use std::{
-    io,
+    io::{self, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
@@ -39,6 +39,9 @@ pub struct Lab {
     pub server: Netns,
     /// Client namespace (legitimate clients and the flood's source).
     pub client: Netns,
+    /// Set by [`Lab::nic_like`]: the core of the server end's NAPI thread, where
+    /// [`Lab::requests`] runs its client at real-time priority.
+    batch_cpu: Option<usize>,
 }
 
 impl Lab {
@@ -68,7 +71,92 @@ impl Lab {
             veth,
             server,
             client,
+            batch_cpu: None,
         })
+    }
+
+    /// Makes the veth pair behave like a NIC: threaded NAPI on both ends, each end's NAPI thread
+    /// pinned to its own core, GRO on at both ends, TSO and TX checksum offload off on the
+    /// client's (sending) end.
+    ///
+    /// By default a veth delivers a sender's frames one at a time through the sender's own CPU
+    /// backlog. With a non-TSO sender and threaded NAPI, frames queue in the peer's 256-entry
+    /// ring and are received in batches of up to 64 per poll, as from a NIC's RX ring: a client's
+    /// handshake ACK and its first request, sent back to back, then reach XDP, TC and TCP in one
+    /// poll (`__netif_receive_skb_list_core` runs TC for the whole batch before TCP sees any of
+    /// it). Races a real NIC exposes only show in this configuration.
+    ///
+    /// It also makes that batching deterministic for [`Lab::requests`], whose client thread then
+    /// runs on the server NAPI thread's core at real-time priority: the client's kernel wakes the
+    /// client (connect() returns) before it queues the handshake ACK, the client sends its
+    /// request before the server's NAPI thread gets the core, and that thread then finds both
+    /// frames in its ring, as a busy server's NIC queue holds them.
+    ///
+    /// # Errors
+    /// If `ethtool` or the sysfs write fails, or the NAPI threads cannot be found.
+    pub fn nic_like(&mut self) -> anyhow::Result<()> {
+        for (ns, dev) in [(&self.server, &self.veth.a), (&self.client, &self.veth.b)] {
+            ns.exec("ethtool", &["-K", dev, "gro", "on"])?;
+            ns.exec(
+                "sh",
+                &["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")],
+            )?;
+        }
+        self.client
+            .exec("ethtool", &["-K", &self.veth.b, "tso", "off", "tx", "off"])?;
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        for (i, dev) in [&self.veth.a, &self.veth.b].into_iter().enumerate() {
+            let threads = napi_threads(dev)?;
+            if threads.is_empty() {
+                bail!("no NAPI thread of {dev} after enabling threaded NAPI");
+            }
+            for pid in threads {
+                pin(pid, i % cpus)?;
+            }
+        }
+        self.batch_cpu = Some(0);
+        Ok(())
+    }
+
+    /// Makes `n` requests from the client namespace to `target`, one after the other, as an
+    /// application client does: connect, send a 16-byte request right after `connect()`
+    /// returns (in the segments `shape` says), read the 16-byte echo, close. Each must finish
+    /// within `timeout`.
+    ///
+    /// # Errors
+    /// If the client namespace's TCP counters cannot be read.
+    pub fn requests(
+        &self,
+        target: SocketAddr,
+        shape: Shape,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Requests> {
+        let batch_cpu = self.batch_cpu;
+        self.client
+            .spawn(move || -> anyhow::Result<Requests> {
+                if let Some(cpu) = batch_cpu {
+                    pin(0, cpu)?;
+                    realtime()?;
+                }
+                let before = TcpRetrans::read()?;
+                let mut r = Requests::default();
+                for i in 0..n {
+                    let start = Instant::now();
+                    match request(target, shape, i, timeout) {
+                        Ok(()) => r.latencies.push(start.elapsed()),
+                        Err(e) => {
+                            r.failures += 1;
+                            r.first_error
+                                .get_or_insert_with(|| format!("request {i} to {target}: {e}"));
+                        }
+                    }
+                }
+                r.retrans = TcpRetrans::read()?.since(before);
+                Ok(r)
+            })
+            .join()
+            .expect("client thread")
     }
 
     /// MAC address of `dev` in `ns`.
@@ -138,6 +226,190 @@ impl Lab {
             },
         })
     }
+}
+
+/// How a client sends its 16-byte request, right after `connect()` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// One segment.
+    One,
+    /// Three segments (three writes without Nagle): the later two carry sequence numbers past
+    /// the handshake's.
+    Split,
+    /// One segment, then the client's FIN (`shutdown(SHUT_WR)`) before any answer.
+    WithFin,
+}
+
+/// One request as [`Lab::requests`] makes it; request `i` carries a 16-byte payload naming it.
+fn request(target: SocketAddr, shape: Shape, i: usize, timeout: Duration) -> io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&target, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_nodelay(true)?;
+    let msg = format!("request {i:>8}");
+    match shape {
+        Shape::One => s.write_all(msg.as_bytes())?,
+        Shape::Split => {
+            for part in [&msg[..6], &msg[6..11], &msg[11..]] {
+                s.write_all(part.as_bytes())?;
+            }
+        }
+        Shape::WithFin => {
+            s.write_all(msg.as_bytes())?;
+            s.shutdown(std::net::Shutdown::Write)?;
+        }
+    }
+    let mut b = [0u8; 16];
+    s.read_exact(&mut b)?;
+    if b != msg.as_bytes() {
+        return Err(io::Error::other(format!(
+            "echo of {msg:?} came back as {b:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// What [`Lab::requests`] measured.
+#[derive(Debug, Default, Clone)]
+pub struct Requests {
+    /// Per answered request: connect + request + response.
+    pub latencies: Vec<Duration>,
+    /// Requests not answered (connect refused or timed out, no echo in time).
+    pub failures: usize,
+    /// The first failure, for messages.
+    pub first_error: Option<String>,
+    /// The client namespace's retransmission counters over the run.
+    pub retrans: TcpRetrans,
+}
+
+impl Requests {
+    /// Median latency (zero if none answered).
+    #[must_use]
+    pub fn median(&self) -> Duration {
+        self.percentile(50)
+    }
+
+    /// The `p`th percentile latency (nearest rank; zero if none answered).
+    #[must_use]
+    pub fn percentile(&self, p: usize) -> Duration {
+        let mut v = self.latencies.clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        v[(v.len() * p.min(100)).div_ceil(100).saturating_sub(1)]
+    }
+}
+
+/// A network namespace's TCP retransmission counters (`nstat`'s `TcpRetransSegs` and
+/// `TcpExtTCPTimeouts`), read from `/proc/thread-self/net`, so in the calling thread's namespace.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TcpRetrans {
+    /// Segments retransmitted.
+    pub retrans_segs: u64,
+    /// Retransmission timeouts that fired.
+    pub timeouts: u64,
+}
+
+impl TcpRetrans {
+    /// Reads them.
+    ///
+    /// # Errors
+    /// If the proc files cannot be read or lack the fields.
+    pub fn read() -> anyhow::Result<TcpRetrans> {
+        Ok(TcpRetrans {
+            retrans_segs: proc_net_field("snmp", "Tcp", "RetransSegs")?,
+            timeouts: proc_net_field("netstat", "TcpExt", "TCPTimeouts")?,
+        })
+    }
+
+    /// The counts since `before`.
+    #[must_use]
+    pub fn since(self, before: TcpRetrans) -> TcpRetrans {
+        TcpRetrans {
+            retrans_segs: self.retrans_segs.saturating_sub(before.retrans_segs),
+            timeouts: self.timeouts.saturating_sub(before.timeouts),
+        }
+    }
+}
+
+/// One counter of `/proc/net/<file>` (`snmp`, `netstat`) in the calling thread's namespace: each
+/// group there is two lines, the names, then the values.
+fn proc_net_field(file: &str, group: &str, name: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}"))?;
+    let head = format!("{group}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&head));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("no {group} lines in /proc/net/{file}");
+    };
+    let i = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .with_context(|| format!("no {group} {name} in /proc/net/{file}"))?;
+    values
+        .split_whitespace()
+        .nth(i)
+        .context("short value line")?
+        .parse()
+        .with_context(|| format!("{group} {name}"))
+}
+
+/// Serves `l` on a thread: each accepted connection gets back what it sends until it closes.
+pub fn echo_server(l: TcpListener) {
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut b = [0u8; 256];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// The pids of `dev`'s NAPI threads (named `napi/<dev>-<id>`; `comm` keeps 15 bytes).
+fn napi_threads(dev: &str) -> anyhow::Result<Vec<i32>> {
+    let prefix = format!("napi/{dev}-");
+    let prefix = &prefix[..prefix.len().min(15)];
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc")? {
+        let e = e?;
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(comm) = std::fs::read_to_string(e.path().join("comm"))
+            && comm.trim_end().starts_with(prefix)
+        {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// Gives the calling thread SCHED_FIFO priority 1: no normal thread preempts it on its core.
+fn realtime() -> anyhow::Result<()> {
+    let p = libc::sched_param { sched_priority: 1 };
+    // SAFETY: a valid sched_param; 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const p) } != 0 {
+        return Err(io::Error::last_os_error()).context("SCHED_FIFO for the client thread");
+    }
+    Ok(())
+}
+
+/// Pins thread `pid` (0: the calling thread) to `cpu`.
+fn pin(pid: i32, cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: cpu_set_t is plain data; zeroed, then one bit set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: a valid set of its own size.
+    if unsafe { libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &raw const set) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("pin thread {pid} to CPU {cpu}"));
+    }
+    Ok(())
 }
 
 /// Sends whole Ethernet frames out of one interface.

@@ -520,23 +520,7 @@ pub fn status(lab: &InterceptLab) -> serde_json::Value {
     serde_json::from_str(&lab.ctl(&["--json", "status", lab.srv_if()])).expect("status JSON")
 }
 
-/// An echo server on `l`: every accepted connection gets back what it sends, until it closes.
-pub fn echo_server(l: std::net::TcpListener) {
-    use std::io::{Read as _, Write as _};
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut b = [0u8; 256];
-                while let Ok(n) = s.read(&mut b) {
-                    if n == 0 || s.write_all(&b[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
+pub use intercept_ctl::lab::echo_server;
 
 /// Sends `what` and expects it echoed within 3 s.
 ///
