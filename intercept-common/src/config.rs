@@ -221,6 +221,70 @@ pub mod table_word {
 /// 1+2+4+8+16+32 = 63 s), plus margin.
 pub const REQUEST_SOCK_LIFETIME_NS: u64 = 75_000_000_000;
 
+/// How long after a cookie ACK left XDP for TC the client's next segments count as following it
+/// (see [`Proven`]). A poll's frames go through XDP, TC and TCP within microseconds; the
+/// client's retransmission timeout is at least 200 ms (`TCP_RTO_MIN`), so a retransmission of
+/// the first segment always comes after the window and is handed off afresh.
+pub const PROVEN_WINDOW_NS: u64 = 50_000_000;
+
+/// How far past its first sequence number a client can have sent before the server has sent
+/// anything: our largest advertised window (65,535 << 14), rounded up.
+pub const PROVEN_SEQ_SPAN: u32 = 1 << 30;
+
+/// A handshake whose cookie ACK the XDP program handed to TC in the last [`PROVEN_WINDOW_NS`]
+/// ([`crate::maps::PROVEN`], keyed by the client's flow); written by the data path only.
+///
+/// Why it exists: the kfunc that creates the connection (`bpf_sk_assign_tcp_reqsk`) gives the
+/// skb its own request socket. A client sends its first request right behind the handshake ACK,
+/// so both often arrive in one NAPI poll, and TC runs for the whole poll before TCP processes any
+/// of it: TC still finds only the listener for the request. Given a request socket of its own
+/// too, the request would make the kernel build a second child for the same 4-tuple, find the
+/// first in the established hash (`inet_ehash_nolisten`, `found_dup_sk`) and drop the segment
+/// silently (`cookie_v4_check`: `SKB_DROP_REASON_NO_SOCKET`), costing the client a 200 ms
+/// retransmission timeout. So only the first segment of a proven handshake carries the handoff;
+/// the ones following it within the window pass bare, and TCP, processing the poll in order,
+/// finds the child the first one created (`__inet_lookup_skb`).
+///
+/// Only proven flows get an entry (the cookie verified); the map is an LRU of
+/// [`crate::maps::PROVEN_ENTRIES`], so its size is fixed whatever arrives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Proven {
+    /// When the handoff left XDP (monotonic ns, tick resolution).
+    pub at_ns: u64,
+    /// The client's first sequence number after its SYN (its ISN + 1).
+    pub client_next: u32,
+    /// The acknowledgment number of every client segment until the server sends: our ISN (the
+    /// cookie) + 1.
+    pub server_next: u32,
+}
+const _: () = assert!(size_of::<Proven>() == 16);
+
+impl Proven {
+    /// The entry for a handshake completed by a segment with these numbers at `now`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(seq: u32, ack_seq: u32, now_ns: u64) -> Proven {
+        Proven {
+            at_ns: now_ns,
+            client_next: seq,
+            server_next: ack_seq,
+        }
+    }
+
+    /// Whether a client segment with these numbers, seen at `now`, follows this handoff: within
+    /// the window (a CPU's clock may read a tick behind the one that wrote `at_ns`), acknowledging
+    /// exactly our ISN + 1 (nothing else is acknowledgeable before the server sends: the 32 bits
+    /// only the real client has seen), and sequenced within what the client can have sent.
+    #[inline(always)]
+    #[must_use]
+    pub const fn follows(&self, seq: u32, ack_seq: u32, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.at_ns) < PROVEN_WINDOW_NS
+            && ack_seq == self.server_next
+            && seq.wrapping_sub(self.client_next) < PROVEN_SEQ_SPAN
+    }
+}
+
 /// The [`crate::maps::SOCKET_FILTER`] bucket of a flow: a multiplicative mix of its words
 /// (unkeyed: a chosen collision only costs the data path one hash lookup, never a wrong verdict,
 /// as a non-zero bucket is always confirmed in [`crate::maps::SOCKETS`]).
@@ -673,6 +737,7 @@ mod pod {
     unsafe impl aya::Pod for crate::cookie::Secrets {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::HalfOpen {}
+    unsafe impl aya::Pod for super::Proven {}
     unsafe impl aya::Pod for super::Watch {}
     unsafe impl aya::Pod for super::Info {}
     unsafe impl aya::Pod for super::ScopeList {}
@@ -682,6 +747,36 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proven_follows_only_the_clients_next_segments_within_the_window() {
+        let (seq, ack, t) = (0xffff_fff0_u32, 0x8000_0001_u32, 10_000_000_000_u64);
+        let p = Proven::new(seq, ack, t);
+        // The handshake ACK itself (a duplicate), the request behind it, one that wraps the
+        // sequence space, a FIN after 1 GiB less one byte.
+        for s in [
+            seq,
+            seq + 15,
+            seq.wrapping_add(100),
+            seq.wrapping_add(PROVEN_SEQ_SPAN - 1),
+        ] {
+            assert!(p.follows(s, ack, t), "seq {s:#x}");
+        }
+        // Seen on a CPU whose clock reads a tick behind the writer's; the last instant.
+        assert!(p.follows(seq, ack, t - 4_000_000));
+        assert!(p.follows(seq, ack, t + PROVEN_WINDOW_NS - 1));
+        // Too late: a retransmission is handed off afresh.
+        assert!(!p.follows(seq, ack, t + PROVEN_WINDOW_NS));
+        // Any other acknowledgment number: every single-bit change, and +/- 1.
+        for bit in 0..32 {
+            assert!(!p.follows(seq, ack ^ (1 << bit), t), "ack bit {bit}");
+        }
+        assert!(!p.follows(seq, ack.wrapping_sub(1), t));
+        assert!(!p.follows(seq, ack + 1, t));
+        // Before the client's first byte, or beyond what it can have sent.
+        assert!(!p.follows(seq.wrapping_sub(1), ack, t));
+        assert!(!p.follows(seq.wrapping_add(PROVEN_SEQ_SPAN), ack, t));
+    }
 
     #[test]
     fn keys_decode_what_they_encode() {

@@ -81,6 +81,10 @@ pub enum Counter {
     HalfOpenGone,
     /// ACKs failing the cookie that needed a kernel socket lookup (socket table not authoritative).
     SocketLookups,
+    /// Segments following a handoff within its window (the client's first request in the same
+    /// poll as its handshake ACK, a duplicate of that ACK): passed without a second handoff, to
+    /// the connection the first one creates (see `config::Proven`).
+    PassProven,
     /// Number of counters; not a counter.
     Count,
 }
@@ -125,6 +129,7 @@ impl Counter {
         Counter::VictimQueueFull,
         Counter::HalfOpenGone,
         Counter::SocketLookups,
+        Counter::PassProven,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -168,6 +173,7 @@ impl Counter {
             Counter::VictimQueueFull => "victim_queue_full",
             Counter::HalfOpenGone => "half_open_gone",
             Counter::SocketLookups => "socket_lookups",
+            Counter::PassProven => "pass_proven",
             Counter::Count => "count",
         }
     }
@@ -217,6 +223,7 @@ impl Counter {
             Counter::SocketLookups => {
                 "ACKs failing the cookie checked against the kernel's sockets"
             }
+            Counter::PassProven => "Passed: segment following its handshake's handoff",
             Counter::Count => "",
         }
     }

@@ -1,13 +1,13 @@
 //! ACK path: an ACK to a protected destination either belongs to an existing socket (passed), or
 //! completes one of our cookie handshakes (verified here, handed to TC in metadata), or is dropped.
 use aya_ebpf::{
-    bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple, xdp_action},
+    bindings::{BPF_ANY, BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple, xdp_action},
     helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_adjust_meta},
     programs::XdpContext,
 };
 use intercept_common::{
     Counter,
-    config::{Config, FlowKey, HANDOFF_MAGIC, Handoff, flags},
+    config::{Config, FlowKey, HANDOFF_MAGIC, Handoff, Proven, flags},
     cookie::{self, CookieError, Flow, slot_of},
     handshake::handoff_attrs,
     parse::{Ip, L3, Tcp, tcp_flags},
@@ -16,7 +16,7 @@ use intercept_common::{
 
 use crate::{
     frame::Pkt,
-    maps::{SECRETS, SOCKETS},
+    maps::{PROVEN, SECRETS, SOCKETS},
     scope,
     stats::{count, drop, pass},
 };
@@ -145,12 +145,25 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
         slot_of(now),
     ) {
         Ok(co) => {
+            if !lead(&key, tcp, now) {
+                return pass(Counter::PassProven);
+            }
             let v6 = matches!(ip.l3, L3::V6 { .. });
-            return handoff(ctx, &pkt, tcp, co, v6, cfg);
+            return handoff(ctx, &pkt, tcp, co, v6, cfg, &key);
         }
         Err(_) if !strict => return pass(Counter::Passed),
         Err(e) => e,
     };
+    // The client's later segments of a handshake just handed off (its request beyond the first
+    // segment, a FIN) repeat no cookie: they follow the handoff. A pure ACK never does (before
+    // the server sends, the client has nothing to acknowledge), so a forged-ACK flood of pure
+    // ACKs costs no lookup here.
+    if (tcp.payload_len > 0 || tcp.flags & tcp_flags::FIN != 0)
+        // SAFETY: read-only lookup; the value is copied at once.
+        && unsafe { PROVEN.get(&key) }.is_some_and(|p| p.follows(tcp.seq, tcp.ack_seq, now))
+    {
+        return pass(Counter::PassProven);
+    }
     // A FIN is always checked against the kernel: a connection the server closed first lives on
     // as a time-wait socket, which the table does not hold, and the peer's retransmitted FIN
     // must reach it.
@@ -177,6 +190,27 @@ fn established(flow: &Flow, tcp: &Tcp, cfg: &Config) -> u32 {
     pass(Counter::PassEstablished)
 }
 
+/// Whether a segment whose cookie verified leads its handshake's handoff: no handoff of this
+/// flow in the last window (then it is recorded as the one), or one it does not follow (an older
+/// handshake of the same 4-tuple). Otherwise it follows the handoff in flight and must not get a
+/// second one (see `Proven`).
+#[inline(always)]
+fn lead(key: &FlowKey, tcp: &Tcp, now: u64) -> bool {
+    let p = Proven::new(tcp.seq, tcp.ack_seq, now);
+    if PROVEN.insert(key, &p, BPF_NOEXIST.into()).is_ok() {
+        return true;
+    }
+    // SAFETY: read-only lookup; the value is copied at once.
+    if unsafe { PROVEN.get(key) }.is_some_and(|old| old.follows(tcp.seq, tcp.ack_seq, now)) {
+        return false;
+    }
+    // An entry that ran out (or an insert refused for another reason): this one leads. If the
+    // store fails too, the followers of this handoff go to TC with handoffs of their own, as if
+    // this map did not exist: nothing is lost but their first transmission.
+    let _ = PROVEN.insert(key, &p, BPF_ANY.into());
+    true
+}
+
 /// Leaves the decoded options in the metadata for TC and passes the ACK.
 #[inline(always)]
 fn handoff(
@@ -186,6 +220,7 @@ fn handoff(
     co: cookie::CookieOpts,
     v6: bool,
     cfg: &Config,
+    key: &FlowKey,
 ) -> u32 {
     let ack_opts = tcpopt::parse(pkt, tcp.off, tcp.hdr_len);
     let h = Handoff {
@@ -194,6 +229,8 @@ fn handoff(
     };
     // SAFETY: ctx is the program's own context.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<Handoff>() as i32)) } != 0 {
+        // Nothing leads this handshake: its next segment must lead it again.
+        let _ = PROVEN.remove(key);
         count(Counter::Aborted);
         return xdp_action::XDP_ABORTED;
     }
@@ -201,6 +238,7 @@ fn handoff(
     // SAFETY: ctx.ctx is valid; the range is checked against data before writing.
     let (meta, data) = unsafe { ((*ctx.ctx).data_meta as usize, (*ctx.ctx).data as usize) };
     if meta + size_of::<Handoff>() > data {
+        let _ = PROVEN.remove(key);
         count(Counter::Aborted);
         return xdp_action::XDP_ABORTED;
     }

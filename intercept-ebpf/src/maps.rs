@@ -7,14 +7,14 @@ use aya_ebpf::{
 };
 use intercept_common::{
     config::{
-        AddrKey, Config, FlowKey, HalfOpen, Info, PrefixList, Ring, ScopeKey, ScopeList,
+        AddrKey, Config, FlowKey, HalfOpen, Info, PrefixList, Proven, Ring, ScopeKey, ScopeList,
         ScopeValue, Watch, table_word,
     },
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
     maps::{
-        CounterBlock, HALF_OPEN_ENTRIES, SCOPE_ENTRIES, SOCKET_BUCKETS, SOCKET_ENTRIES,
-        VICTIM_ENTRIES,
+        CounterBlock, HALF_OPEN_ENTRIES, PROVEN_ENTRIES, SCOPE_ENTRIES, SOCKET_BUCKETS,
+        SOCKET_ENTRIES, VICTIM_ENTRIES,
     },
 };
 
@@ -98,3 +98,8 @@ pub static SOCKET_FILTER: Array<u64> = Array::with_max_entries(SOCKET_BUCKETS, 0
 /// Whether [`SOCKETS`] is authoritative.
 #[map(name = "SOCKET_TABLE")]
 pub static SOCKET_TABLE: Array<u64> = Array::with_max_entries(table_word::COUNT, 0);
+
+/// Handshakes handed to TC in the last 50 ms, so the client's next segments pass without a second
+/// handoff (see `intercept_common::config::Proven`); written here, for verified cookies only.
+#[map(name = "PROVEN")]
+pub static PROVEN: LruHashMap<FlowKey, Proven> = LruHashMap::with_max_entries(PROVEN_ENTRIES, 0);

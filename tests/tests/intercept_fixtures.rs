@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 
 use intercept_common::{
     Counter::{self, *},
-    config::{Config, HANDOFF_MAGIC, Mode, TcpReqAttrs, flags},
+    config::{Config, FlowKey, HANDOFF_MAGIC, Mode, Proven, TcpReqAttrs, flags},
     cookie::{CookieOpts, Flow, Key, Secrets, WSCALE_NONE, make, words_of},
     craft::{Link, TcpSegment, linux_syn_options, tcp_frame},
     maps::PROG_XDP,
@@ -703,6 +703,166 @@ fn ack_path_fixtures() {
                 &[Packets, Ipv4, Tcp, Ack, Passed]
             ),
             f
+        );
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+/// The PROVEN map of a loaded object.
+fn proven(obj: &mut Loaded) -> aya::maps::HashMap<&mut aya::maps::MapData, FlowKey, Proven> {
+    aya::maps::HashMap::try_from(
+        obj.ebpf
+            .map_mut(intercept_common::maps::PROVEN)
+            .expect("PROVEN"),
+    )
+    .expect("PROVEN is a hash")
+}
+
+/// Only the first segment of a proven handshake carries the handoff to TC; the client's segments
+/// that follow it within the window (a duplicate ACK, its request in one or more segments, its
+/// FIN) pass bare to the connection the first one creates. Nothing else passes: a pure ACK, a
+/// wrong acknowledgment number, another flow, or anything after the window.
+#[test]
+fn segments_following_a_handoff_pass_without_a_second_one() {
+    require_root("segments_following_a_handoff_pass_without_a_second_one");
+    let ns = Netns::new("fx").expect("netns");
+    ns.spawn(|| {
+        let mut env = Env::new();
+        let _track = start_socket_table(&mut env.obj, &mut env.maps);
+        let co = opts(3, 7, true, false);
+        for (v6, isn) in [(false, 0x6666_0000_u32), (true, 0x7777_0000)] {
+            let l3 = if v6 { Ipv6 } else { Ipv4 };
+            let cookie = cookie_for(v6, PORT, isn, 0, now_slot(), co);
+            let hs = ack(v6, PORT, isn, cookie);
+            let seg = |flags: u8, offset: u32, payload: usize| {
+                let mut t = hs.clone();
+                t.flags = flags;
+                t.seq = t.seq.wrapping_add(offset);
+                t.payload = vec![0x72; payload];
+                t
+            };
+            let lead = [Packets, l3, Tcp, Ack, AckValid, Passed];
+            let follows = [Packets, l3, Tcp, Ack, PassProven, Passed];
+            let dropped = [Packets, l3, Tcp, Ack, AckBadMac, Dropped];
+            let f = tcp_frame(&link(0), &hs);
+            let out = env.run("handshake ACK", &f, XDP_PASS, &lead);
+            assert_eq!(out.len(), f.len() + 24, "the handoff metadata");
+            let psh = tcp_flags::ACK | tcp_flags::PSH;
+            for (what, t) in [
+                ("duplicate of the handshake ACK", seg(tcp_flags::ACK, 0, 0)),
+                ("request, first segment", seg(psh, 0, 6)),
+                ("request, second segment", seg(psh, 6, 5)),
+                (
+                    "request, last segment with FIN",
+                    seg(psh | tcp_flags::FIN, 11, 5),
+                ),
+                ("FIN alone", seg(tcp_flags::ACK | tcp_flags::FIN, 16, 0)),
+            ] {
+                let f = tcp_frame(&link(0), &t);
+                let out = env.run(&format!("{what}, v6={v6}"), &f, XDP_PASS, &follows);
+                assert_eq!(out, f, "{what}: passed untouched, without metadata");
+            }
+            let mut wrong_ack = seg(psh, 6, 5);
+            wrong_ack.ack_seq ^= 1;
+            let mut other_flow = seg(psh, 6, 5);
+            other_flow.sport += 1;
+            for (what, t) in [
+                (
+                    "pure ACK past the first sequence number",
+                    seg(tcp_flags::ACK, 6, 0),
+                ),
+                ("request segment acknowledging another number", wrong_ack),
+                ("request segment of another flow", other_flow),
+            ] {
+                env.run(
+                    &format!("{what}, v6={v6}"),
+                    &tcp_frame(&link(0), &t),
+                    XDP_DROP,
+                    &dropped,
+                );
+            }
+            // The window over (as if the handoff were 60 ms old): a retransmission of the first
+            // segment leads a handoff of its own, a later segment is no follower any more.
+            let key = FlowKey::of(&Flow {
+                saddr: words_of(hs.src),
+                daddr: words_of(hs.dst),
+                sport: hs.sport,
+                dport: PORT,
+            });
+            let mut p = proven(&mut env.obj);
+            let old = p.get(&key, 0).expect("the handoff is recorded");
+            assert_eq!(
+                (old.client_next, old.server_next),
+                (isn.wrapping_add(1), cookie.wrapping_add(1))
+            );
+            p.insert(
+                &key,
+                &Proven {
+                    at_ns: old.at_ns - 60_000_000,
+                    ..old
+                },
+                0,
+            )
+            .unwrap();
+            let f = tcp_frame(&link(0), &seg(psh, 0, 16));
+            let out = env.run(
+                "retransmitted request after the window",
+                &f,
+                XDP_PASS,
+                &lead,
+            );
+            assert_eq!(out.len(), f.len() + 24);
+            let mut p = proven(&mut env.obj);
+            let old = p.get(&key, 0).unwrap();
+            p.insert(
+                &key,
+                &Proven {
+                    at_ns: old.at_ns - 60_000_000,
+                    ..old
+                },
+                0,
+            )
+            .unwrap();
+            env.run(
+                "later segment after the window",
+                &tcp_frame(&link(0), &seg(psh, 16, 5)),
+                XDP_DROP,
+                &dropped,
+            );
+        }
+        // Watch mode in the grace period after intercept: the same rule for the handshakes
+        // intercept mode answered, and everything else passes (watch mode's kernel decides).
+        let now = intercept_ctl::watchctl::monotonic_ns();
+        env.maps
+            .set_config(&Config {
+                mode: Mode::Watch as u32,
+                cookie_grace_until_ns: now + 10_000_000_000,
+                ..env.maps.config().unwrap()
+            })
+            .unwrap();
+        let isn = 0x8888_0000;
+        let hs = ack(
+            false,
+            PORT,
+            isn,
+            cookie_for(false, PORT, isn, 0, now_slot(), co),
+        );
+        let out = env.run(
+            "grace: handshake ACK",
+            &tcp_frame(&link(0), &hs),
+            XDP_PASS,
+            &[Packets, Ipv4, Tcp, Ack, AckValid, Passed],
+        );
+        assert_eq!(out.len(), tcp_frame(&link(0), &hs).len() + 24);
+        let mut req = hs.clone();
+        req.flags |= tcp_flags::PSH;
+        req.payload = vec![0x72; 16];
+        env.run(
+            "grace: request in the same poll",
+            &tcp_frame(&link(0), &req),
+            XDP_PASS,
+            &[Packets, Ipv4, Tcp, Ack, PassProven, Passed],
         );
     })
     .join()
