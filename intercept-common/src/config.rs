@@ -222,35 +222,60 @@ pub mod table_word {
 pub const REQUEST_SOCK_LIFETIME_NS: u64 = 75_000_000_000;
 
 /// How long after a cookie ACK left XDP for TC the client's next segments count as following it
-/// (see [`Proven`]). A poll's frames go through XDP, TC and TCP within microseconds; the
-/// client's retransmission timeout is at least 200 ms (`TCP_RTO_MIN`), so a retransmission of
-/// the first segment always comes after the window and is handed off afresh.
-pub const PROVEN_WINDOW_NS: u64 = 50_000_000;
+/// (see [`Proven`]). A poll's frames go through XDP, TC and TCP within microseconds, and the slot
+/// is cleared as soon as TCP has created the connection; the window only has to outlast the data
+/// path's clock, which moves a tick at a time (10 ms at HZ=100) and may read a tick apart on two
+/// CPUs. A retransmission of the first segment after it is handed off afresh.
+pub const PROVEN_WINDOW_NS: u64 = 20_000_000;
 
 /// How far past its first sequence number a client can have sent before the server has sent
-/// anything: our largest advertised window (65,535 << 14), rounded up.
-pub const PROVEN_SEQ_SPAN: u32 = 1 << 30;
+/// anything: the window of our SYN-ACK, which is never scaled (RFC 7323 section 2.2), plus its FIN.
+pub const PROVEN_SEQ_SPAN: u32 = 1 << 16;
 
-/// A handshake whose cookie ACK the XDP program handed to TC in the last [`PROVEN_WINDOW_NS`]
-/// ([`crate::maps::PROVEN`], keyed by the client's flow); written by the data path only.
+/// States of a [`Proven`] slot.
+pub mod proven_state {
+    /// The XDP program sent the handshake's first segment to TC with the handoff.
+    pub const PENDING: u32 = 1;
+    /// TC gave it a request socket (or found the connection already there): its followers go on
+    /// to the connection TCP creates.
+    pub const HANDED: u32 = 2;
+    /// TC did not hand it off (accept queue full, no listener, the kfunc refused): its followers
+    /// are dropped, so the client retransmits them into a handoff of their own rather than
+    /// meeting a listener that resets them.
+    pub const REFUSED: u32 = 3;
+}
+
+/// A handshake whose cookie ACK the XDP program handed to TC in the last [`PROVEN_WINDOW_NS`]:
+/// one slot of [`crate::maps::PROVEN`], the slot [`proven_slot`] of its flow. Written by the data
+/// path only: by the XDP program when a cookie verifies, cleared by the socket-table tracepoint
+/// once the connection exists.
 ///
 /// Why it exists: the kfunc that creates the connection (`bpf_sk_assign_tcp_reqsk`) gives the
 /// skb its own request socket. A client sends its first request right behind the handshake ACK,
-/// so both often arrive in one NAPI poll, and TC runs for the whole poll before TCP processes any
-/// of it: TC still finds only the listener for the request. Given a request socket of its own
-/// too, the request would make the kernel build a second child for the same 4-tuple, find the
-/// first in the established hash (`inet_ehash_nolisten`, `found_dup_sk`) and drop the segment
-/// silently (`cookie_v4_check`: `SKB_DROP_REASON_NO_SOCKET`), costing the client a 200 ms
-/// retransmission timeout. So only the first segment of a proven handshake carries the handoff;
-/// the ones following it within the window pass bare, and TCP, processing the poll in order,
-/// finds the child the first one created (`__inet_lookup_skb`).
+/// so both often arrive in one NAPI poll, and TC runs for a batch of the poll before TCP
+/// processes any of it: TC still finds only the listener for the request. Given a request socket
+/// of its own too, the request would make the kernel build a second child for the same 4-tuple,
+/// find the first in the established hash (`inet_ehash_nolisten`, `found_dup_sk`) and drop the
+/// segment silently (`cookie_v4_check`: `SKB_DROP_REASON_NO_SOCKET`), costing the client a
+/// 200 ms retransmission timeout. So only the first segment of a proven handshake carries the
+/// handoff; the ones following it pass bare, and TCP, processing the batch in order, finds the
+/// child the first one created (`__inet_lookup_skb`).
 ///
-/// Only proven flows get an entry (the cookie verified); the map is an LRU of
-/// [`crate::maps::PROVEN_ENTRIES`], so its size is fixed whatever arrives.
+/// A slot lives from the first segment in XDP to the connection's creation in TCP, microseconds
+/// (then the socket table knows the flow): a direct-mapped array of such slots costs one store
+/// per handoff and one load per lookup, never a lock or an allocation, and two handshakes in
+/// flight in the same slot at once are as rare as two in one poll hashing alike. Only a
+/// verified cookie writes a slot; a handoff that fails leaves one that runs out after the window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Proven {
-    /// When the handoff left XDP (monotonic ns, tick resolution).
+    /// The client's flow.
+    pub key: FlowKey,
+    /// [`proven_state`]: written PENDING by the XDP program with the rest of the slot, then only
+    /// by TC.
+    pub state: u32,
+    /// When the handoff left XDP (monotonic ns, tick resolution); 0: a free slot (the
+    /// socket-table tracepoint clears it once the connection exists).
     pub at_ns: u64,
     /// The client's first sequence number after its SYN (its ISN + 1).
     pub client_next: u32,
@@ -258,31 +283,43 @@ pub struct Proven {
     /// cookie) + 1.
     pub server_next: u32,
 }
-const _: () = assert!(size_of::<Proven>() == 16);
+const _: () = assert!(size_of::<Proven>() == 56);
 
 impl Proven {
-    /// The entry for a handshake completed by a segment with these numbers at `now`.
+    /// The slot for a handshake of `key` completed by a segment with these numbers at `now`.
     #[inline(always)]
     #[must_use]
-    pub const fn new(seq: u32, ack_seq: u32, now_ns: u64) -> Proven {
+    pub const fn new(key: FlowKey, seq: u32, ack_seq: u32, now_ns: u64) -> Proven {
         Proven {
+            key,
+            state: proven_state::PENDING,
             at_ns: now_ns,
             client_next: seq,
             server_next: ack_seq,
         }
     }
 
-    /// Whether a client segment with these numbers, seen at `now`, follows this handoff: within
-    /// the window (a CPU's clock may read a tick behind the one that wrote `at_ns`), acknowledging
-    /// exactly our ISN + 1 (nothing else is acknowledgeable before the server sends: the 32 bits
-    /// only the real client has seen), and sequenced within what the client can have sent.
+    /// Whether a client segment of `key` with these numbers, seen at `now`, follows this
+    /// handoff: the same flow, within the window (a CPU's clock may read a tick behind the one
+    /// that wrote `at_ns`), acknowledging exactly our ISN + 1 (nothing else is acknowledgeable
+    /// before the server sends: 32 bits only the real client has seen), and sequenced within
+    /// what the client can have sent.
     #[inline(always)]
     #[must_use]
-    pub const fn follows(&self, seq: u32, ack_seq: u32, now_ns: u64) -> bool {
-        now_ns.saturating_sub(self.at_ns) < PROVEN_WINDOW_NS
+    pub fn follows(&self, key: &FlowKey, seq: u32, ack_seq: u32, now_ns: u64) -> bool {
+        self.at_ns != 0
+            && now_ns.saturating_sub(self.at_ns) < PROVEN_WINDOW_NS
             && ack_seq == self.server_next
             && seq.wrapping_sub(self.client_next) < PROVEN_SEQ_SPAN
+            && self.key == *key
     }
+}
+
+/// The [`crate::maps::PROVEN`] slot of a flow (the low bits of its [`socket_bucket`]).
+#[inline(always)]
+#[must_use]
+pub const fn proven_slot(k: &FlowKey) -> u32 {
+    socket_bucket(k) & (crate::maps::PROVEN_SLOTS - 1)
 }
 
 /// The [`crate::maps::SOCKET_FILTER`] bucket of a flow: a multiplicative mix of its words
@@ -695,8 +732,12 @@ pub struct Handoff {
 }
 const _: () = assert!(size_of::<Handoff>() == 24);
 
-/// Marks metadata written by our XDP program.
+/// Marks metadata written by our XDP program: a handshake's first segment, to hand off.
 pub const HANDOFF_MAGIC: u32 = 0x5843_4b31; // "XCK1"
+
+/// Marks metadata written by our XDP program on a segment that follows a handoff (see
+/// [`Proven`]); its attributes are zero.
+pub const FOLLOW_MAGIC: u32 = 0x5843_4631; // "XCF1"
 
 /// Mirror of the kernel's `struct bpf_tcp_req_attrs` (include/net/tcp.h, Linux >= 6.9).
 #[repr(C)]
@@ -750,8 +791,14 @@ mod tests {
 
     #[test]
     fn proven_follows_only_the_clients_next_segments_within_the_window() {
+        let key = FlowKey {
+            saddr: [0, 0, 0xffff, 0xc612_0002],
+            daddr: [0, 0, 0xffff, 0xc612_0001],
+            sport: 40000,
+            dport: 8080,
+        };
         let (seq, ack, t) = (0xffff_fff0_u32, 0x8000_0001_u32, 10_000_000_000_u64);
-        let p = Proven::new(seq, ack, t);
+        let p = Proven::new(key, seq, ack, t);
         // The handshake ACK itself (a duplicate), the request behind it, one that wraps the
         // sequence space, a FIN after 1 GiB less one byte.
         for s in [
@@ -760,22 +807,43 @@ mod tests {
             seq.wrapping_add(100),
             seq.wrapping_add(PROVEN_SEQ_SPAN - 1),
         ] {
-            assert!(p.follows(s, ack, t), "seq {s:#x}");
+            assert!(p.follows(&key, s, ack, t), "seq {s:#x}");
         }
         // Seen on a CPU whose clock reads a tick behind the writer's; the last instant.
-        assert!(p.follows(seq, ack, t - 4_000_000));
-        assert!(p.follows(seq, ack, t + PROVEN_WINDOW_NS - 1));
+        assert!(p.follows(&key, seq, ack, t - 4_000_000));
+        assert!(p.follows(&key, seq, ack, t + PROVEN_WINDOW_NS - 1));
         // Too late: a retransmission is handed off afresh.
-        assert!(!p.follows(seq, ack, t + PROVEN_WINDOW_NS));
+        assert!(!p.follows(&key, seq, ack, t + PROVEN_WINDOW_NS));
         // Any other acknowledgment number: every single-bit change, and +/- 1.
         for bit in 0..32 {
-            assert!(!p.follows(seq, ack ^ (1 << bit), t), "ack bit {bit}");
+            assert!(!p.follows(&key, seq, ack ^ (1 << bit), t), "ack bit {bit}");
         }
-        assert!(!p.follows(seq, ack.wrapping_sub(1), t));
-        assert!(!p.follows(seq, ack + 1, t));
+        assert!(!p.follows(&key, seq, ack.wrapping_sub(1), t));
+        assert!(!p.follows(&key, seq, ack + 1, t));
         // Before the client's first byte, or beyond what it can have sent.
-        assert!(!p.follows(seq.wrapping_sub(1), ack, t));
-        assert!(!p.follows(seq.wrapping_add(PROVEN_SEQ_SPAN), ack, t));
+        assert!(!p.follows(&key, seq.wrapping_sub(1), ack, t));
+        assert!(!p.follows(&key, seq.wrapping_add(PROVEN_SEQ_SPAN), ack, t));
+        // Another flow in the same slot: any changed bit of the key.
+        for (i, w) in [key.saddr, key.daddr].concat().iter().enumerate() {
+            for bit in [0, 31] {
+                let mut k = key;
+                let words = if i < 4 { &mut k.saddr } else { &mut k.daddr };
+                words[i % 4] = w ^ (1 << bit);
+                assert!(!p.follows(&k, seq, ack, t), "address word {i} bit {bit}");
+            }
+        }
+        for (sport, dport) in [(40001, 8080), (40000, 8081)] {
+            let k = FlowKey {
+                sport,
+                dport,
+                ..key
+            };
+            assert!(!p.follows(&k, seq, ack, t), "ports {sport} {dport}");
+        }
+        // A free slot follows nothing, even all-zero numbers at time 0.
+        let free = Proven::default();
+        assert!(!free.follows(&FlowKey::default(), 0, 0, 0));
+        assert!(proven_slot(&key) < crate::maps::PROVEN_SLOTS);
     }
 
     #[test]

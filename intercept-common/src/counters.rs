@@ -85,6 +85,12 @@ pub enum Counter {
     /// poll as its handshake ACK, a duplicate of that ACK): passed without a second handoff, to
     /// the connection the first one creates (see `config::Proven`).
     PassProven,
+    /// Segments following a handoff that TC did not make (TC): dropped, so the client
+    /// retransmits them into a handoff of their own instead of being reset by the listener.
+    FollowerDropped,
+    /// Valid ACKs whose listener's accept queue was full (TC): dropped, as the kernel drops
+    /// them; the client's retransmission tries again.
+    AckQueueFull,
     /// Number of counters; not a counter.
     Count,
 }
@@ -130,6 +136,8 @@ impl Counter {
         Counter::HalfOpenGone,
         Counter::SocketLookups,
         Counter::PassProven,
+        Counter::FollowerDropped,
+        Counter::AckQueueFull,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -174,6 +182,8 @@ impl Counter {
             Counter::HalfOpenGone => "half_open_gone",
             Counter::SocketLookups => "socket_lookups",
             Counter::PassProven => "pass_proven",
+            Counter::FollowerDropped => "follower_dropped",
+            Counter::AckQueueFull => "ack_queue_full",
             Counter::Count => "count",
         }
     }
@@ -224,6 +234,8 @@ impl Counter {
                 "ACKs failing the cookie checked against the kernel's sockets"
             }
             Counter::PassProven => "Passed: segment following its handshake's handoff",
+            Counter::FollowerDropped => "Dropped: segment following a refused handoff (TC)",
+            Counter::AckQueueFull => "Valid ACKs dropped: listener's accept queue full (TC)",
             Counter::Count => "",
         }
     }

@@ -76,14 +76,14 @@ pub const SOCKET_BUCKETS: u32 = 1 << SOCKET_BUCKET_BITS;
 /// frame carrying one `FlowKey` after an Ethernet header), so seeding and the tracepoint share
 /// one insertion code path, atomic counters included.
 pub const PROG_SEED: &str = "seed_socket";
-/// `LruHashMap<FlowKey, Proven>`: handshakes whose cookie ACK was handed to TC in the last
-/// [`crate::config::PROVEN_WINDOW_NS`], so the client's next segments pass without a second
-/// handoff (see [`crate::config::Proven`]); written by the data path only, for verified
-/// cookies only.
+/// `Array<Proven>` of [`PROVEN_SLOTS`]: handshakes whose cookie ACK was handed to TC and whose
+/// connection TCP has not created yet, so the client's next segments pass without a second
+/// handoff (see [`crate::config::Proven`]); a flow's slot is [`crate::config::proven_slot`].
+/// Written by the data path only: the XDP program for verified cookies, the socket-table
+/// tracepoint (clearing a flow's slot once its connection exists).
 pub const PROVEN: &str = "PROVEN";
-/// Capacity of [`PROVEN`]: handshakes completed within one window (at 50 ms, 655,360 per
-/// second) before the least recently used is evicted. 32,768 entries of 52 bytes.
-pub const PROVEN_ENTRIES: u32 = 32_768;
+/// Number of [`PROVEN`] slots (a power of two; 896 KiB).
+pub const PROVEN_SLOTS: u32 = 1 << 14;
 /// `Array<SocketTable>`: whether [`SOCKETS`] is authoritative.
 pub const SOCKET_TABLE: &str = "SOCKET_TABLE";
 /// Name of the tracepoint program that keeps [`SOCKETS`].

@@ -42,9 +42,9 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
 }
 
-/// Number of types in a BTF type section (ids run 1..=n).
-fn count_types(types: &[u8]) -> anyhow::Result<u32> {
-    let (mut off, mut n) = (0usize, 0u32);
+/// The offsets of every type record in a BTF type section, in id order (ids run 1..=n).
+fn type_offsets(types: &[u8]) -> anyhow::Result<Vec<usize>> {
+    let (mut off, mut all) = (0usize, Vec::new());
     while off < types.len() {
         ensure!(off + 12 <= types.len(), "truncated BTF type at {off}");
         let info = u32_at(types, off + 4);
@@ -57,14 +57,71 @@ fn count_types(types: &[u8]) -> anyhow::Result<u32> {
             2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
             k => bail!("unknown BTF kind {k}"),
         };
-        if kind == KIND_DATASEC {
-            // A .ksyms DATASEC already present would need merging; ours never has one.
-            let _ = vlen;
-        }
+        all.push(off);
         off += 12 + extra;
-        n += 1;
     }
-    Ok(n)
+    Ok(all)
+}
+
+/// Number of types in a BTF type section.
+fn count_types(types: &[u8]) -> anyhow::Result<u32> {
+    Ok(u32::try_from(type_offsets(types)?.len())?)
+}
+
+/// A BTF blob's (type section, string section).
+fn sections(btf: &[u8]) -> anyhow::Result<(&[u8], &[u8])> {
+    ensure!(
+        btf.len() >= 24 && u16_at(btf, 0) == BTF_MAGIC,
+        "not a little-endian BTF blob"
+    );
+    let hdr_len = u32_at(btf, 4) as usize;
+    let (type_off, type_len) = (u32_at(btf, 8) as usize, u32_at(btf, 12) as usize);
+    let (str_off, str_len) = (u32_at(btf, 16) as usize, u32_at(btf, 20) as usize);
+    let types = btf
+        .get(hdr_len + type_off..hdr_len + type_off + type_len)
+        .context("BTF types out of range")?;
+    let strings = btf
+        .get(hdr_len + str_off..hdr_len + str_off + str_len)
+        .context("BTF strings out of range")?;
+    Ok((types, strings))
+}
+
+/// The byte offset of member `member` in the struct named `strukt` of a (kernel) BTF blob: how
+/// the data path finds fields of kernel structures it reads without CO-RE.
+///
+/// # Errors
+/// If the blob is not BTF, or has no such struct or member, or the member is a bitfield.
+pub fn member_offset(btf: &[u8], strukt: &str, member: &str) -> anyhow::Result<u32> {
+    let (types, strings) = sections(btf)?;
+    let name = |off: u32| -> &[u8] {
+        let rest = strings.get(off as usize..).unwrap_or_default();
+        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+    };
+    for off in type_offsets(types)? {
+        let info = u32_at(types, off + 4);
+        if (info >> 24) & 0x1f != KIND_STRUCT || name(u32_at(types, off)) != strukt.as_bytes() {
+            continue;
+        }
+        let bitfields = info & (1 << 31) != 0;
+        for m in 0..(info & 0xffff) as usize {
+            let at = off + 12 + 12 * m;
+            if name(u32_at(types, at)) == member.as_bytes() {
+                let (bits, size) = if bitfields {
+                    let o = u32_at(types, at + 8);
+                    (o & 0x00ff_ffff, o >> 24)
+                } else {
+                    (u32_at(types, at + 8), 0)
+                };
+                ensure!(
+                    size == 0 && bits % 8 == 0,
+                    "{strukt}.{member} is a bitfield"
+                );
+                return Ok(bits / 8);
+            }
+        }
+        bail!("struct {strukt} has no member {member}");
+    }
+    bail!("no struct {strukt} in BTF")
 }
 
 struct Builder {
@@ -95,19 +152,8 @@ impl Builder {
 /// # Errors
 /// If the section is not BTF this module understands.
 pub fn declare_kfunc(btf: &[u8]) -> anyhow::Result<Vec<u8>> {
-    ensure!(
-        btf.len() >= 24 && u16_at(btf, 0) == BTF_MAGIC,
-        "not a little-endian BTF section"
-    );
-    let hdr_len = u32_at(btf, 4) as usize;
-    let (type_off, type_len) = (u32_at(btf, 8) as usize, u32_at(btf, 12) as usize);
-    let (str_off, str_len) = (u32_at(btf, 16) as usize, u32_at(btf, 20) as usize);
-    let types = btf
-        .get(hdr_len + type_off..hdr_len + type_off + type_len)
-        .context("BTF types out of range")?;
-    let strings = btf
-        .get(hdr_len + str_off..hdr_len + str_off + str_len)
-        .context("BTF strings out of range")?;
+    let (types, strings) = sections(btf)?;
+    let (type_len, str_len) = (types.len(), strings.len());
     ensure!(
         !strings.windows(7).any(|w| w == b".ksyms\0"),
         "object already has a .ksyms section"
@@ -216,6 +262,80 @@ pub fn patch_object(elf: &[u8]) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A BTF blob holding `struct sock { int a; int b:3; int sk_ack_backlog; }` (b a bitfield of
+    /// a struct with kind_flag set) and `struct plain { int x; int y; }`.
+    fn tiny_btf() -> Vec<u8> {
+        let mut b = Builder {
+            types: Vec::new(),
+            strings: vec![0],
+            str_base: 0,
+            next_id: 1,
+        };
+        let int_name = b.string("int");
+        let int = b.ty(int_name, KIND_INT, 0, 4, &[INT_SIGNED | 32]);
+        let (sock, a, bf, backlog) = (
+            b.string("sock"),
+            b.string("a"),
+            b.string("b"),
+            b.string("sk_ack_backlog"),
+        );
+        b.types.extend(
+            [
+                sock,
+                1 << 31 | KIND_STRUCT << 24 | 3,
+                12,
+                a,
+                int,
+                0,
+                bf,
+                int,
+                3 << 24 | 32,
+                backlog,
+                int,
+                64,
+            ]
+            .iter()
+            .flat_map(|w| w.to_le_bytes()),
+        );
+        let (plain, x, y) = (b.string("plain"), b.string("x"), b.string("y"));
+        b.types.extend(
+            [plain, KIND_STRUCT << 24 | 2, 8, x, int, 0, y, int, 32]
+                .iter()
+                .flat_map(|w| w.to_le_bytes()),
+        );
+        let mut out = Vec::new();
+        out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        out.extend_from_slice(&[1, 0]);
+        let (tl, sl) = (
+            u32::try_from(b.types.len()).unwrap(),
+            u32::try_from(b.strings.len()).unwrap(),
+        );
+        for w in [24u32, 0, tl, tl, sl] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.extend_from_slice(&b.types);
+        out.extend_from_slice(&b.strings);
+        out
+    }
+
+    #[test]
+    fn member_offsets_from_btf() {
+        let btf = tiny_btf();
+        assert_eq!(member_offset(&btf, "sock", "a").unwrap(), 0);
+        assert_eq!(member_offset(&btf, "sock", "sk_ack_backlog").unwrap(), 8);
+        assert_eq!(member_offset(&btf, "plain", "y").unwrap(), 4);
+        assert!(member_offset(&btf, "sock", "b").is_err(), "a bitfield");
+        assert!(member_offset(&btf, "sock", "nope").is_err());
+        assert!(member_offset(&btf, "nope", "a").is_err());
+        assert!(member_offset(&btf[..20], "sock", "a").is_err(), "truncated");
+        // This machine's kernel: the two words the TC program reads lie side by side in struct
+        // sock, 4 bytes each (a layout change fails here, not in the data path).
+        let vmlinux = std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
+        let lo = member_offset(&vmlinux, "sock", "sk_ack_backlog").unwrap();
+        let hi = member_offset(&vmlinux, "sock", "sk_max_ack_backlog").unwrap();
+        assert!(lo > 0 && hi > 0 && lo != hi, "{lo} {hi}");
+    }
 
     /// The embedded object's BTF, patched: every original type is still there with its id, and the
     /// new types follow with the shapes aya expects.

@@ -129,6 +129,7 @@ pub fn kernel_features() -> serde_json::Value {
         "btf": btf.is_some(),
         "kfunc_bpf_sk_assign_tcp_reqsk": has(KFUNC_NAME),
         "tcx": has(b"tcx_link\0"),
+        "accept_queue_check": crate::loader::accept_queue_offsets().is_some(),
         "tcp_syncookies": sysctl("/proc/sys/net/ipv4/tcp_syncookies"),
         "tcp_timestamps": sysctl("/proc/sys/net/ipv4/tcp_timestamps"),
         "bpffs": crate::pins::check_bpffs().is_ok(),

@@ -71,7 +71,22 @@ pub fn load_object() -> anyhow::Result<Ebpf> {
     let mut words = vec![0u64; patched.len().div_ceil(8)];
     let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..patched.len()];
     bytes.copy_from_slice(&patched);
-    Ebpf::load(bytes).map_err(|e| explain(e.into(), "load the eBPF object"))
+    let (len_at, max_at) = accept_queue_offsets().unwrap_or((0, 0));
+    aya::EbpfLoader::new()
+        .override_global("SK_ACK_BACKLOG_OFFSET", &len_at, true)
+        .override_global("SK_MAX_ACK_BACKLOG_OFFSET", &max_at, true)
+        .load(bytes)
+        .map_err(|e| explain(e.into(), "load the eBPF object"))
+}
+
+/// Where this kernel keeps a listener's accept-queue length and limit (`sk_ack_backlog`,
+/// `sk_max_ack_backlog` in `struct sock`), from its BTF: the TC program reads them to drop a
+/// handshake the kernel would overflow. `None` if the BTF lacks them (the check is then off).
+#[must_use]
+pub fn accept_queue_offsets() -> Option<(u32, u32)> {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    let at = |m| crate::btf_patch::member_offset(&btf, "sock", m).ok();
+    Some((at("sk_ack_backlog")?, at("sk_max_ack_backlog")?))
 }
 
 /// The index of `iface` in the current network namespace.

@@ -1,13 +1,16 @@
 //! ACK path: an ACK to a protected destination either belongs to an existing socket (passed), or
 //! completes one of our cookie handshakes (verified here, handed to TC in metadata), or is dropped.
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple, xdp_action},
+    bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple, xdp_action},
     helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_adjust_meta},
     programs::XdpContext,
 };
 use intercept_common::{
     Counter,
-    config::{Config, FlowKey, HANDOFF_MAGIC, Handoff, Proven, flags},
+    config::{
+        Config, FOLLOW_MAGIC, FlowKey, HANDOFF_MAGIC, Handoff, Proven, TcpReqAttrs, flags,
+        proven_slot,
+    },
     cookie::{self, CookieError, Flow, slot_of},
     handshake::handoff_attrs,
     parse::{Ip, L3, Tcp, tcp_flags},
@@ -146,7 +149,7 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     ) {
         Ok(co) => {
             if !lead(&key, tcp, now) {
-                return pass(Counter::PassProven);
+                return follow(ctx);
             }
             let v6 = matches!(ip.l3, L3::V6 { .. });
             return handoff(ctx, &pkt, tcp, co, v6, cfg, &key);
@@ -157,12 +160,13 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     // The client's later segments of a handshake just handed off (its request beyond the first
     // segment, a FIN) repeat no cookie: they follow the handoff. A pure ACK never does (before
     // the server sends, the client has nothing to acknowledge), so a forged-ACK flood of pure
-    // ACKs costs no lookup here.
+    // ACKs costs nothing more here.
     if (tcp.payload_len > 0 || tcp.flags & tcp_flags::FIN != 0)
-        // SAFETY: read-only lookup; the value is copied at once.
-        && unsafe { PROVEN.get(&key) }.is_some_and(|p| p.follows(tcp.seq, tcp.ack_seq, now))
+        && PROVEN
+            .get(proven_slot(&key))
+            .is_some_and(|p| p.follows(&key, tcp.seq, tcp.ack_seq, now))
     {
-        return pass(Counter::PassProven);
+        return follow(ctx);
     }
     // A FIN is always checked against the kernel: a connection the server closed first lives on
     // as a time-wait socket, which the table does not hold, and the peer's retransmitted FIN
@@ -191,23 +195,54 @@ fn established(flow: &Flow, tcp: &Tcp, cfg: &Config) -> u32 {
 }
 
 /// Whether a segment whose cookie verified leads its handshake's handoff: no handoff of this
-/// flow in the last window (then it is recorded as the one), or one it does not follow (an older
-/// handshake of the same 4-tuple). Otherwise it follows the handoff in flight and must not get a
-/// second one (see `Proven`).
+/// flow in flight (then its slot records this one), or one it does not follow (an older
+/// handshake of the same 4-tuple, or another flow in the slot: the newer takes it). Otherwise it
+/// follows the handoff in flight and must not get a second one (see `Proven`).
 #[inline(always)]
 fn lead(key: &FlowKey, tcp: &Tcp, now: u64) -> bool {
-    let p = Proven::new(tcp.seq, tcp.ack_seq, now);
-    if PROVEN.insert(key, &p, BPF_NOEXIST.into()).is_ok() {
+    let Some(slot) = PROVEN.get_ptr_mut(proven_slot(key)) else {
         return true;
-    }
-    // SAFETY: read-only lookup; the value is copied at once.
-    if unsafe { PROVEN.get(key) }.is_some_and(|old| old.follows(tcp.seq, tcp.ack_seq, now)) {
+    };
+    // SAFETY: a valid slot in map memory. Another CPU may write it at the same time only for a
+    // flow of the same slot; a torn slot then matches neither flow (its key and numbers come
+    // from different handshakes), and its followers are handed off as if it were absent.
+    let slot = unsafe { &mut *slot };
+    if slot.follows(key, tcp.seq, tcp.ack_seq, now) {
         return false;
     }
-    // An entry that ran out (or an insert refused for another reason): this one leads. If the
-    // store fails too, the followers of this handoff go to TC with handoffs of their own, as if
-    // this map did not exist: nothing is lost but their first transmission.
-    let _ = PROVEN.insert(key, &p, BPF_ANY.into());
+    *slot = Proven::new(*key, tcp.seq, tcp.ack_seq, now);
+    true
+}
+
+/// Passes a segment that follows a handoff in flight, marked for TC (which drops it if that
+/// handoff was refused); unmarked if the metadata cannot be added (then TC passes it).
+#[inline(always)]
+fn follow(ctx: &XdpContext) -> u32 {
+    let _ = write_meta(
+        ctx,
+        Handoff {
+            magic: FOLLOW_MAGIC,
+            attrs: TcpReqAttrs::default(),
+        },
+    );
+    pass(Counter::PassProven)
+}
+
+/// Prepends `h` to the frame as XDP metadata, for TC.
+#[inline(always)]
+fn write_meta(ctx: &XdpContext, h: Handoff) -> bool {
+    // SAFETY: ctx is the program's own context.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<Handoff>() as i32)) } != 0 {
+        return false;
+    }
+    // After adjust_meta, data_meta moved: read it (and data) afresh from the context.
+    // SAFETY: ctx.ctx is valid; the range is checked against data before writing.
+    let (meta, data) = unsafe { ((*ctx.ctx).data_meta as usize, (*ctx.ctx).data as usize) };
+    if meta + size_of::<Handoff>() > data {
+        return false;
+    }
+    // SAFETY: [meta, meta + 24) lies inside the metadata area, checked just above.
+    unsafe { core::ptr::write_unaligned(meta as *mut Handoff, h) };
     true
 }
 
@@ -227,23 +262,18 @@ fn handoff(
         magic: HANDOFF_MAGIC,
         attrs: handoff_attrs(co, v6, cfg, &ack_opts),
     };
-    // SAFETY: ctx is the program's own context.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<Handoff>() as i32)) } != 0 {
+    if !write_meta(ctx, h) {
         // Nothing leads this handshake: its next segment must lead it again.
-        let _ = PROVEN.remove(key);
+        if let Some(slot) = PROVEN.get_ptr_mut(proven_slot(key)) {
+            // SAFETY: a valid slot in map memory (see `lead`).
+            let slot = unsafe { &mut *slot };
+            if slot.key == *key {
+                slot.at_ns = 0;
+            }
+        }
         count(Counter::Aborted);
         return xdp_action::XDP_ABORTED;
     }
-    // After adjust_meta, data_meta moved: read it (and data) afresh from the context.
-    // SAFETY: ctx.ctx is valid; the range is checked against data before writing.
-    let (meta, data) = unsafe { ((*ctx.ctx).data_meta as usize, (*ctx.ctx).data as usize) };
-    if meta + size_of::<Handoff>() > data {
-        let _ = PROVEN.remove(key);
-        count(Counter::Aborted);
-        return xdp_action::XDP_ABORTED;
-    }
-    // SAFETY: [meta, meta + 24) lies inside the metadata area, checked just above.
-    unsafe { core::ptr::write_unaligned(meta as *mut Handoff, h) };
     count(Counter::AckValid);
     pass(Counter::Passed)
 }

@@ -1,20 +1,38 @@
 //! TC ingress: completes a handshake the XDP program verified. The kfunc that creates the
 //! connection (`bpf_sk_assign_tcp_reqsk`, net/core/filter.c, Linux >= 6.9) exists for TC only,
 //! so XDP leaves the decoded options in the frame's metadata and this program finishes the job.
+//! Segments XDP marked as following a handoff (see `intercept_common::config::Proven`) pass if
+//! that handoff was made, and are dropped if it was refused.
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{__sk_buff, BPF_F_CURRENT_NETNS, TC_ACT_OK},
-    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_skc_to_tcp_sock},
+    bindings::{__sk_buff, BPF_F_CURRENT_NETNS, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_skc_to_tcp_sock},
+    },
     programs::TcContext,
 };
 use intercept_common::{
     Counter,
-    config::{HANDOFF_MAGIC, Handoff, TcpReqAttrs},
+    config::{
+        FOLLOW_MAGIC, FlowKey, HANDOFF_MAGIC, Handoff, Proven, TcpReqAttrs, proven_slot,
+        proven_state,
+    },
     handshake::flow_of,
     parse::{Dissected, L3, L4, dissect},
 };
 
-use crate::{ack::tuple_of, frame::Pkt, stats::count};
+use crate::{ack::tuple_of, frame::Pkt, maps::PROVEN, stats::count};
+
+/// Offset of `sk_ack_backlog` in the kernel's `struct sock` (the accept queue's length), set by
+/// the loader from the kernel's BTF; 0 if unknown (no check). Read volatile: the compiler must
+/// not fold the initial value.
+#[unsafe(no_mangle)]
+static SK_ACK_BACKLOG_OFFSET: u32 = 0;
+
+/// Offset of `sk_max_ack_backlog` in `struct sock` (the listen backlog), as above.
+#[unsafe(no_mangle)]
+static SK_MAX_ACK_BACKLOG_OFFSET: u32 = 0;
 
 /// `TCP_LISTEN` in include/net/tcp_states.h.
 const TCP_LISTEN: u8 = 10;
@@ -49,7 +67,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     }
     // SAFETY: [meta, meta + 24) is inside the metadata area, checked just above.
     let mut h: Handoff = unsafe { core::ptr::read_unaligned(meta as *const Handoff) };
-    if h.magic != HANDOFF_MAGIC {
+    if h.magic != HANDOFF_MAGIC && h.magic != FOLLOW_MAGIC {
         return TC_ACT_OK;
     }
     let pkt = Pkt::new(ctx);
@@ -65,25 +83,44 @@ pub fn handle(ctx: &TcContext) -> i32 {
         count(Counter::HandoffFailed);
         return TC_ACT_OK;
     };
+    let key = FlowKey::of(&flow);
+    let slot = PROVEN.get_ptr_mut(proven_slot(&key));
+    // SAFETY: a valid slot in map memory; TC writes only its state word, and only for this flow.
+    let slot = slot.map(|p| unsafe { &mut *p }).filter(|p| p.key == key);
+    if h.magic == FOLLOW_MAGIC {
+        return follower(slot);
+    }
     let (mut t, size) = tuple_of(&flow, matches!(ip.l3, L3::V6 { .. }));
     // SAFETY: valid context and tuple; every reference taken is released below.
     let sk =
         unsafe { bpf_skc_lookup_tcp(skb.cast(), &raw mut t, size, BPF_F_CURRENT_NETNS as u64, 0) };
     if sk.is_null() {
         // The listener went away between XDP and here; the kernel answers the ACK with a RST.
+        settle(slot, proven_state::REFUSED);
         count(Counter::AckNoListener);
         return TC_ACT_OK;
     }
     if unsafe { (*sk).state } != u32::from(TCP_LISTEN) {
-        // The connection exists by now: this is one of the client's first data segments, which
-        // repeat the handshake ACK's numbers (or a duplicate of that ACK). It is the socket's.
+        // The connection exists by now (a retransmission of the handshake's first segment after
+        // the connection was made). It is the socket's, and so are its followers.
         unsafe { bpf_sk_release(sk.cast()) };
+        settle(slot, proven_state::HANDED);
         count(Counter::PassEstablished);
         return TC_ACT_OK;
     }
     // The kfunc wants a full tcp_sock; passing the sock_common pointer is rejected by the
     // verifier ("arg#1 ... expected pointer to struct sock").
     let tsk = unsafe { bpf_skc_to_tcp_sock(sk.cast()) };
+    if !tsk.is_null() && accept_queue_full(tsk.cast()) {
+        // The kernel would create the connection only to drop it (`tcp_v4_syn_recv_sock`:
+        // ListenOverflows) and leave the client's next segments to a listener that resets
+        // them. Dropped here, the client retransmits and tries again, as with the kernel's
+        // own cookies.
+        unsafe { bpf_sk_release(sk.cast()) };
+        settle(slot, proven_state::REFUSED);
+        count(Counter::AckQueueFull);
+        return TC_ACT_SHOT;
+    }
     let mut rc = -1;
     if !tsk.is_null() {
         rc = unsafe {
@@ -96,10 +133,59 @@ pub fn handle(ctx: &TcContext) -> i32 {
         };
     }
     unsafe { bpf_sk_release(sk.cast()) };
-    count(if rc == 0 {
-        Counter::HandedOff
+    if rc == 0 {
+        settle(slot, proven_state::HANDED);
+        count(Counter::HandedOff);
     } else {
-        Counter::HandoffFailed
-    });
+        settle(slot, proven_state::REFUSED);
+        count(Counter::HandoffFailed);
+    }
     TC_ACT_OK
+}
+
+/// Records what became of a handshake's handoff in its slot, for the segments following it.
+#[inline(always)]
+fn settle(slot: Option<&mut Proven>, state: u32) {
+    if let Some(s) = slot {
+        s.state = state;
+    }
+}
+
+/// A segment XDP passed as following a handoff: it goes on if that handoff was made (TCP,
+/// processing this batch in order, delivers it to the connection the first segment creates) or
+/// its slot no longer holds it (the connection exists: the tracepoint freed the slot; or another
+/// handshake took the slot). If the handoff was refused, or never reached TC, it is dropped: the
+/// listener would reset it, and dropped, its retransmission leads a handoff of its own.
+#[inline(always)]
+fn follower(slot: Option<&mut Proven>) -> i32 {
+    match slot {
+        Some(s) if s.at_ns != 0 && s.state != proven_state::HANDED => {
+            count(Counter::FollowerDropped);
+            TC_ACT_SHOT
+        }
+        _ => TC_ACT_OK,
+    }
+}
+
+/// Whether the listener `sk` (a `struct sock`) has a full accept queue: `sk_acceptq_is_full`
+/// (include/net/sock.h), read at the offsets the loader found in the kernel's BTF. False when
+/// they are unknown or unreadable: then the kernel decides, as it always did.
+#[inline(always)]
+fn accept_queue_full(sk: *const u8) -> bool {
+    // SAFETY: loader-set constants, read volatile so the compiler keeps the loads.
+    let (len_at, max_at) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const SK_ACK_BACKLOG_OFFSET),
+            core::ptr::read_volatile(&raw const SK_MAX_ACK_BACKLOG_OFFSET),
+        )
+    };
+    if len_at == 0 || max_at == 0 {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a failed read says "not full".
+    let read = |at: u32| unsafe { bpf_probe_read_kernel(sk.add(at as usize).cast::<u32>()) };
+    match (read(len_at), read(max_at)) {
+        (Ok(len), Ok(max)) => len > max,
+        _ => false,
+    }
 }

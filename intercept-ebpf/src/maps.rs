@@ -13,7 +13,7 @@ use intercept_common::{
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
     maps::{
-        CounterBlock, HALF_OPEN_ENTRIES, PROVEN_ENTRIES, SCOPE_ENTRIES, SOCKET_BUCKETS,
+        CounterBlock, HALF_OPEN_ENTRIES, PROVEN_SLOTS, SCOPE_ENTRIES, SOCKET_BUCKETS,
         SOCKET_ENTRIES, VICTIM_ENTRIES,
     },
 };
@@ -99,7 +99,9 @@ pub static SOCKET_FILTER: Array<u64> = Array::with_max_entries(SOCKET_BUCKETS, 0
 #[map(name = "SOCKET_TABLE")]
 pub static SOCKET_TABLE: Array<u64> = Array::with_max_entries(table_word::COUNT, 0);
 
-/// Handshakes handed to TC in the last 50 ms, so the client's next segments pass without a second
-/// handoff (see `intercept_common::config::Proven`); written here, for verified cookies only.
+/// Handshakes handed to TC whose connection TCP has not created yet, one slot per flow hash, so
+/// the client's next segments pass without a second handoff (see
+/// `intercept_common::config::Proven`); written here (XDP: a verified cookie; TC: its state;
+/// the tracepoint: cleared once the connection exists).
 #[map(name = "PROVEN")]
-pub static PROVEN: LruHashMap<FlowKey, Proven> = LruHashMap::with_max_entries(PROVEN_ENTRIES, 0);
+pub static PROVEN: Array<Proven> = Array::with_max_entries(PROVEN_SLOTS, 0);

@@ -5,12 +5,14 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::TracePointContext};
 use intercept_common::{
-    config::{FlowKey, REQUEST_SOCK_LIFETIME_NS, SocketTable, socket_bucket, table_word},
+    config::{
+        FlowKey, REQUEST_SOCK_LIFETIME_NS, SocketTable, proven_slot, socket_bucket, table_word,
+    },
     cookie::words,
     maps::trace_field,
 };
 
-use crate::maps::{SOCKET_FILTER, SOCKET_TABLE, SOCKETS};
+use crate::maps::{PROVEN, SOCKET_FILTER, SOCKET_TABLE, SOCKETS};
 
 /// `EEXIST` (include/uapi/asm-generic/errno-base.h).
 const EEXIST: i32 = 17;
@@ -51,6 +53,22 @@ pub fn handle(ctx: &TracePointContext) {
         remove(&key);
     } else {
         insert(&key);
+        // The connection exists: a handoff of this flow in flight is complete, and from now on
+        // the table passes its segments.
+        settled(&key);
+    }
+}
+
+/// Frees `key`'s slot in the handoffs in flight (see `intercept_common::config::Proven`).
+#[inline(always)]
+fn settled(key: &FlowKey) {
+    if let Some(slot) = PROVEN.get_ptr_mut(proven_slot(key)) {
+        // SAFETY: a valid slot in map memory; only its time word is written, and only when it
+        // holds this flow.
+        let slot = unsafe { &mut *slot };
+        if slot.at_ns != 0 && slot.key == *key {
+            slot.at_ns = 0;
+        }
     }
 }
 

@@ -43,7 +43,7 @@ const ROUNDS: usize = 5;
 /// `RUNS / ROUNDS` runs minus the baseline's median of the same round. The cases are interleaved,
 /// one run of each in turn, so every row and the baseline see the same machine; the rounds show
 /// how much this VM's noise (which comes in bursts and slows everything) moved the figures.
-fn interleaved(obj: &Loaded, cases: &[(&str, &[u8])]) -> Vec<Vec<f64>> {
+fn interleaved(obj: &Loaded, cases: &[(&str, &[Vec<u8>])]) -> Vec<Vec<f64>> {
     let progs: Vec<&Xdp> = cases
         .iter()
         .map(|(p, _)| {
@@ -56,11 +56,13 @@ fn interleaved(obj: &Loaded, cases: &[(&str, &[u8])]) -> Vec<Vec<f64>> {
         .collect();
     let mut out = vec![0u8; 256];
     (0..ROUNDS)
-        .map(|_| {
+        .map(|r| {
             let mut d = vec![Vec::with_capacity(RUNS / ROUNDS); cases.len()];
-            for _ in 0..RUNS / ROUNDS {
+            for j in 0..RUNS / ROUNDS {
+                // A case of several frames takes the next one each run (each a new flow).
+                let k = r * RUNS / ROUNDS + j;
                 for (i, (_, f)) in cases.iter().enumerate() {
-                    d[i].push(run_once(progs[i], f, &mut out));
+                    d[i].push(run_once(progs[i], &f[k % f.len()], &mut out));
                 }
             }
             let m: Vec<f64> = d.into_iter().map(median).collect();
@@ -141,6 +143,28 @@ fn main() {
         ack.options = vec![1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 1];
         ack.ack_seq = make(&test_secrets().keys[0], 0, &flow, 77, now_slot(), co).wrapping_add(1);
         let valid_ack = tcp_frame(&l, &ack);
+        // Handshakes that each lead their handoff (a repeated one would follow the first): two
+        // of the same 4-tuple with different ISNs, alternating, so each finds the other's in its
+        // slot (the cache stays as warm as for the other rows); then one per run from 20,000
+        // distinct clients, the cold case of real traffic (per scope configuration, fresh ones).
+        let handshake = |src: u32, sport: u16, isn: u32| {
+            let flow = Flow { saddr: mapped(src), daddr: mapped(0xc612_0001), sport, dport: 8080 };
+            let mut a = TcpSegment { seq: isn + 1, ..TcpSegment::new(IpAddr::V4(Ipv4Addr::from(src)), s, sport, 8080, tcp_flags::ACK) };
+            a.options.clone_from(&ack.options);
+            a.ack_seq = make(&test_secrets().keys[0], 0, &flow, isn, now_slot(), co).wrapping_add(1);
+            tcp_frame(&l, &a)
+        };
+        let warm_acks = vec![handshake(0xc612_0002, 40001, 77), handshake(0xc612_0002, 40001, 177)];
+        let cold_acks = |config: u32| -> Vec<Vec<u8>> {
+            (0..u32::try_from(RUNS).unwrap())
+                .map(|i| handshake(0xc612_0200 + config * 0x100 + i % 200, 1024 + u16::try_from(i / 200).unwrap(), 77))
+                .collect()
+        };
+        // The client's request in the same poll as `valid_ack`: it follows that handoff.
+        let mut req = ack.clone();
+        req.flags |= tcp_flags::PSH;
+        req.payload = vec![0x61; 100];
+        let following = tcp_frame(&l, &req);
         ack.ack_seq ^= 0x8000_0000;
         let forged_ack = tcp_frame(&l, &ack);
         let mut data = TcpSegment::new(c, s, cport, 8080, tcp_flags::ACK | tcp_flags::PSH);
@@ -149,40 +173,57 @@ fn main() {
         let mut udp = tcp_frame(&l, &TcpSegment::new(c, s, 1, 2, 0));
         udp[23] = 17;
 
-        let frames: [(&str, &[u8], Option<u32>); 6] = [
-            ("SYN, Linux options (XDP_TX)", &linux_syn, Some(240)),
-            ("SYN, no options (XDP_TX)", &bare_syn, None),
-            ("valid cookie ACK (handoff)", &valid_ack, Some(155)),
-            ("forged ACK (drop)", &forged_ack, Some(100)),
-            ("established data segment (pass)", &established, None),
-            ("non-TCP (UDP, pass)", &udp, None),
+        let one = |f: &Vec<u8>| vec![f.clone()];
+        let mut frames: [(&str, Vec<Vec<u8>>, Option<u32>); 8] = [
+            ("SYN, Linux options (XDP_TX)", one(&linux_syn), Some(240)),
+            ("SYN, no options (XDP_TX)", one(&bare_syn), None),
+            ("valid cookie ACK (handoff)", warm_acks, Some(155)),
+            ("  the same, 20,000 clients (cold)", cold_acks(0), None),
+            ("request following it (pass)", one(&following), None),
+            ("forged ACK (drop)", one(&forged_ack), Some(100)),
+            ("established data segment (pass)", one(&established), None),
+            ("non-TCP (UDP, pass)", one(&udp), None),
         ];
+        // The handshake the request follows (renewed by the request itself every 50 ms).
+        let _ = obj.run(PROG_XDP, &valid_ack);
         // For `perf record -a`: loop one frame for 5 s instead of measuring.
         if let Ok(i) = std::env::var("XDP_BENCH_PROFILE") {
-            let (what, f, _) = frames[i.parse::<usize>().expect("XDP_BENCH_PROFILE: a row number")];
+            let (what, f, _) = &frames[i.parse::<usize>().expect("XDP_BENCH_PROFILE: a row number")];
             println!("profiling: {what}");
             let p: &Xdp = obj.ebpf.program(PROG_XDP).unwrap().try_into().unwrap();
             let mut out = vec![0u8; 256];
             let t = std::time::Instant::now();
+            let mut k = 0;
             while t.elapsed().as_secs() < 5 {
-                run_once(p, f, &mut out);
+                run_once(p, &f[k % f.len()], &mut out);
+                k += 1;
             }
             return;
         }
-        let mut cases = vec![(PROG_XDP_PASS, &linux_syn[..])];
-        cases.extend(frames.iter().map(|(_, f, _)| (PROG_XDP, *f)));
+        let baseline = one(&linux_syn);
+        let cases = |frames: &[(&str, Vec<Vec<u8>>, Option<u32>)]| -> Vec<(&str, Vec<Vec<u8>>)> {
+            let mut c = vec![(PROG_XDP_PASS, baseline.clone())];
+            c.extend(frames.iter().map(|(_, f, _)| (PROG_XDP, f.clone())));
+            c
+        };
+        let run = |c: Vec<(&str, Vec<Vec<u8>>)>| {
+            let c: Vec<(&str, &[Vec<u8>])> = c.iter().map(|(p, f)| (*p, &f[..])).collect();
+            interleaved(&obj, &c)
+        };
         // Scope: one protected host (all ports); no exempt source. Then the same with one exempt
         // prefix, whose trie lookup every SYN and unknown ACK then pays.
         maps.exempt_del(&"198.18.0.77/32".parse().unwrap()).unwrap();
-        let plain = interleaved(&obj, &cases);
+        let plain = run(cases(&frames));
         maps.exempt_add(&"198.18.1.0/24".parse().unwrap()).unwrap();
-        let exempt = interleaved(&obj, &cases);
+        frames[3].1 = cold_acks(1);
+        let exempt = run(cases(&frames));
         maps.exempt_del(&"198.18.1.0/24".parse().unwrap()).unwrap();
         // Scope with a prefix: looked up in the LPM trie (list and hash hold single addresses).
         maps.scope_add(&"198.18.4.0/24".parse().unwrap(), None).unwrap();
-        let trie = interleaved(&obj, &cases);
+        frames[3].1 = cold_acks(2);
+        let trie = run(cases(&frames));
         maps.scope_del(&"198.18.4.0/24".parse().unwrap(), None).unwrap();
-        let n = cases.len();
+        let n = frames.len() + 1;
         let (base, base_hi) = spread(&plain, n);
         println!(
             "BPF_PROG_TEST_RUN, {ROUNDS} rounds of {} single runs per row, rows interleaved; ns per packet",

@@ -6,7 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 
 use intercept_common::{
     Counter::{self, *},
-    config::{Config, FlowKey, HANDOFF_MAGIC, Mode, Proven, TcpReqAttrs, flags},
+    config::{
+        Config, FOLLOW_MAGIC, FlowKey, HANDOFF_MAGIC, Mode, Proven, TcpReqAttrs, flags,
+        proven_slot, proven_state,
+    },
     cookie::{CookieOpts, Flow, Key, Secrets, WSCALE_NONE, make, words_of},
     craft::{Link, TcpSegment, linux_syn_options, tcp_frame},
     maps::PROG_XDP,
@@ -709,14 +712,34 @@ fn ack_path_fixtures() {
     .unwrap_or_else(|e| std::panic::resume_unwind(e));
 }
 
-/// The PROVEN map of a loaded object.
-fn proven(obj: &mut Loaded) -> aya::maps::HashMap<&mut aya::maps::MapData, FlowKey, Proven> {
-    aya::maps::HashMap::try_from(
+/// Moves the handoff in flight of `key` back by `ns` (as if it had left XDP that long ago).
+fn age_handoff(obj: &mut Loaded, key: &FlowKey, ns: u64) -> Proven {
+    let mut a: aya::maps::Array<&mut aya::maps::MapData, Proven> = aya::maps::Array::try_from(
         obj.ebpf
             .map_mut(intercept_common::maps::PROVEN)
             .expect("PROVEN"),
     )
-    .expect("PROVEN is a hash")
+    .expect("PROVEN is an array");
+    let i = proven_slot(key);
+    let p = a.get(&i, 0).expect("slot");
+    assert_eq!(p.key, *key, "the handoff is recorded in its flow's slot");
+    a.set(
+        i,
+        &Proven {
+            at_ns: p.at_ns - ns,
+            ..p
+        },
+        0,
+    )
+    .unwrap();
+    p
+}
+
+/// The metadata XDP left in front of `frame` in `out`: its magic.
+fn meta_magic(out: &[u8], frame: &[u8]) -> u32 {
+    assert_eq!(out.len(), frame.len() + 24, "24 bytes of metadata");
+    assert_eq!(&out[24..], frame, "the frame itself untouched");
+    u32::from_ne_bytes(out[0..4].try_into().unwrap())
 }
 
 /// Only the first segment of a proven handshake carries the handoff to TC; the client's segments
@@ -747,7 +770,7 @@ fn segments_following_a_handoff_pass_without_a_second_one() {
             let dropped = [Packets, l3, Tcp, Ack, AckBadMac, Dropped];
             let f = tcp_frame(&link(0), &hs);
             let out = env.run("handshake ACK", &f, XDP_PASS, &lead);
-            assert_eq!(out.len(), f.len() + 24, "the handoff metadata");
+            assert_eq!(meta_magic(&out, &f), HANDOFF_MAGIC);
             let psh = tcp_flags::ACK | tcp_flags::PSH;
             for (what, t) in [
                 ("duplicate of the handshake ACK", seg(tcp_flags::ACK, 0, 0)),
@@ -761,7 +784,7 @@ fn segments_following_a_handoff_pass_without_a_second_one() {
             ] {
                 let f = tcp_frame(&link(0), &t);
                 let out = env.run(&format!("{what}, v6={v6}"), &f, XDP_PASS, &follows);
-                assert_eq!(out, f, "{what}: passed untouched, without metadata");
+                assert_eq!(meta_magic(&out, &f), FOLLOW_MAGIC, "{what}: marked for TC");
             }
             let mut wrong_ack = seg(psh, 6, 5);
             wrong_ack.ack_seq ^= 1;
@@ -790,21 +813,15 @@ fn segments_following_a_handoff_pass_without_a_second_one() {
                 sport: hs.sport,
                 dport: PORT,
             });
-            let mut p = proven(&mut env.obj);
-            let old = p.get(&key, 0).expect("the handoff is recorded");
+            let old = age_handoff(&mut env.obj, &key, 60_000_000);
             assert_eq!(
-                (old.client_next, old.server_next),
-                (isn.wrapping_add(1), cookie.wrapping_add(1))
+                (old.client_next, old.server_next, old.state),
+                (
+                    isn.wrapping_add(1),
+                    cookie.wrapping_add(1),
+                    proven_state::PENDING
+                )
             );
-            p.insert(
-                &key,
-                &Proven {
-                    at_ns: old.at_ns - 60_000_000,
-                    ..old
-                },
-                0,
-            )
-            .unwrap();
             let f = tcp_frame(&link(0), &seg(psh, 0, 16));
             let out = env.run(
                 "retransmitted request after the window",
@@ -812,23 +829,29 @@ fn segments_following_a_handoff_pass_without_a_second_one() {
                 XDP_PASS,
                 &lead,
             );
-            assert_eq!(out.len(), f.len() + 24);
-            let mut p = proven(&mut env.obj);
-            let old = p.get(&key, 0).unwrap();
-            p.insert(
-                &key,
-                &Proven {
-                    at_ns: old.at_ns - 60_000_000,
-                    ..old
-                },
-                0,
-            )
-            .unwrap();
+            assert_eq!(meta_magic(&out, &f), HANDOFF_MAGIC);
+            let _ = age_handoff(&mut env.obj, &key, 60_000_000);
             env.run(
                 "later segment after the window",
                 &tcp_frame(&link(0), &seg(psh, 16, 5)),
                 XDP_DROP,
                 &dropped,
+            );
+            // Another handshake of the same 4-tuple (a new ISN) leads at once.
+            let isn2 = isn ^ 0x0100_0000;
+            let hs2 = ack(
+                v6,
+                PORT,
+                isn2,
+                cookie_for(v6, PORT, isn2, 0, now_slot(), co),
+            );
+            let f = tcp_frame(&link(0), &hs2);
+            assert_eq!(
+                meta_magic(
+                    &env.run("a newer handshake of the same flow", &f, XDP_PASS, &lead),
+                    &f
+                ),
+                HANDOFF_MAGIC
             );
         }
         // Watch mode in the grace period after intercept: the same rule for the handshakes
@@ -854,7 +877,7 @@ fn segments_following_a_handoff_pass_without_a_second_one() {
             XDP_PASS,
             &[Packets, Ipv4, Tcp, Ack, AckValid, Passed],
         );
-        assert_eq!(out.len(), tcp_frame(&link(0), &hs).len() + 24);
+        assert_eq!(meta_magic(&out, &tcp_frame(&link(0), &hs)), HANDOFF_MAGIC);
         let mut req = hs.clone();
         req.flags |= tcp_flags::PSH;
         req.payload = vec![0x72; 16];
