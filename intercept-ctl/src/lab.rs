@@ -39,13 +39,13 @@ pub struct Lab {
     pub server: Netns,
     /// Client namespace (legitimate clients and the flood's source).
     pub client: Netns,
-    /// Set by [`Lab::nic_like`]: the core of the server end's NAPI thread, where
+    /// Set by `nic_like`: the core of the server end's NAPI thread, where
     /// [`Lab::requests`] runs its client at real-time priority.
     batch_cpu: Option<usize>,
 }
 
 impl Lab {
-    /// Builds the lab.
+    /// Builds the lab, its veth pair configured like a NIC (see `nic_like`).
     ///
     /// # Errors
     /// If namespaces or links cannot be created (needs root).
@@ -67,12 +67,14 @@ impl Lab {
             "via",
             "2001:db8::2",
         ])?;
-        Ok(Lab {
+        let mut lab = Lab {
             veth,
             server,
             client,
             batch_cpu: None,
-        })
+        };
+        lab.nic_like()?;
+        Ok(lab)
     }
 
     /// Makes the veth pair behave like a NIC: threaded NAPI on both ends, each end's NAPI thread
@@ -94,7 +96,7 @@ impl Lab {
     ///
     /// # Errors
     /// If `ethtool` or the sysfs write fails, or the NAPI threads cannot be found.
-    pub fn nic_like(&mut self) -> anyhow::Result<()> {
+    fn nic_like(&mut self) -> anyhow::Result<()> {
         for (ns, dev) in [(&self.server, &self.veth.a), (&self.client, &self.veth.b)] {
             ns.exec("ethtool", &["-K", dev, "gro", "on"])?;
             ns.exec(
@@ -240,8 +242,12 @@ pub enum Shape {
     WithFin,
 }
 
-/// One request as [`Lab::requests`] makes it; request `i` carries a 16-byte payload naming it.
-fn request(target: SocketAddr, shape: Shape, i: usize, timeout: Duration) -> io::Result<()> {
+/// One request as [`Lab::requests`] makes it, from the calling thread's namespace; request `i`
+/// carries a 16-byte payload naming it.
+///
+/// # Errors
+/// If it is not answered within `timeout`, or answered wrongly.
+pub fn request(target: SocketAddr, shape: Shape, i: usize, timeout: Duration) -> io::Result<()> {
     let mut s = TcpStream::connect_timeout(&target, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_nodelay(true)?;

@@ -233,7 +233,8 @@ pub fn abort(s: std::net::TcpStream) {
 
 /// A lab whose server end runs the intercept program (attached with the real binary) protecting
 /// port `port` on the server's IPv4 and IPv6 addresses, and whose client end runs the
-/// pass-through program (veth drops XDP_TX frames unless the peer has XDP). Detaches on drop.
+/// pass-through program (veth drops XDP_TX frames unless the peer has XDP), on a veth pair
+/// configured like a NIC (see `Lab::new`), where the races a NIC exposes show. Detaches on drop.
 pub struct InterceptLab {
     /// The namespaces and veth.
     pub lab: intercept_ctl::lab::Lab,

@@ -1,5 +1,5 @@
 //! What a legitimate client experiences through the protection, on a veth pair configured like a
-//! NIC (`Lab::nic_like`: threaded NAPI, GRO, no TSO or TX checksum offload on the sending end),
+//! NIC (`Lab::new`: threaded NAPI, GRO, no TSO or TX checksum offload on the sending end),
 //! with clients that send their request right after `connect()` returns: the handshake ACK and
 //! the request then reach the server's XDP, TC and TCP in one NAPI poll.
 //!
@@ -23,10 +23,9 @@ fn addr(ip: IpAddr) -> SocketAddr {
     SocketAddr::new(ip, PORT)
 }
 
-/// A protected echo server on a NIC-like veth.
+/// A protected echo server (`InterceptLab` is NIC-like).
 fn rig() -> InterceptLab {
-    let mut t = InterceptLab::new(PORT);
-    t.lab.nic_like().expect("NIC-like veth");
+    let t = InterceptLab::new(PORT);
     let (l4, l6) = t.lab.listen(PORT).expect("listen");
     echo_server(l4);
     echo_server(l6);
@@ -262,8 +261,7 @@ impl Drop for DropPureAcks<'_> {
 fn a_full_accept_queue_delays_handshakes_and_resets_none() {
     require_root("a_full_accept_queue_delays_handshakes_and_resets_none");
     const SLOW: u16 = 8083;
-    let mut t = InterceptLab::new(PORT);
-    t.lab.nic_like().expect("NIC-like veth");
+    let t = InterceptLab::new(PORT);
     t.ctl(&[
         "scope",
         "add",

@@ -31,7 +31,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Benchmarks: ns per packet of each program path (figures, not assertions).
+    /// Benchmarks: ns per packet of each program path, and request latency through the lab
+    /// (figures, not assertions).
     Bench {
         /// Extra arguments for the benchmark.
         #[arg(last = true)]
@@ -135,7 +136,16 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Bench { args } => {
             cargo(&["build", "-p", "intercept-ctl"], &[])?;
-            let mut a = vec!["bench", "-p", "intercept-tests", "--bench", "xdp", "--"];
+            let mut a = vec![
+                "bench",
+                "-p",
+                "intercept-tests",
+                "--bench",
+                "xdp",
+                "--bench",
+                "latency",
+                "--",
+            ];
             a.extend(args.iter().map(String::as_str));
             cargo(&a, &[])
         }

@@ -1,5 +1,4 @@
 use std::{
-    io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr},
     sync::{
         Arc,
@@ -11,7 +10,10 @@ use std::{
 use anyhow::Context as _;
 use intercept_common::parse::tcp_flags;
 use intercept_ctl::{
-    lab::{FloodSpec, Lab, SERVER_V4, SERVER_V6, flood},
+    lab::{
+        FloodSpec, Lab, Requests, SERVER_V4, SERVER_V6, Shape, TcpRetrans, echo_server, flood,
+        request,
+    },
     loader::{AttachGuard, AttachMode, Program},
     stats::read_pinned,
 };
@@ -101,45 +103,30 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         .expect("watcher thread")?;
 
     let (l4, l6) = lab.listen(a.port)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for l in [l4, l6] {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Ok(mut s) = s {
-                    let mut buf = [0u8; 64];
-                    if let Ok(n) = s.read(&mut buf) {
-                        let _ = s.write_all(&buf[..n]);
-                    }
-                }
-            }
-        });
-    }
+    echo_server(l4);
+    echo_server(l6);
 
-    let ok = Arc::new(AtomicU64::new(0));
+    // Legitimate clients, as applications make them: connect, send the request right after
+    // connect() returns, read the response, close; each one's latency kept.
+    let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let retrans_before = lab.client.spawn(TcpRetrans::read).join().expect("thread")?;
     let mut clients = Vec::new();
     for ip in [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)] {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let (stop, failed, latencies) = (stop.clone(), failed.clone(), latencies.clone());
         let target = SocketAddr::new(ip, a.port);
         clients.push(lab.client.spawn(move || {
+            let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
-                let r = (|| -> std::io::Result<()> {
-                    let mut s =
-                        std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
-                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    s.write_all(b"ping")?;
-                    let mut b = [0u8; 4];
-                    s.read_exact(&mut b)?;
-                    Ok(())
-                })();
-                match r {
-                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                };
+                let start = Instant::now();
+                match request(target, Shape::One, i, Duration::from_secs(2)) {
+                    Ok(()) => latencies.lock().expect("lock").push(start.elapsed()),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }
         }));
@@ -190,10 +177,27 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     for c in clients {
         let _ = c.join();
     }
+    let retrans = lab
+        .client
+        .spawn(TcpRetrans::read)
+        .join()
+        .expect("thread")?
+        .since(retrans_before);
+    let requests = Requests {
+        latencies: std::mem::take(&mut *latencies.lock().expect("lock")),
+        ..Requests::default()
+    };
+    let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
     let summary = serde_json::json!({
         "flood_sent": sent,
-        "client_connections_ok": ok.load(Ordering::Relaxed),
-        "client_connections_failed": failed.load(Ordering::Relaxed),
+        "client_requests_ok": requests.latencies.len(),
+        "client_requests_failed": failed.load(Ordering::Relaxed),
+        "request_latency_ms": {
+            "p50": ms(requests.median()),
+            "p99": ms(requests.percentile(99)),
+            "max": ms(requests.percentile(100)),
+        },
+        "client_retransmitted_segments": retrans.retrans_segs,
         "transitions": transitions,
         "counters": live.counters().to_json(),
     });
