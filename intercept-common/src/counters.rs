@@ -51,8 +51,13 @@ pub enum Counter {
     HandoffFailed,
     /// Protected ACKs of an existing socket (established, request, time-wait): passed.
     PassEstablished,
-    /// Protected SYNs carrying data (TFO): passed to the kernel.
-    PassSynData,
+    /// Protected SYNs carrying data (TCP Fast Open, or a flood padded with a byte): answered with
+    /// a cookie like any SYN, the data left for the client to send again after the handshake, as
+    /// the kernel's own cookies do.
+    SynDataIgnored,
+    /// Protected SYNs signed with TCP-MD5 or TCP-AO (BGP): dropped, since only the kernel holds
+    /// the key to sign a SYN-ACK (exempt such peers to let them through).
+    SynSigned,
     /// SYNs/ACKs from an exempt source: passed.
     PassExempt,
     /// Intercept mode without secrets loaded: passed (fail open).
@@ -120,7 +125,8 @@ impl Counter {
         Counter::HandedOff,
         Counter::HandoffFailed,
         Counter::PassEstablished,
-        Counter::PassSynData,
+        Counter::SynDataIgnored,
+        Counter::SynSigned,
         Counter::PassExempt,
         Counter::PassNoSecret,
         Counter::PassBadChecksum,
@@ -166,7 +172,8 @@ impl Counter {
             Counter::HandedOff => "handed_off",
             Counter::HandoffFailed => "handoff_failed",
             Counter::PassEstablished => "pass_established",
-            Counter::PassSynData => "pass_syn_data",
+            Counter::SynDataIgnored => "syn_data_ignored",
+            Counter::SynSigned => "syn_signed",
             Counter::PassExempt => "pass_exempt",
             Counter::PassNoSecret => "pass_no_secret",
             Counter::PassBadChecksum => "pass_bad_checksum",
@@ -216,7 +223,8 @@ impl Counter {
             Counter::HandedOff => "Connections handed to the listener",
             Counter::HandoffFailed => "Handoffs the kernel refused",
             Counter::PassEstablished => "Passed: segment of an existing connection",
-            Counter::PassSynData => "Passed: SYN with payload",
+            Counter::SynDataIgnored => "SYNs with payload answered with a cookie (data ignored)",
+            Counter::SynSigned => "SYNs signed with TCP-MD5/AO dropped (exempt such peers)",
             Counter::PassExempt => "Passed: exempt source",
             Counter::PassNoSecret => "Passed: no cookie secret loaded",
             Counter::PassBadChecksum => "Passed: SYN with a bad TCP checksum",

@@ -144,6 +144,7 @@ impl SynRequest {
             tsval: 0,
             tsecr: 0,
             malformed: false,
+            signed: false,
         },
         ecn_setup: false,
     };

@@ -18,6 +18,10 @@ const KIND_MSS: u8 = 2;
 const KIND_WSCALE: u8 = 3;
 const KIND_SACK_PERM: u8 = 4;
 const KIND_TIMESTAMP: u8 = 8;
+/// TCP MD5 signature (RFC 2385).
+const KIND_MD5SIG: u8 = 19;
+/// TCP Authentication Option (RFC 5925).
+const KIND_AO: u8 = 29;
 
 /// What the options said. Plain fields with sentinels, no `Option`s: LLVM reads an `Option`'s
 /// payload even when it is `None`, and the verifier rejects the stale value it finds in that stack
@@ -38,6 +42,9 @@ pub struct TcpOptions {
     pub tsecr: u32,
     /// The walk stopped on a malformed option (length < 2 or past the header).
     pub malformed: bool,
+    /// A TCP-MD5 (RFC 2385) or TCP-AO (RFC 5925) option: the segment is signed, and a SYN-ACK
+    /// must be signed with the peer's key, which only the kernel holds.
+    pub signed: bool,
 }
 
 impl Default for TcpOptions {
@@ -50,6 +57,7 @@ impl Default for TcpOptions {
             tsval: 0,
             tsecr: 0,
             malformed: false,
+            signed: false,
         }
     }
 }
@@ -97,6 +105,9 @@ pub fn parse<F: Frame + ?Sized>(f: &F, tcp_off: usize, hdr_len: usize) -> TcpOpt
         }
         let next = launder(rel + len);
         let at = tcp_off + rel + 2;
+        if kind == KIND_MD5SIG || kind == KIND_AO {
+            o.signed = true;
+        }
         if kind == KIND_MSS && len == 4 {
             o.mss = f.be16_at(at).unwrap_or(0);
         } else if kind == KIND_WSCALE && len == 3 {
@@ -155,9 +166,23 @@ mod tests {
                 ts_ok: true,
                 tsval: 0xabcd,
                 tsecr: 0,
-                malformed: false
+                malformed: false,
+                signed: false,
             }
         );
+    }
+
+    #[test]
+    fn signed_segments_are_recognised() {
+        // BGP's SYN: MSS, then TCP-MD5 (kind 19, 18 bytes); then TCP-AO (kind 29) after NOPs.
+        let mut md5 = vec![2, 4, 5, 0xb4, 19, 18];
+        md5.extend([0xaa; 16]);
+        let o = parse(&hdr(&md5)[..], 0, hdr(&md5).len());
+        assert!(o.signed && o.mss == 1460, "{o:?}");
+        let ao = [1, 1, 29, 6, 1, 2, 0, 0];
+        assert!(parse(&hdr(&ao)[..], 0, hdr(&ao).len()).signed);
+        let plain = crate::craft::linux_syn_options(1460, 1, 7);
+        assert!(!parse(&hdr(&plain)[..], 0, hdr(&plain).len()).signed);
     }
 
     #[test]

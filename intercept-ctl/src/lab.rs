@@ -458,6 +458,8 @@ pub struct FloodSpec {
     pub rate: u64,
     /// TCP flags of every frame (SYN for a SYN flood, ACK for a forged-ACK flood).
     pub flags: u8,
+    /// Bytes of payload on every frame (a SYN flood padded with data, for instance).
+    pub payload: usize,
 }
 
 /// The spoofed source of frame `i`: 198.19.x.y or 2001:db8:1::x:y, never a lab host.
@@ -475,9 +477,24 @@ pub fn spoofed_source(target: IpAddr, i: u64) -> IpAddr {
 /// # Errors
 /// If sending fails for a reason other than a full queue.
 pub fn flood(sender: &RawSender, spec: FloodSpec) -> anyhow::Result<u64> {
+    flood_until(sender, spec, &std::sync::atomic::AtomicBool::new(false))
+}
+
+/// As [`flood`], stopping early once `stop` is set.
+///
+/// # Errors
+/// If sending fails for a reason other than a full queue.
+pub fn flood_until(
+    sender: &RawSender,
+    spec: FloodSpec,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<u64> {
     let start = Instant::now();
     let mut sent = 0u64;
-    while sent < spec.count && start.elapsed() < spec.max_time {
+    while sent < spec.count
+        && start.elapsed() < spec.max_time
+        && !stop.load(std::sync::atomic::Ordering::Relaxed)
+    {
         let src = spoofed_source(spec.target.ip(), sent);
         let mut seg = TcpSegment::new(
             src,
@@ -492,6 +509,7 @@ pub fn flood(sender: &RawSender, spec: FloodSpec) -> anyhow::Result<u64> {
         } else {
             seg.ack_seq = (sent as u32).wrapping_mul(40_503);
         }
+        seg.payload = vec![0x78; spec.payload];
         match sender.send(&tcp_frame(&sender.link, &seg)) {
             Ok(()) => sent += 1,
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => std::thread::yield_now(),

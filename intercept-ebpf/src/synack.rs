@@ -13,7 +13,7 @@ use crate::{
     frame::Pkt,
     maps::{CONFIG, SCRATCH, SECRETS},
     scope,
-    stats::{count, pass},
+    stats::{count, drop, pass},
 };
 
 /// Handles a SYN (no ACK, no RST) in intercept mode. Not inlined: a BPF-to-BPF call keeps its
@@ -44,11 +44,21 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     if scope::exempt(&req.flow, cfg) {
         return pass(Counter::PassExempt);
     }
-    if tcp.payload_len > 0 {
-        // TCP Fast Open data cannot ride on a cookie: the kernel handles it (and its own cookies).
-        return to_kernel(Counter::PassSynData);
+    if req.opts.signed {
+        // A TCP-MD5/AO peer needs a signed SYN-ACK, and only the kernel has its key. Passed on,
+        // every forged signed SYN would cost the kernel an skb and a signature check and make
+        // the socket table ask the kernel again: dropped, counted; such peers are exempted.
+        return drop(Counter::SynSigned);
     }
-    if !header_checksum_ok(&pkt, &req.flow, req.v6, tcp) {
+    if tcp.payload_len > 0 {
+        // Data on a SYN (TCP Fast Open) cannot ride on a cookie. As the kernel's own cookies do
+        // (`tcp_conn_request` sends a cookie SYN-ACK whatever the SYN carries), answer the
+        // handshake and let the client send its data again after it: a flood padded with one
+        // byte gets nothing more from the kernel than any other. The payload is not summed, so
+        // its checksum is not checked: a corrupted SYN with data draws one SYN-ACK, as a spoofed
+        // one would, and nothing else.
+        count(Counter::SynDataIgnored);
+    } else if !header_checksum_ok(&pkt, &req.flow, req.v6, tcp) {
         return pass(Counter::PassBadChecksum);
     }
     let Some(secrets) = SECRETS.get(0) else {

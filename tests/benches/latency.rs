@@ -46,6 +46,7 @@ fn main() {
                 max_time: Duration::from_secs(20),
                 rate,
                 flags: tcp_flags::SYN,
+                payload: 0,
             };
             std::thread::spawn(move || flood(&sender, spec))
         });

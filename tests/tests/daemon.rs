@@ -114,6 +114,7 @@ fn protection_survives_sigkill_and_a_restart_adopts_it() {
                 max_time: Duration::from_secs(4),
                 rate: 5_000,
                 flags: tcp_flags::SYN,
+                payload: 0,
             },
         )
     });

@@ -189,6 +189,9 @@ fn syn_case(env: &Env, what: &str, vlans: usize, seg: &TcpSegment, co: CookieOpt
     if vlans > 0 {
         counters.push(Vlan);
     }
+    if !seg.payload.is_empty() {
+        counters.push(SynDataIgnored);
+    }
     for _ in 0..3 {
         let slot = now_slot();
         let out = env.run(what, &frame, XDP_TX, &counters);
@@ -290,19 +293,38 @@ fn syn_path_fixtures() {
         ecn.flags |= tcp_flags::ECE | tcp_flags::CWR;
         syn_case(&env, "ECN setup SYN", 0, &ecn, opts(2, 7, true, true), true);
 
-        // Pass verdicts: the frame leaves unchanged.
-        let mut data = syn(false, linux_syn_options(1460, 1, 7));
-        data.payload = b"TFO data".to_vec();
-        let f = tcp_frame(&link(0), &data);
-        assert_eq!(
-            env.run(
-                "SYN with payload",
-                &f,
-                XDP_PASS,
-                &[Packets, Ipv4, Tcp, Syn, SynProtected, PassSynData, Passed]
-            ),
-            f
+        // Data on a SYN is ignored, as the kernel's cookies ignore it: the same SYN-ACK as for
+        // the SYN without it (the client sends the data again after the handshake). One byte is
+        // what a flood would add to bypass the cookies.
+        for (v6, vlans, payload) in [
+            (false, 0, &b"x"[..]),
+            (false, 0, &b"TFO data"[..]),
+            (true, 1, &b"TFO data"[..]),
+        ] {
+            let mut data = syn(v6, linux_syn_options(1460, 1, 7));
+            data.payload = payload.to_vec();
+            // MSS 1460 is table entry 3 for IPv4 (1460), 2 for IPv6 (1440).
+            let co = opts(if v6 { 2 } else { 3 }, 7, true, false);
+            syn_case(
+                &env,
+                &format!("SYN with {} bytes of data, v6={v6}", payload.len()),
+                vlans,
+                &data,
+                co,
+                false,
+            );
+        }
+        // Signed with TCP-MD5 (BGP): only the kernel could sign the reply; dropped.
+        let mut md5 = linux_syn_options(1460, 1, 7);
+        md5.extend([19, 18]);
+        md5.extend([0xaa; 16]);
+        env.run(
+            "SYN signed with TCP-MD5",
+            &tcp_frame(&link(0), &syn(false, md5)),
+            XDP_DROP,
+            &[Packets, Ipv4, Tcp, Syn, SynProtected, SynSigned, Dropped],
         );
+        // Pass verdicts: the frame leaves unchanged.
         let mut bad = tcp_frame(&link(0), &syn(false, linux_syn_options(1460, 1, 7)));
         bad[34 + 17] ^= 1; // TCP checksum
         assert_eq!(
@@ -671,17 +693,50 @@ fn ack_path_fixtures() {
             XDP_PASS,
             &[Packets, Ipv4, Tcp, Ack, AckValid, Passed],
         );
-        // A SYN with data goes to the kernel, which may answer it with a request socket the
-        // table does not see: until such a socket could have expired, ACKs failing the cookie
-        // are checked against the kernel's sockets again.
+        // A SYN with data is answered like any other: no request socket of the kernel's, so the
+        // table stays authoritative, and one such SYN a minute cannot make every forged ACK pay
+        // for a kernel lookup.
         let mut data = syn(false, linux_syn_options(1460, 1, 7));
         data.payload = b"TFO data".to_vec();
         env.run(
             "SYN with payload",
             &tcp_frame(&link(0), &data),
-            XDP_PASS,
-            &[Packets, Ipv4, Tcp, Syn, SynProtected, PassSynData, Passed],
+            XDP_TX,
+            &[
+                Packets,
+                Ipv4,
+                Tcp,
+                Syn,
+                SynProtected,
+                SynDataIgnored,
+                SynAckSent,
+            ],
         );
+        let now = intercept_ctl::watchctl::monotonic_ns();
+        assert!(env.maps.socket_table().unwrap().authoritative(now));
+        env.run(
+            "forged, after a SYN with data",
+            &forged,
+            XDP_DROP,
+            &drop_(AckBadMac, false, false),
+        );
+        // With no secret loaded, SYNs go to the kernel (fail open), which may answer them with a
+        // request socket the table does not see: until such a socket could have expired, ACKs
+        // failing the cookie are checked against the kernel's sockets again. The operator, not a
+        // packet, decides that.
+        let zero = Secrets {
+            keys: [Key { k: [0, 0] }, Key { k: [0, 0] }],
+            current: 0,
+            generation: 2,
+        };
+        env.maps.set_secrets(&zero).unwrap();
+        env.run(
+            "SYN with no secret loaded",
+            &tcp_frame(&link(0), &syn(false, linux_syn_options(1460, 1, 7))),
+            XDP_PASS,
+            &[Packets, Ipv4, Tcp, Syn, SynProtected, PassNoSecret, Passed],
+        );
+        env.maps.set_secrets(&secrets()).unwrap();
         let now = intercept_ctl::watchctl::monotonic_ns();
         let t = env.maps.socket_table().unwrap();
         assert!(t.lookup_until_ns > now + 60_000_000_000, "{t:?}");

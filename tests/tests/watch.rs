@@ -69,6 +69,7 @@ fn half_open_connections_are_counted_exactly_and_closed_after_the_timeout() {
             max_time: Duration::from_secs(5),
             rate: 40,
             flags: tcp_flags::SYN,
+            payload: 0,
         },
     )
     .unwrap();
@@ -194,6 +195,7 @@ fn a_flood_switches_auto_to_intercept_and_back() {
                 max_time: Duration::from_secs(6),
                 rate: 1000,
                 flags: tcp_flags::SYN,
+                payload: 0,
             },
         )
     });

@@ -139,6 +139,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         max_time: Duration::from_secs(a.seconds.saturating_sub(7).max(1)),
         rate: a.flood_rate,
         flags: tcp_flags::SYN,
+        payload: 0,
     };
     // The flood starts after 2 s and stops 5 s before the end, so the lab shows calm, attack and
     // calm again.
