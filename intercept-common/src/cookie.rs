@@ -54,6 +54,30 @@ pub struct Secrets {
 }
 const _: () = assert!(size_of::<Secrets>() == 40);
 
+impl Key {
+    /// Whether this is a secret at all: an all-zero key (a map never written) is not.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_set(&self) -> bool {
+        self.k[0] != 0 || self.k[1] != 0
+    }
+}
+
+impl Secrets {
+    /// The key new cookies are made with, if it is set (see [`Key::is_set`]).
+    #[inline(always)]
+    #[must_use]
+    pub const fn current_key(&self) -> Option<(u32, &Key)> {
+        let idx = self.current & 1;
+        let key = if idx == 1 {
+            &self.keys[1]
+        } else {
+            &self.keys[0]
+        };
+        if key.is_set() { Some((idx, key)) } else { None }
+    }
+}
+
 /// One SipRound (Aumasson and Bernstein, "SipHash: a fast short-input PRF", section 2).
 #[inline(always)]
 fn round(v: &mut [u64; 4]) {
@@ -329,7 +353,9 @@ pub fn check(
     } else {
         &secrets.keys[0]
     };
-    if mac(key, flow, isn, slot, low) != cookie >> 11 {
+    // An all-zero key is no secret (a map never written, or written half): anyone can compute
+    // its cookies, so it verifies nothing.
+    if !key.is_set() || mac(key, flow, isn, slot, low) != cookie >> 11 {
         return Err(CookieError::BadMac);
     }
     Ok(CookieOpts::decode(low as u8))
@@ -340,6 +366,41 @@ mod tests {
     use core::hash::Hasher as _;
 
     use super::*;
+
+    #[test]
+    fn an_unset_key_verifies_nothing_and_makes_nothing() {
+        let flow = Flow {
+            saddr: mapped(0xc612_0002),
+            daddr: mapped(0xc612_0001),
+            sport: 40000,
+            dport: 80,
+        };
+        let co = CookieOpts {
+            mss_idx: 3,
+            wscale: 7,
+            sack: true,
+            ecn: false,
+        };
+        let zero = Secrets::default();
+        assert_eq!(zero.current_key(), None);
+        // A cookie anyone can make with the zero key, in the current slot.
+        let forged = make(&zero.keys[0], 0, &flow, 77, 5, co);
+        assert_eq!(check(&zero, &flow, 77, forged, 5), Err(CookieError::BadMac));
+        // Half written: the set key works, the zero one still verifies nothing.
+        let half = Secrets {
+            keys: [Key { k: [1, 2] }, Key { k: [0, 0] }],
+            current: 1,
+            generation: 1,
+        };
+        assert_eq!(half.current_key(), None, "the current key is unset");
+        let forged1 = make(&half.keys[1], 1, &flow, 77, 5, co);
+        assert_eq!(
+            check(&half, &flow, 77, forged1, 5),
+            Err(CookieError::BadMac)
+        );
+        let good = make(&half.keys[0], 0, &flow, 77, 5, co);
+        assert_eq!(check(&half, &flow, 77, good, 5), Ok(co));
+    }
 
     fn secrets() -> Secrets {
         Secrets {

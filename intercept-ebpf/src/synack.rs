@@ -61,19 +61,10 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     } else if !header_checksum_ok(&pkt, &req.flow, req.v6, tcp) {
         return pass(Counter::PassBadChecksum);
     }
-    let Some(secrets) = SECRETS.get(0) else {
+    let Some((idx, key)) = SECRETS.get(0).and_then(|s| s.current_key()) else {
         return to_kernel(Counter::PassNoSecret);
     };
-    if secrets.keys[0].k == [0, 0] && secrets.keys[1].k == [0, 0] {
-        return to_kernel(Counter::PassNoSecret);
-    }
     let now = crate::clock::now_ns();
-    let idx = secrets.current & 1;
-    let key = if idx == 1 {
-        &secrets.keys[1]
-    } else {
-        &secrets.keys[0]
-    };
     let co = req.cookie_opts(cfg);
     let c = cookie::make(key, idx, &req.flow, req.isn, slot_of(now), co);
     // Millisecond TSval; the kernel keeps continuity with its own clock through ts_off.

@@ -736,6 +736,31 @@ fn ack_path_fixtures() {
             XDP_PASS,
             &[Packets, Ipv4, Tcp, Syn, SynProtected, PassNoSecret, Passed],
         );
+        // A cookie made with the all-zero key (anyone can make one): never valid, whatever the
+        // attachment's state (before, a crash between pinning the link and writing the secrets
+        // left an attachment that accepted these).
+        let (c, s) = ips(false);
+        let zero_cookie = make(
+            &zero.keys[0],
+            0,
+            &Flow {
+                saddr: words_of(c),
+                daddr: words_of(s),
+                sport: 40000,
+                dport: PORT,
+            },
+            isn,
+            now_slot(),
+            co,
+        );
+        let mut want = drop_(AckBadMac, false, false);
+        want.push(SocketLookups);
+        env.run(
+            "ACK with a cookie of the all-zero key",
+            &tcp_frame(&link(0), &ack(false, PORT, isn, zero_cookie)),
+            XDP_DROP,
+            &want,
+        );
         env.maps.set_secrets(&secrets()).unwrap();
         let now = intercept_ctl::watchctl::monotonic_ns();
         let t = env.maps.socket_table().unwrap();
