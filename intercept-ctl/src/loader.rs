@@ -239,9 +239,11 @@ fn attach_and_pin(
         let tc_id = tc
             .attach(
                 ifindex,
+                // First in the chain: a program before ours that ends it (`TC_ACT_OK`) would
+                // skip every handoff, and the kernel would reset every cookie handshake.
                 TcAttach::Tcx {
                     attach_type: TcAttachType::Ingress,
-                    order: LinkOrder::default(),
+                    order: LinkOrder::first(),
                 },
             )
             .map_err(|e| {

@@ -5,7 +5,7 @@
 //! that handoff was made, and are dropped if it was refused.
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{__sk_buff, BPF_F_CURRENT_NETNS, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{__sk_buff, BPF_F_CURRENT_NETNS, TC_ACT_SHOT, tcx_action_base::TCX_NEXT},
     helpers::{
         bpf_probe_read_kernel,
         generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_skc_to_tcp_sock},
@@ -23,6 +23,12 @@ use intercept_common::{
 };
 
 use crate::{ack::tuple_of, frame::Pkt, maps::PROVEN, stats::count};
+
+/// What this program returns for every frame it does not drop: go on to the next program of the
+/// TCX chain (`TCX_NEXT`; under a clsact qdisc the same value, `TC_ACT_UNSPEC`, means the same).
+/// `TC_ACT_OK` would end the chain, and the programs other agents attached after ours would never
+/// see a packet.
+const NEXT: i32 = TCX_NEXT;
 
 /// Offset of `sk_ack_backlog` in the kernel's `struct sock` (the accept queue's length), set by
 /// the loader from the kernel's BTF; 0 if unknown (no check). Read volatile: the compiler must
@@ -63,25 +69,25 @@ pub fn handle(ctx: &TcContext) -> i32 {
     // SAFETY: skb is the program's own context.
     let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
     if meta + size_of::<Handoff>() > data {
-        return TC_ACT_OK;
+        return NEXT;
     }
     // SAFETY: [meta, meta + 24) is inside the metadata area, checked just above.
     let mut h: Handoff = unsafe { core::ptr::read_unaligned(meta as *const Handoff) };
     if h.magic != HANDOFF_MAGIC && h.magic != FOLLOW_MAGIC {
-        return TC_ACT_OK;
+        return NEXT;
     }
     let pkt = Pkt::new(ctx);
     let Ok(Dissected::Ip(ip)) = dissect(&pkt) else {
         count(Counter::HandoffFailed);
-        return TC_ACT_OK;
+        return NEXT;
     };
     let L4::Tcp(tcp) = ip.l4 else {
         count(Counter::HandoffFailed);
-        return TC_ACT_OK;
+        return NEXT;
     };
     let Some(flow) = flow_of(&pkt, &ip, &tcp) else {
         count(Counter::HandoffFailed);
-        return TC_ACT_OK;
+        return NEXT;
     };
     let key = FlowKey::of(&flow);
     let slot = PROVEN.get_ptr_mut(proven_slot(&key));
@@ -98,7 +104,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         // The listener went away between XDP and here; the kernel answers the ACK with a RST.
         settle(slot, proven_state::REFUSED);
         count(Counter::AckNoListener);
-        return TC_ACT_OK;
+        return NEXT;
     }
     if unsafe { (*sk).state } != u32::from(TCP_LISTEN) {
         // The connection exists by now (a retransmission of the handshake's first segment after
@@ -106,7 +112,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         unsafe { bpf_sk_release(sk.cast()) };
         settle(slot, proven_state::HANDED);
         count(Counter::PassEstablished);
-        return TC_ACT_OK;
+        return NEXT;
     }
     // The kfunc wants a full tcp_sock; passing the sock_common pointer is rejected by the
     // verifier ("arg#1 ... expected pointer to struct sock").
@@ -140,7 +146,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         settle(slot, proven_state::REFUSED);
         count(Counter::HandoffFailed);
     }
-    TC_ACT_OK
+    NEXT
 }
 
 /// Records what became of a handshake's handoff in its slot, for the segments following it.
@@ -163,7 +169,7 @@ fn follower(slot: Option<&mut Proven>) -> i32 {
             count(Counter::FollowerDropped);
             TC_ACT_SHOT
         }
-        _ => TC_ACT_OK,
+        _ => NEXT,
     }
 }
 

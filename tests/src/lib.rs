@@ -538,3 +538,88 @@ pub fn ping(s: &mut std::net::TcpStream, what: &str) {
         .unwrap_or_else(|e| panic!("read echo of {what}: {e}"));
     assert_eq!(b, what.as_bytes(), "echo of {what}");
 }
+
+/// Another agent's TC program, as Cilium's or any would be: two instructions, `r0 = verdict;
+/// exit`, named `name`, loaded with the bpf() syscall and linked into `ifindex`'s TCX ingress
+/// chain in the calling thread's namespace, first in the chain or last. Lives while the returned
+/// descriptors (link, program) do.
+///
+/// # Panics
+/// If the kernel refuses to load or link it.
+#[must_use]
+pub fn foreign_tcx(
+    ifindex: u32,
+    name: &str,
+    verdict: i32,
+    first: bool,
+) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd as _;
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    const BPF_TCX_INGRESS: u32 = 46;
+    const BPF_F_BEFORE: u32 = 1 << 3;
+    // mov64 r0, imm (BPF_ALU64 | BPF_MOV | BPF_K); exit (BPF_JMP | BPF_EXIT).
+    let mut insns = [0u8; 16];
+    insns[0] = 0xb7;
+    insns[4..8].copy_from_slice(&verdict.to_le_bytes());
+    insns[8] = 0x95;
+    let license = b"GPL\0";
+    // union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level,
+    // log_size, log_buf, kern_version, prog_flags, prog_name[16] (include/uapi/linux/bpf.h).
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_le_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_le_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_le_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_le_bytes());
+    let n = name.len().min(15);
+    attr[48..48 + n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: bpf(2) with an attr buffer of the size passed.
+    let prog = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
+    assert!(
+        prog >= 0,
+        "load {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    let prog = i32::try_from(prog).unwrap();
+    // BPF_LINK_CREATE: prog_fd, target_ifindex, attach_type, flags, tcx.relative_fd (0: the
+    // chain itself, so BPF_F_BEFORE means first), tcx.expected_revision.
+    let mut attr = [0u8; 64];
+    attr[0..4].copy_from_slice(&u32::try_from(prog).unwrap().to_le_bytes());
+    attr[4..8].copy_from_slice(&ifindex.to_le_bytes());
+    attr[8..12].copy_from_slice(&BPF_TCX_INGRESS.to_le_bytes());
+    attr[12..16].copy_from_slice(&(if first { BPF_F_BEFORE } else { 0 }).to_le_bytes());
+    // SAFETY: as above.
+    let link = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, attr.as_ptr(), attr.len()) };
+    assert!(
+        link >= 0,
+        "link {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: both are descriptors the kernel just gave us.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(i32::try_from(link).unwrap()),
+            std::os::fd::OwnedFd::from_raw_fd(prog),
+        )
+    }
+}
+
+/// The programs of `ifindex`'s TCX ingress chain in the calling thread's namespace, in order:
+/// (name, times run since `aya::sys::enable_stats` was turned on).
+///
+/// # Panics
+/// If the kernel cannot be queried.
+#[must_use]
+pub fn tcx_chain(iface: &str) -> Vec<(String, u64)> {
+    let c = std::ffi::CString::new(iface).unwrap();
+    let (_, progs) = aya::programs::SchedClassifier::query_tcx(
+        c.as_c_str(),
+        aya::programs::tc::TcAttachType::Ingress,
+    )
+    .expect("query the TCX chain");
+    progs
+        .iter()
+        .map(|p| (p.name_as_str().unwrap_or("?").to_owned(), p.run_count()))
+        .collect()
+}

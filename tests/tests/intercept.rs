@@ -508,3 +508,58 @@ fn valid_ack_after_the_listener_closed_is_counted_and_reset() {
     );
     assert!(d.get(AckValid) >= 1 && d.get(AckNoListener) >= 1, "{d:?}");
 }
+
+/// Other agents' TC programs share the interface's TCX ingress chain with ours. Ours goes first
+/// (a program before it that ends the chain would skip every handoff, and the kernel would reset
+/// every cookie handshake) and hands every packet on to the next program (`TCX_NEXT`): one
+/// appended after ours, as another agent's would be, sees the traffic, handshakes included.
+#[test]
+fn an_agents_tcx_program_after_ours_sees_the_traffic() {
+    require_root("an_agents_tcx_program_after_ours_sees_the_traffic");
+    let t = InterceptLab::new(PORT);
+    let (l4, l6) = t.lab.listen(PORT).expect("listen");
+    echo_server(l4);
+    echo_server(l6);
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF run statistics");
+    let dev = t.srv_if().to_owned();
+    let d = dev.clone();
+    // TCX_NEXT (-1): it passes everything on, as a monitoring agent would.
+    let _after = t
+        .lab
+        .server
+        .spawn(move || {
+            let idx = intercept_ctl::loader::ifindex(&d, None).expect("ifindex");
+            intercept_tests::foreign_tcx(idx, "xi_after", -1, false)
+        })
+        .join()
+        .unwrap();
+    let before = t.stats();
+    for ip in [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)] {
+        let mut c = t
+            .lab
+            .connect(addr(ip), Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("connect {ip} with another TCX program after ours: {e:#}"));
+        ping(&mut c, "through the chain");
+    }
+    let chain = t
+        .lab
+        .server
+        .spawn(move || intercept_tests::tcx_chain(&dev))
+        .join()
+        .unwrap();
+    assert_eq!(
+        chain.first().map(|c| c.0.as_str()),
+        Some("tc_handoff"),
+        "ours first: {chain:?}"
+    );
+    let after = chain
+        .iter()
+        .find(|c| c.0 == "xi_after")
+        .expect("xi_after in the chain");
+    assert!(
+        after.1 >= 4,
+        "the program after ours saw no traffic (ours ended the chain): {chain:?}"
+    );
+    let d = t.stats().delta(&before);
+    assert_eq!(d.get(HandedOff), 2, "{d:?}");
+}
