@@ -314,6 +314,21 @@ fn syn_path_fixtures() {
                 false,
             );
         }
+        // IPv6 between IPv4-mapped addresses of a protected IPv4 host: no such frame is on the
+        // wire, and read as a flow it would be the IPv4 one. Not answered.
+        let mut mapped = syn(true, linux_syn_options(1460, 1, 7));
+        mapped.src = "::ffff:198.18.0.2".parse().unwrap();
+        mapped.dst = "::ffff:198.18.0.1".parse().unwrap();
+        let f = tcp_frame(&link(0), &mapped);
+        assert_eq!(
+            env.run(
+                "SYN between IPv4-mapped IPv6 addresses",
+                &f,
+                XDP_PASS,
+                &[Packets, Malformed, Passed]
+            ),
+            f
+        );
         // Signed with TCP-MD5 (BGP): only the kernel could sign the reply; dropped.
         let mut md5 = linux_syn_options(1460, 1, 7);
         md5.extend([19, 18]);
