@@ -315,6 +315,19 @@ impl Proven {
     }
 }
 
+/// How long a connection the server closed first lives on in the kernel: a time-wait socket lasts
+/// `TCP_TIMEWAIT_LEN` (60 s), an orphaned FIN-WAIT-2 one `tcp_fin_timeout` (60 s by default) as a
+/// time-wait socket too; plus margin. Until then its segments go to the kernel, which answers them
+/// (re-acknowledges a FIN, resets data, accepts a SYN that reuses the 4-tuple).
+pub const TIME_WAIT_NS: u64 = 70_000_000_000;
+
+/// The [`crate::maps::TIME_WAIT_FILTER`] bucket of a flow.
+#[inline(always)]
+#[must_use]
+pub const fn time_wait_bucket(k: &FlowKey) -> u32 {
+    socket_bucket(k) & (crate::maps::TIME_WAIT_BUCKETS - 1)
+}
+
 /// The [`crate::maps::PROVEN`] slot of a flow (the low bits of its [`socket_bucket`]).
 #[inline(always)]
 #[must_use]

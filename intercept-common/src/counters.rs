@@ -96,6 +96,10 @@ pub enum Counter {
     /// Valid ACKs whose listener's accept queue was full (TC): dropped, as the kernel drops
     /// them; the client's retransmission tries again.
     AckQueueFull,
+    /// Protected segments of a connection the server closed first, now a time-wait socket in the
+    /// kernel: passed to it (it re-acknowledges a FIN, resets late data, accepts a SYN reusing
+    /// the 4-tuple).
+    PassTimeWait,
     /// Number of counters; not a counter.
     Count,
 }
@@ -144,6 +148,7 @@ impl Counter {
         Counter::PassProven,
         Counter::FollowerDropped,
         Counter::AckQueueFull,
+        Counter::PassTimeWait,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -191,6 +196,7 @@ impl Counter {
             Counter::PassProven => "pass_proven",
             Counter::FollowerDropped => "follower_dropped",
             Counter::AckQueueFull => "ack_queue_full",
+            Counter::PassTimeWait => "pass_time_wait",
             Counter::Count => "count",
         }
     }
@@ -244,6 +250,7 @@ impl Counter {
             Counter::PassProven => "Passed: segment following its handshake's handoff",
             Counter::FollowerDropped => "Dropped: segment following a refused handoff (TC)",
             Counter::AckQueueFull => "Valid ACKs dropped: listener's accept queue full (TC)",
+            Counter::PassTimeWait => "Passed: segment of a time-wait connection",
             Counter::Count => "",
         }
     }

@@ -84,6 +84,23 @@ pub const PROG_SEED: &str = "seed_socket";
 pub const PROVEN: &str = "PROVEN";
 /// Number of [`PROVEN`] slots (a power of two; 896 KiB).
 pub const PROVEN_SLOTS: u32 = 1 << 14;
+/// `LruHashMap<FlowKey, u64>`: connections the server closed first, which live on in the kernel
+/// as time-wait sockets (the socket table drops them at `TCP_CLOSE`), each with the monotonic
+/// time (ns) until which their segments go to the kernel (see
+/// [`crate::config::TIME_WAIT_NS`]). Written by the `track_sockets` tracepoint program and, at
+/// attach, by the controller (time-wait sockets that existed before).
+pub const TIME_WAIT: &str = "TIME_WAIT";
+/// Capacity of [`TIME_WAIT`]: 70 s of server-initiated closes at 1,870 per second before the
+/// oldest are evicted (their late segments are then dropped as forgeries). 131,072 entries of
+/// 44 bytes, preallocated (about 13 MiB).
+pub const TIME_WAIT_ENTRIES: u32 = 1 << 17;
+/// `Array<u64>` of [`TIME_WAIT_BUCKETS`]: per bucket of [`crate::config::time_wait_bucket`], the
+/// latest expiry of the [`TIME_WAIT`] flows stored there. A bucket whose time has passed holds no
+/// live flow, so most segments cost one array load, never a hash lookup; a bucket needs no
+/// decrement, since its entries expire with it. Written with [`TIME_WAIT`].
+pub const TIME_WAIT_FILTER: &str = "TIME_WAIT_FILTER";
+/// Number of [`TIME_WAIT_FILTER`] buckets (512 KiB).
+pub const TIME_WAIT_BUCKETS: u32 = 1 << 16;
 /// `Array<SocketTable>`: whether [`SOCKETS`] is authoritative.
 pub const SOCKET_TABLE: &str = "SOCKET_TABLE";
 /// Name of the tracepoint program that keeps [`SOCKETS`].
@@ -107,6 +124,12 @@ pub struct TraceField {
 /// The fields of [`TRACEPOINT`]'s record that [`PROG_TRACK`] reads.
 pub mod trace_field {
     use super::TraceField;
+    /// The previous TCP state.
+    pub const OLDSTATE: TraceField = TraceField {
+        decl: "int oldstate",
+        offset: 16,
+        size: 4,
+    };
     /// The new TCP state.
     pub const NEWSTATE: TraceField = TraceField {
         decl: "int newstate",
@@ -144,5 +167,7 @@ pub mod trace_field {
         size: 16,
     };
     /// All of them.
-    pub const ALL: [TraceField; 6] = [NEWSTATE, SPORT, DPORT, PROTOCOL, SADDR_V6, DADDR_V6];
+    pub const ALL: [TraceField; 7] = [
+        OLDSTATE, NEWSTATE, SPORT, DPORT, PROTOCOL, SADDR_V6, DADDR_V6,
+    ];
 }

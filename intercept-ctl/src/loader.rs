@@ -381,7 +381,33 @@ pub fn seed_sockets(ebpf: &mut Ebpf) -> anyhow::Result<usize> {
         })
         .context("run the seed program (BPF_PROG_TEST_RUN)")?;
     }
+    seed_time_wait(ebpf).context("seed the time-wait flows")?;
     Ok(flows.len())
+}
+
+/// Records the time-wait sockets of the current network namespace (sock_diag) as the tracepoint
+/// records those that come later (`intercept_common::maps::TIME_WAIT`), each for the longest a
+/// time-wait socket lives from now.
+fn seed_time_wait(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    use intercept_common::config::{FlowKey, TIME_WAIT_NS, time_wait_bucket};
+    let flows = crate::sockdiag::SockDiag::open()?.time_wait_flows()?;
+    if flows.is_empty() {
+        return Ok(());
+    }
+    let until = crate::watchctl::monotonic_ns() + TIME_WAIT_NS;
+    let mut tw: aya::maps::HashMap<_, FlowKey, u64> =
+        aya::maps::HashMap::try_from(ebpf.map_mut(maps::TIME_WAIT).context("TIME_WAIT map")?)?;
+    for k in &flows {
+        tw.insert(k, &until, 0)?;
+    }
+    let mut filter: aya::maps::Array<_, u64> = aya::maps::Array::try_from(
+        ebpf.map_mut(maps::TIME_WAIT_FILTER)
+            .context("TIME_WAIT_FILTER map")?,
+    )?;
+    for k in &flows {
+        filter.set(time_wait_bucket(k), &until, 0)?;
+    }
+    Ok(())
 }
 
 /// Checks a tracepoint `format` file has the fields `track_sockets` reads at its offsets.

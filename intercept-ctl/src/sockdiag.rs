@@ -24,6 +24,8 @@ const NLMSG_DONE: u16 = 3;
 const TABLE_STATES: u32 = 1 << 1 | 1 << 2 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
 /// `TCP_SYN_RECV` in include/net/tcp_states.h (request sockets report it).
 pub const TCP_SYN_RECV: u8 = 3;
+/// `TCP_TIME_WAIT` in include/net/tcp_states.h.
+const TCP_TIME_WAIT: u32 = 6;
 
 /// `struct inet_diag_req_v2` after an `nlmsghdr`.
 #[repr(C)]
@@ -178,13 +180,28 @@ impl SockDiag {
     /// # Errors
     /// On a netlink failure.
     pub fn table_flows(&mut self) -> anyhow::Result<Vec<FlowKey>> {
+        self.flows_in(TABLE_STATES)
+    }
+
+    /// The inbound flow of every time-wait socket of this network namespace (see
+    /// `intercept_common::maps::TIME_WAIT`).
+    ///
+    /// # Errors
+    /// On a netlink failure.
+    pub fn time_wait_flows(&mut self) -> anyhow::Result<Vec<FlowKey>> {
+        self.flows_in(1 << TCP_TIME_WAIT)
+    }
+
+    /// The inbound flow of every TCP socket of this network namespace in `states` (a bit per
+    /// state of include/net/tcp_states.h).
+    fn flows_in(&mut self, states: u32) -> anyhow::Result<Vec<FlowKey>> {
         let mut out = Vec::new();
         for family in [libc::AF_INET, libc::AF_INET6] {
             let req = self.base(
                 family,
                 SOCK_DIAG_BY_FAMILY,
                 NLM_F_REQUEST | NLM_F_DUMP,
-                TABLE_STATES,
+                states,
             );
             self.send(&req)?;
             'recv: loop {

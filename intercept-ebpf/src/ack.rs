@@ -168,11 +168,12 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     {
         return follow(ctx);
     }
-    // A FIN is always checked against the kernel: a connection the server closed first lives on
-    // as a time-wait socket, which the table does not hold, and the peer's retransmitted FIN
-    // must reach it.
-    let authoritative = crate::track::state().authoritative(now) && tcp.flags & tcp_flags::FIN == 0;
-    if !authoritative {
+    // A connection the server closed first lives on as a time-wait socket, which the table does
+    // not hold; its peer's late segments must reach it.
+    if crate::track::in_time_wait(&key, now) {
+        return pass(Counter::PassTimeWait);
+    }
+    if !crate::track::state().authoritative(now) {
         count(Counter::SocketLookups);
         if let Sock::Other = lookup(ctx, &flow, matches!(ip.l3, L3::V6 { .. })) {
             return established(&flow, tcp, cfg);

@@ -14,7 +14,7 @@ use intercept_common::{
     handshake::{SynAck, SynRequest},
     maps::{
         CounterBlock, HALF_OPEN_ENTRIES, PROVEN_SLOTS, SCOPE_ENTRIES, SOCKET_BUCKETS,
-        SOCKET_ENTRIES, VICTIM_ENTRIES,
+        SOCKET_ENTRIES, TIME_WAIT_BUCKETS, TIME_WAIT_ENTRIES, VICTIM_ENTRIES,
     },
 };
 
@@ -105,3 +105,13 @@ pub static SOCKET_TABLE: Array<u64> = Array::with_max_entries(table_word::COUNT,
 /// the tracepoint: cleared once the connection exists).
 #[map(name = "PROVEN")]
 pub static PROVEN: Array<Proven> = Array::with_max_entries(PROVEN_SLOTS, 0);
+
+/// Connections the server closed first, live in the kernel as time-wait sockets, with the time
+/// until which their segments go to the kernel (see `intercept_common::maps::TIME_WAIT`).
+/// LRU: an evicted one only loses that until its time is up.
+#[map(name = "TIME_WAIT")]
+pub static TIME_WAIT: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(TIME_WAIT_ENTRIES, 0);
+
+/// Per bucket, the latest expiry of the [`TIME_WAIT`] flows in it.
+#[map(name = "TIME_WAIT_FILTER")]
+pub static TIME_WAIT_FILTER: Array<u64> = Array::with_max_entries(TIME_WAIT_BUCKETS, 0);

@@ -44,6 +44,14 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     if scope::exempt(&req.flow, cfg) {
         return pass(Counter::PassExempt);
     }
+    let now = crate::clock::now_ns();
+    if crate::track::in_time_wait(&intercept_common::config::FlowKey::of(&req.flow), now) {
+        // A SYN reusing the 4-tuple of a time-wait socket: the kernel decides whether the new
+        // connection may replace it (`tcp_timewait_state_process`), and its request socket's
+        // handshake passes here as the time-wait flow's. A cookie handshake would meet the
+        // time-wait socket in the established hash and be dropped.
+        return pass(Counter::PassTimeWait);
+    }
     if req.opts.signed {
         // A TCP-MD5/AO peer needs a signed SYN-ACK, and only the kernel has its key. Passed on,
         // every forged signed SYN would cost the kernel an skb and a signature check and make
@@ -64,7 +72,6 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     let Some((idx, key)) = SECRETS.get(0).and_then(|s| s.current_key()) else {
         return to_kernel(Counter::PassNoSecret);
     };
-    let now = crate::clock::now_ns();
     let co = req.cookie_opts(cfg);
     let c = cookie::make(key, idx, &req.flow, req.isn, slot_of(now), co);
     // Millisecond TSval; the kernel keeps continuity with its own clock through ts_off.

@@ -6,20 +6,24 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::TracePointContext};
 use intercept_common::{
     config::{
-        FlowKey, REQUEST_SOCK_LIFETIME_NS, SocketTable, proven_slot, socket_bucket, table_word,
+        FlowKey, REQUEST_SOCK_LIFETIME_NS, SocketTable, TIME_WAIT_NS, proven_slot, socket_bucket,
+        table_word, time_wait_bucket,
     },
     cookie::words,
     maps::trace_field,
 };
 
-use crate::maps::{PROVEN, SOCKET_FILTER, SOCKET_TABLE, SOCKETS};
+use crate::maps::{PROVEN, SOCKET_FILTER, SOCKET_TABLE, SOCKETS, TIME_WAIT, TIME_WAIT_FILTER};
 
 /// `EEXIST` (include/uapi/asm-generic/errno-base.h).
 const EEXIST: i32 = 17;
 
 const IPPROTO_TCP: u16 = 6;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_FIN_WAIT2: i32 = 5;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
+const TCP_CLOSING: i32 = 11;
 
 /// Handles one state change.
 #[inline(always)]
@@ -28,6 +32,7 @@ pub fn handle(ctx: &TracePointContext) {
     let read = || unsafe {
         Some((
             ctx.read_at::<u16>(trace_field::PROTOCOL.offset).ok()?,
+            ctx.read_at::<i32>(trace_field::OLDSTATE.offset).ok()?,
             ctx.read_at::<i32>(trace_field::NEWSTATE.offset).ok()?,
             ctx.read_at::<u16>(trace_field::SPORT.offset).ok()?,
             ctx.read_at::<u16>(trace_field::DPORT.offset).ok()?,
@@ -35,7 +40,7 @@ pub fn handle(ctx: &TracePointContext) {
             ctx.read_at::<[u8; 16]>(trace_field::DADDR_V6.offset).ok()?,
         ))
     };
-    let Some((proto, state, local_port, remote_port, local, remote)) = read() else {
+    let Some((proto, old, state, local_port, remote_port, local, remote)) = read() else {
         refused();
         return;
     };
@@ -51,12 +56,47 @@ pub fn handle(ctx: &TracePointContext) {
     };
     if state == TCP_CLOSE {
         remove(&key);
+        // Closed by the server first: `tcp_time_wait` replaces the socket with a time-wait one,
+        // which fires no state change of its own, and its peer's late segments (a retransmitted
+        // FIN, data on a connection it thinks open, a SYN reusing the 4-tuple) must reach it.
+        if matches!(old, TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING) {
+            // The precise clock: tracepoints may not read the coarse one (the data path's), which
+            // runs at most a tick behind it, so the expiry is at worst a tick generous.
+            // SAFETY: a helper without side effects.
+            time_wait(&key, unsafe {
+                aya_ebpf::helpers::generated::bpf_ktime_get_ns()
+            });
+        }
     } else {
         insert(&key);
         // The connection exists: a handoff of this flow in flight is complete, and from now on
         // the table passes its segments.
         settled(&key);
     }
+}
+
+/// Records that `key` lives on as a time-wait socket from `now` on.
+#[inline(always)]
+pub fn time_wait(key: &FlowKey, now: u64) {
+    let until = now + TIME_WAIT_NS;
+    if TIME_WAIT.insert(key, &until, 0).is_ok()
+        && let Some(b) = TIME_WAIT_FILTER.get_ptr_mut(time_wait_bucket(key))
+    {
+        // SAFETY: a valid u64 in map memory. Writers store nearly the same time (now + 70 s, now
+        // monotonic), so a race loses microseconds of a bucket's time at worst.
+        unsafe { *b = until };
+    }
+}
+
+/// Whether `key` is a time-wait socket of the kernel's at `now`: its filter bucket's time not yet
+/// passed (one array load), then its own.
+#[inline(always)]
+pub fn in_time_wait(key: &FlowKey, now: u64) -> bool {
+    TIME_WAIT_FILTER
+        .get(time_wait_bucket(key))
+        .is_some_and(|until| *until > now)
+        // SAFETY: read-only lookup; the value is copied at once.
+        && unsafe { TIME_WAIT.get(key) }.is_some_and(|until| *until > now)
 }
 
 /// Frees `key`'s slot in the handoffs in flight (see `intercept_common::config::Proven`).

@@ -563,3 +563,138 @@ fn an_agents_tcx_program_after_ours_sees_the_traffic() {
     let d = t.stats().delta(&before);
     assert_eq!(d.get(HandedOff), 2, "{d:?}");
 }
+
+/// A connection the server closed first lives on in the server's kernel as a time-wait socket,
+/// which the socket table does not hold. Data the client sends on it (a keep-alive connection it
+/// has not yet seen closed) must reach that socket, which resets it: the client learns at once,
+/// instead of retransmitting into a drop until it gives up.
+#[test]
+fn data_after_the_server_closed_is_reset_not_dropped() {
+    require_root("data_after_the_server_closed_is_reset_not_dropped");
+    let t = InterceptLab::new(PORT);
+    let (l4, l6) = t.lab.listen(PORT).expect("listen");
+    t.end_lookup_window();
+    for (ip, l) in [(IpAddr::V4(SERVER_V4), l4), (IpAddr::V6(SERVER_V6), l6)] {
+        let before = t.stats();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            let mut b = [0u8; 5];
+            s.read_exact(&mut b).expect("read the request");
+            s.write_all(&b).expect("answer");
+            // Closed by the server first, as a keep-alive connection past its idle time.
+        });
+        let mut c = t
+            .lab
+            .connect(addr(ip), Duration::from_secs(3))
+            .expect("connect");
+        ping(&mut c, "first");
+        server.join().unwrap();
+        // The server's FIN arrives and is acknowledged; the client, unaware, sends again.
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = c.write_all(b"second request");
+        // The reset closes the client's socket: a later write fails (EPIPE). Dropped, the
+        // request would be retransmitted for minutes and every write would succeed.
+        let start = Instant::now();
+        let reset = loop {
+            std::thread::sleep(Duration::from_millis(50));
+            if c.write_all(b"x").is_err() {
+                break true;
+            }
+            if start.elapsed() > Duration::from_secs(2) {
+                break false;
+            }
+        };
+        assert!(
+            reset,
+            "{ip}: no reset within 2 s of data on a connection the server closed ({:?})",
+            c.take_error()
+        );
+        let d = t.stats().delta(&before);
+        assert!(d.get(PassTimeWait) >= 1, "{ip}: passed as time-wait: {d:?}");
+        assert_eq!(d.get(AckBadMac), 0, "{ip}: {d:?}");
+    }
+}
+
+/// A client reconnecting from the same port reuses the 4-tuple of the connection the server
+/// closed first, still a time-wait socket on the server: the kernel accepts such a SYN in place
+/// of the time-wait socket (`tcp_timewait_state_process`). It goes to the kernel, and the
+/// connection completes.
+#[test]
+fn a_syn_reusing_a_time_wait_4_tuple_connects() {
+    require_root("a_syn_reusing_a_time_wait_4_tuple_connects");
+    let t = InterceptLab::new(PORT);
+    let (l4, _l6) = t.lab.listen(PORT).expect("listen");
+    t.end_lookup_window();
+    let server = std::thread::spawn(move || {
+        for round in 0..2 {
+            let (mut s, _) = l4.accept().expect("accept");
+            let mut b = [0u8; 5];
+            s.read_exact(&mut b).expect("read");
+            s.write_all(&b).expect("echo");
+            if round == 1 {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            // Closed first by the server: its socket becomes a time-wait one.
+        }
+    });
+    let client = std::net::SocketAddr::new(IpAddr::V4(intercept_ctl::lab::CLIENT_V4), 0);
+    let port = t
+        .lab
+        .client
+        .spawn(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&client.into())?;
+            s.connect(&addr(IpAddr::V4(SERVER_V4)).into())?;
+            let port = s.local_addr()?.as_socket().unwrap().port();
+            let mut c: std::net::TcpStream = s.into();
+            ping(&mut c, "first");
+            let mut b = [0u8; 1];
+            // The server's FIN, then ours: the server ends in TIME_WAIT.
+            c.set_read_timeout(Some(Duration::from_secs(3)))?;
+            assert_eq!(c.read(&mut b)?, 0, "the server closes first");
+            Ok::<_, std::io::Error>(port)
+        })
+        .join()
+        .unwrap()
+        .expect("first connection");
+    std::thread::sleep(Duration::from_millis(200));
+    let tw = t
+        .lab
+        .server
+        .exec("ss", &["-Htn", "state", "time-wait"])
+        .unwrap();
+    assert!(
+        tw.contains(&format!(":{port}")),
+        "the server holds a time-wait socket:\n{tw}"
+    );
+    let before = t.stats();
+    let reused = t
+        .lab
+        .client
+        .spawn(move || {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&std::net::SocketAddr::new(client.ip(), port).into())?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.connect_timeout(&addr(IpAddr::V4(SERVER_V4)).into(), Duration::from_secs(3))?;
+            let mut c: std::net::TcpStream = s.into();
+            c.write_all(b"again")?;
+            let mut b = [0u8; 5];
+            c.read_exact(&mut b)?;
+            Ok::<_, std::io::Error>(b)
+        })
+        .join()
+        .unwrap();
+    assert_eq!(
+        reused.as_ref().map(|b| &b[..]).ok(),
+        Some(&b"again"[..]),
+        "the connection reusing port {port}: {reused:?}"
+    );
+    server.join().unwrap();
+    let d = t.stats().delta(&before);
+    assert!(
+        d.get(PassTimeWait) >= 1,
+        "the SYN went to the kernel: {d:?}"
+    );
+}

@@ -539,32 +539,55 @@ fn ack_path_fixtures() {
             XDP_DROP,
             &drop_(AckBadMac, false, false),
         );
-        // Closed on the server: the tracepoint removes the flow at TCP_CLOSE.
+        // Closed by the client first: the server's socket ends (LAST_ACK, then CLOSE) and the
+        // tracepoint removes the flow; a late segment of it belongs to no one.
+        let key_of = |f: &[u8]| {
+            intercept_common::config::FlowKey::of(&Flow {
+                saddr: words_of(c),
+                daddr: words_of(s),
+                sport: u16::from_be_bytes([f[34], f[35]]),
+                dport: PORT,
+            })
+        };
+        let gone = |env: &Env, key: &intercept_common::config::FlowKey| {
+            let start = std::time::Instant::now();
+            while env.maps.socket_known(key).unwrap() {
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(5),
+                    "flow still in the table after close"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
         let f = data_of(&after);
-        drop(after_srv);
         drop(after);
-        let start = std::time::Instant::now();
-        let key = intercept_common::config::FlowKey::of(&Flow {
-            saddr: words_of(c),
-            daddr: words_of(s),
-            sport: u16::from_be_bytes([f[34], f[35]]),
-            dport: PORT,
-        });
-        while env.maps.socket_known(&key).unwrap() {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(5),
-                "flow still in the table after close"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(after_srv);
+        gone(&env, &key_of(&f));
         env.run(
-            "segment of a closed connection",
+            "segment of a connection the client closed first",
             &f,
             XDP_DROP,
             &drop_(AckBadMac, false, false),
         );
-        // The server closed first: its socket lives on in time-wait, outside the table. The
-        // peer's FIN (here a retransmission of it) is checked against the kernel and reaches it.
+        // Closed by the server first: its socket lives on as a time-wait one, outside the table
+        // but in the time-wait map; late data (which it resets) and the peer's FIN (which it
+        // acknowledges again) reach it, without asking the kernel's socket table.
+        let third = connect_from(c, s, PORT);
+        let third_srv = l.accept().unwrap();
+        let f = data_of(&third);
+        drop(third_srv);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(third);
+        let key = key_of(&f);
+        gone(&env, &key);
+        let time_wait = [Packets, Ipv4, Tcp, Ack, PassTimeWait, Passed];
+        env.run(
+            "data on a connection the server closed",
+            &f,
+            XDP_PASS,
+            &time_wait,
+        );
         let fin = {
             let mut seg = TcpSegment::new(c, s, key.sport, PORT, tcp_flags::FIN | tcp_flags::ACK);
             // The data segment's numbers (its acknowledgment field: bytes 42..46).
@@ -574,20 +597,7 @@ fn ack_path_fixtures() {
             );
             tcp_frame(&link(0), &seg)
         };
-        env.run(
-            "FIN to a time-wait socket",
-            &fin,
-            XDP_PASS,
-            &[
-                Packets,
-                Ipv4,
-                Tcp,
-                Ack,
-                SocketLookups,
-                PassEstablished,
-                Passed,
-            ],
-        );
+        env.run("FIN to a time-wait socket", &fin, XDP_PASS, &time_wait);
         for (v6, vlans) in [(false, 0), (true, 2)] {
             for (what, age) in [("valid cookie", 0), ("cookie from the previous slot", 1)] {
                 let slot = now_slot();
