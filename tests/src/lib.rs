@@ -517,7 +517,10 @@ impl Daemon {
     /// # Panics
     /// If it cannot be waited for.
     #[must_use]
-    pub fn exited_within(&mut self, timeout: std::time::Duration) -> Option<(std::process::ExitStatus, String)> {
+    pub fn exited_within(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Option<(std::process::ExitStatus, String)> {
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             if self.child.try_wait().expect("try_wait").is_some() {
