@@ -185,6 +185,21 @@ fn remove_pins(pins: &PinDir) -> anyhow::Result<()> {
 /// returned file is dropped, or by the kernel if the process dies): a daemon re-attaching and an
 /// operator's `attach` never take each other's half-made pin directory for a dead one.
 fn lock_attaches() -> anyhow::Result<fs::File> {
+    lock_root(libc::LOCK_EX)
+}
+
+/// Waits for attaches in progress and holds them off while the returned file lives (a shared
+/// `flock` on the pin root): the daemon checks health under it, so it never sees a pin
+/// directory another command is still filling. Never call it while attaching (the two locks
+/// would wait for each other).
+///
+/// # Errors
+/// If the pin root cannot be created, opened or locked.
+pub fn hold_off_attaches() -> anyhow::Result<fs::File> {
+    lock_root(libc::LOCK_SH)
+}
+
+fn lock_root(how: libc::c_int) -> anyhow::Result<fs::File> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -194,7 +209,7 @@ fn lock_attaches() -> anyhow::Result<fs::File> {
     let root =
         fs::File::open(crate::pins::ROOT).with_context(|| format!("open {}", crate::pins::ROOT))?;
     // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&root), libc::LOCK_EX) } != 0 {
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&root), how) } != 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("lock {}", crate::pins::ROOT));
     }

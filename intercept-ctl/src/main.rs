@@ -72,8 +72,9 @@ enum Command {
     ///
     /// Example: intercept-ctl stats eth0 --json
     Stats(cmd::stats::Args),
-    /// Attach (if not yet attached) and print live counters every second until Ctrl-C or
-    /// --seconds; detaches on exit unless it found the program already attached.
+    /// Attach (if not yet attached, or attached but dead) and print live counters every second
+    /// until Ctrl-C or --seconds, re-attaching if the interface is deleted and re-created;
+    /// detaches on exit unless it found the program already attached.
     ///
     /// Example: intercept-ctl run eth0 --seconds 30
     Run(cmd::run::Args),

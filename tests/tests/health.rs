@@ -1,11 +1,12 @@
 //! Attachment health from the kernel's own view (issue 14, "never silently unprotected"): when
 //! the protected interface is deleted and re-created (a driver reload), or its namespace is,
 //! the pins outlive the attachment. `status` must say so, verbs that write maps must refuse,
-//! and `attach` must clean the dead pins and protect the new interface.
+//! `attach` must clean the dead pins and protect the new interface, and `run` must never adopt
+//! a dead attachment, at start or while it runs.
 use std::{
     net::{IpAddr, SocketAddr},
     process::Output,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use intercept_common::Counter;
@@ -14,7 +15,7 @@ use intercept_ctl::{
     netns::Netns,
     pins::PinDir,
 };
-use intercept_tests::{InterceptLab, ctl, ctl_ok, deltas, echo_server, ping, require_root};
+use intercept_tests::{Daemon, InterceptLab, ctl, ctl_ok, deltas, echo_server, ping, require_root};
 
 const PORT: u16 = 8080;
 
@@ -147,6 +148,31 @@ fn assert_protected(t: &InterceptLab, what: &str) {
     );
 }
 
+/// Waits (up to 10 s: a daemon loads and verifies the object first) until XDP runs on the
+/// server interface again and `status` calls the attachment healthy; returns that status.
+fn wait_reattached(t: &InterceptLab, what: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let link = t.lab.server.ip(&["link", "show", t.srv_if()]).unwrap();
+        if link.contains("xdp") {
+            let (o, v) = status_of(t);
+            if o.status.success() && v["healthy"] == true {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: XDP is back but status is not healthy: {}: {v}",
+                stderr(&o)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no XDP on the re-created interface within 10 s: {link}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn interface_recreated_is_reported_dead_refused_and_reattached() {
     require_root("interface_recreated_is_reported_dead_refused_and_reattached");
@@ -209,6 +235,117 @@ fn detach_works_after_the_namespace_was_deleted() {
     );
 }
 
+/// `run` restarted (as systemd would) after the interface was re-created: it re-attaches, with
+/// the dead attachment's scope, instead of adopting the dead pins.
+#[test]
+fn run_restarted_after_the_interface_was_recreated_reattaches() {
+    require_root("run_restarted_after_the_interface_was_recreated_reattaches");
+    let mut t = InterceptLab::new(PORT);
+    let (status, _) = Daemon::start(t.srv(), t.srv_if()).stop();
+    assert!(status.success(), "first run: {status}");
+    let (_, v) = status_of(&t);
+    let old_id = v["program_id"].as_u64().expect("program id");
+    t.lab
+        .server
+        .ip(&["link", "del", t.srv_if()])
+        .expect("delete the veth");
+    t.lab.recreate_veth().expect("re-create the veth");
+    // The client's pass-through end, the test's own plumbing: detach its dead pins, attach again.
+    let b = t.lab.veth.b.clone();
+    let _ = ctl_ok(&["--netns", t.lab.client.name(), "detach", &b]);
+    let _ = ctl_ok(&[
+        "--netns",
+        t.lab.client.name(),
+        "attach",
+        &b,
+        "--program",
+        "pass",
+    ]);
+    let d = Daemon::start(t.srv(), t.srv_if());
+    let v = wait_reattached(&t, "run restarted after the interface was re-created");
+    assert_ne!(
+        v["program_id"].as_u64(),
+        Some(old_id),
+        "run adopted the dead attachment: {v}"
+    );
+    assert_eq!(
+        v["scope_entries"], 2,
+        "run kept the dead attachment's scope: {v}"
+    );
+    assert_protected(&t, "after run re-attached");
+    let (status, err) = d.stop();
+    assert!(status.success(), "run: {status}: {err}");
+    assert!(
+        err.contains("dead") && err.contains("re-attached"),
+        "run says it re-attached over a dead attachment: {err}"
+    );
+}
+
+/// The daemon's own tick: the interface goes away and comes back while `run` runs; it re-attaches
+/// by itself within a few seconds, keeping the scope, and says so.
+#[test]
+fn running_daemon_reattaches_when_the_interface_comes_back() {
+    require_root("running_daemon_reattaches_when_the_interface_comes_back");
+    let mut t = InterceptLab::new(PORT);
+    let d = Daemon::start(t.srv(), t.srv_if());
+    t.lab
+        .server
+        .ip(&["link", "del", t.srv_if()])
+        .expect("delete the veth");
+    // Long enough for the daemon to see the interface gone before it returns.
+    std::thread::sleep(Duration::from_millis(1500));
+    t.lab.recreate_veth().expect("re-create the veth");
+    let b = t.lab.veth.b.clone();
+    let _ = ctl_ok(&["--netns", t.lab.client.name(), "detach", &b]);
+    let _ = ctl_ok(&[
+        "--netns",
+        t.lab.client.name(),
+        "attach",
+        &b,
+        "--program",
+        "pass",
+    ]);
+    let v = wait_reattached(&t, "the running daemon");
+    assert_eq!(v["scope_entries"], 2, "the daemon kept the scope: {v}");
+    assert_protected(&t, "after the daemon re-attached");
+    let (status, err) = d.stop();
+    assert!(status.success(), "run: {status}: {err}");
+    assert!(
+        err.contains("gone") && err.contains("re-attached"),
+        "the daemon logs the interface leaving and its re-attachment: {err}"
+    );
+}
+
+/// The daemon's namespace is deleted and re-created under the same name: the daemon, still in the
+/// old one, exits loudly; started again, it re-attaches in the new one.
+#[test]
+fn running_daemon_fails_loudly_when_its_namespace_is_recreated() {
+    require_root("running_daemon_fails_loudly_when_its_namespace_is_recreated");
+    let mut t = InterceptLab::new(PORT);
+    let mut d = Daemon::start(t.srv(), t.srv_if());
+    t.lab.server.recreate().expect("re-create the namespace");
+    let (status, err) = d
+        .exited_within(Duration::from_secs(5))
+        .expect("the daemon keeps running in a namespace that no longer has its name");
+    assert_eq!(status.code(), Some(3), "run exits 3: {err}");
+    assert!(err.contains("namespace"), "run says why: {err}");
+    t.lab.recreate_veth().expect("re-create the veth");
+    let b = t.lab.veth.b.clone();
+    let _ = ctl_ok(&["--netns", t.lab.client.name(), "detach", &b]);
+    let _ = ctl_ok(&[
+        "--netns",
+        t.lab.client.name(),
+        "attach",
+        &b,
+        "--program",
+        "pass",
+    ]);
+    let d = Daemon::start(t.srv(), t.srv_if());
+    let _ = wait_reattached(&t, "run restarted in the re-created namespace");
+    assert_protected(&t, "after run re-attached in the new namespace");
+    drop(d);
+}
+
 /// An attach interrupted before its last step (killed, e.g. a daemon stopped while it attached)
 /// leaves maps pinned without the XDP link that marks an attachment complete: the next attach
 /// must clean them instead of failing on every pin.
@@ -239,5 +376,37 @@ fn attach_over_an_interrupted_attach_cleans_up() {
         !pins.path().exists(),
         "pins left at {}",
         pins.path().display()
+    );
+}
+
+/// Another command re-attaches to the re-created interface before the daemon does (here the
+/// daemon is stopped meanwhile, so the order is certain): the daemon follows that attachment
+/// instead of watching the dead one's maps.
+#[test]
+fn running_daemon_follows_an_attachment_made_by_another_command() {
+    require_root("running_daemon_follows_an_attachment_made_by_another_command");
+    let mut t = InterceptLab::new(PORT);
+    let d = Daemon::start(t.srv(), t.srv_if());
+    let pid = i32::try_from(d.pid()).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    t.lab
+        .server
+        .ip(&["link", "del", t.srv_if()])
+        .expect("delete the veth");
+    t.lab.recreate_veth().expect("re-create the veth");
+    reattach(&t);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(1500));
+    let (o, v) = status_of(&t);
+    assert!(o.status.success(), "status: {}", stderr(&o));
+    assert_eq!(v["controller_running"], true, "the daemon died: {v}");
+    assert_protected(&t, "after another command re-attached under the daemon");
+    let (status, err) = d.stop();
+    assert!(status.success(), "run: {status}: {err}");
+    assert!(
+        err.contains("following the new attachment"),
+        "the daemon says it follows the new attachment: {err}"
     );
 }
