@@ -206,8 +206,15 @@ fn lock_root(how: libc::c_int) -> anyhow::Result<fs::File> {
         .create(crate::pins::ROOT)
         .map_err(|e| explain(anyhow::Error::new(e), "create the pin root"))
         .with_context(|| format!("create {}", crate::pins::ROOT))?;
-    let root =
-        fs::File::open(crate::pins::ROOT).with_context(|| format!("open {}", crate::pins::ROOT))?;
+    let root = fs::File::open(crate::pins::ROOT).map_err(|e| {
+        if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+            anyhow::Error::new(CtlError::NoPrivilege {
+                what: format!("open {}", crate::pins::ROOT),
+            })
+        } else {
+            anyhow::Error::new(e).context(format!("open {}", crate::pins::ROOT))
+        }
+    })?;
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&root), how) } != 0 {
         return Err(std::io::Error::last_os_error())
@@ -250,9 +257,10 @@ pub fn attach_with(
     let ifindex = ifindex(iface, netns)?;
     check_bpffs()?;
     let pins = PinDir::new(netns, iface);
+    // Loading first: it needs no pins, and is where missing privileges show best.
+    let mut ebpf = load_object()?;
     let _lock = lock_attaches()?;
     let dead = clear_dead(iface, netns, &pins)?;
-    let mut ebpf = load_object()?;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
