@@ -398,6 +398,41 @@ pub fn apply(iface: &str, netns: Option<&str>, s: &Settings) -> anyhow::Result<(
     m.set_config(&c)
 }
 
+/// The settings an attachment runs with, read back from its maps. A dead attachment's maps
+/// outlive it, so `run` re-attaches with exactly what protected the interface before.
+///
+/// # Errors
+/// [`crate::errors::CtlError::NotAttached`] if no maps are pinned for `iface`; bpf() failures.
+pub fn snapshot(iface: &str, netns: Option<&str>) -> anyhow::Result<Settings> {
+    let m = Maps::open(iface, netns)?;
+    let c = m.config()?;
+    Ok(Settings {
+        mode: Mode::from_u32(c.mode),
+        synack: (
+            c.mss_v4,
+            c.mss_v6,
+            c.window,
+            c.wscale,
+            c.ttl,
+            c.flags & flags::ECN != 0,
+        ),
+        watch: WatchMaps::open(iface, netns)?.watch()?,
+        drop_mode: if c.drop_mode == DropMode::Random as u32 {
+            DropMode::Random
+        } else {
+            DropMode::Oldest
+        },
+        protect: m
+            .scope_list()?
+            .into_iter()
+            .map(|(p, port)| (p.to_string(), port))
+            .collect(),
+        exempt: m.exempt_list()?.iter().map(ToString::to_string).collect(),
+        rotate_every: None,
+        metrics_listen: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,28 @@ pub enum CtlError {
          cannot hand proven connections to the listener; upgrade the kernel"
     )]
     NoKfunc,
+    /// The pinned attachment no longer protects its interface (see [`crate::health`]).
+    #[error(
+        "the attachment of '{iface}' is dead: {reason}. Nothing protects {iface}: run `{fix}` \
+         to protect it again (it replaces the dead pins)"
+    )]
+    Unhealthy {
+        /// Interface.
+        iface: String,
+        /// What is wrong, from the kernel's view.
+        reason: String,
+        /// The command that protects the interface again.
+        fix: String,
+    },
+    /// A system call failed (the cause follows in the error chain).
+    #[error("{what}")]
+    Io {
+        /// What was attempted.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// The named network namespace does not exist.
     #[error("no network namespace named '{0}'; list them with `ip netns list`")]
     UnknownNetns(String),

@@ -29,6 +29,11 @@ pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 /// Client address, IPv6.
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 
+/// The server end's addresses.
+const SERVER_ADDRS: [&str; 2] = ["198.18.0.1/24", "2001:db8::1/64"];
+/// The client end's addresses.
+const CLIENT_ADDRS: [&str; 2] = ["198.18.0.2/24", "2001:db8::2/64"];
+
 /// Two namespaces joined by a veth pair; everything is deleted on drop.
 #[derive(Debug)]
 pub struct Lab {
@@ -52,14 +57,23 @@ impl Lab {
     pub fn new() -> anyhow::Result<Lab> {
         let server = Netns::new("s").context("create the server namespace (needs root)")?;
         let client = Netns::new("c").context("create the client namespace (needs root)")?;
-        let veth = VethPair::new(
-            &server,
-            &["198.18.0.1/24", "2001:db8::1/64"],
-            &client,
-            &["198.18.0.2/24", "2001:db8::2/64"],
-        )?;
-        server.ip(&["route", "add", "198.19.0.0/16", "via", "198.18.0.2"])?;
-        server.ip(&[
+        let veth = VethPair::new(&server, &SERVER_ADDRS, &client, &CLIENT_ADDRS)?;
+        let mut lab = Lab {
+            veth,
+            server,
+            client,
+            batch_cpu: None,
+        };
+        lab.routes()?;
+        lab.nic_like()?;
+        Ok(lab)
+    }
+
+    /// The server's routes to the flood's spoofed sources (through the client namespace).
+    fn routes(&self) -> anyhow::Result<()> {
+        self.server
+            .ip(&["route", "add", "198.19.0.0/16", "via", "198.18.0.2"])?;
+        self.server.ip(&[
             "-6",
             "route",
             "add",
@@ -67,14 +81,35 @@ impl Lab {
             "via",
             "2001:db8::2",
         ])?;
-        let mut lab = Lab {
-            veth,
-            server,
-            client,
-            batch_cpu: None,
-        };
-        lab.nic_like()?;
-        Ok(lab)
+        Ok(())
+    }
+
+    /// Creates the veth pair again under the same names, addresses and NIC-like set-up, after it
+    /// was deleted (`ip link del`) or died with a re-created namespace: what an operator sees
+    /// after a driver reload. Waits (up to 5 s) for the kernel to free the old names first: a
+    /// deleted namespace's devices go away asynchronously.
+    ///
+    /// # Errors
+    /// If the names stay taken, or any set-up step fails.
+    pub fn recreate_veth(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while [(&self.server, &self.veth.a), (&self.client, &self.veth.b)]
+            .iter()
+            .any(|(ns, dev)| ns.ip(&["link", "show", "dev", dev]).is_ok())
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} or {} still exists 5 s after its deletion",
+                    self.veth.a,
+                    self.veth.b
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.veth
+            .create(&self.server, &SERVER_ADDRS, &self.client, &CLIENT_ADDRS)?;
+        self.routes()?;
+        self.nic_like()
     }
 
     /// Makes the veth pair behave like a NIC: threaded NAPI on both ends, each end's NAPI thread

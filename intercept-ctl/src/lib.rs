@@ -5,6 +5,7 @@ pub mod btf_patch;
 pub mod config;
 pub mod control;
 pub mod errors;
+pub mod health;
 pub mod lab;
 pub mod loader;
 pub mod metrics;

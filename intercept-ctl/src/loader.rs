@@ -125,11 +125,111 @@ pub struct Attached {
     pub xdp_mode: String,
     /// Pin directory.
     pub pin_dir: String,
+    /// Why the attachment pinned there before was dead, if `attach` replaced one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced_dead_attachment: Option<String>,
+    /// The settings of that dead attachment, read from its maps before they were removed
+    /// (`None` for a pass-through program, which has none).
+    #[serde(skip)]
+    pub previous_settings: Option<crate::config::Settings>,
+}
+
+/// A dead attachment removed to make room for a new one.
+#[derive(Debug)]
+struct Dead {
+    reason: String,
+    settings: Option<crate::config::Settings>,
+}
+
+/// Makes room for a new attachment of `iface`: nothing when nothing is pinned; when a dead
+/// attachment is (see [`crate::health`]), its settings are read and its pins removed; a healthy
+/// one is refused. Call it holding [`lock_attaches`], so a pin directory without its XDP link
+/// is an interrupted attach, not one in progress.
+fn clear_dead(iface: &str, netns: Option<&str>, pins: &PinDir) -> anyhow::Result<Option<Dead>> {
+    if !pins.is_attached() {
+        if !pins.path().exists() {
+            return Ok(None);
+        }
+        remove_pins(pins)?;
+        return Ok(Some(Dead {
+            reason: "it was incomplete: an attach was interrupted before it pinned the XDP link"
+                .to_owned(),
+            settings: None,
+        }));
+    }
+    let health = crate::health::check(iface, netns)?;
+    let Some(reason) = health.reason else {
+        return Err(CtlError::AlreadyAttached {
+            iface: iface.to_owned(),
+            pin: pins.path().display().to_string(),
+        }
+        .into());
+    };
+    // A pass-through attachment has no maps to read.
+    let settings = if pins.map(maps::CONFIG).exists() {
+        Some(crate::config::snapshot(iface, netns).context("read the dead attachment's settings")?)
+    } else {
+        None
+    };
+    remove_pins(pins)?;
+    Ok(Some(Dead { reason, settings }))
+}
+
+fn remove_pins(pins: &PinDir) -> anyhow::Result<()> {
+    fs::remove_dir_all(pins.path())
+        .map_err(|e| explain(anyhow::Error::new(e), "remove the dead attachment's pins"))
+        .with_context(|| format!("remove {}", pins.path().display()))
+}
+
+/// Serialises attaches on this machine (an exclusive `flock` on the pin root, released when the
+/// returned file is dropped, or by the kernel if the process dies): a daemon re-attaching and an
+/// operator's `attach` never take each other's half-made pin directory for a dead one.
+fn lock_attaches() -> anyhow::Result<fs::File> {
+    lock_root(libc::LOCK_EX)
+}
+
+/// Waits for attaches in progress and holds them off while the returned file lives (a shared
+/// `flock` on the pin root): the daemon checks health under it, so it never sees a pin
+/// directory another command is still filling. Never call it while attaching (the two locks
+/// would wait for each other).
+///
+/// # Errors
+/// If the pin root cannot be created, opened or locked.
+pub fn hold_off_attaches() -> anyhow::Result<fs::File> {
+    lock_root(libc::LOCK_SH)
+}
+
+fn lock_root(how: libc::c_int) -> anyhow::Result<fs::File> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(crate::pins::ROOT)
+        .map_err(|e| explain(anyhow::Error::new(e), "create the pin root"))
+        .with_context(|| format!("create {}", crate::pins::ROOT))?;
+    let root = fs::File::open(crate::pins::ROOT).map_err(|e| {
+        if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+            anyhow::Error::new(CtlError::NoPrivilege {
+                what: format!("open {}", crate::pins::ROOT),
+            })
+        } else {
+            anyhow::Error::new(e).context(format!("open {}", crate::pins::ROOT))
+        }
+    })?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&root), how) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("lock {}", crate::pins::ROOT));
+    }
+    Ok(root)
 }
 
 /// Loads, attaches and pins `program` on `iface`. For the intercept program this is the XDP
 /// program and the TC ingress program (TCX) that completes handshakes, with the configuration set
 /// to intercept mode, MSS from the interface MTU, and two fresh cookie secrets.
+///
+/// A dead attachment pinned for `iface` (its interface or namespace was deleted and perhaps
+/// re-created; see [`crate::health`]) is removed first and named in [`Attached`]; a healthy one
+/// is refused.
 ///
 /// # Errors
 /// Unknown interface, missing privileges or kernel features, already attached, or any load or
@@ -157,21 +257,28 @@ pub fn attach_with(
     let ifindex = ifindex(iface, netns)?;
     check_bpffs()?;
     let pins = PinDir::new(netns, iface);
-    if pins.is_attached() {
-        return Err(CtlError::AlreadyAttached {
-            iface: iface.to_owned(),
-            pin: pins.path().display().to_string(),
-        }
-        .into());
-    }
+    // Loading first: it needs no pins, and is where missing privileges show best.
     let mut ebpf = load_object()?;
+    let _lock = lock_attaches()?;
+    let dead = clear_dead(iface, netns, &pins)?;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(pins.path())
         .map_err(|e| explain(anyhow::Error::new(e), "create the pin directory"))
         .with_context(|| format!("create {}", pins.path().display()))?;
-    let result = attach_and_pin(&mut ebpf, iface, ifindex, program, mode, &pins).and_then(|ids| {
+    // What health checks compare with later: the device and namespace attached in.
+    let record = crate::health::netns_cookie().and_then(|netns_cookie| {
+        crate::health::Record {
+            ifindex,
+            netns_cookie,
+        }
+        .write(&pins)
+    });
+    let result = record
+        .map_err(anyhow::Error::from)
+        .and_then(|()| attach_and_pin(&mut ebpf, iface, ifindex, program, mode, &pins));
+    let result = result.and_then(|ids| {
         if program == Program::Intercept {
             configure(iface, netns, initial, mode)?;
         }
@@ -190,6 +297,8 @@ pub fn attach_with(
         verified_insns,
         xdp_mode: format!("{mode:?}").to_lowercase(),
         pin_dir: pins.path().display().to_string(),
+        replaced_dead_attachment: dead.as_ref().map(|d| d.reason.clone()),
+        previous_settings: dead.and_then(|d| d.settings),
     })
 }
 

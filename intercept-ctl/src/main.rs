@@ -4,6 +4,7 @@ mod cmd;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use intercept_ctl::{errors::CtlError, pins::PinDir};
 
 /// Controller of xdp-intercept, the XDP SYN-flood protection (SYN cookies and TCP intercept).
 ///
@@ -31,7 +32,8 @@ enum Command {
     ///
     /// Example: intercept-ctl detach eth0
     Detach(cmd::detach::Args),
-    /// Show an attachment: mode, scope size, SYN-ACK parameters, secret generation (never the
+    /// Show an attachment: its health from the kernel's view (exit 3 if the interface or its
+    /// namespace was deleted), mode, scope size, SYN-ACK parameters, secret generation (never the
     /// secrets).
     ///
     /// Example: intercept-ctl status eth0 --json
@@ -70,8 +72,9 @@ enum Command {
     ///
     /// Example: intercept-ctl stats eth0 --json
     Stats(cmd::stats::Args),
-    /// Attach (if not yet attached) and print live counters every second until Ctrl-C or
-    /// --seconds; detaches on exit unless it found the program already attached.
+    /// Attach (if not yet attached, or attached but dead) and print live counters every second
+    /// until Ctrl-C or --seconds, re-attaching if the interface is deleted and re-created;
+    /// detaches on exit unless it found the program already attached.
     ///
     /// Example: intercept-ctl run eth0 --seconds 30
     Run(cmd::run::Args),
@@ -86,7 +89,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = (|| {
         if let Some(ns) = &cli.netns {
-            intercept_ctl::netns::enter(ns)?;
+            enter_netns(ns, &cli.cmd)?;
         }
         let ctx = cmd::Ctx {
             json: cli.json,
@@ -113,7 +116,54 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("intercept-ctl: error: {e:#}");
-            ExitCode::FAILURE
+            // 3: the attachment is dead (status printed it; a writing verb refused; the daemon
+            // lost its namespace), distinct from other failures (1) and bad usage (2).
+            if e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<CtlError>(),
+                    Some(CtlError::Unhealthy { .. })
+                )
+            }) {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Enters `--netns NAME`. When the namespace is gone but attachments of it are still pinned
+/// (`ip netns del` leaves the pins, which protect nothing), `detach` proceeds without entering
+/// it (pins are in bpffs, which every namespace shares), and every other verb says how to remove
+/// them.
+fn enter_netns(ns: &str, cmd: &Command) -> anyhow::Result<()> {
+    let Err(e) = intercept_ctl::netns::enter(ns) else {
+        return Ok(());
+    };
+    let pins = PinDir::new(Some(ns), "x");
+    let dir = pins.path().parent().expect("pin dir has a parent");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.is_empty() || !matches!(e.downcast_ref(), Some(CtlError::UnknownNetns(_))) {
+        return Err(e);
+    }
+    if matches!(cmd, Command::Detach(_)) {
+        return Ok(());
+    }
+    names.sort();
+    let how: Vec<String> = names
+        .iter()
+        .map(|n| format!("`intercept-ctl --netns {ns} detach {n}`"))
+        .collect();
+    anyhow::bail!(
+        "no network namespace named '{ns}' (deleted?), but its attachments are still pinned at \
+         {} and protect nothing; remove them with {}",
+        dir.display(),
+        how.join(", ")
+    )
 }

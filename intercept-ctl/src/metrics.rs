@@ -69,6 +69,11 @@ fn try_render(iface: &str, netns: Option<&str>, errors: u64) -> anyhow::Result<S
             "Cookie secret rotations since attach, plus one",
             u64::from(secrets.generation),
         ),
+        (
+            "intercept_attachment_healthy",
+            "1 while the programs run on the interface (0: it was deleted, nothing protects it)",
+            u64::from(crate::health::check(iface, netns)?.healthy),
+        ),
     ] {
         writeln!(
             s,

@@ -78,6 +78,19 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Deletes the namespace and creates a new one under the same name, loopback up (as an
+    /// operator's `ip netns del` + `ip netns add` would; everything in the old one dies with it
+    /// once nothing holds it).
+    ///
+    /// # Errors
+    /// If `ip netns` fails.
+    pub fn recreate(&self) -> anyhow::Result<()> {
+        run("ip", &["netns", "del", &self.name])?;
+        run("ip", &["netns", "add", &self.name])?;
+        self.ip(&["link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
     /// The namespace's name (for `ip -n`, `--netns`).
     #[must_use]
     pub fn name(&self) -> &str {
@@ -156,21 +169,40 @@ impl VethPair {
     ) -> anyhow::Result<VethPair> {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         // Interface names are at most 15 bytes and need only be unique inside their namespace.
-        let a = format!("xv{n}a");
-        let b = format!("xv{n}b");
+        let pair = VethPair {
+            a: format!("xv{n}a"),
+            b: format!("xv{n}b"),
+        };
+        pair.create(ns_a, addrs_a, ns_b, addrs_b)?;
+        Ok(pair)
+    }
+
+    /// Creates the pair again under the same names (after it was deleted, or its namespace
+    /// re-created), as [`VethPair::new`] does.
+    ///
+    /// # Errors
+    /// If any `ip`/`ethtool` step fails (e.g. a name is still taken).
+    pub fn create(
+        &self,
+        ns_a: &Netns,
+        addrs_a: &[&str],
+        ns_b: &Netns,
+        addrs_b: &[&str],
+    ) -> anyhow::Result<()> {
+        let (a, b) = (&self.a, &self.b);
         ns_a.ip(&[
             "link",
             "add",
-            &a,
+            a,
             "type",
             "veth",
             "peer",
             "name",
-            &b,
+            b,
             "netns",
             ns_b.name(),
         ])?;
-        for (ns, dev, addrs) in [(ns_a, &a, addrs_a), (ns_b, &b, addrs_b)] {
+        for (ns, dev, addrs) in [(ns_a, a, addrs_a), (ns_b, b, addrs_b)] {
             for addr in addrs {
                 let mut args = vec!["addr", "add", addr, "dev", dev.as_str()];
                 if addr.contains(':') {
@@ -181,6 +213,6 @@ impl VethPair {
             ns.exec("ethtool", &["-K", dev, "tx", "off"])?;
             ns.ip(&["link", "set", dev, "up"])?;
         }
-        Ok(VethPair { a, b })
+        Ok(())
     }
 }

@@ -49,6 +49,13 @@ impl PinDir {
         self.path.join("prog_xdp")
     }
 
+    /// What `attach` recorded of the interface and namespace (a symlink; see
+    /// [`crate::health::Record`]).
+    #[must_use]
+    pub fn record(&self) -> PathBuf {
+        self.path.join("attachment")
+    }
+
     /// A pinned map, by its name in the object.
     #[must_use]
     pub fn map(&self, name: &str) -> PathBuf {

@@ -449,6 +449,8 @@ pub fn connect_from(
 /// A `intercept-ctl run` daemon for the lab's server interface, stopped with SIGTERM on drop.
 pub struct Daemon {
     child: std::process::Child,
+    /// Set once the child was waited for (its pid may be reused: never signal it again).
+    reaped: bool,
 }
 
 impl Daemon {
@@ -474,7 +476,10 @@ impl Daemon {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start intercept-ctl run");
-        let mut d = Daemon { child };
+        let mut d = Daemon {
+            child,
+            reaped: false,
+        };
         std::thread::sleep(std::time::Duration::from_millis(300));
         if let Ok(Some(status)) = d.child.try_wait() {
             let mut err = String::new();
@@ -495,6 +500,48 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Stops it with SIGTERM; returns its exit status and what it wrote on stderr.
+    ///
+    /// # Panics
+    /// If it cannot be reaped.
+    #[must_use]
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap_or(0), libc::SIGTERM) };
+        self.reap()
+    }
+
+    /// Waits up to `timeout` for it to exit by itself: its exit status and stderr, or `None` if
+    /// it still runs (it is then stopped on drop).
+    ///
+    /// # Panics
+    /// If it cannot be waited for.
+    #[must_use]
+    pub fn exited_within(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Option<(std::process::ExitStatus, String)> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().expect("try_wait").is_some() {
+                return Some(self.reap());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn reap(&mut self) -> (std::process::ExitStatus, String) {
+        use std::io::Read as _;
+        let status = self.child.wait().expect("wait for intercept-ctl run");
+        self.reaped = true;
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (status, err)
+    }
+
     /// Sends `sig` and reaps the process (SIGKILL: no cleanup runs).
     pub fn signal(mut self, sig: i32) {
         // SAFETY: signalling our own child.
@@ -506,6 +553,9 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
         // SAFETY: signalling our own child.
         unsafe { libc::kill(i32::try_from(self.child.id()).unwrap_or(0), libc::SIGTERM) };
         let _ = self.child.wait();

@@ -92,6 +92,7 @@ fn prometheus_scrape_is_well_formed_and_matches_stats() {
     }
     assert_eq!(seen["intercept_handed_off_total"], 2.0);
     assert_eq!(seen["intercept_scrape_errors_total"], 0.0);
+    assert_eq!(seen["intercept_attachment_healthy"], 1.0);
     assert!(seen.contains_key("intercept_half_open") && seen.contains_key("intercept_mode"));
 }
 

@@ -1,3 +1,4 @@
+use intercept_common::config::Mode;
 use intercept_ctl::loader::{self, AttachMode, Program};
 
 use super::{Ctx, print_json};
@@ -14,9 +15,10 @@ pub struct Args {
     /// must carry XDP_TX replies).
     #[arg(long, value_enum, default_value = "intercept")]
     pub program: Program,
-    /// Initial mode. Nothing is protected until `scope add` names destinations.
-    #[arg(long, value_enum, default_value = "intercept")]
-    pub mode: super::mode::ModeArg,
+    /// Initial mode (default: intercept; replacing a dead attachment, the mode it had).
+    /// Nothing is protected until `scope add` names destinations.
+    #[arg(long, value_enum)]
+    pub mode: Option<super::mode::ModeArg>,
     /// Apply this configuration file (validated whole before anything is attached).
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
@@ -34,7 +36,37 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         .as_deref()
         .map(intercept_ctl::config::load)
         .transpose()?;
-    let att = loader::attach_with(&a.iface, ctx.netns, a.program, a.xdp_mode, a.mode.into())?;
+    let initial = a.mode.map_or(Mode::Intercept, Mode::from);
+    let att = loader::attach_with(&a.iface, ctx.netns, a.program, a.xdp_mode, initial)?;
+    if let Some(reason) = &att.replaced_dead_attachment {
+        eprintln!(
+            "intercept-ctl: removed the dead attachment of {} ({reason}) and attached afresh",
+            a.iface
+        );
+    }
+    // A dead attachment's settings carry over (its maps outlived it), so the interface is
+    // protected as before; a configuration file says everything instead, and an explicit
+    // --mode wins.
+    if let Some(old) = att
+        .previous_settings
+        .as_ref()
+        .filter(|_| settings.is_none())
+    {
+        let mut old = old.clone();
+        if let Some(m) = a.mode {
+            old.mode = m.into();
+        }
+        if let Err(e) = intercept_ctl::config::apply(&a.iface, ctx.netns, &old) {
+            let _ = loader::detach(&a.iface, ctx.netns);
+            return Err(e.context("carry the dead attachment's settings over (detached again)"));
+        }
+        eprintln!(
+            "intercept-ctl: carried its settings over: {} protected, {} exempt, mode {}",
+            old.protect.len(),
+            old.exempt.len(),
+            old.mode.name()
+        );
+    }
     if let Some(s) = &settings {
         if let Err(e) = intercept_ctl::config::apply(&a.iface, ctx.netns, s) {
             let _ = loader::detach(&a.iface, ctx.netns);

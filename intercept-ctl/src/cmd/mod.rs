@@ -22,6 +22,17 @@ pub struct Ctx<'a> {
     pub netns: Option<&'a str>,
 }
 
+/// Refuses to go on when the attachment of `iface` is dead (its interface or namespace was
+/// deleted; see `intercept_ctl::health`): verbs that write the maps call it first, so none
+/// reports success after writing into maps nothing reads.
+///
+/// # Errors
+/// `CtlError::Unhealthy` saying why and what to run; as `health::check`.
+pub fn require_healthy(ctx: &Ctx, iface: &str) -> anyhow::Result<()> {
+    intercept_ctl::health::require_healthy(iface, ctx.netns)?;
+    Ok(())
+}
+
 /// Prints a JSON value on stdout, one document per line.
 pub fn print_json(v: &serde_json::Value) {
     println!("{v}");

@@ -37,6 +37,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
+    super::require_healthy(ctx, &a.iface)?;
     let mut m = Maps::open(&a.iface, ctx.netns)?;
     let before = Mode::from_u32(m.config()?.mode);
     let mode = Mode::from(a.mode);

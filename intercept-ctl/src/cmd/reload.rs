@@ -13,6 +13,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     let s = config::load(&a.config)?;
+    super::require_healthy(ctx, &a.iface)?;
     config::apply(&a.iface, ctx.netns, &s)?;
     if ctx.json {
         print_json(

@@ -9,6 +9,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
+    super::require_healthy(ctx, &a.iface)?;
     let generation = Maps::open(&a.iface, ctx.netns)?.rotate_secret()?;
     if ctx.json {
         print_json(&serde_json::json!({ "interface": a.iface, "secret_generation": generation }));

@@ -3,6 +3,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use intercept_common::Counter;
 use intercept_ctl::{
+    errors::CtlError,
+    health::{self, Problem},
     loader::{self, AttachMode, Program},
     pid_file,
     pins::PinDir,
@@ -119,8 +121,8 @@ pub fn print_live(ctx: &Ctx, t: f64, now: &Counters, prev: &Counters, dt: f64) {
 }
 
 /// The daemon: attach if needed, then every 100 ms run the watch controller (timeouts, displaced
-/// connections, thresholds, auto mode) and once a second print counters, until the time is up or
-/// SIGINT/SIGTERM arrives.
+/// connections, thresholds, auto mode), once a second check the attachment's health (see
+/// [`health_step`]) and print counters, until the time is up or SIGINT/SIGTERM arrives.
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     let mut settings = a
         .config
@@ -128,13 +130,19 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         .map(intercept_ctl::config::load)
         .transpose()?;
     let pins = PinDir::new(ctx.netns, &a.iface);
-    let ours = !pins.is_attached();
-    if ours {
+    // The program id of the attachment this run made, which it detaches on exit (unless
+    // --keep): never one that replaced it meanwhile. A dead attachment it replaces stands in for
+    // whoever attached before, so it is left running like an adopted one.
+    let mut ours = None;
+    if !pins.is_attached() {
         let att = loader::attach(&a.iface, ctx.netns, Program::Intercept, a.xdp_mode)?;
         eprintln!(
             "intercept-ctl: attached to {} (program id {})",
             att.interface, att.program_id
         );
+        ours = Some(att.program_id);
+    } else if let Some(reason) = health::check(&a.iface, ctx.netns)?.reason {
+        reattach(ctx, a, &reason)?;
     } else {
         eprintln!(
             "intercept-ctl: adopting the protection already attached to {}",
@@ -165,6 +173,10 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         let mut live = Live::new(read_pinned(&a.iface, ctx.netns)?);
         let start = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut last_health = Instant::now();
+        let mut gone = false;
+        // The attachment the watcher and the live view read: another `attach` may replace it.
+        let mut watched = pinned_program(&pins);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -183,6 +195,47 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                         },
                     }
                     continue;
+                }
+            }
+            if a.seconds
+                .is_some_and(|s| start.elapsed() >= Duration::from_secs(s))
+            {
+                break;
+            }
+            // Once a second, the kernel's view of the attachment (a few syscalls): a deleted
+            // interface leaves the pins behind, and one re-created under the same name would
+            // be protected by nothing.
+            if gone || last_health.elapsed() >= HEALTH_EVERY {
+                last_health = Instant::now();
+                match health_step(ctx, a, settings.as_ref(), gone)? {
+                    Step::Healthy => {
+                        gone = false;
+                        let now = pinned_program(&pins);
+                        if now != watched {
+                            eprintln!(
+                                "intercept-ctl: {} was attached again by another command \
+                                 (program id {}); following the new attachment",
+                                a.iface,
+                                now.unwrap_or(0)
+                            );
+                            watcher = Watcher::open(&a.iface, ctx.netns)?;
+                            live = Live::new(read_pinned(&a.iface, ctx.netns)?);
+                            watched = now;
+                        }
+                    }
+                    // Nothing to watch or rotate on maps nothing reads.
+                    Step::Gone => {
+                        gone = true;
+                        continue;
+                    }
+                    Step::Reattached(att) => {
+                        ours = ours.map(|_| att.program_id);
+                        watched = Some(att.program_id);
+                        gone = false;
+                        watcher = Watcher::open(&a.iface, ctx.netns)?;
+                        // Fresh counters: rates start again from them.
+                        live = Live::new(read_pinned(&a.iface, ctx.netns)?);
+                    }
                 }
             }
             if let Some(every) = settings.as_ref().and_then(|s| s.rotate_every) {
@@ -205,22 +258,131 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             if live.due() {
                 live.update(ctx, read_pinned(&a.iface, ctx.netns)?, a.quiet);
             }
-            if a.seconds
-                .is_some_and(|s| start.elapsed() >= Duration::from_secs(s))
-            {
-                break;
-            }
         }
         anyhow::Ok(())
     });
     let _ = std::fs::remove_file(&pid);
-    if ours && !a.keep {
+    if ours.is_some() && ours == pinned_program(&pins) && !a.keep {
         loader::detach(&a.iface, ctx.netns)?;
         eprintln!("intercept-ctl: detached from {}", a.iface);
-    } else {
+    } else if health::check(&a.iface, ctx.netns).is_ok_and(|h| h.healthy) {
         eprintln!("intercept-ctl: protection left running on {}", a.iface);
     }
     result
+}
+
+/// The id of the XDP program pinned in `pins`, if any.
+fn pinned_program(pins: &PinDir) -> Option<u32> {
+    aya::programs::ProgramInfo::from_pin(pins.prog())
+        .ok()
+        .map(|i| i.id())
+}
+
+/// How often the daemon asks the kernel whether its attachment still protects the interface.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// What the daemon's health step found.
+enum Step {
+    /// The attachment protects the interface.
+    Healthy,
+    /// The interface is gone; nothing to protect until it returns.
+    Gone,
+    /// The interface returned (or was replaced) and was attached to again.
+    Reattached(loader::Attached),
+}
+
+/// The daemon's health step (see [`health::check`]): re-attaches when the interface of that
+/// name is not the one the programs run on, waits (saying so once) while no such interface
+/// exists, and fails when this process's namespace lost its name.
+fn health_step(
+    ctx: &Ctx,
+    a: &Args,
+    settings: Option<&intercept_ctl::config::Settings>,
+    gone: bool,
+) -> anyhow::Result<Step> {
+    let h = {
+        let _held = loader::hold_off_attaches()?;
+        health::check(&a.iface, ctx.netns)?
+    };
+    let Some(reason) = h.reason else {
+        return Ok(Step::Healthy);
+    };
+    if h.problem == Some(Problem::NetnsRenamed) {
+        // This process (its sockets, the metrics listener) lives in the old namespace: a
+        // restart enters the new one and re-attaches there.
+        return Err(CtlError::Unhealthy {
+            iface: a.iface.clone(),
+            reason,
+            fix: restart_command(ctx, &a.iface),
+        }
+        .into());
+    }
+    if h.ifindex.is_none() {
+        if !gone {
+            eprintln!(
+                "intercept-ctl: {reason}: {} is gone and nothing is protected; re-attaching \
+                 when it returns",
+                a.iface
+            );
+        }
+        return Ok(Step::Gone);
+    }
+    let att = match reattach(ctx, a, &reason) {
+        Ok(att) => att,
+        // Another command re-attached first (the attach lock made this one wait for it): the
+        // caller follows that attachment.
+        Err(e)
+            if e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<CtlError>(),
+                    Some(CtlError::AlreadyAttached { .. })
+                )
+            }) =>
+        {
+            return Ok(Step::Healthy);
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(s) = settings {
+        intercept_ctl::config::apply(&a.iface, ctx.netns, s)
+            .context("apply the configuration to the new attachment")?;
+    }
+    Ok(Step::Reattached(att))
+}
+
+/// Replaces a dead attachment: attaches afresh and restores the dead one's settings (scope,
+/// exempt sources, mode, SYN-ACK, thresholds: its maps outlive it), so the interface is
+/// protected as before; the configuration file, if any, is applied after by the caller.
+fn reattach(ctx: &Ctx, a: &Args, reason: &str) -> anyhow::Result<loader::Attached> {
+    eprintln!(
+        "intercept-ctl: the attachment of {} is dead ({reason}); re-attaching",
+        a.iface
+    );
+    let att = loader::attach(&a.iface, ctx.netns, Program::Intercept, a.xdp_mode)
+        .with_context(|| format!("re-attach to {}", a.iface))?;
+    if let Some(s) = &att.previous_settings {
+        intercept_ctl::config::apply(&a.iface, ctx.netns, s)
+            .context("restore the dead attachment's settings on the new attachment")?;
+    }
+    eprintln!(
+        "intercept-ctl: re-attached to {} (program id {}) with the dead attachment's settings \
+         ({} protected, {} exempt)",
+        a.iface,
+        att.program_id,
+        att.previous_settings
+            .as_ref()
+            .map_or(0, |s| s.protect.len()),
+        att.previous_settings.as_ref().map_or(0, |s| s.exempt.len()),
+    );
+    Ok(att)
+}
+
+/// `intercept-ctl [--netns NS ]run IFACE`: what brings a daemon that lost its namespace back.
+fn restart_command(ctx: &Ctx, iface: &str) -> String {
+    match ctx.netns {
+        Some(ns) => format!("intercept-ctl --netns {ns} run {iface}"),
+        None => format!("intercept-ctl run {iface}"),
+    }
 }
 
 /// Answers `GET /metrics` with the exposition text; anything else with 404.

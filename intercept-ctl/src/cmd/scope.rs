@@ -1,6 +1,6 @@
 use intercept_ctl::control::{Maps, Prefix, parse_ports};
 
-use super::{Ctx, print_json};
+use super::{Ctx, print_json, require_healthy};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Cmd {
@@ -62,11 +62,13 @@ pub struct Iface {
 pub fn run(ctx: &Ctx, c: &Cmd) -> anyhow::Result<()> {
     match c {
         Cmd::Add(e) => {
+            require_healthy(ctx, &e.iface)?;
             Maps::open(&e.iface, ctx.netns)?
                 .scope_add(&e.prefix, e.ports.as_ref().map(|p| p.0.as_slice()))?;
             done(ctx, "added", e)
         }
         Cmd::Del(e) => {
+            require_healthy(ctx, &e.iface)?;
             Maps::open(&e.iface, ctx.netns)?
                 .scope_del(&e.prefix, e.ports.as_ref().map(|p| p.0.as_slice()))?;
             done(ctx, "removed", e)
@@ -118,6 +120,7 @@ fn done(ctx: &Ctx, what: &str, e: &Entry) -> anyhow::Result<()> {
 pub fn run_exempt(ctx: &Ctx, c: &ExemptCmd) -> anyhow::Result<()> {
     match c {
         ExemptCmd::Add(s) | ExemptCmd::Del(s) => {
+            require_healthy(ctx, &s.iface)?;
             let mut m = Maps::open(&s.iface, ctx.netns)?;
             let what = if matches!(c, ExemptCmd::Add(_)) {
                 m.exempt_add(&s.prefix)?;

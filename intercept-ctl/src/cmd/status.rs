@@ -1,6 +1,7 @@
 use intercept_common::config::{Mode, flags};
 use intercept_ctl::{
     control::Maps,
+    health,
     pins::PinDir,
     watchctl::{WatchMaps, cause_name, monotonic_ns},
 };
@@ -34,6 +35,19 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<_>>()?
         }
     };
+    let dead: Vec<(String, String)> = all
+        .iter()
+        .filter(|v| v["healthy"] == false)
+        .map(|v| {
+            (
+                v["interface"].as_str().unwrap_or_default().to_owned(),
+                v["health"]["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
     match (&a.iface, ctx.json) {
         (Some(_), true) => print_json(&all[0]),
         (None, true) => print_json(&serde_json::Value::Array(all)),
@@ -46,12 +60,22 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    // Printed in full above; a dead attachment also makes the exit status 3 (main), with every
+    // one named on stderr.
+    let mut errors = dead
+        .iter()
+        .map(|(iface, reason)| health::unhealthy(iface, ctx.netns, reason));
+    let first = errors.next();
+    for e in errors {
+        eprintln!("intercept-ctl: error: {e}");
+    }
+    first.map_or(Ok(()), |e| Err(e.into()))
 }
 
 /// The status of one attachment: never the secrets, only their generation.
 fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
     let m = Maps::open(iface, ctx.netns)?;
+    let health = health::check(iface, ctx.netns)?;
     let c = m.config()?;
     let s = m.secrets()?;
     let scope = m.scope_list()?;
@@ -70,6 +94,8 @@ fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
     };
     Ok(serde_json::json!({
         "interface": iface,
+        "healthy": health.healthy,
+        "health": health,
         "pin_dir": pins.path().display().to_string(),
         "program_id": aya::programs::ProgramInfo::from_pin(pins.prog()).ok().map(|i| i.id()),
         "tc_program_id": aya::programs::ProgramInfo::from_pin(pins.path().join("prog_tc")).ok().map(|i| i.id()),

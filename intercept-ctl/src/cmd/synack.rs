@@ -39,6 +39,15 @@ pub struct Args {
 /// Shows or changes the SYN-ACK the cookie path sends (live). The client's MSS is encoded in the
 /// cookie as an index into fixed tables (IPv4 536/1300/1440/1460, IPv6 1220/1420/1440/8940).
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
+    let changes = a.mss_v4.is_some()
+        || a.mss_v6.is_some()
+        || a.window.is_some()
+        || a.wscale.is_some()
+        || a.ttl.is_some()
+        || a.ecn.is_some();
+    if changes {
+        super::require_healthy(ctx, &a.iface)?;
+    }
     let mut m = Maps::open(&a.iface, ctx.netns)?;
     let mut c = m.config()?;
     c.mss_v4 = a.mss_v4.unwrap_or(c.mss_v4);

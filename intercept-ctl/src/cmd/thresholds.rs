@@ -41,6 +41,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
+    super::require_healthy(ctx, &a.iface)?;
     let mut wm = WatchMaps::open(&a.iface, ctx.netns)?;
     let mut w = wm.watch()?;
     if let Some(v) = a.watch_timeout {

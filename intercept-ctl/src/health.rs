@@ -1,0 +1,407 @@
+//! Whether an attachment still protects its interface, from the kernel's own view.
+//!
+//! The pins outlive what they describe: `ip link del` (or a driver reload, or `ip netns del` of
+//! the interface's namespace) makes the kernel detach the XDP and TC links and leaves the pin
+//! directory, with its maps, behind. A re-created interface of the same name is then protected
+//! by nothing although the pins say otherwise. So every check asks the kernel: the pinned XDP
+//! link's device (`BPF_OBJ_GET_INFO_BY_FD` on the link: ifindex 0 once the device is gone)
+//! against the interface's current index, the TC link's likewise, and the network namespace
+//! the attachment was made in (its cookie, recorded at attach) against the one we are in now.
+use std::{
+    ffi::CString,
+    fs, io,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    },
+    path::Path,
+};
+
+use crate::{errors::CtlError, pins::PinDir};
+
+/// What `attach` records of the interface it attached to, as the target of a symlink in the pin
+/// directory (bpffs holds no regular files, but it holds symlinks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// The interface's index at attach.
+    pub ifindex: u32,
+    /// The cookie of the network namespace attached in (`SO_NETNS_COOKIE`: unique for the
+    /// kernel's uptime, never reused, unlike the namespace's inode number).
+    pub netns_cookie: u64,
+}
+
+impl Record {
+    /// `ifindex=N netns_cookie=C`.
+    fn encode(self) -> String {
+        format!(
+            "ifindex={} netns_cookie={}",
+            self.ifindex, self.netns_cookie
+        )
+    }
+
+    fn decode(s: &str) -> Option<Record> {
+        let mut ifindex = None;
+        let mut netns_cookie = None;
+        for kv in s.split_whitespace() {
+            match kv.split_once('=')? {
+                ("ifindex", v) => ifindex = v.parse().ok(),
+                ("netns_cookie", v) => netns_cookie = v.parse().ok(),
+                _ => {}
+            }
+        }
+        Some(Record {
+            ifindex: ifindex?,
+            netns_cookie: netns_cookie?,
+        })
+    }
+
+    /// Writes the record into `pins` (before the XDP link is pinned, which marks the attachment
+    /// complete).
+    ///
+    /// # Errors
+    /// [`CtlError::Io`] if the symlink cannot be made.
+    pub fn write(self, pins: &PinDir) -> Result<(), CtlError> {
+        let path = pins.record();
+        std::os::unix::fs::symlink(self.encode(), &path).map_err(|source| CtlError::Io {
+            what: format!("record the attachment at {}", path.display()),
+            source,
+        })
+    }
+
+    /// The record in `pins`; `None` for attachments made before records existed.
+    #[must_use]
+    pub fn read(pins: &PinDir) -> Option<Record> {
+        let target = fs::read_link(pins.record()).ok()?;
+        Record::decode(&target.to_string_lossy())
+    }
+
+    /// The record of `iface` as it is now in the current namespace.
+    ///
+    /// # Errors
+    /// Unknown interface, or the namespace cookie cannot be read.
+    pub fn now(iface: &str, netns: Option<&str>) -> Result<Record, CtlError> {
+        Ok(Record {
+            ifindex: crate::loader::ifindex(iface, netns)?,
+            netns_cookie: netns_cookie()?,
+        })
+    }
+}
+
+/// Why an attachment does not protect its interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Problem {
+    /// This process runs in a namespace that no longer has the name it was entered by
+    /// (`ip netns del`, perhaps followed by `ip netns add` of the same name): a long-running
+    /// process (the daemon) keeps the old one alive, with the old interface in it.
+    NetnsRenamed,
+    /// The attachment was made in another network namespace than the current one (the named
+    /// namespace was deleted and re-created; the old interface died with the old namespace).
+    OtherNetns,
+    /// The kernel detached the XDP link: its device was unregistered (deleted, driver unloaded).
+    LinkDetached,
+    /// The XDP link is alive but no interface of that name exists here (moved to another
+    /// namespace, or renamed).
+    NoInterface,
+    /// The interface of that name is not the device the XDP link is on (renamed and replaced).
+    OtherInterface,
+    /// The XDP link is fine but the TC handoff link is not on the same device.
+    TcDetached,
+}
+
+/// The health of one attachment.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    /// Whether the pinned programs run on the interface of that name in this namespace.
+    pub healthy: bool,
+    /// What is wrong, if anything.
+    pub problem: Option<Problem>,
+    /// A sentence saying what is wrong, naming the interface.
+    pub reason: Option<String>,
+    /// The interface's index now, in this namespace (`None`: no such interface).
+    pub ifindex: Option<u32>,
+    /// The device of the pinned XDP link, per the kernel (0: detached).
+    pub link_ifindex: u32,
+    /// The device of the pinned TC link, per the kernel (0: detached; `None`: none pinned).
+    pub tc_link_ifindex: Option<u32>,
+    /// The interface's index at attach (`None`: not recorded, an older attachment).
+    pub attached_ifindex: Option<u32>,
+    /// Whether the attachment was made in this network namespace (`None`: not recorded).
+    pub same_netns: Option<bool>,
+}
+
+/// Checks the attachment pinned for `iface` against the kernel. Call it from the namespace the
+/// interface lives in (the binary enters `--netns` first), as every verb does.
+///
+/// # Errors
+/// [`CtlError::NotAttached`] if nothing is pinned; [`CtlError::NoPrivilege`] or
+/// [`CtlError::Io`] if the kernel refuses to describe the pinned links.
+pub fn check(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
+    let pins = PinDir::new(netns, iface);
+    if !pins.is_attached() {
+        return Err(CtlError::NotAttached {
+            iface: iface.to_owned(),
+            pin: pins.path().display().to_string(),
+        });
+    }
+    let link_ifindex = link_ifindex_of(&pins.link())?;
+    let tc = pins.path().join("link_tc");
+    let tc_link_ifindex = if tc.exists() {
+        Some(link_ifindex_of(&tc)?)
+    } else {
+        None
+    };
+    let ifindex = crate::loader::ifindex(iface, netns).ok();
+    let record = Record::read(&pins);
+    let same_netns = match record {
+        Some(r) => Some(r.netns_cookie == netns_cookie()?),
+        None => None,
+    };
+    let ns_name = netns.map_or_else(String::new, |n| format!(" {n}"));
+    let (problem, reason) = if let Some(gone) = netns.and_then(netns_renamed) {
+        (Some(Problem::NetnsRenamed), Some(gone))
+    } else if same_netns == Some(false) {
+        (
+            Some(Problem::OtherNetns),
+            Some(format!(
+                "the attachment of {iface} was made in another network namespace: the \
+                 namespace{ns_name} was deleted and re-created (its interfaces died with it){}",
+                now_here(iface, ifindex)
+            )),
+        )
+    } else if link_ifindex == 0 {
+        (
+            Some(Problem::LinkDetached),
+            Some(format!(
+                "interface {iface} was deleted (the kernel detached the XDP link){}",
+                now_here(iface, ifindex)
+            )),
+        )
+    } else if ifindex.is_none() {
+        (
+            Some(Problem::NoInterface),
+            Some(format!(
+                "no interface {iface} here: the attachment is on ifindex {link_ifindex}, \
+                 which has another name or namespace now"
+            )),
+        )
+    } else if ifindex != Some(link_ifindex) {
+        (
+            Some(Problem::OtherInterface),
+            Some(format!(
+                "interface {iface} is ifindex {}, but the attachment is on ifindex \
+                 {link_ifindex} (renamed and replaced)",
+                ifindex.unwrap_or(0)
+            )),
+        )
+    } else if tc_link_ifindex.is_some_and(|t| t != link_ifindex) {
+        (
+            Some(Problem::TcDetached),
+            Some(format!(
+                "the TC handoff link of {iface} is detached (cookie handshakes cannot complete)"
+            )),
+        )
+    } else {
+        (None, None)
+    };
+    Ok(Health {
+        healthy: problem.is_none(),
+        problem,
+        reason,
+        ifindex,
+        link_ifindex,
+        tc_link_ifindex,
+        attached_ifindex: record.map(|r| r.ifindex),
+        same_netns,
+    })
+}
+
+/// "; an interface of that name exists again (ifindex N), unprotected" or "; none exists now".
+fn now_here(iface: &str, ifindex: Option<u32>) -> String {
+    match ifindex {
+        Some(i) => format!("; {iface} exists again (ifindex {i}) and nothing protects it"),
+        None => format!("; no interface {iface} exists now"),
+    }
+}
+
+/// [`check`], turned into an error unless the attachment is healthy: what verbs that write the
+/// maps call first, so nothing reports success while writing into orphaned maps.
+///
+/// # Errors
+/// [`CtlError::Unhealthy`] with the reason and the command that fixes it; as [`check`].
+pub fn require_healthy(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
+    let h = check(iface, netns)?;
+    if let Some(reason) = &h.reason {
+        return Err(unhealthy(iface, netns, reason));
+    }
+    Ok(h)
+}
+
+/// The error for a dead attachment of `iface`.
+#[must_use]
+pub fn unhealthy(iface: &str, netns: Option<&str>, reason: &str) -> CtlError {
+    CtlError::Unhealthy {
+        iface: iface.to_owned(),
+        reason: reason.to_owned(),
+        fix: fix_command(iface, netns),
+    }
+}
+
+/// `intercept-ctl [--netns NS ]attach IFACE`.
+#[must_use]
+pub fn fix_command(iface: &str, netns: Option<&str>) -> String {
+    match netns {
+        Some(ns) => format!("intercept-ctl --netns {ns} attach {iface}"),
+        None => format!("intercept-ctl attach {iface}"),
+    }
+}
+
+/// If `/run/netns/NAME` no longer is the namespace this thread runs in, why.
+fn netns_renamed(name: &str) -> Option<String> {
+    let named = fs::metadata(format!("/run/netns/{name}"));
+    let ours = fs::metadata("/proc/thread-self/ns/net").ok()?;
+    match named {
+        Err(_) => Some(format!(
+            "the network namespace {name} was deleted; this process still runs in it"
+        )),
+        Ok(m) if (m.dev(), m.ino()) != (ours.dev(), ours.ino()) => Some(format!(
+            "the network namespace {name} was deleted and re-created; this process still runs \
+             in the old one, whose interfaces nothing reaches"
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// The cookie of the current thread's network namespace.
+///
+/// # Errors
+/// [`CtlError::Io`] if no socket can be opened or the kernel lacks `SO_NETNS_COOKIE` (< 5.14).
+pub fn netns_cookie() -> Result<u64, CtlError> {
+    let io = |source| CtlError::Io {
+        what: "read the network namespace cookie (SO_NETNS_COOKIE, Linux >= 5.14)".to_owned(),
+        source,
+    };
+    // SAFETY: plain socket call; the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io(io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len: libc::socklen_t = 8;
+    // SAFETY: valid fd and an out-buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io(io::Error::last_os_error()));
+    }
+    Ok(cookie)
+}
+
+/// The ifindex a pinned XDP or TCX link is attached to, from the kernel's `bpf_link_info`
+/// (`xdp.ifindex` and `tcx.ifindex` are both the first word of the union); 0 once the kernel
+/// detached the link from its device. aya's `LinkInfo` exposes neither, so this is the syscall.
+fn link_ifindex_of(path: &Path) -> Result<u32, CtlError> {
+    let what = || format!("read the link info of {}", path.display());
+    let fd = bpf_obj_get(path).map_err(|e| bpf_error(&what(), e))?;
+    bpf_link_ifindex(&fd).map_err(|e| bpf_error(&what(), e))
+}
+
+fn bpf_error(what: &str, source: io::Error) -> CtlError {
+    if source.raw_os_error() == Some(libc::EPERM) {
+        return CtlError::NoPrivilege {
+            what: what.to_owned(),
+        };
+    }
+    CtlError::Io {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+/// `BPF_OBJ_GET` (7) and `BPF_OBJ_GET_INFO_BY_FD` (15), from `include/uapi/linux/bpf.h`.
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// `union bpf_attr`, large enough for both commands (the kernel requires the bytes it does not
+/// know to be zero, and reads only the size passed).
+#[repr(C, align(8))]
+struct Attr([u8; 64]);
+
+impl Attr {
+    fn put_u32(&mut self, at: usize, v: u32) {
+        self.0[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    fn put_u64(&mut self, at: usize, v: u64) {
+        self.0[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a zero-initialised buffer of the size passed, laid out as the command's
+    // struct of `union bpf_attr`; pointers inside it are valid for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            (&raw mut attr.0).cast::<u8>(),
+            size_of::<Attr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+/// Opens a pinned object (`BPF_OBJ_GET`: `pathname` at offset 0).
+fn bpf_obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = Attr([0; 64]);
+    attr.put_u64(0, c.as_ptr() as u64);
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new descriptor, owned here.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(io::Error::other)?) })
+}
+
+/// The first word of the union in `struct bpf_link_info` (after `type`, `id`, `prog_id` and
+/// padding to its 8-byte alignment, at offset 16): `xdp.ifindex` and `tcx.ifindex` alike.
+fn bpf_link_ifindex(fd: &OwnedFd) -> io::Result<u32> {
+    // Bigger than the kernel's struct: it checks that a longer tail is zero and fills what it
+    // knows.
+    let mut info = [0u8; 256];
+    let mut attr = Attr([0; 64]);
+    // struct { __u32 bpf_fd; __u32 info_len; __aligned_u64 info; } info;
+    attr.put_u32(0, u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)?);
+    attr.put_u32(4, u32::try_from(info.len()).expect("256"));
+    attr.put_u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(u32::from_ne_bytes(
+        info[16..20].try_into().expect("4 bytes"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Record;
+
+    #[test]
+    fn record_round_trips_and_rejects_junk() {
+        let r = Record {
+            ifindex: 7,
+            netns_cookie: 4_096_123,
+        };
+        assert_eq!(Record::decode(&r.encode()), Some(r));
+        assert_eq!(Record::decode("ifindex=7"), None);
+        assert_eq!(Record::decode("junk"), None);
+    }
+}
