@@ -1,21 +1,33 @@
 //! SYN cookies: a keyed MAC (SipHash-2-4, 128-bit secret) over the 4-tuple, the client's ISN, a
-//! coarse time slot and the encoded TCP options, packed into the 32-bit ISN of our SYN-ACK.
+//! coarse time slot and the TCP options, carried in the 32-bit ISN of our SYN-ACK and, when the
+//! client offers timestamps, in the TSval too (RFC 7323: the client echoes it as TSecr on every
+//! segment, the handshake's ACK included, as the kernel's own cookies use it).
 //!
-//! Layout of the cookie (most significant first):
+//! One 64-bit SipHash-2-4 of (addresses, ports, client ISN, slot, descriptor), where the
+//! descriptor is the layout, the key index and the options (10 bits), gives every MAC bit below.
+//! Two layouts, chosen by whether the SYN offered timestamps (the ACK then carries TSecr):
 //!
-//! | bits | what |
-//! |---|---|
-//! | 31..11 | MAC: top 21 bits of SipHash-2-4(key, flow, client ISN, full slot, options) |
-//! | 10 | key index (which of the two secrets made it) |
-//! | 9..8 | low 2 bits of the time slot |
-//! | 7..0 | options: MSS index (2), window scale (4, 15 = not offered), SACK-permitted (1), ECN (1) |
+//! | layout | ISN (most significant first) | TSval | MAC bits |
+//! |---|---|---|---|
+//! | timestamps | MAC 28, key index 1, slot parity 1, MSS index 2 | clock 14, MAC 12, window scale 4, SACK 1, ECN 1 | 40 |
+//! | none | MAC 24, key index 1, slot parity 1, MSS index 2, window-scale class 3, SACK 1 | (none) | 24 |
+//!
+//! So a blind forger must guess 24 bits of an ACK without timestamps, at least the kernel's own
+//! 24 (`net/ipv4/syncookies.c`), and 40 bits of one with timestamps; the layout is under the MAC,
+//! so a cookie of one layout never verifies as the other. Without timestamps the cookie has no
+//! room for ECN (not negotiated then) nor for every window scale: the client's is rounded down to
+//! one of [`WSCALE_CLASSES`] (we then read its windows as at most what it offered: never more
+//! than it can take).
 //!
 //! A slot is 2^36 ns (68.7 s) of the monotonic clock (`CLOCK_MONOTONIC`, read by the data path at
-//! tick resolution). A cookie verifies in its own slot and the next one, so it is valid for 68.7 s
-//! to 137.4 s, like the kernel's two minutes (`net/ipv4/syncookies.c`, `MAX_SYNCOOKIE_AGE`). A
-//! cookie whose slot bits are two or three slots old is rejected as expired without hashing; the
-//! options, slot and key index are all under the MAC, so none can be altered without failing it.
-//! A forgery passes with probability 2^-21 per guess, per 4-tuple and ISN.
+//! tick resolution). A cookie verifies in its own slot and the next one (the parity bit says
+//! which), so it is valid for 68.7 s to 137.4 s, like the kernel's two minutes
+//! (`MAX_SYNCOOKIE_AGE`); an older one fails its MAC.
+//!
+//! The TSval's clock is `CLOCK_MONOTONIC` in milliseconds plus a random offset drawn with each
+//! secret (so it reveals nothing of the host's uptime), shifted to move once every 2^18 ms; the
+//! kernel continues the connection's timestamps from it (`bpf_sk_assign_tcp_reqsk` takes it as
+//! `rcv_tsecr`).
 //!
 //! Two secrets: SYNs use the current one and record its index; verification uses the index in the
 //! cookie. Rotating writes the new secret into the other index and flips `current`, so handshakes
@@ -51,8 +63,11 @@ pub struct Secrets {
     pub current: u32,
     /// Bumped by every rotation (for `status`; never used in the MAC).
     pub generation: u32,
+    /// Per secret, a random offset added to the millisecond clock in our TSvals (drawn with the
+    /// secret), so a TSval says nothing of the host's uptime.
+    pub ts_offset: [u32; 2],
 }
-const _: () = assert!(size_of::<Secrets>() == 40);
+const _: () = assert!(size_of::<Secrets>() == 48);
 
 impl Key {
     /// Whether this is a secret at all: an all-zero key (a map never written) is not.
@@ -64,17 +79,22 @@ impl Key {
 }
 
 impl Secrets {
-    /// The key new cookies are made with, if it is set (see [`Key::is_set`]).
+    /// The key new cookies are made with, with its index and TSval offset, if it is set (see
+    /// [`Key::is_set`]).
     #[inline(always)]
     #[must_use]
-    pub const fn current_key(&self) -> Option<(u32, &Key)> {
+    pub const fn current_key(&self) -> Option<(u32, &Key, u32)> {
         let idx = self.current & 1;
-        let key = if idx == 1 {
-            &self.keys[1]
+        let (key, off) = if idx == 1 {
+            (&self.keys[1], self.ts_offset[1])
         } else {
-            &self.keys[0]
+            (&self.keys[0], self.ts_offset[0])
         };
-        if key.is_set() { Some((idx, key)) } else { None }
+        if key.is_set() {
+            Some((idx, key, off))
+        } else {
+            None
+        }
     }
 }
 
@@ -221,24 +241,54 @@ pub struct CookieOpts {
     pub ecn: bool,
 }
 
+/// The window scales a cookie without timestamps can carry (3 bits): a client's is rounded down
+/// to the largest not above it. 0 must stay exact (it enables scaling in both directions); 6, 7
+/// and 8 are what macOS, Linux and Windows send.
+pub const WSCALE_CLASSES: [u8; 8] = [WSCALE_NONE, 0, 2, 4, 6, 7, 8, 9];
+
+/// The class of a window scale in [`WSCALE_CLASSES`] (0 for "not offered").
+#[inline(always)]
+#[must_use]
+pub const fn wscale_class(w: u8) -> u8 {
+    if w > WSCALE_MAX {
+        return 0;
+    }
+    let mut c = 1;
+    let mut i = 2;
+    while i < 8 {
+        if WSCALE_CLASSES[i] <= w {
+            c = i as u8;
+        }
+        i += 1;
+    }
+    c
+}
+
 impl CookieOpts {
-    /// The 8-bit encoding.
+    /// What of these options a cookie carries: all of them with timestamps; without, no ECN and
+    /// the window scale rounded down to its class (see the module docs). The SYN-ACK must offer
+    /// exactly what the cookie carries.
     #[inline(always)]
     #[must_use]
-    pub const fn encode(self) -> u8 {
-        (self.mss_idx & 3) << 6 | (self.wscale & 15) << 2 | (self.sack as u8) << 1 | self.ecn as u8
+    pub const fn carried(self, ts: bool) -> CookieOpts {
+        if ts {
+            return self;
+        }
+        CookieOpts {
+            wscale: WSCALE_CLASSES[wscale_class(self.wscale) as usize],
+            ecn: false,
+            ..self
+        }
     }
 
-    /// Decodes 8 bits.
+    /// The 8 option bits of the MAC's descriptor: MSS index 2, window scale 4, SACK 1, ECN 1.
     #[inline(always)]
     #[must_use]
-    pub const fn decode(b: u8) -> CookieOpts {
-        CookieOpts {
-            mss_idx: b >> 6,
-            wscale: (b >> 2) & 15,
-            sack: b & 2 != 0,
-            ecn: b & 1 != 0,
-        }
+    const fn bits(self) -> u32 {
+        ((self.mss_idx & 3) as u32) << 6
+            | ((self.wscale & 15) as u32) << 2
+            | (self.sack as u32) << 1
+            | self.ecn as u32
     }
 
     /// The MSS this index stands for.
@@ -273,17 +323,19 @@ pub const fn slot_of(now_ns: u64) -> u32 {
     (now_ns >> SLOT_SHIFT) as u32
 }
 
-/// The 21-bit MAC over everything the cookie vouches for.
+/// SipHash-2-4 over everything a cookie vouches for: its 64 bits are the MAC bits of both
+/// layouts.
 ///
 /// The message is the addresses, ports and client ISN as little-endian 64-bit words, then six
-/// tail bytes: the full slot (4) and the cookie's low 11 bits (2). IPv4 hashes 22 bytes (the
-/// IPv4-mapped prefix carries nothing): two blocks and the final one, 10 SipRounds. IPv6 hashes
-/// 46 bytes, 16 SipRounds. The length is in SipHash's final block, so the families never collide.
+/// tail bytes: the full slot (4) and the descriptor (2: layout, key index, options). IPv4 hashes
+/// 22 bytes (the IPv4-mapped prefix carries nothing): two blocks and the final one, 10 SipRounds.
+/// IPv6 hashes 46 bytes, 16 SipRounds. The length is in SipHash's final block, so the families
+/// never collide.
 #[inline(always)]
-fn mac(key: &Key, flow: &Flow, isn: u32, slot: u32, low: u32) -> u32 {
+fn mac(key: &Key, flow: &Flow, isn: u32, slot: u32, desc: u32) -> u64 {
     let ports_isn = u64::from(flow.sport) << 48 | u64::from(flow.dport) << 32 | u64::from(isn);
-    let tail = u64::from(low & 0xffff) << 32 | u64::from(slot);
-    let h = if is_mapped(&flow.saddr) && is_mapped(&flow.daddr) {
+    let tail = u64::from(desc & 0xffff) << 32 | u64::from(slot);
+    if is_mapped(&flow.saddr) && is_mapped(&flow.daddr) {
         siphash24(
             key,
             &[
@@ -307,58 +359,149 @@ fn mac(key: &Key, flow: &Flow, isn: u32, slot: u32, low: u32) -> u32 {
             tail,
             6,
         )
-    };
-    (h >> 43) as u32
+    }
 }
 
-/// Makes the cookie for a SYN: `isn` is the client's ISN, `slot` the current time slot, `key_idx`
-/// the index of `key` in [`Secrets`].
+/// The descriptor under the MAC: layout (timestamps or not), key index, option bits.
+#[inline(always)]
+const fn descriptor(ts: bool, key_idx: u32, opts: CookieOpts) -> u32 {
+    (ts as u32) << 9 | (key_idx & 1) << 8 | opts.bits()
+}
+
+/// The clock part of our TSval: milliseconds plus the secret's offset, in units of 2^18 ms.
+#[inline(always)]
+const fn ts_clock(now_ns: u64, ts_offset: u32) -> u32 {
+    (((now_ns / 1_000_000) as u32).wrapping_add(ts_offset) >> 18) & 0x3fff
+}
+
+/// A SYN's cookie: our ISN and, with timestamps, our TSval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynCookie {
+    /// The ISN of our SYN-ACK.
+    pub isn: u32,
+    /// The TSval of our SYN-ACK (0 without timestamps).
+    pub tsval: u32,
+}
+
+/// What a cookie is made of, besides the secret: the client's 4-tuple and ISN, the monotonic
+/// time, the options (carried as [`CookieOpts::carried`] says: the SYN-ACK must offer the same)
+/// and whether the client offered timestamps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynInput {
+    /// The client's flow.
+    pub flow: Flow,
+    /// The client's ISN.
+    pub isn: u32,
+    /// Monotonic nanoseconds.
+    pub now_ns: u64,
+    /// Options negotiated.
+    pub opts: CookieOpts,
+    /// The SYN offered timestamps.
+    pub ts: bool,
+}
+
+/// Makes the cookie for a SYN with the secret `key` (index `key_idx` in [`Secrets`], TSval offset
+/// `ts_offset`).
 #[inline(always)]
 #[must_use]
-pub fn make(key: &Key, key_idx: u32, flow: &Flow, isn: u32, slot: u32, opts: CookieOpts) -> u32 {
-    let low = (key_idx & 1) << 10 | (slot & 3) << 8 | u32::from(opts.encode());
-    mac(key, flow, isn, slot, low) << 11 | low
+pub fn make(key: &Key, key_idx: u32, ts_offset: u32, syn: &SynInput) -> SynCookie {
+    let opts = syn.opts.carried(syn.ts);
+    let slot = slot_of(syn.now_ns);
+    let h = mac(
+        key,
+        &syn.flow,
+        syn.isn,
+        slot,
+        descriptor(syn.ts, key_idx, opts),
+    );
+    let (k, p, m) = (key_idx & 1, slot & 1, u32::from(opts.mss_idx & 3));
+    if syn.ts {
+        SynCookie {
+            isn: ((h >> 36) as u32) << 4 | k << 3 | p << 2 | m,
+            tsval: ts_clock(syn.now_ns, ts_offset) << 18
+                | (((h >> 24) as u32) & 0xfff) << 6
+                | (opts.bits() & 0x3f),
+        }
+    } else {
+        let w = u32::from(wscale_class(opts.wscale));
+        SynCookie {
+            isn: ((h >> 40) as u32) << 8 | k << 7 | p << 6 | m << 4 | w << 1 | opts.sack as u32,
+            tsval: 0,
+        }
+    }
 }
 
 /// Why a cookie was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CookieError {
-    /// The slot bits are two or three slots old.
-    Expired,
-    /// The MAC does not match (forged, altered, or made more than four slots ago).
+    /// The MAC does not match: forged, altered, made with a retired or unset secret, or made more
+    /// than two slots ago.
     BadMac,
 }
 
 /// Checks the cookie of a completing ACK: `isn` is the client's ISN (the ACK's sequence number
-/// minus one), `cookie` the ACK's acknowledgment number minus one.
+/// minus one), `cookie` the ACK's acknowledgment number minus one, `tsecr` the ACK's TSecr if it
+/// carries timestamps (then the cookie is of the timestamps layout).
 ///
 /// # Errors
-/// [`CookieError`] when the cookie is expired or does not authenticate.
+/// [`CookieError`] when the cookie does not authenticate.
 #[inline(always)]
 pub fn check(
     secrets: &Secrets,
     flow: &Flow,
     isn: u32,
     cookie: u32,
+    tsecr: Option<u32>,
     now_slot: u32,
 ) -> Result<CookieOpts, CookieError> {
-    let low = cookie & 0x7ff;
-    let age = now_slot.wrapping_sub(low >> 8) & 3;
-    if age > 1 {
-        return Err(CookieError::Expired);
-    }
-    let slot = now_slot.wrapping_sub(age);
-    let key = if low & 0x400 != 0 {
+    let ts = tsecr.is_some();
+    let t = tsecr.unwrap_or(0);
+    let (key_idx, parity, opts) = if ts {
+        (
+            (cookie >> 3) & 1,
+            (cookie >> 2) & 1,
+            CookieOpts {
+                mss_idx: (cookie & 3) as u8,
+                wscale: ((t >> 2) & 15) as u8,
+                sack: t & 2 != 0,
+                ecn: t & 1 != 0,
+            },
+        )
+    } else {
+        (
+            (cookie >> 7) & 1,
+            (cookie >> 6) & 1,
+            CookieOpts {
+                mss_idx: ((cookie >> 4) & 3) as u8,
+                wscale: WSCALE_CLASSES[((cookie >> 1) & 7) as usize],
+                sack: cookie & 1 != 0,
+                ecn: false,
+            },
+        )
+    };
+    // The slot of that parity: this one or the one before.
+    let slot = now_slot.wrapping_sub((now_slot ^ parity) & 1);
+    let key = if key_idx != 0 {
         &secrets.keys[1]
     } else {
         &secrets.keys[0]
     };
     // An all-zero key is no secret (a map never written, or written half): anyone can compute
     // its cookies, so it verifies nothing.
-    if !key.is_set() || mac(key, flow, isn, slot, low) != cookie >> 11 {
+    if !key.is_set() {
         return Err(CookieError::BadMac);
     }
-    Ok(CookieOpts::decode(low as u8))
+    let h = mac(key, flow, isn, slot, descriptor(ts, key_idx, opts));
+    let ok = if ts {
+        (h >> 36) as u32 == cookie >> 4 && ((h >> 24) as u32) & 0xfff == (t >> 6) & 0xfff
+    } else {
+        (h >> 40) as u32 == cookie >> 8
+    };
+    if ok {
+        Ok(opts)
+    } else {
+        Err(CookieError::BadMac)
+    }
 }
 
 #[cfg(test)]
@@ -366,41 +509,6 @@ mod tests {
     use core::hash::Hasher as _;
 
     use super::*;
-
-    #[test]
-    fn an_unset_key_verifies_nothing_and_makes_nothing() {
-        let flow = Flow {
-            saddr: mapped(0xc612_0002),
-            daddr: mapped(0xc612_0001),
-            sport: 40000,
-            dport: 80,
-        };
-        let co = CookieOpts {
-            mss_idx: 3,
-            wscale: 7,
-            sack: true,
-            ecn: false,
-        };
-        let zero = Secrets::default();
-        assert_eq!(zero.current_key(), None);
-        // A cookie anyone can make with the zero key, in the current slot.
-        let forged = make(&zero.keys[0], 0, &flow, 77, 5, co);
-        assert_eq!(check(&zero, &flow, 77, forged, 5), Err(CookieError::BadMac));
-        // Half written: the set key works, the zero one still verifies nothing.
-        let half = Secrets {
-            keys: [Key { k: [1, 2] }, Key { k: [0, 0] }],
-            current: 1,
-            generation: 1,
-        };
-        assert_eq!(half.current_key(), None, "the current key is unset");
-        let forged1 = make(&half.keys[1], 1, &flow, 77, 5, co);
-        assert_eq!(
-            check(&half, &flow, 77, forged1, 5),
-            Err(CookieError::BadMac)
-        );
-        let good = make(&half.keys[0], 0, &flow, 77, 5, co);
-        assert_eq!(check(&half, &flow, 77, good, 5), Ok(co));
-    }
 
     fn secrets() -> Secrets {
         Secrets {
@@ -412,6 +520,7 @@ mod tests {
             ],
             current: 0,
             generation: 0,
+            ts_offset: [0x1234_5678, 0x9abc_def0],
         }
     }
     fn flow() -> Flow {
@@ -421,10 +530,34 @@ mod tests {
         mss_idx: 3,
         wscale: 7,
         sack: true,
-        ecn: false,
+        ecn: true,
     };
+    /// Slot 500's start, and a time inside it.
+    const T500: u64 = 500 << SLOT_SHIFT;
+    const T: u64 = T500 + 12_345_678_901;
 
-    /// Our fixed-width SipHash equals the reference implementation on the same bytes.
+    fn syn(f: Flow, isn: u32, now_ns: u64, opts: CookieOpts, ts: bool) -> SynInput {
+        SynInput {
+            flow: f,
+            isn,
+            now_ns,
+            opts,
+            ts,
+        }
+    }
+
+    /// Checks `c` as the ACK of its handshake would bring it back.
+    fn back(
+        s: &Secrets,
+        f: &Flow,
+        isn: u32,
+        c: SynCookie,
+        ts: bool,
+        slot: u32,
+    ) -> Result<CookieOpts, CookieError> {
+        check(s, f, isn, c.isn, ts.then_some(c.tsval), slot)
+    }
+
     #[test]
     fn siphash_matches_reference() {
         let key = secrets().keys[0];
@@ -450,25 +583,6 @@ mod tests {
     }
 
     #[test]
-    fn options_round_trip_through_8_bits() {
-        for mss_idx in 0..4 {
-            for wscale in 0..=15 {
-                for sack in [false, true] {
-                    for ecn in [false, true] {
-                        let o = CookieOpts {
-                            mss_idx,
-                            wscale,
-                            sack,
-                            ecn,
-                        };
-                        assert_eq!(CookieOpts::decode(o.encode()), o);
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
     fn mss_index_picks_largest_not_above() {
         assert_eq!(mss_index(1460, false), 3);
         assert_eq!(mss_index(1459, false), 2);
@@ -478,92 +592,6 @@ mod tests {
         assert_eq!(mss_index(1440, true), 2);
         assert_eq!(mss_index(1280, true), 0);
         assert_eq!(CookieOpts { mss_idx: 2, ..OPTS }.mss(false), 1440);
-    }
-
-    #[test]
-    fn valid_in_its_slot_and_the_next_expired_after() {
-        let s = secrets();
-        let c = make(&s.keys[0], 0, &flow(), 1000, 500, OPTS);
-        assert_eq!(check(&s, &flow(), 1000, c, 500), Ok(OPTS));
-        assert_eq!(
-            check(&s, &flow(), 1000, c, 501),
-            Ok(OPTS),
-            "previous slot still passes"
-        );
-        assert_eq!(check(&s, &flow(), 1000, c, 502), Err(CookieError::Expired));
-        assert_eq!(check(&s, &flow(), 1000, c, 503), Err(CookieError::Expired));
-        assert_eq!(
-            check(&s, &flow(), 1000, c, 504),
-            Err(CookieError::BadMac),
-            "4 slots: aliases, MAC fails"
-        );
-        assert_eq!(
-            check(&s, &flow(), 1000, c, 499),
-            Err(CookieError::Expired),
-            "from the future"
-        );
-    }
-
-    #[test]
-    fn every_input_is_authenticated() {
-        let s = secrets();
-        let f = flow();
-        let c = make(&s.keys[0], 0, &f, 1000, 500, OPTS);
-        let mut other = f;
-        other.sport += 1;
-        assert_eq!(
-            check(&s, &other, 1000, c, 500),
-            Err(CookieError::BadMac),
-            "port"
-        );
-        let mut other = f;
-        other.saddr[3] ^= 1;
-        assert_eq!(
-            check(&s, &other, 1000, c, 500),
-            Err(CookieError::BadMac),
-            "address"
-        );
-        assert_eq!(check(&s, &f, 1001, c, 500), Err(CookieError::BadMac), "ISN");
-        for bit in 0..11 {
-            // Options, slot bits and key index are all under the MAC.
-            let r = check(&s, &f, 1000, c ^ (1 << bit), 500);
-            assert!(r.is_err(), "flipping low bit {bit} still verified");
-        }
-        let v6 = Flow {
-            saddr: [0x2001_0db8, 0, 0, 2],
-            daddr: [0x2001_0db8, 0, 0, 1],
-            sport: 1,
-            dport: 2,
-        };
-        let c6 = make(&s.keys[0], 0, &v6, 9, 500, OPTS);
-        assert_eq!(check(&s, &v6, 9, c6, 500), Ok(OPTS));
-    }
-
-    #[test]
-    fn rotation_keeps_cookies_in_flight() {
-        let mut s = secrets();
-        let c = make(
-            &s.keys[s.current as usize],
-            s.current,
-            &flow(),
-            7,
-            500,
-            OPTS,
-        );
-        // Rotate: new secret into the other index, flip current.
-        s.keys[1] = Key { k: [99, 100] };
-        s.current = 1;
-        assert_eq!(
-            check(&s, &flow(), 7, c, 500),
-            Ok(OPTS),
-            "old-key cookie after one rotation"
-        );
-        let c2 = make(&s.keys[1], 1, &flow(), 7, 500, OPTS);
-        assert_eq!(check(&s, &flow(), 7, c2, 500), Ok(OPTS));
-        // Second rotation replaces key 0: the first cookie no longer verifies.
-        s.keys[0] = Key { k: [5, 6] };
-        s.current = 0;
-        assert_eq!(check(&s, &flow(), 7, c, 500), Err(CookieError::BadMac));
     }
 
     #[test]
@@ -584,25 +612,280 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_unset_key_verifies_nothing() {
+        let co = OPTS;
+        let zero = Secrets::default();
+        assert_eq!(zero.current_key(), None);
+        for ts in [false, true] {
+            // A cookie anyone can make with the zero key, in the current slot.
+            let forged = make(&zero.keys[0], 0, 0, &syn(flow(), 77, T, co, ts));
+            assert_eq!(
+                back(&zero, &flow(), 77, forged, ts, 500),
+                Err(CookieError::BadMac)
+            );
+            // Half written: the set key works, the zero one still verifies nothing.
+            let half = Secrets {
+                keys: [Key { k: [1, 2] }, Key { k: [0, 0] }],
+                current: 1,
+                ..secrets()
+            };
+            assert_eq!(half.current_key(), None, "the current key is unset");
+            let forged1 = make(&half.keys[1], 1, 0, &syn(flow(), 77, T, co, ts));
+            assert_eq!(
+                back(&half, &flow(), 77, forged1, ts, 500),
+                Err(CookieError::BadMac)
+            );
+            let good = make(&half.keys[0], 0, 0, &syn(flow(), 77, T, co, ts));
+            assert_eq!(back(&half, &flow(), 77, good, ts, 500), Ok(co.carried(ts)));
+        }
+    }
+
+    #[test]
+    fn without_timestamps_the_cookie_carries_what_fits() {
+        // Every window scale rounds down to a class at most its value; 0 and 6..=9 exactly.
+        for w in 0..=WSCALE_MAX {
+            let c = WSCALE_CLASSES[wscale_class(w) as usize];
+            assert!(c <= w, "{w} -> {c}");
+            if w == 0 || (6..=9).contains(&w) {
+                assert_eq!(c, w);
+            }
+        }
+        assert_eq!(wscale_class(WSCALE_NONE), 0);
+        let carried = OPTS.carried(false);
+        assert_eq!(
+            (carried.wscale, carried.ecn, carried.sack, carried.mss_idx),
+            (7, false, true, 3)
+        );
+        assert_eq!(OPTS.carried(true), OPTS);
+        // Every option combination round-trips through both layouts.
+        let s = secrets();
+        for mss_idx in 0..4 {
+            for wscale in 0..=15 {
+                for sack in [false, true] {
+                    for ecn in [false, true] {
+                        let o = CookieOpts {
+                            mss_idx,
+                            wscale,
+                            sack,
+                            ecn,
+                        };
+                        for ts in [false, true] {
+                            let c = make(&s.keys[0], 0, 0, &syn(flow(), 5, T, o, ts));
+                            assert_eq!(
+                                back(&s, &flow(), 5, c, ts, 500),
+                                Ok(o.carried(ts)),
+                                "{o:?} ts={ts}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn valid_in_its_slot_and_the_next_only() {
+        let s = secrets();
+        for ts in [false, true] {
+            let c = make(&s.keys[0], 0, 0, &syn(flow(), 1000, T, OPTS, ts));
+            let want = Ok(OPTS.carried(ts));
+            assert_eq!(back(&s, &flow(), 1000, c, ts, 500), want);
+            assert_eq!(
+                back(&s, &flow(), 1000, c, ts, 501),
+                want,
+                "previous slot still passes"
+            );
+            for late in [502, 503, 504, 499] {
+                assert_eq!(
+                    back(&s, &flow(), 1000, c, ts, late),
+                    Err(CookieError::BadMac),
+                    "slot {late}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_input_and_bit_is_authenticated() {
+        let s = secrets();
+        let f = flow();
+        for ts in [false, true] {
+            let c = make(&s.keys[0], 0, 0, &syn(f, 1000, T, OPTS, ts));
+            let mut other = f;
+            other.sport += 1;
+            assert_eq!(
+                back(&s, &other, 1000, c, ts, 500),
+                Err(CookieError::BadMac),
+                "port"
+            );
+            let mut other = f;
+            other.saddr[3] ^= 1;
+            assert_eq!(
+                back(&s, &other, 1000, c, ts, 500),
+                Err(CookieError::BadMac),
+                "address"
+            );
+            assert_eq!(
+                back(&s, &f, 1001, c, ts, 500),
+                Err(CookieError::BadMac),
+                "ISN"
+            );
+            // Every bit of the ISN (MAC, key index, parity, options) is under the MAC.
+            for bit in 0..32 {
+                let r = back(
+                    &s,
+                    &f,
+                    1000,
+                    SynCookie {
+                        isn: c.isn ^ (1 << bit),
+                        ..c
+                    },
+                    ts,
+                    500,
+                );
+                assert_eq!(r, Err(CookieError::BadMac), "ISN bit {bit}, ts={ts}");
+            }
+            // The other layout never verifies it.
+            assert_eq!(
+                back(&s, &f, 1000, c, !ts, 500),
+                Err(CookieError::BadMac),
+                "layout {ts}"
+            );
+        }
+        // With timestamps, every TSval bit but the clock's (the top 14) is under the MAC too.
+        let c = make(&s.keys[0], 0, 0, &syn(f, 1000, T, OPTS, true));
+        for bit in 0..18 {
+            let r = back(
+                &s,
+                &f,
+                1000,
+                SynCookie {
+                    tsval: c.tsval ^ (1 << bit),
+                    ..c
+                },
+                true,
+                500,
+            );
+            assert_eq!(r, Err(CookieError::BadMac), "TSval bit {bit}");
+        }
+        for bit in 18..32 {
+            let r = back(
+                &s,
+                &f,
+                1000,
+                SynCookie {
+                    tsval: c.tsval ^ (1 << bit),
+                    ..c
+                },
+                true,
+                500,
+            );
+            assert_eq!(r, Ok(OPTS), "clock bit {bit}");
+        }
+        let v6 = Flow {
+            saddr: [0x2001_0db8, 0, 0, 2],
+            daddr: [0x2001_0db8, 0, 0, 1],
+            sport: 1,
+            dport: 2,
+        };
+        let c6 = make(&s.keys[0], 0, 0, &syn(v6, 9, T, OPTS, true));
+        assert_eq!(back(&s, &v6, 9, c6, true, 500), Ok(OPTS));
+    }
+
+    #[test]
+    fn tsval_is_the_offset_clock_and_hides_uptime() {
+        let s = secrets();
+        let at = |now: u64, off: u32| {
+            make(&s.keys[0], 0, off, &syn(flow(), 1, now, OPTS, true)).tsval >> 18
+        };
+        // The clock part is (ms + offset) >> 18, moving once per 2^18 ms.
+        let ms = T / 1_000_000;
+        assert_eq!(at(T, 0), ((ms as u32) >> 18) & 0x3fff);
+        assert_eq!(
+            at(T, s.ts_offset[0]),
+            ((ms as u32).wrapping_add(s.ts_offset[0]) >> 18) & 0x3fff
+        );
+        assert_ne!(at(T, 0), at(T, 0x8000_0000), "the offset moves it");
+    }
+
+    #[test]
+    fn rotation_keeps_cookies_in_flight() {
+        for ts in [false, true] {
+            let mut s = secrets();
+            let c = make(&s.keys[0], 0, s.ts_offset[0], &syn(flow(), 7, T, OPTS, ts));
+            // Rotate: new secret into the other index, flip current.
+            s.keys[1] = Key { k: [99, 100] };
+            s.current = 1;
+            assert_eq!(
+                back(&s, &flow(), 7, c, ts, 500),
+                Ok(OPTS.carried(ts)),
+                "after one rotation"
+            );
+            let c2 = make(&s.keys[1], 1, s.ts_offset[1], &syn(flow(), 7, T, OPTS, ts));
+            assert_eq!(back(&s, &flow(), 7, c2, ts, 500), Ok(OPTS.carried(ts)));
+            // Second rotation replaces key 0: the first cookie no longer verifies.
+            s.keys[0] = Key { k: [5, 6] };
+            s.current = 0;
+            assert_eq!(back(&s, &flow(), 7, c, ts, 500), Err(CookieError::BadMac));
+        }
+    }
+
+    /// A blind forger's odds, counted: every low byte (key index, parity, options) of a
+    /// timestamp-less cookie is valid with exactly one 24-bit MAC, so 256 of the 2^32 values
+    /// verify, 2^-24 per guess; and with timestamps exactly one (ISN, TSecr MAC bits) pair per
+    /// ISN low nibble and TSecr option bits, 2^-40 per guess.
+    #[test]
+    fn forgery_odds() {
+        let s = secrets();
+        let (f, isn) = (flow(), 4242);
+        let mut valid = 0;
+        for low in 0..=255u32 {
+            let opts = CookieOpts {
+                mss_idx: ((low >> 4) & 3) as u8,
+                wscale: WSCALE_CLASSES[((low >> 1) & 7) as usize],
+                sack: low & 1 != 0,
+                ecn: false,
+            };
+            let key_idx = (low >> 7) & 1;
+            let slot = 500 - ((500 ^ (low >> 6)) & 1);
+            let now = u64::from(slot) << SLOT_SHIFT;
+            let c = make(
+                &s.keys[key_idx as usize],
+                key_idx,
+                0,
+                &syn(f, isn, now, opts, false),
+            );
+            assert_eq!(c.isn & 0xff, low, "low byte {low:#x}");
+            valid += usize::from(check(&s, &f, isn, c.isn, None, 500).is_ok());
+            // Its 2^24 - 1 neighbours with other MAC bits: sampled, all refused.
+            for m in [1u32, 2, 0x80_0000, 0xff_ffff, 0x12_3456] {
+                assert!(check(&s, &f, isn, c.isn ^ (m << 8), None, 500).is_err());
+            }
+        }
+        assert_eq!(valid, 256);
+    }
+
     proptest::proptest! {
         #[test]
-        fn make_then_check_round_trips(isn in proptest::num::u32::ANY, slot in proptest::num::u32::ANY, o in 0u8..=255, k0 in proptest::num::u64::ANY, sp in proptest::num::u16::ANY) {
+        fn make_then_check_round_trips(isn in proptest::num::u32::ANY, slot in 1u32..(1 << 27), o in 0u8..=255, k0 in proptest::num::u64::ANY, sp in proptest::num::u16::ANY, ts: bool) {
             let mut s = secrets();
-            s.keys[1].k[0] = k0;
+            s.keys[1].k[0] = k0 | 1;
             let mut f = flow();
             f.sport = sp;
-            let opts = CookieOpts::decode(o);
-            let c = make(&s.keys[1], 1, &f, isn, slot, opts);
-            proptest::prop_assert_eq!(check(&s, &f, isn, c, slot), Ok(opts));
-            proptest::prop_assert_eq!(check(&s, &f, isn, c, slot.wrapping_add(1)), Ok(opts));
+            let opts = CookieOpts { mss_idx: o >> 6, wscale: (o >> 2) & 15, sack: o & 2 != 0, ecn: o & 1 != 0 };
+            let now = u64::from(slot) << SLOT_SHIFT | 77;
+            let c = make(&s.keys[1], 1, 0, &syn(f, isn, now, opts, ts));
+            proptest::prop_assert_eq!(back(&s, &f, isn, c, ts, slot), Ok(opts.carried(ts)));
+            proptest::prop_assert_eq!(back(&s, &f, isn, c, ts, slot.wrapping_add(1)), Ok(opts.carried(ts)));
         }
 
-        /// Random cookies almost never verify: out of 4096, at most a handful may (2^-21 each,
-        /// plus the 1/2 chance the slot bits are current or previous).
+        /// Random ACKs almost never verify: out of 4096 without timestamps (2^-24 each), none
+        /// but by a 1-in-4096 chance.
         #[test]
         fn random_cookies_fail(cookies in proptest::collection::vec(proptest::num::u32::ANY, 4096)) {
             let s = secrets();
-            let ok = cookies.iter().filter(|c| check(&s, &flow(), 1000, **c, 500).is_ok()).count();
+            let ok = cookies.iter().filter(|c| check(&s, &flow(), 1000, **c, None, 500).is_ok()).count();
             proptest::prop_assert!(ok <= 1, "{ok} random cookies verified");
         }
     }

@@ -39,10 +39,8 @@ pub enum Counter {
     SynAckSent,
     /// ACKs whose cookie verified; handed to the TC program.
     AckValid,
-    /// ACKs with no socket whose cookie MAC failed (forged or too old): dropped.
+    /// ACKs with no socket whose cookie MAC failed (forged, or older than two slots): dropped.
     AckBadMac,
-    /// ACKs with no socket whose cookie is two or three slots old: dropped.
-    AckExpired,
     /// ACKs whose cookie verified but whose listener is gone (TC): the kernel resets them.
     AckNoListener,
     /// Connections created in the listener by the kfunc (TC).
@@ -124,7 +122,6 @@ impl Counter {
         Counter::SynAckSent,
         Counter::AckValid,
         Counter::AckBadMac,
-        Counter::AckExpired,
         Counter::AckNoListener,
         Counter::HandedOff,
         Counter::HandoffFailed,
@@ -172,7 +169,6 @@ impl Counter {
             Counter::SynAckSent => "syn_ack_sent",
             Counter::AckValid => "ack_valid",
             Counter::AckBadMac => "ack_bad_mac",
-            Counter::AckExpired => "ack_expired",
             Counter::AckNoListener => "ack_no_listener",
             Counter::HandedOff => "handed_off",
             Counter::HandoffFailed => "handoff_failed",
@@ -222,7 +218,6 @@ impl Counter {
             Counter::SynAckSent => "Cookie SYN-ACKs sent (XDP_TX)",
             Counter::AckValid => "ACKs with a valid cookie",
             Counter::AckBadMac => "ACKs dropped: cookie MAC failed",
-            Counter::AckExpired => "ACKs dropped: cookie expired",
             Counter::AckNoListener => {
                 "Verified ACKs with no listener left (the kernel resets them)"
             }

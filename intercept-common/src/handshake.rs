@@ -4,7 +4,7 @@
 use crate::{
     checksum::{add_words, fold64},
     config::{Config, TcpReqAttrs, flags},
-    cookie::{CookieOpts, Flow, WSCALE_NONE, mss_index},
+    cookie::{CookieOpts, Flow, SynInput, WSCALE_NONE, mss_index},
     parse::{Frame, IPPROTO_TCP, Ip, L3, Tcp, tcp_flags},
     tcpopt::{self, TcpOptions},
 };
@@ -108,6 +108,22 @@ impl SynRequest {
             tcp.flags & (tcp_flags::ECE | tcp_flags::CWR) == tcp_flags::ECE | tcp_flags::CWR;
         out.opts = tcpopt::parse(f, tcp.off, tcp.hdr_len);
         true
+    }
+
+    /// What the cookie of this SYN is made of at `now_ns` under `cfg`: its options as the cookie
+    /// carries them (see [`CookieOpts::carried`]; the SYN-ACK offers exactly these), and the
+    /// layout its timestamps choose.
+    #[inline(always)]
+    #[must_use]
+    pub fn cookie_input(&self, cfg: &Config, now_ns: u64) -> SynInput {
+        let ts = self.opts.ts_ok;
+        SynInput {
+            flow: self.flow,
+            isn: self.isn,
+            now_ns,
+            opts: self.cookie_opts(cfg).carried(ts),
+            ts,
+        }
     }
 
     /// What the cookie records of this SYN under `cfg`.
@@ -282,15 +298,20 @@ pub fn build_synack(
 }
 
 /// The attributes the kernel needs to create the connection from a verified ACK: the options the
-/// cookie recorded, our own window scale, and the ACK's timestamps (`ack` is the ACK's options).
+/// cookie recorded, our own window scale, and the ACK's timestamps (`ts`: its TSval and TSecr,
+/// from [`tcpopt::timestamps`]).
 #[inline(always)]
 #[must_use]
-pub fn handoff_attrs(co: CookieOpts, v6: bool, cfg: &Config, ack: &TcpOptions) -> TcpReqAttrs {
+pub fn handoff_attrs(
+    co: CookieOpts,
+    v6: bool,
+    cfg: &Config,
+    ts: Option<(u32, u32)>,
+) -> TcpReqAttrs {
     let wscale_ok = co.wscale != WSCALE_NONE;
-    let (rcv_tsval, rcv_tsecr, tstamp_ok) = if ack.ts_ok {
-        (ack.tsval, ack.tsecr, 1)
-    } else {
-        (0, 0, 0)
+    let (rcv_tsval, rcv_tsecr, tstamp_ok) = match ts {
+        Some((tsval, tsecr)) => (tsval, tsecr, 1),
+        None => (0, 0, 0),
     };
     TcpReqAttrs {
         rcv_tsval,
@@ -331,7 +352,7 @@ mod tests {
     use super::*;
     use crate::{
         checksum::verifies,
-        cookie::{Key, Secrets, check, make},
+        cookie::{Key, SLOT_SHIFT, Secrets, check, make},
         craft::{Link, TcpSegment, linux_syn_options, tcp_frame},
         parse::{Dissected, L4, dissect},
     };
@@ -385,6 +406,7 @@ mod tests {
             keys: [Key { k: [3, 4] }, Key::default()],
             current: 0,
             generation: 0,
+            ts_offset: [0x0bad_cafe, 0],
         };
         for v6 in [false, true] {
             for (opts, ecn_flags) in [
@@ -394,15 +416,19 @@ mod tests {
                     vec![2, 4, 5, 0xb4, 1, 1, 4, 2],
                     tcp_flags::ECE | tcp_flags::CWR,
                 ),
+                (
+                    linux_syn_options(1460, 77, 7),
+                    tcp_flags::ECE | tcp_flags::CWR,
+                ),
                 (vec![1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 0], 0),
                 (vec![1, 3, 3, 2], 0),
             ] {
                 let f = syn_frame(v6, opts, tcp_flags::SYN | ecn_flags);
                 let req = request(&f);
-                let co = req.cookie_opts(&cfg);
-                let cookie = make(&secrets.keys[0], 0, &req.flow, req.isn, 9, co);
+                let input = req.cookie_input(&cfg, 9 << SLOT_SHIFT);
+                let c = make(&secrets.keys[0], 0, secrets.ts_offset[0], &input);
                 let mut sa = SynAck::ZERO;
-                build_synack(&req, &cfg, co, cookie, 0xabcd, &mut sa);
+                build_synack(&req, &cfg, input.opts, c.isn, c.tsval, &mut sa);
                 let mut out = f[..14].to_vec();
                 let (ip_bytes, tcp_bytes) = sa.bytes();
                 out.extend_from_slice(&ip_bytes[..sa.ip_len]);
@@ -416,12 +442,13 @@ mod tests {
                 );
                 assert_eq!(
                     t.flags & tcp_flags::ECE != 0,
-                    ecn_flags != 0,
-                    "ECE answers an ECN setup SYN"
+                    ecn_flags != 0 && req.opts.ts_ok,
+                    "ECE answers an ECN setup SYN with timestamps (the cookie has no room for \
+                     ECN without)"
                 );
                 assert_eq!(
                     (t.sport, t.dport, t.ack_seq, t.seq),
-                    (8080, 40000, 0x1111_2223, cookie)
+                    (8080, 40000, 0x1111_2223, c.isn)
                 );
                 assert!(t.window > 0);
                 let back = flow_of(&out[..], &ip, &t).unwrap();
@@ -432,7 +459,7 @@ mod tests {
                 assert_eq!(o.sack_perm, req.opts.sack_perm);
                 assert_eq!(o.ts_ok, req.opts.ts_ok);
                 if o.ts_ok {
-                    assert_eq!((o.tsval, o.tsecr), (0xabcd, req.opts.tsval));
+                    assert_eq!((o.tsval, o.tsecr), (c.tsval, req.opts.tsval));
                 }
                 assert_eq!(o.has_wscale(), req.opts.has_wscale());
                 if o.has_wscale() {
@@ -460,14 +487,17 @@ mod tests {
                 };
                 assert!(verifies(acc, tcp), "TCP checksum");
                 // The completing ACK decodes to what was negotiated.
-                let got = check(&secrets, &req.flow, req.isn, cookie, 9).expect("cookie");
-                let ack_opts = TcpOptions {
-                    ts_ok: o.ts_ok,
-                    tsval: o.tsecr + 1,
-                    tsecr: o.tsval,
-                    ..TcpOptions::default()
-                };
-                let a = handoff_attrs(got, v6, &cfg, &ack_opts);
+                let got = check(
+                    &secrets,
+                    &req.flow,
+                    req.isn,
+                    c.isn,
+                    o.ts_ok.then_some(o.tsval),
+                    9,
+                )
+                .expect("cookie");
+                assert_eq!(got, input.opts);
+                let a = handoff_attrs(got, v6, &cfg, o.ts_ok.then_some((o.tsecr + 1, o.tsval)));
                 assert_eq!(a.sack_ok, u8::from(req.opts.sack_perm));
                 assert_eq!(a.wscale_ok, u8::from(req.opts.has_wscale()));
                 assert_eq!(
@@ -479,7 +509,7 @@ mod tests {
                     }
                 );
                 assert_eq!(a.tstamp_ok, u8::from(req.opts.ts_ok));
-                assert_eq!(a.rcv_tsecr, if o.ts_ok { 0xabcd } else { 0 });
+                assert_eq!(a.rcv_tsecr, if o.ts_ok { c.tsval } else { 0 });
                 assert!(a.mss >= 536);
             }
         }

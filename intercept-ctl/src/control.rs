@@ -374,6 +374,7 @@ impl Maps {
         let mut s = self.secrets()?;
         let next = (s.current ^ 1) & 1;
         s.keys[next as usize] = random_key()?;
+        s.ts_offset[next as usize] = random_ts_offset()?;
         s.current = next;
         s.generation = s.generation.wrapping_add(1);
         self.secrets.set(0, &s, 0).context("write SECRETS")?;
@@ -390,6 +391,7 @@ impl Maps {
             keys: [random_key()?, random_key()?],
             current: 0,
             generation: 1,
+            ts_offset: [random_ts_offset()?, random_ts_offset()?],
         };
         self.secrets.set(0, &s, 0).context("write SECRETS")
     }
@@ -533,6 +535,15 @@ pub fn random_key() -> anyhow::Result<SipKey> {
             u64::from_le_bytes(b[8..].try_into()?),
         ],
     })
+}
+
+/// A random TSval offset for a new secret (see `Secrets::ts_offset`).
+///
+/// # Errors
+/// No randomness.
+pub fn random_ts_offset() -> anyhow::Result<u32> {
+    // 32 random bits from a fresh key's material.
+    Ok(random_key()?.k[0] as u32)
 }
 
 /// The interface's MTU (in the current network namespace).

@@ -140,11 +140,15 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
         return pass(Counter::PassNoSecret);
     };
     let now = crate::clock::now_ns();
+    // With timestamps, part of the cookie comes back as the TSecr (see `cookie`). Read once: the
+    // handoff needs them too, and a second option walk would double the verifier's states.
+    let ts = tcpopt::timestamps(&pkt, tcp.off, tcp.hdr_len);
     let err = match cookie::check(
         secrets,
         &flow,
         tcp.seq.wrapping_sub(1),
         tcp.ack_seq.wrapping_sub(1),
+        ts.map(|(_, tsecr)| tsecr),
         slot_of(now),
     ) {
         Ok(co) => {
@@ -152,7 +156,7 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
                 return follow(ctx);
             }
             let v6 = matches!(ip.l3, L3::V6 { .. });
-            return handoff(ctx, &pkt, tcp, co, v6, cfg, &key);
+            return handoff(ctx, co, v6, cfg, &key, ts);
         }
         Err(_) if !strict => return pass(Counter::Passed),
         Err(e) => e,
@@ -180,7 +184,6 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
         }
     }
     drop(match err {
-        CookieError::Expired => Counter::AckExpired,
         CookieError::BadMac => Counter::AckBadMac,
     })
 }
@@ -247,21 +250,19 @@ fn write_meta(ctx: &XdpContext, h: Handoff) -> bool {
     true
 }
 
-/// Leaves the decoded options in the metadata for TC and passes the ACK.
+/// Leaves the decoded options in the metadata for TC and passes the ACK; `ts` its timestamps.
 #[inline(always)]
 fn handoff(
     ctx: &XdpContext,
-    pkt: &Pkt<XdpContext>,
-    tcp: &Tcp,
     co: cookie::CookieOpts,
     v6: bool,
     cfg: &Config,
     key: &FlowKey,
+    ts: Option<(u32, u32)>,
 ) -> u32 {
-    let ack_opts = tcpopt::parse(pkt, tcp.off, tcp.hdr_len);
     let h = Handoff {
         magic: HANDOFF_MAGIC,
-        attrs: handoff_attrs(co, v6, cfg, &ack_opts),
+        attrs: handoff_attrs(co, v6, cfg, ts),
     };
     if !write_meta(ctx, h) {
         // Nothing leads this handshake: its next segment must lead it again.

@@ -3,8 +3,7 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
 };
 use intercept_common::{
-    Counter,
-    cookie::{self, slot_of},
+    Counter, cookie,
     handshake::{SynRequest, build_synack, header_checksum_ok},
     parse::{Frame, Ip, Tcp},
 };
@@ -69,14 +68,14 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     } else if !header_checksum_ok(&pkt, &req.flow, req.v6, tcp) {
         return pass(Counter::PassBadChecksum);
     }
-    let Some((idx, key)) = SECRETS.get(0).and_then(|s| s.current_key()) else {
+    let Some((idx, key, ts_offset)) = SECRETS.get(0).and_then(|s| s.current_key()) else {
         return to_kernel(Counter::PassNoSecret);
     };
-    let co = req.cookie_opts(cfg);
-    let c = cookie::make(key, idx, &req.flow, req.isn, slot_of(now), co);
-    // Millisecond TSval; the kernel keeps continuity with its own clock through ts_off.
+    let input = req.cookie_input(cfg, now);
+    let c = cookie::make(key, idx, ts_offset, &input);
+    // The kernel continues the connection's timestamps from our TSval (its `ts_off`).
     let sa = &mut scratch.sa;
-    build_synack(req, cfg, co, c, (now / 1_000_000) as u32, sa);
+    build_synack(req, cfg, input.opts, c.isn, c.tsval, sa);
 
     // Lengths re-derived here, not read back from the map: a value loaded from map memory has no
     // bounds ("math between pkt pointer and register with unbounded min value is not allowed").

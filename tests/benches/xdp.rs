@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use intercept_common::{
-    cookie::{CookieOpts, Flow, make, mapped},
+    cookie::{CookieOpts, Flow, SLOT_SHIFT, SynCookie, SynInput, make, mapped},
     craft::{Link, TcpSegment, linux_syn_options, tcp_frame},
     maps::{PROG_XDP, PROG_XDP_PASS},
     parse::tcp_flags,
@@ -140,8 +140,17 @@ fn main() {
         let flow = Flow { saddr: mapped(0xc612_0002), daddr: mapped(0xc612_0001), sport: 40000, dport: 8080 };
         let mut ack = TcpSegment::new(c, s, 40000, 8080, tcp_flags::ACK);
         ack.seq = 78;
-        ack.options = vec![1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 1];
-        ack.ack_seq = make(&test_secrets().keys[0], 0, &flow, 77, now_slot(), co).wrapping_add(1);
+        // The cookie of a handshake with timestamps, its ACK echoing our TSval (Linux's layout).
+        let cookie_of = |flow: Flow, isn: u32| -> SynCookie {
+            let s = test_secrets();
+            make(&s.keys[0], 0, s.ts_offset[0], &SynInput { flow, isn, now_ns: u64::from(now_slot()) << SLOT_SHIFT, opts: co, ts: true })
+        };
+        let with_cookie = |seg: &mut TcpSegment, c: SynCookie| {
+            seg.ack_seq = c.isn.wrapping_add(1);
+            seg.options = vec![1, 1, 8, 10, 0, 0, 0, 9];
+            seg.options.extend_from_slice(&c.tsval.to_be_bytes());
+        };
+        with_cookie(&mut ack, cookie_of(flow, 77));
         let valid_ack = tcp_frame(&l, &ack);
         // Handshakes that each lead their handoff (a repeated one would follow the first): two
         // of the same 4-tuple with different ISNs, alternating, so each finds the other's in its
@@ -150,8 +159,7 @@ fn main() {
         let handshake = |src: u32, sport: u16, isn: u32| {
             let flow = Flow { saddr: mapped(src), daddr: mapped(0xc612_0001), sport, dport: 8080 };
             let mut a = TcpSegment { seq: isn + 1, ..TcpSegment::new(IpAddr::V4(Ipv4Addr::from(src)), s, sport, 8080, tcp_flags::ACK) };
-            a.options.clone_from(&ack.options);
-            a.ack_seq = make(&test_secrets().keys[0], 0, &flow, isn, now_slot(), co).wrapping_add(1);
+            with_cookie(&mut a, cookie_of(flow, isn));
             tcp_frame(&l, &a)
         };
         let warm_acks = vec![handshake(0xc612_0002, 40001, 77), handshake(0xc612_0002, 40001, 177)];

@@ -365,6 +365,7 @@ pub fn test_secrets() -> intercept_common::cookie::Secrets {
         ],
         current: 0,
         generation: 1,
+        ts_offset: [0x0123_4567, 0x89ab_cdef],
     }
 }
 

@@ -92,7 +92,6 @@ fn every_first_request_reaches_its_socket_the_first_time_v4_and_v6() {
             (HandedOff, conns),
             (HandoffFailed, 0),
             (AckBadMac, 0),
-            (AckExpired, 0),
             (Aborted, 0),
         ] {
             assert_eq!(d.get(k), want, "{shape:?} {}: {d:?}", k.name());

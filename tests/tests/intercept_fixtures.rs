@@ -10,7 +10,10 @@ use intercept_common::{
         Config, FOLLOW_MAGIC, FlowKey, HANDOFF_MAGIC, Mode, Proven, TcpReqAttrs, flags,
         proven_slot, proven_state,
     },
-    cookie::{CookieOpts, Flow, Key, Secrets, WSCALE_NONE, make, words_of},
+    cookie::{
+        CookieOpts, Flow, Key, SLOT_SHIFT, Secrets, SynCookie, SynInput, WSCALE_NONE, make,
+        words_of,
+    },
     craft::{Link, TcpSegment, linux_syn_options, tcp_frame},
     maps::PROG_XDP,
     parse::{ETH_P_8021AD, ETH_P_8021Q, tcp_flags},
@@ -209,8 +212,34 @@ fn syn_case(env: &Env, what: &str, vlans: usize, seg: &TcpSegment, co: CookieOpt
         } else {
             0
         };
-        let cookie = make(&secrets().keys[0], 0, &flow, seg.seq, slot, co);
-        let want = expected_synack(&l, seg, co, cookie, tsval, ecn);
+        let ts = !seg.options.is_empty()
+            && intercept_common::tcpopt::parse(
+                &frame[..],
+                toff,
+                20 + seg.options.len().div_ceil(4) * 4,
+            )
+            .ts_ok;
+        let co = co.carried(ts);
+        let c = make(
+            &secrets().keys[0],
+            0,
+            secrets().ts_offset[0],
+            &SynInput {
+                flow,
+                isn: seg.seq,
+                now_ns: u64::from(slot) << SLOT_SHIFT,
+                opts: co,
+                ts,
+            },
+        );
+        // The TSval's clock bits are the data path's time; its MAC and option bits are the
+        // cookie's.
+        assert_eq!(
+            tsval & 0x3ffff,
+            c.tsval & 0x3ffff,
+            "{what}: TSval cookie bits"
+        );
+        let want = expected_synack(&l, seg, co, c.isn, tsval, ecn && ts);
         assert_eq!(out, want, "{what}: SYN-ACK frame");
         return;
     }
@@ -410,18 +439,27 @@ fn syn_path_fixtures() {
     .unwrap_or_else(|e| std::panic::resume_unwind(e));
 }
 
-/// The completing ACK of a handshake whose SYN had Linux options (cookie options `co`), with the
-/// client's timestamps.
-fn ack(v6: bool, dport: u16, isn: u32, cookie: u32) -> TcpSegment {
+/// The completing ACK of a handshake whose SYN had Linux options: our cookie back as its
+/// acknowledgment number, our TSval as its TSecr (the client's own TSval 0x1234).
+fn ack(v6: bool, dport: u16, isn: u32, cookie: SynCookie) -> TcpSegment {
     let (c, s) = ips(v6);
     let mut t = TcpSegment::new(c, s, 40000, dport, tcp_flags::ACK);
     t.seq = isn.wrapping_add(1);
-    t.ack_seq = cookie.wrapping_add(1);
-    t.options = vec![1, 1, 8, 10, 0, 0, 0x12, 0x34, 0, 0, 0x56, 0x78];
+    t.ack_seq = cookie.isn.wrapping_add(1);
+    t.options = vec![1, 1, 8, 10, 0, 0, 0x12, 0x34];
+    t.options.extend_from_slice(&cookie.tsval.to_be_bytes());
     t
 }
 
-fn cookie_for(v6: bool, dport: u16, isn: u32, key_idx: usize, slot: u32, co: CookieOpts) -> u32 {
+/// The cookie (ISN and TSval) of a handshake whose SYN had timestamps, made in `slot`.
+fn cookie_for(
+    v6: bool,
+    dport: u16,
+    isn: u32,
+    key_idx: usize,
+    slot: u32,
+    co: CookieOpts,
+) -> SynCookie {
     let (c, s) = ips(v6);
     let flow = Flow {
         saddr: words_of(c),
@@ -432,11 +470,23 @@ fn cookie_for(v6: bool, dport: u16, isn: u32, key_idx: usize, slot: u32, co: Coo
     make(
         &secrets().keys[key_idx],
         u32::try_from(key_idx).unwrap(),
-        &flow,
-        isn,
-        slot,
-        co,
+        secrets().ts_offset[key_idx],
+        &SynInput {
+            flow,
+            isn,
+            now_ns: u64::from(slot) << SLOT_SHIFT,
+            opts: co,
+            ts: true,
+        },
     )
+}
+
+/// `c` with the ISN bits of `mask` flipped.
+fn flip(c: SynCookie, mask: u32) -> SynCookie {
+    SynCookie {
+        isn: c.isn ^ mask,
+        ..c
+    }
 }
 
 #[test]
@@ -472,7 +522,7 @@ fn ack_path_fixtures() {
                 now_slot(),
                 opts(3, 7, true, false),
             );
-            (d.seq, d.ack_seq) = (0x0102_0304, (not_cookie ^ 0x8000_0000).wrapping_add(1));
+            (d.seq, d.ack_seq) = (0x0102_0304, (not_cookie.isn ^ 0x8000_0000).wrapping_add(1));
             d.payload = vec![0x61; 10];
             tcp_frame(&link(0), &d)
         };
@@ -511,7 +561,7 @@ fn ack_path_fixtures() {
                 false,
                 PORT,
                 isn,
-                cookie_for(false, PORT, isn, 0, now_slot(), co) ^ 0x8000_0000,
+                flip(cookie_for(false, PORT, isn, 0, now_slot(), co), 0x8000_0000),
             ),
         );
         let mut want = drop_(AckBadMac, false, false);
@@ -601,7 +651,8 @@ fn ack_path_fixtures() {
         for (v6, vlans) in [(false, 0), (true, 2)] {
             for (what, age) in [("valid cookie", 0), ("cookie from the previous slot", 1)] {
                 let slot = now_slot();
-                let seg = ack(v6, PORT, isn, cookie_for(v6, PORT, isn, 0, slot - age, co));
+                let cookie = cookie_for(v6, PORT, isn, 0, slot - age, co);
+                let seg = ack(v6, PORT, isn, cookie);
                 let f = tcp_frame(&link(vlans), &seg);
                 let mut c = vec![
                     Packets,
@@ -624,7 +675,7 @@ fn ack_path_fixtures() {
                     unsafe { std::ptr::read_unaligned(out[4..24].as_ptr().cast()) };
                 let want = TcpReqAttrs {
                     rcv_tsval: 0x1234,
-                    rcv_tsecr: 0x5678,
+                    rcv_tsecr: cookie.tsval,
                     mss: if v6 { 8940 } else { 1460 },
                     rcv_wscale: 7,
                     snd_wscale: 7,
@@ -644,19 +695,80 @@ fn ack_path_fixtures() {
             );
             assert_eq!(
                 env.run(
-                    "expired cookie",
+                    "cookie three slots old (its parity says the previous slot: the MAC fails)",
                     &f,
                     XDP_DROP,
-                    &drop_(AckExpired, v6, vlans > 0)
+                    &drop_(AckBadMac, v6, vlans > 0)
                 )
                 .len(),
                 f.len()
             );
         }
+        // A handshake without timestamps: the cookie alone carries it (24 MAC bits, options
+        // rounded as the cookie carries them); with a TSecr added it is another layout, refused;
+        // a timestamps cookie with one TSecr MAC bit flipped is refused.
+        let isn0 = 0x4444_0000;
+        let (c4, s4) = ips(false);
+        let plain = make(
+            &secrets().keys[0],
+            0,
+            secrets().ts_offset[0],
+            &SynInput {
+                flow: Flow {
+                    saddr: words_of(c4),
+                    daddr: words_of(s4),
+                    sport: 40000,
+                    dport: PORT,
+                },
+                isn: isn0,
+                now_ns: u64::from(now_slot()) << SLOT_SHIFT,
+                opts: co,
+                ts: false,
+            },
+        );
+        let mut a0 = ack(false, PORT, isn0, plain);
+        a0.options.clear();
+        let out = env.run(
+            "valid cookie without timestamps",
+            &tcp_frame(&link(0), &a0),
+            XDP_PASS,
+            &[Packets, Ipv4, Tcp, Ack, AckValid, Passed],
+        );
+        // SAFETY: 20 bytes of plain integers, read unaligned.
+        let a: TcpReqAttrs = unsafe { std::ptr::read_unaligned(out[4..24].as_ptr().cast()) };
+        assert_eq!(
+            (a.tstamp_ok, a.sack_ok, a.snd_wscale, a.ecn_ok, a.mss),
+            (0, 1, 7, 0, 1460),
+            "without timestamps: {a:?}"
+        );
+        env.run(
+            "cookie without timestamps presented with a TSecr",
+            &tcp_frame(&link(0), &ack(false, PORT, isn0, plain)),
+            XDP_DROP,
+            &drop_(AckBadMac, false, false),
+        );
+        let tsc = cookie_for(false, PORT, isn0 ^ 4, 0, now_slot(), co);
+        env.run(
+            "timestamps cookie with a TSecr MAC bit flipped",
+            &tcp_frame(
+                &link(0),
+                &ack(
+                    false,
+                    PORT,
+                    isn0 ^ 4,
+                    SynCookie {
+                        tsval: tsc.tsval ^ 0x40,
+                        ..tsc
+                    },
+                ),
+            ),
+            XDP_DROP,
+            &drop_(AckBadMac, false, false),
+        );
         // Forged: a cookie of the current slot with a wrong MAC.
         let slot = now_slot();
         let good = cookie_for(false, PORT, isn, 0, slot, co);
-        let f = tcp_frame(&link(0), &ack(false, PORT, isn, good ^ 0x8000_0000));
+        let f = tcp_frame(&link(0), &ack(false, PORT, isn, flip(good, 0x8000_0000)));
         env.run(
             "forged cookie (MAC bit flipped)",
             &f,
@@ -753,6 +865,7 @@ fn ack_path_fixtures() {
             keys: [Key { k: [0, 0] }, Key { k: [0, 0] }],
             current: 0,
             generation: 2,
+            ts_offset: [0, 0],
         };
         env.maps.set_secrets(&zero).unwrap();
         env.run(
@@ -768,15 +881,19 @@ fn ack_path_fixtures() {
         let zero_cookie = make(
             &zero.keys[0],
             0,
-            &Flow {
-                saddr: words_of(c),
-                daddr: words_of(s),
-                sport: 40000,
-                dport: PORT,
+            0,
+            &SynInput {
+                flow: Flow {
+                    saddr: words_of(c),
+                    daddr: words_of(s),
+                    sport: 40000,
+                    dport: PORT,
+                },
+                isn,
+                now_ns: u64::from(now_slot()) << SLOT_SHIFT,
+                opts: co,
+                ts: true,
             },
-            isn,
-            now_slot(),
-            co,
         );
         let mut want = drop_(AckBadMac, false, false);
         want.push(SocketLookups);
@@ -800,7 +917,7 @@ fn ack_path_fixtures() {
             &want,
         );
         // Unprotected destination: passed untouched.
-        let mut seg = ack(false, PORT, isn, 0);
+        let mut seg = ack(false, PORT, isn, SynCookie { isn: 0, tsval: 0 });
         seg.dst = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9));
         let f = tcp_frame(&link(0), &seg);
         assert_eq!(
@@ -923,7 +1040,7 @@ fn segments_following_a_handoff_pass_without_a_second_one() {
                 (old.client_next, old.server_next, old.state),
                 (
                     isn.wrapping_add(1),
-                    cookie.wrapping_add(1),
+                    cookie.isn.wrapping_add(1),
                     proven_state::PENDING
                 )
             );
