@@ -144,6 +144,8 @@ fn main() -> anyhow::Result<()> {
                 "xdp",
                 "--bench",
                 "latency",
+                "--bench",
+                "forgery",
                 "--",
             ];
             a.extend(args.iter().map(String::as_str));
