@@ -77,8 +77,9 @@ struct MetricsFile {
 /// A validated configuration, ready to apply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// Operator mode.
-    pub mode: Mode,
+    /// Operator mode; `None` when the file names none (the mode in force, or the one `attach`
+    /// was given, stays).
+    pub mode: Option<Mode>,
     /// SYN-ACK parameters (mode and flags filled in at apply).
     pub synack: (u16, u16, u16, u8, u8, bool),
     /// Watch knobs.
@@ -132,16 +133,17 @@ pub fn parse(name: &str, text: &str) -> anyhow::Result<Settings> {
         .as_ref()
         .map(|m| (m.span().start, m.get_ref().as_str()))
     {
-        None | Some((_, "intercept")) => Mode::Intercept,
-        Some((_, "off")) => Mode::Off,
-        Some((_, "watch")) => Mode::Watch,
-        Some((_, "auto")) => Mode::Auto,
+        None => None,
+        Some((_, "intercept")) => Some(Mode::Intercept),
+        Some((_, "off")) => Some(Mode::Off),
+        Some((_, "watch")) => Some(Mode::Watch),
+        Some((_, "auto")) => Some(Mode::Auto),
         Some((o, other)) => {
             err(
                 o,
                 format!("mode '{other}' is not one of off, intercept, watch, auto"),
             );
-            Mode::Off
+            None
         }
     };
     let d = Config::default();
@@ -386,7 +388,9 @@ pub fn apply(iface: &str, netns: Option<&str>, s: &Settings) -> anyhow::Result<(
         m.exempt_del(&p.parse()?)?;
     }
     let mut c = m.config()?;
-    c.mode = s.mode as u32;
+    if let Some(m) = s.mode {
+        c.mode = m as u32;
+    }
     (c.mss_v4, c.mss_v6, c.window, c.wscale, c.ttl) =
         (s.synack.0, s.synack.1, s.synack.2, s.synack.3, s.synack.4);
     c.flags = if s.synack.5 {
@@ -407,7 +411,7 @@ pub fn snapshot(iface: &str, netns: Option<&str>) -> anyhow::Result<Settings> {
     let m = Maps::open(iface, netns)?;
     let c = m.config()?;
     Ok(Settings {
-        mode: Mode::from_u32(c.mode),
+        mode: Some(Mode::from_u32(c.mode)),
         synack: (
             c.mss_v4,
             c.mss_v6,
@@ -465,7 +469,7 @@ rotate_every = 3600
     #[test]
     fn a_complete_file_validates() {
         let s = parse("t.toml", GOOD).unwrap();
-        assert_eq!(s.mode, Mode::Auto);
+        assert_eq!(s.mode, Some(Mode::Auto));
         assert_eq!(s.synack.0, 1400);
         assert!(!s.synack.5);
         assert_eq!(

@@ -234,13 +234,30 @@ impl Maps {
     /// (`intercept_common::config::REQUEST_SOCK_LIFETIME_NS`): the
     /// kernel's own half-open handshakes (request sockets, absent from the socket table) can
     /// still complete.
+    ///
+    /// Every writer of the configuration (attach, `mode`, `reload`, the daemon's `auto`
+    /// switching) comes through here, so here is where what a mode change needs is ensured:
+    /// entering intercept mode sets `net.ipv4.tcp_syncookies` to 1 if it is 0 (the kernel resets
+    /// every cookie handshake without it; said on stderr), leaving it keeps verifying our
+    /// cookies for [`crate::watchctl::COOKIE_GRACE`] (handshakes in flight still complete).
     pub fn set_config(&mut self, c: &Config) -> anyhow::Result<()> {
         let mut c = *c;
         c.flags = (c.flags & !flags::DERIVED) | self.derived_flags()?;
         let before = self.config()?;
-        if Mode::effective(&c) == Mode::Intercept && Mode::effective(&before) != Mode::Intercept {
+        let (was, is) = (
+            Mode::effective(&before) == Mode::Intercept,
+            Mode::effective(&c) == Mode::Intercept,
+        );
+        if is && !was {
+            if let Some(msg) = ensure_syncookies()? {
+                eprintln!("intercept-ctl: {msg}");
+            }
             let until = crate::watchctl::monotonic_ns() + REQUEST_SOCK_LIFETIME_NS;
             self.set_lookup_until(until.max(self.socket_table()?.lookup_until_ns))?;
+        }
+        if was && !is {
+            c.cookie_grace_until_ns = crate::watchctl::monotonic_ns()
+                + u64::try_from(crate::watchctl::COOKIE_GRACE.as_nanos())?;
         }
         self.config.set(0, &c, 0).context("write CONFIG")
     }

@@ -403,11 +403,6 @@ fn configure(
     m.mark_seeded()?;
     crate::watchctl::WatchMaps::open(iface, netns)?
         .set_watch(&intercept_common::config::Watch::default())?;
-    if initial == Mode::Intercept {
-        if let Some(msg) = crate::control::ensure_syncookies()? {
-            eprintln!("intercept-ctl: {msg}");
-        }
-    }
     Ok(())
 }
 

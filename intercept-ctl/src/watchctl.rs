@@ -235,15 +235,13 @@ impl Watcher {
             w.last_cause = cause as u32;
             cfg.aggressive = u32::from(agg);
             if mode == Mode::Auto {
-                let was_intercept = cfg.active == Mode::Intercept as u32;
+                // `set_config` ensures what intercept mode needs on the way in (tcp_syncookies)
+                // and the cookie grace period on the way out.
                 cfg.active = if agg {
                     Mode::Intercept as u32
                 } else {
                     Mode::Watch as u32
                 };
-                if was_intercept && !agg {
-                    cfg.cookie_grace_until_ns = now + u64::try_from(COOKIE_GRACE.as_nanos())?;
-                }
             }
             cfg_changed = true;
         }

@@ -1,6 +1,6 @@
 //! The real intercept-ctl binary: exit codes, stdout JSON and stderr messages for bad input.
 use intercept_ctl::netns::Netns;
-use intercept_tests::{ctl, ctl_bin, require_root};
+use intercept_tests::{ctl, ctl_bin, ctl_ok, require_root};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -334,6 +334,36 @@ fn bad_input_to_every_verb_is_rejected_with_a_precise_message() {
         (Some("watch"), Some(10), Some(1)),
         "{s}"
     );
+    // A file that names no mode leaves the mode in force as it is (it used to switch to
+    // intercept).
+    let no_mode = dir.join("no_mode.toml");
+    std::fs::write(&no_mode, "[[protect]]\nprefix = \"198.18.0.1\"\n").unwrap();
+    t.ctl(&["reload", &ifc, "--config", no_mode.to_str().unwrap()]);
+    assert_eq!(
+        intercept_tests::status(&t)["mode"],
+        "watch",
+        "reload kept the mode"
+    );
+    // Nor does `attach --mode watch --config` with such a file end in intercept mode.
+    let ns = Netns::new("cli").expect("netns");
+    ns.ip(&["link", "add", "xd0", "type", "veth", "peer", "name", "xd1"])
+        .expect("veth");
+    ns.ip(&["link", "set", "xd0", "up"]).expect("up");
+    let o = ctl(&[
+        "--netns",
+        ns.name(),
+        "attach",
+        "xd0",
+        "--mode",
+        "watch",
+        "--config",
+        no_mode.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st: serde_json::Value =
+        serde_json::from_str(&ctl_ok(&["--netns", ns.name(), "--json", "status", "xd0"])).unwrap();
+    assert_eq!(st["mode"], "watch", "attach --mode watch --config: {st}");
+    let _ = ctl(&["--netns", ns.name(), "detach", "xd0"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

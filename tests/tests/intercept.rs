@@ -318,7 +318,30 @@ fn handshakes_in_flight_survive_mode_changes_both_ways() {
     let (l4, l6) = t.lab.listen(PORT).expect("listen");
     echo_server(l4);
     echo_server(l6);
-    for (from, to) in [("watch", "intercept"), ("intercept", "watch")] {
+    // The mode changed by `mode`, and by `reload` of a configuration file.
+    let dir = std::env::temp_dir().join(format!("xi-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let change = |to: &str, how: &str| {
+        if how == "mode" {
+            t.ctl(&["mode", t.srv_if(), to]);
+        } else {
+            let f = dir.join(format!("{to}.toml"));
+            std::fs::write(
+                &f,
+                format!(
+                    "mode = \"{to}\"\n[[protect]]\nprefix = \"198.18.0.1\"\nports = [{PORT}]\n\
+                     [[protect]]\nprefix = \"2001:db8::1\"\nports = [{PORT}]\n"
+                ),
+            )
+            .unwrap();
+            t.ctl(&["reload", t.srv_if(), "--config", f.to_str().unwrap()]);
+        }
+    };
+    for (from, to, how) in [
+        ("watch", "intercept", "mode"),
+        ("intercept", "watch", "mode"),
+        ("intercept", "watch", "reload"),
+    ] {
         t.ctl(&["mode", t.srv_if(), from]);
         let before = t.stats();
         let hold = HoldAcks::new(&t.lab.client);
@@ -335,10 +358,13 @@ fn handshakes_in_flight_survive_mode_changes_both_ways() {
                 "the server holds the handshake half-open"
             );
         }
-        t.ctl(&["mode", t.srv_if(), to]);
+        change(to, how);
         drop(hold);
         // The client's first data segment acknowledges the SYN-ACK and completes the handshake.
-        ping(&mut c, &format!("started in {from}, finished in {to}"));
+        ping(
+            &mut c,
+            &format!("started in {from}, finished in {to} ({how})"),
+        );
         let d = t.stats().delta(&before);
         if from == "watch" {
             assert_eq!(
@@ -350,11 +376,12 @@ fn handshakes_in_flight_survive_mode_changes_both_ways() {
             assert_eq!(
                 (d.get(SynAckSent), d.get(AckValid), d.get(HandedOff)),
                 (1, 1, 1),
-                "completed with the cookie in watch mode: {d:?}"
+                "completed with the cookie in watch mode ({how}): {d:?}"
             );
         }
         assert_eq!(syn_recv_count(&t.lab.server).unwrap(), 0);
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A SYN flood padded with one byte of data each (spoofed, 200 SYNs): answered in XDP like any

@@ -239,3 +239,94 @@ fn a_flood_switches_auto_to_intercept_and_back() {
         "intercept answered most of the flood: {d:?}"
     );
 }
+
+/// A host with `tcp_syncookies=0`, protected in `auto` mode: when a flood switches it to
+/// intercept, the switch turns the sysctl on (the kernel resets every cookie handshake without
+/// it), so legitimate clients keep connecting through the cookies.
+#[test]
+fn auto_switching_to_intercept_turns_syncookies_on() {
+    require_root("auto_switching_to_intercept_turns_syncookies_on");
+    let t = InterceptLab::new(PORT);
+    t.ctl(&["mode", t.srv_if(), "watch"]);
+    let sysctl = |v: Option<&str>| {
+        t.lab
+            .server
+            .exec(
+                "sysctl",
+                &match v {
+                    Some(v) => vec!["-qw", v],
+                    None => vec!["-n", "net.ipv4.tcp_syncookies"],
+                },
+            )
+            .expect("sysctl")
+    };
+    sysctl(Some("net.ipv4.tcp_syncookies=0"));
+    t.ctl(&[
+        "thresholds",
+        t.srv_if(),
+        "--watch-timeout",
+        "4",
+        "--max-incomplete-high",
+        "50",
+        "--max-incomplete-low",
+        "20",
+        "--one-minute-high",
+        "200",
+        "--one-minute-low",
+        "100",
+        "--rate-window",
+        "3",
+    ]);
+    t.ctl(&["mode", t.srv_if(), "auto"]);
+    assert_eq!(
+        sysctl(None).trim(),
+        "0",
+        "calm: watching, the sysctl untouched"
+    );
+    let _d = Daemon::start(t.srv(), t.srv_if());
+    let (l4, l6) = t.lab.listen(PORT).expect("listen");
+    echo_server(l4);
+    echo_server(l6);
+    let sender = t.lab.raw_sender().unwrap();
+    let flooder = std::thread::spawn(move || {
+        flood(
+            &sender,
+            FloodSpec {
+                target: SocketAddr::new(IpAddr::V4(SERVER_V4), PORT),
+                count: 3000,
+                max_time: Duration::from_secs(6),
+                rate: 1000,
+                flags: tcp_flags::SYN,
+                payload: 0,
+            },
+        )
+    });
+    wait_for("auto switches to intercept", Duration::from_secs(3), || {
+        status(&t)["active_mode"] == "intercept"
+    });
+    let before = t.stats();
+    for i in 0..6 {
+        let ip = if i % 2 == 0 {
+            IpAddr::V4(SERVER_V4)
+        } else {
+            IpAddr::V6(SERVER_V6)
+        };
+        let mut c = t
+            .lab
+            .connect(SocketAddr::new(ip, PORT), Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("connection {i} to {ip} while intercepting: {e:#}"));
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b)
+            .unwrap_or_else(|e| panic!("connection {i} to {ip} while intercepting: {e}"));
+    }
+    let d = t.stats().delta(&before);
+    assert!(d.get(HandedOff) >= 6, "through the cookies: {d:?}");
+    assert_eq!(
+        sysctl(None).trim(),
+        "1",
+        "the switch turned tcp_syncookies on"
+    );
+    let _ = flooder.join();
+}

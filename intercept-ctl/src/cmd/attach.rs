@@ -54,7 +54,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     {
         let mut old = old.clone();
         if let Some(m) = a.mode {
-            old.mode = m.into();
+            old.mode = Some(m.into());
         }
         if let Err(e) = intercept_ctl::config::apply(&a.iface, ctx.netns, &old) {
             let _ = loader::detach(&a.iface, ctx.netns);
@@ -64,7 +64,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             "intercept-ctl: carried its settings over: {} protected, {} exempt, mode {}",
             old.protect.len(),
             old.exempt.len(),
-            old.mode.name()
+            old.mode.map_or("unchanged", Mode::name)
         );
     }
     if let Some(s) = &settings {

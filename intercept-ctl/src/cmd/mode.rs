@@ -1,5 +1,5 @@
 use intercept_common::config::Mode;
-use intercept_ctl::control::{Maps, ensure_syncookies};
+use intercept_ctl::control::Maps;
 
 use super::{Ctx, print_json};
 
@@ -41,19 +41,10 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     let mut m = Maps::open(&a.iface, ctx.netns)?;
     let before = Mode::from_u32(m.config()?.mode);
     let mode = Mode::from(a.mode);
-    if mode == Mode::Intercept {
-        if let Some(msg) = ensure_syncookies()? {
-            eprintln!("intercept-ctl: {msg}");
-        }
-    }
     let mut cfg = m.config()?;
-    let was_intercept = Mode::effective(&cfg) == Mode::Intercept;
     cfg.mode = mode as u32;
-    if was_intercept && Mode::effective(&cfg) != Mode::Intercept {
-        // Handshakes answered with cookies may still complete: watch mode keeps checking them.
-        cfg.cookie_grace_until_ns = intercept_ctl::watchctl::monotonic_ns()
-            + u64::try_from(intercept_ctl::watchctl::COOKIE_GRACE.as_nanos())?;
-    }
+    // Entering intercept mode ensures tcp_syncookies; leaving it keeps handshakes in flight
+    // verifying (`Maps::set_config`).
     m.set_config(&cfg)?;
     if matches!(mode, Mode::Watch | Mode::Auto)
         && !intercept_ctl::daemon_running(&a.iface, ctx.netns)

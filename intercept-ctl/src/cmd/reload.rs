@@ -1,3 +1,4 @@
+use intercept_common::config::Mode;
 use intercept_ctl::config;
 
 use super::{Ctx, print_json};
@@ -17,14 +18,14 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     config::apply(&a.iface, ctx.netns, &s)?;
     if ctx.json {
         print_json(
-            &serde_json::json!({ "interface": a.iface, "reloaded": a.config.display().to_string(), "mode": s.mode.name(), "protect": s.protect.len(), "exempt": s.exempt.len() }),
+            &serde_json::json!({ "interface": a.iface, "reloaded": a.config.display().to_string(), "mode": s.mode.map(Mode::name), "protect": s.protect.len(), "exempt": s.exempt.len() }),
         );
     } else {
         println!(
             "{}: applied {} (mode {}, {} protected entries, {} exempt)",
             a.iface,
             a.config.display(),
-            s.mode.name(),
+            s.mode.map_or("unchanged", Mode::name),
             s.protect.len(),
             s.exempt.len()
         );
