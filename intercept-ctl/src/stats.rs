@@ -22,15 +22,22 @@ impl Counters {
         self.0.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v)
     }
 
-    /// Per-counter differences `self - before`.
+    /// Per-counter differences `self - before`; 0 for a counter that went backwards (a
+    /// re-attachment starts every counter from zero again).
     #[must_use]
     pub fn delta(&self, before: &Counters) -> Counters {
         Counters(
             self.0
                 .iter()
-                .map(|(c, v)| (*c, v - before.get(*c)))
+                .map(|(c, v)| (*c, v.saturating_sub(before.get(*c))))
                 .collect(),
         )
+    }
+
+    /// Counter `c`'s rate per second since `before`, `dt` seconds ago (0 if it went backwards).
+    #[must_use]
+    pub fn rate(&self, c: Counter, before: &Counters, dt: f64) -> f64 {
+        self.get(c).saturating_sub(before.get(c)) as f64 / dt
     }
 
     /// `{"packets": N, ...}`.
@@ -86,4 +93,21 @@ pub fn read_pinned(iface: &str, netns: Option<&str>) -> anyhow::Result<Counters>
     let map = Map::PerCpuArray(data);
     let arr: PerCpuArray<&MapData, CounterBlock> = PerCpuArray::try_from(&map)?;
     read_map(&arr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A re-attachment starts the counters from zero: differences and rates across it are 0,
+    /// never a wrapped or negative figure (nor an overflow panic).
+    #[test]
+    fn counters_that_went_backwards_count_zero() {
+        let before = Counters(vec![(Counter::Packets, 1_000), (Counter::Syn, 10)]);
+        let after = Counters(vec![(Counter::Packets, 5), (Counter::Syn, 30)]);
+        let d = after.delta(&before);
+        assert_eq!((d.get(Counter::Packets), d.get(Counter::Syn)), (0, 20));
+        assert_eq!(after.rate(Counter::Packets, &before, 1.0), 0.0);
+        assert_eq!(after.rate(Counter::Syn, &before, 2.0), 10.0);
+    }
 }

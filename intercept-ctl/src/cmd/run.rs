@@ -105,7 +105,7 @@ pub fn print_live(ctx: &Ctx, t: f64, now: &Counters, prev: &Counters, dt: f64) {
             .map(|c| {
                 (
                     c.name().to_owned(),
-                    serde_json::json!((now.get(*c) - prev.get(*c)) as f64 / dt),
+                    serde_json::json!(now.rate(*c, prev, dt)),
                 )
             })
             .collect();
@@ -114,7 +114,7 @@ pub fn print_live(ctx: &Ctx, t: f64, now: &Counters, prev: &Counters, dt: f64) {
     }
     let mut line = format!("{t:>6.1}s");
     for c in LIVE {
-        let rate = (now.get(c) - prev.get(c)) as f64 / dt;
+        let rate = now.rate(c, prev, dt);
         line.push_str(&format!("  {}={} ({:.0}/s)", c.name(), now.get(c), rate));
     }
     println!("{line}");

@@ -49,10 +49,10 @@ fn watch(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             let rates: serde_json::Map<_, _> = now
                 .0
                 .iter()
-                .map(|(c, v)| {
+                .map(|(c, _)| {
                     (
                         c.name().to_owned(),
-                        serde_json::json!((v - prev.get(*c)) as f64 / dt),
+                        serde_json::json!(now.rate(*c, &prev, dt)),
                     )
                 })
                 .collect();
@@ -66,7 +66,7 @@ fn watch(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                     "{:<20} {:>14} {:>12.0}/s",
                     k.name(),
                     v,
-                    (v - prev.get(*k)) as f64 / dt
+                    now.rate(*k, &prev, dt)
                 );
             }
         }
