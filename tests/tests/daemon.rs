@@ -240,3 +240,28 @@ fn live_changes_never_break_legitimate_connections() {
     eprintln!("{} live changes in {:?}", steps.len(), start.elapsed());
     let _ = std::fs::remove_file(&cfg);
 }
+
+/// A client that connects to the metrics endpoint and sends nothing holds up only itself: a
+/// scrape made meanwhile is answered at once.
+#[test]
+fn a_scrape_held_open_does_not_block_another() {
+    require_root("a_scrape_held_open_does_not_block_another");
+    let t = InterceptLab::new(PORT);
+    let _d = Daemon::start_with(t.srv(), t.srv_if(), &["--metrics-listen", "127.0.0.1:9721"]);
+    let idle = t
+        .lab
+        .server
+        .spawn(|| TcpStream::connect(("127.0.0.1", 9721)).expect("idle connection"))
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    let resp = scrape(&t, 9721);
+    let took = start.elapsed();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        took < Duration::from_millis(1_000),
+        "the scrape waited {took:?} behind an idle connection"
+    );
+    drop(idle);
+}

@@ -387,33 +387,57 @@ fn restart_command(ctx: &Ctx, iface: &str) -> String {
 
 /// Answers `GET /metrics` with the exposition text; anything else with 404.
 async fn serve_metrics(listener: tokio::net::TcpListener, iface: String, netns: Option<String>) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut errors = 0u64;
+    // Each connection is served by a task of its own, so a client that connects and sends
+    // nothing (or reads slowly) holds up only itself; at most `MAX` at once, further ones wait
+    // in the listen backlog.
+    const MAX: usize = 32;
+    let errors = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let busy = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX));
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
+        let Ok(permit) = busy.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((sock, _)) = listener.accept().await else {
             continue;
         };
-        let mut buf = [0u8; 2048];
-        let n = match tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await {
-            Ok(Ok(n)) => n,
-            _ => continue,
-        };
-        let req = String::from_utf8_lossy(&buf[..n]);
-        let (status, ctype, body) =
-            if req.starts_with("GET /metrics ") || req.starts_with("GET /metrics?") {
-                (
-                    "200 OK",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    intercept_ctl::metrics::render(&iface, netns.as_deref(), &mut errors),
-                )
-            } else {
-                ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
-            };
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        let _ = sock.write_all(head.as_bytes()).await;
-        let _ = sock.write_all(body.as_bytes()).await;
+        let (iface, netns, errors) = (iface.clone(), netns.clone(), errors.clone());
+        tokio::task::spawn_local(async move {
+            answer_scrape(sock, &iface, netns.as_deref(), &errors).await;
+            drop(permit);
+        });
     }
+}
+
+/// Answers one connection to the metrics endpoint: one request, one response, closed.
+async fn answer_scrape(
+    mut sock: tokio::net::TcpStream,
+    iface: &str,
+    netns: Option<&str>,
+    errors: &std::cell::Cell<u64>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = [0u8; 2048];
+    let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+        Ok(Ok(n)) => n,
+        _ => return,
+    };
+    let req = String::from_utf8_lossy(&buf[..n]);
+    let (status, ctype, body) =
+        if req.starts_with("GET /metrics ") || req.starts_with("GET /metrics?") {
+            let mut e = errors.get();
+            let body = intercept_ctl::metrics::render(iface, netns, &mut e);
+            errors.set(e);
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
+        } else {
+            ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
+        };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        sock.write_all(head.as_bytes()).await?;
+        sock.write_all(body.as_bytes()).await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
 }
