@@ -107,6 +107,10 @@ pub enum Problem {
     OtherInterface,
     /// The XDP link is fine but the TC handoff link is not on the same device.
     TcDetached,
+    /// Other programs run before the TC handoff in the interface's TCX ingress chain: one that
+    /// ends the chain (`TC_ACT_OK`, as many do) skips every handoff, and the kernel then resets
+    /// every cookie handshake. Attaching again puts the handoff first.
+    TcNotFirst,
 }
 
 /// The health of one attachment.
@@ -128,6 +132,8 @@ pub struct Health {
     pub attached_ifindex: Option<u32>,
     /// Whether the attachment was made in this network namespace (`None`: not recorded).
     pub same_netns: Option<bool>,
+    /// The programs before the TC handoff in the interface's TCX ingress chain (names).
+    pub tc_before: Vec<String>,
 }
 
 /// Checks the attachment pinned for `iface` against the kernel. Call it from the namespace the
@@ -152,6 +158,10 @@ pub fn check(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
         None
     };
     let ifindex = crate::loader::ifindex(iface, netns).ok();
+    let tc_before = match (tc_link_ifindex, ifindex) {
+        (Some(t), Some(i)) if t == i && t == link_ifindex => tc_programs_before(&pins, i)?,
+        _ => Vec::new(),
+    };
     let record = Record::read(&pins);
     let same_netns = match record {
         Some(r) => Some(r.netns_cookie == netns_cookie()?),
@@ -201,6 +211,15 @@ pub fn check(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
                 "the TC handoff link of {iface} is detached (cookie handshakes cannot complete)"
             )),
         )
+    } else if !tc_before.is_empty() {
+        (
+            Some(Problem::TcNotFirst),
+            Some(format!(
+                "TC programs run before the cookie handoff on {iface} ({}): one that ends the \
+                 chain skips every handoff, and the kernel resets every cookie handshake",
+                tc_before.join(", ")
+            )),
+        )
     } else {
         (None, None)
     };
@@ -213,7 +232,30 @@ pub fn check(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
         tc_link_ifindex,
         attached_ifindex: record.map(|r| r.ifindex),
         same_netns,
+        tc_before,
     })
+}
+
+/// The names of the programs before our TC handoff (pinned in `pins`) in the TCX ingress chain of
+/// device `ifindex`, in chain order (`BPF_PROG_QUERY`).
+fn tc_programs_before(pins: &PinDir, ifindex: u32) -> Result<Vec<String>, CtlError> {
+    let io = |e: &dyn std::fmt::Display| CtlError::Io {
+        what: "query the TCX ingress chain".to_owned(),
+        source: io::Error::other(e.to_string()),
+    };
+    let ours = aya::programs::ProgramInfo::from_pin(pins.path().join("prog_tc"))
+        .map_err(|e| io(&e))?
+        .id();
+    let (_, chain) = aya::programs::SchedClassifier::query_tcx(
+        ifindex,
+        aya::programs::tc::TcAttachType::Ingress,
+    )
+    .map_err(|e| io(&e))?;
+    Ok(chain
+        .iter()
+        .take_while(|p| p.id() != ours)
+        .map(|p| format!("{} (id {})", p.name_as_str().unwrap_or("unnamed"), p.id()))
+        .collect())
 }
 
 /// "; an interface of that name exists again (ifindex N), unprotected" or "; none exists now".

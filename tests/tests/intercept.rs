@@ -724,3 +724,63 @@ fn a_syn_reusing_a_time_wait_4_tuple_connects() {
         "the SYN went to the kernel: {d:?}"
     );
 }
+
+/// Another agent's TCX program linked before ours that ends the chain (`TC_ACT_OK`) skips every
+/// handoff: the kernel resets every cookie handshake. `status` says so (exit 3, naming it), and
+/// `attach` again puts the handoff first, after which connections complete.
+#[test]
+fn an_agents_tcx_program_before_ours_is_reported_and_attach_puts_ours_first() {
+    require_root("an_agents_tcx_program_before_ours_is_reported_and_attach_puts_ours_first");
+    let t = InterceptLab::new(PORT);
+    let (l4, l6) = t.lab.listen(PORT).expect("listen");
+    echo_server(l4);
+    echo_server(l6);
+    let dev = t.srv_if().to_owned();
+    let d = dev.clone();
+    // TCX_PASS (0): ends the chain, as many agents' programs do.
+    let _before = t
+        .lab
+        .server
+        .spawn(move || {
+            let idx = intercept_ctl::loader::ifindex(&d, None).expect("ifindex");
+            intercept_tests::foreign_tcx(idx, "xi_before", 0, true)
+        })
+        .join()
+        .unwrap();
+    let mut c = t
+        .lab
+        .connect(addr(IpAddr::V4(SERVER_V4)), Duration::from_secs(3))
+        .expect("connect (answered by XDP)");
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = c.write_all(b"skipped");
+    let mut b = [0u8; 7];
+    assert!(
+        c.read_exact(&mut b).is_err(),
+        "with the handoff skipped the kernel cannot complete the handshake"
+    );
+    let o = intercept_tests::ctl(&["--netns", t.srv(), "status", t.srv_if()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "status exits 3: {err}");
+    assert!(err.contains("xi_before"), "status names the program: {err}");
+    t.ctl(&["attach", t.srv_if()]);
+    let st = status(&t);
+    assert_eq!(st["healthy"], true, "{st}");
+    let chain = t
+        .lab
+        .server
+        .spawn(move || intercept_tests::tcx_chain(&dev))
+        .join()
+        .unwrap();
+    assert_eq!(
+        chain.first().map(|c| c.0.as_str()),
+        Some("tc_handoff"),
+        "{chain:?}"
+    );
+    for ip in [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)] {
+        let mut c = t
+            .lab
+            .connect(addr(ip), Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("connect {ip} after re-attaching: {e:#}"));
+        ping(&mut c, "handoff first again");
+    }
+}
