@@ -369,9 +369,30 @@ fn bpf_error(what: &str, source: io::Error) -> CtlError {
     }
 }
 
-/// `BPF_OBJ_GET` (7) and `BPF_OBJ_GET_INFO_BY_FD` (15), from `include/uapi/linux/bpf.h`.
+/// Detaches the pinned link at `path` from its device now (`BPF_LINK_DETACH`), before its pin
+/// goes: the kernel frees an unpinned link only later (bpffs drops its inode after an RCU grace
+/// period, then a workqueue puts the link), so the program would still run on the interface for
+/// a moment after `detach` returned. A link already detached (its device gone) is fine.
+///
+/// # Errors
+/// If the pin cannot be opened or the kernel refuses for another reason.
+pub fn detach_link(path: &Path) -> Result<(), CtlError> {
+    let what = || format!("detach the link {}", path.display());
+    let fd = bpf_obj_get(path).map_err(|e| bpf_error(&what(), e))?;
+    let mut attr = Attr([0; 64]);
+    attr.put_u32(0, u32::try_from(fd.as_raw_fd()).unwrap_or(0));
+    match bpf(BPF_LINK_DETACH, &mut attr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => Ok(()),
+        Err(e) => Err(bpf_error(&what(), e)),
+    }
+}
+
+/// `BPF_OBJ_GET` (7), `BPF_OBJ_GET_INFO_BY_FD` (15) and `BPF_LINK_DETACH` (34), from
+/// `include/uapi/linux/bpf.h`.
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `union bpf_attr`, large enough for both commands (the kernel requires the bytes it does not
 /// know to be zero, and reads only the size passed).

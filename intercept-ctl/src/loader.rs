@@ -546,7 +546,13 @@ pub fn detach(iface: &str, netns: Option<&str>) -> anyhow::Result<()> {
         }
         .into());
     }
-    // Removing the last reference to the link (its pin; we hold no fd) detaches the program.
+    // Off the interface now, then the pins (removing the last reference to a link detaches it
+    // too, but only a moment later).
+    for link in [pins.link(), pins.path().join("link_tc")] {
+        if link.exists() {
+            crate::health::detach_link(&link)?;
+        }
+    }
     fs::remove_dir_all(pins.path())
         .map_err(|e| explain(anyhow::Error::new(e), "remove the pin directory"))
         .with_context(|| format!("remove {}", pins.path().display()))?;
