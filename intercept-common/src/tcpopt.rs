@@ -73,15 +73,17 @@ impl TcpOptions {
 
 /// The timestamps option of a segment (TSval, TSecr), if it has one: how the ACK path finds the
 /// TSecr that carries half of a cookie before it knows whether the cookie is valid. Linux and
-/// most stacks put it first, after two NOPs (RFC 7323 appendix A), which costs two loads; any
-/// other layout takes the full walk.
+/// most stacks send NOP NOP and the option alone (RFC 7323 appendix A), a 32-byte header, which
+/// costs two loads; any other layout takes the full walk, which keeps the last timestamps option
+/// as the kernel's `tcp_parse_options` does (so a header with two cannot read one way here and
+/// another there).
 #[inline(always)]
 pub fn timestamps<F: Frame + ?Sized>(f: &F, tcp_off: usize, hdr_len: usize) -> Option<(u32, u32)> {
     if hdr_len < 32 {
         // No room for a timestamps option (10 bytes after the 20-byte header, 4-byte aligned).
         return None;
     }
-    if f.be32_at(tcp_off + 20) == Some(0x0101_080a) {
+    if hdr_len == 32 && f.be32_at(tcp_off + 20) == Some(0x0101_080a) {
         return Some((f.be32_at(tcp_off + 24)?, f.be32_at(tcp_off + 28)?));
     }
     let o = parse(f, tcp_off, hdr_len);
@@ -187,6 +189,16 @@ mod tests {
                 signed: false,
             }
         );
+    }
+
+    #[test]
+    fn two_timestamps_options_read_as_the_kernel_reads_them() {
+        // NOP NOP TS(1, 2) then TS(3, 4): the kernel keeps the last.
+        let h = hdr(&[
+            1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2, 1, 1, 8, 10, 0, 0, 0, 3, 0, 0, 0, 4,
+        ]);
+        assert_eq!(timestamps(&h[..], 0, h.len()), Some((3, 4)));
+        assert_eq!(parse(&h[..], 0, h.len()).tsecr, 4);
     }
 
     #[test]
