@@ -1,5 +1,5 @@
-//! Orchestration behind `./x` (which runs scripts/setup.sh first): test, run, bench, fuzz. It only
-//! sequences cargo and the binaries; no product logic lives here.
+//! Orchestration behind `./x` (which runs scripts/setup.sh first): test, run, bench, soak, fuzz.
+//! It only sequences cargo and the binaries; no product logic lives here.
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -35,6 +35,15 @@ enum Task {
     /// (figures, not assertions).
     Bench {
         /// Extra arguments for the benchmark.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The soak (not part of `test`, nor of CI): intercept mode on the NIC-like lab under the
+    /// heaviest mixed flood the rig sends, bounded in count and time (60 s by default), with the
+    /// daemon running and a legitimate client throughout; exits non-zero if a request failed, the
+    /// counters do not add up or the daemon's memory grew.
+    Soak {
+        /// Extra arguments for `intercept-ctl lab --soak` (e.g. `--seconds 120`).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -181,6 +190,7 @@ fn target_dir() -> std::path::PathBuf {
     )
 }
 
+#[allow(clippy::too_many_lines, reason = "one arm per task")]
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test { args } => {
@@ -234,6 +244,18 @@ fn main() -> anyhow::Result<()> {
             ];
             a.extend(args.iter().map(String::as_str));
             cargo(&a, &[])
+        }
+        Task::Soak { args } => {
+            cargo(&["build", "--release", "-p", "intercept-ctl"], &[])?;
+            let status = Command::new(target_dir().join("release/intercept-ctl"))
+                .args(["lab", "--soak"])
+                .args(&args)
+                .status()
+                .context("run intercept-ctl")?;
+            if !status.success() {
+                bail!("the soak failed ({status})");
+            }
+            Ok(())
         }
         Task::Fuzz { target, args } => {
             let (seconds, extra) = match args.split_first() {
