@@ -175,6 +175,46 @@ impl Lab {
         n: usize,
         timeout: Duration,
     ) -> anyhow::Result<Requests> {
+        self.client_run(move |r| {
+            for i in 0..n {
+                r.one(target, shape, i, timeout);
+            }
+        })
+    }
+
+    /// Requests as [`Lab::requests`] makes them, for `duration`: one every `interval` (from the
+    /// start of the previous one), cycling through `targets` (address and shape).
+    ///
+    /// # Errors
+    /// If the client namespace's TCP counters cannot be read.
+    pub fn requests_for(
+        &self,
+        targets: Vec<(SocketAddr, Shape)>,
+        duration: Duration,
+        interval: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<Requests> {
+        self.client_run(move |r| {
+            let start = Instant::now();
+            let mut i = 0;
+            while !targets.is_empty() && start.elapsed() < duration {
+                let began = Instant::now();
+                let (target, shape) = targets[i % targets.len()];
+                r.one(target, shape, i, timeout);
+                i += 1;
+                if let Some(rest) = interval.checked_sub(began.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+        })
+    }
+
+    /// Runs `f` on the request client's thread (see [`Lab::requests`]) and returns what it
+    /// recorded, with the client namespace's retransmissions over the run.
+    fn client_run(
+        &self,
+        f: impl FnOnce(&mut Requests) + Send + 'static,
+    ) -> anyhow::Result<Requests> {
         let batch_cpu = self.batch_cpu;
         self.client
             .spawn(move || -> anyhow::Result<Requests> {
@@ -184,17 +224,7 @@ impl Lab {
                 }
                 let before = TcpRetrans::read()?;
                 let mut r = Requests::default();
-                for i in 0..n {
-                    let start = Instant::now();
-                    match request(target, shape, i, timeout) {
-                        Ok(()) => r.latencies.push(start.elapsed()),
-                        Err(e) => {
-                            r.failures += 1;
-                            r.first_error
-                                .get_or_insert_with(|| format!("request {i} to {target}: {e}"));
-                        }
-                    }
-                }
+                f(&mut r);
                 r.retrans = TcpRetrans::read()?.since(before);
                 Ok(r)
             })
@@ -329,6 +359,19 @@ pub struct Requests {
 }
 
 impl Requests {
+    /// Makes request `i` (see [`request`]) and records its latency or its failure.
+    fn one(&mut self, target: SocketAddr, shape: Shape, i: usize, timeout: Duration) {
+        let start = Instant::now();
+        match request(target, shape, i, timeout) {
+            Ok(()) => self.latencies.push(start.elapsed()),
+            Err(e) => {
+                self.failures += 1;
+                self.first_error
+                    .get_or_insert_with(|| format!("request {i} to {target}: {e}"));
+            }
+        }
+    }
+
     /// Median latency (zero if none answered).
     #[must_use]
     pub fn median(&self) -> Duration {

@@ -11,6 +11,7 @@ pub mod loader;
 pub mod metrics;
 pub mod netns;
 pub mod pins;
+pub mod soak;
 pub mod sockdiag;
 pub mod stats;
 pub mod watchctl;

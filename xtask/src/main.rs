@@ -1,5 +1,5 @@
-//! Orchestration behind `./x` (which runs scripts/setup.sh first): test, run, bench. It only
-//! sequences cargo and the binaries; no product logic lives here.
+//! Orchestration behind `./x` (which runs scripts/setup.sh first): test, run, bench, soak, fuzz.
+//! It only sequences cargo and the binaries; no product logic lives here.
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -38,7 +38,30 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The soak (not part of `test`, nor of CI): intercept mode on the NIC-like lab under the
+    /// heaviest mixed flood the rig sends, bounded in count and time (60 s by default), with the
+    /// daemon running and a legitimate client throughout; exits non-zero if a request failed, the
+    /// counters do not add up or the daemon's memory grew.
+    Soak {
+        /// Extra arguments for `intercept-ctl lab --soak` (e.g. `--seconds 120`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Fuzz the host-side parsers, the configuration file and the cookie codec (cargo-fuzz,
+    /// libFuzzer; installs cargo-fuzz first if it is missing): every target, or TARGET, for a
+    /// bounded time each. Not part of `test`.
+    Fuzz {
+        /// One target (default: all of them in turn).
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(FUZZ_TARGETS))]
+        target: Option<String>,
+        /// After `--`: seconds per target (default 30), then any libFuzzer flags.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
+
+/// The fuzz targets (`fuzz/fuzz_targets/<name>.rs`).
+const FUZZ_TARGETS: [&str; 5] = ["dissect", "tcpopt", "synack", "config", "cookie"];
 
 fn cargo(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()> {
     let status = Command::new(env!("CARGO"))
@@ -90,6 +113,76 @@ fn test_with_total(args: &[&str], ctl: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs cargo-fuzz unless `cargo fuzz` already runs.
+fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let present = Command::new(env!("CARGO"))
+        .args(["fuzz", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        eprintln!("fuzz: installing cargo-fuzz (once)");
+        cargo(&["install", "cargo-fuzz", "--locked"], &[])?;
+    }
+    Ok(())
+}
+
+/// What one target's run came to.
+struct FuzzRun {
+    target: &'static str,
+    runs: Option<u64>,
+    crashed: bool,
+}
+
+/// Runs one fuzz target for `seconds` (its corpus under the target directory, seeded from
+/// `fuzz/seeds/<target>`), echoing libFuzzer's output; reads the executions from its final stats.
+fn fuzz_one(target: &'static str, seconds: u64, extra: &[String]) -> anyhow::Result<FuzzRun> {
+    use std::io::{BufRead as _, BufReader};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let corpus = target_dir().join("fuzz-corpus").join(target);
+    std::fs::create_dir_all(&corpus).with_context(|| format!("create {}", corpus.display()))?;
+    let fuzz_target_dir = target_dir().join("fuzz");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(&root)
+        .args(["fuzz", "run", target, "--target-dir"])
+        .arg(&fuzz_target_dir)
+        .arg(&corpus);
+    let seeds = root.join("fuzz/seeds").join(target);
+    if seeds.is_dir() {
+        cmd.arg(&seeds);
+    }
+    cmd.args([
+        "--",
+        &format!("-max_total_time={seconds}"),
+        "-timeout=10",
+        "-print_final_stats=1",
+    ]);
+    let dict = root.join("fuzz/dict").join(format!("{target}.dict"));
+    if dict.is_file() {
+        cmd.arg(format!("-dict={}", dict.display()));
+    }
+    cmd.args(extra);
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("run cargo fuzz")?;
+    let mut runs = None;
+    for line in BufReader::new(child.stderr.take().context("stderr")?).lines() {
+        let line = line?;
+        eprintln!("{line}");
+        if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
+            runs = n.trim().parse().ok();
+        }
+    }
+    let status = child.wait()?;
+    Ok(FuzzRun {
+        target,
+        runs,
+        crashed: !status.success(),
+    })
+}
+
 fn target_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
@@ -97,6 +190,7 @@ fn target_dir() -> std::path::PathBuf {
     )
 }
 
+#[allow(clippy::too_many_lines, reason = "one arm per task")]
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test { args } => {
@@ -150,6 +244,56 @@ fn main() -> anyhow::Result<()> {
             ];
             a.extend(args.iter().map(String::as_str));
             cargo(&a, &[])
+        }
+        Task::Soak { args } => {
+            cargo(&["build", "--release", "-p", "intercept-ctl"], &[])?;
+            let status = Command::new(target_dir().join("release/intercept-ctl"))
+                .args(["lab", "--soak"])
+                .args(&args)
+                .status()
+                .context("run intercept-ctl")?;
+            if !status.success() {
+                bail!("the soak failed ({status})");
+            }
+            Ok(())
+        }
+        Task::Fuzz { target, args } => {
+            let (seconds, extra) = match args.split_first() {
+                Some((s, rest)) => (
+                    s.parse::<u64>()
+                        .with_context(|| format!("`{s}` is not a number of seconds"))?,
+                    rest,
+                ),
+                None => (30, &[][..]),
+            };
+            ensure_cargo_fuzz()?;
+            let targets: Vec<&'static str> = FUZZ_TARGETS
+                .into_iter()
+                .filter(|t| target.as_deref().is_none_or(|want| want == *t))
+                .collect();
+            let mut done = Vec::new();
+            for t in targets {
+                done.push(fuzz_one(t, seconds, extra)?);
+            }
+            println!("\nfuzz: {seconds} s per target");
+            for r in &done {
+                let runs = r.runs.map_or_else(|| "?".to_owned(), |n| n.to_string());
+                let verdict = if r.crashed {
+                    "FAILED (crash, or the build failed: see above; inputs in fuzz/artifacts/)"
+                } else {
+                    "no crash"
+                };
+                println!("  {:<8} {runs:>12} executions  {verdict}", r.target);
+            }
+            let failed: Vec<_> = done
+                .iter()
+                .filter(|r| r.crashed)
+                .map(|r| r.target)
+                .collect();
+            if !failed.is_empty() {
+                bail!("fuzz targets failed: {}", failed.join(", "));
+            }
+            Ok(())
         }
     }
 }

@@ -28,21 +28,38 @@ use super::{Ctx, print_json, run::Live};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// How long the lab runs.
-    #[arg(long, default_value_t = 14)]
-    pub seconds: u64,
-    /// Spoofed SYNs to send at most (the flood stops at this count or after --seconds).
-    #[arg(long, default_value_t = 200_000)]
-    pub flood_count: u64,
-    /// Flood rate in SYN/s (0: as fast as the sender goes).
-    #[arg(long, default_value_t = 20_000)]
-    pub flood_rate: u64,
+    /// How long the lab runs [default: 14; with --soak, 60].
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// Frames to send at most: the flood stops at this count or after --seconds [default:
+    /// 200000; with --soak, 1000000 per second].
+    #[arg(long)]
+    pub flood_count: Option<u64>,
+    /// Flood rate in frames/s, 0 for as fast as the sender goes [default: 20000; with --soak, 0].
+    #[arg(long)]
+    pub flood_rate: Option<u64>,
     /// Server port the clients and the flood target.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Soak instead (`./x soak`): intercept mode under the heaviest mixed flood the rig sends
+    /// (spoofed SYNs, forged ACKs, junk) with the daemon running and a legitimate client
+    /// throughout; checks that no request failed, that the counters add up and that the
+    /// daemon's memory stayed flat, and exits non-zero otherwise.
+    #[arg(long)]
+    pub soak: bool,
+    /// With --soak: one legitimate request every this many milliseconds.
+    #[arg(long, default_value_t = 10)]
+    pub request_interval_ms: u64,
+    /// With --soak: how much the daemon's resident memory may grow from start to end (KiB).
+    #[arg(long, default_value_t = 1024)]
+    pub rss_growth_kib: u64,
 }
 
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
+    if a.soak {
+        return super::soak::run(ctx, a);
+    }
+    let seconds = a.seconds.unwrap_or(14);
     let lab = Lab::new()?;
     let ns = lab.server.name().to_owned();
     eprintln!(
@@ -135,9 +152,9 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     let sender = lab.raw_sender()?;
     let spec = FloodSpec {
         target: SocketAddr::new(IpAddr::V4(SERVER_V4), a.port),
-        count: a.flood_count,
-        max_time: Duration::from_secs(a.seconds.saturating_sub(7).max(1)),
-        rate: a.flood_rate,
+        count: a.flood_count.unwrap_or(200_000),
+        max_time: Duration::from_secs(seconds.saturating_sub(7).max(1)),
+        rate: a.flood_rate.unwrap_or(20_000),
         flags: tcp_flags::SYN,
         payload: 0,
     };
@@ -152,7 +169,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut live = Live::new(read_pinned(&iface, Some(&ns))?);
     let mut transitions = Vec::new();
-    while start.elapsed() < Duration::from_secs(a.seconds) {
+    while start.elapsed() < Duration::from_secs(seconds) {
         for _ in 0..10 {
             std::thread::sleep(Duration::from_millis(100));
             let t = watcher.tick()?;

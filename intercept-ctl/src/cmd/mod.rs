@@ -8,6 +8,7 @@ pub mod reload;
 pub mod rotate;
 pub mod run;
 pub mod scope;
+pub mod soak;
 pub mod stats;
 pub mod status;
 pub mod synack;
