@@ -89,8 +89,8 @@ fuzz_target!(|d: &[u8]| {
             .get(off..off + 4)
             .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
     };
-    // The fast path reads NOP NOP TS at the first option when there is room for it; else walks.
-    let expected = if hdr_len >= 32 && word(at) == Some(0x0101_080a) {
+    // The fast path reads NOP NOP TS when the header is exactly that (32 bytes); else walks.
+    let expected = if hdr_len == 32 && word(at) == Some(0x0101_080a) {
         word(at + 4).zip(word(at + 8))
     } else if hdr_len >= 32 {
         walked
@@ -98,10 +98,9 @@ fuzz_target!(|d: &[u8]| {
         None
     };
     assert_eq!(ts, expected, "hdr_len {hdr_len} {o:?}");
-    if hdr_len % 4 == 0 && ts_options <= 1 {
-        // doff * 4: the fast path finds exactly what the walk finds. (Not with two timestamps
-        // options: the fast path reads the first, the walk keeps the last; see the README's
-        // "Fuzzing" section.)
-        assert_eq!(ts, walked, "hdr_len {hdr_len} {o:?}");
+    if hdr_len % 4 == 0 {
+        // doff * 4: the fast path finds exactly what the walk finds, two timestamps options
+        // included (both keep the last, as the kernel does).
+        assert_eq!(ts, walked, "hdr_len {hdr_len} {o:?} ({ts_options} timestamps options)");
     }
 });
