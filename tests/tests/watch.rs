@@ -12,8 +12,15 @@ use std::{
 };
 
 use intercept_common::{Counter::*, parse::tcp_flags};
-use intercept_ctl::lab::{Capture, FloodSpec, SERVER_V4, SERVER_V6, flood, syn_recv_count};
-use intercept_tests::{Daemon, InterceptLab, echo_server, require_root, status};
+use intercept_ctl::{
+    lab::{
+        CLIENT_V4, CLIENT_V6, Capture, FloodSpec, Lab, SERVER_V4, SERVER_V6, flood, syn_recv_count,
+    },
+    sockdiag::SockDiag,
+};
+use intercept_tests::{
+    Daemon, HoldAcks, InterceptLab, abort, echo_server, flow_key, require_root, status,
+};
 
 const PORT: u16 = 8080;
 
@@ -238,4 +245,102 @@ fn a_flood_switches_auto_to_intercept_and_back() {
         d.get(SynAckSent) > 1000,
         "intercept answered most of the flood: {d:?}"
     );
+}
+
+/// Connects from the client namespace from `port` (SO_REUSEADDR, so an earlier socket of the
+/// same port that was aborted does not stand in the way).
+fn connect_from_port(lab: &Lab, server: IpAddr, port: u16) -> std::net::TcpStream {
+    lab.client
+        .spawn(move || -> std::io::Result<std::net::TcpStream> {
+            let client = if server.is_ipv4() {
+                IpAddr::V4(CLIENT_V4)
+            } else {
+                IpAddr::V6(CLIENT_V6)
+            };
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(SocketAddr::new(server, PORT)),
+                socket2::Type::STREAM,
+                None,
+            )?;
+            s.set_reuse_address(true)?;
+            s.bind(&SocketAddr::new(client, port).into())?;
+            s.connect_timeout(
+                &SocketAddr::new(server, PORT).into(),
+                Duration::from_secs(3),
+            )?;
+            Ok(s.into())
+        })
+        .join()
+        .expect("connect thread")
+        .unwrap_or_else(|e| panic!("connect from port {port} to {server}: {e}"))
+}
+
+/// SOCK_DESTROY names the socket by the cookie the state check reported: the cookie of an
+/// earlier request socket of the same 4-tuple destroys nothing, the current one's closes it.
+#[test]
+fn sock_destroy_closes_only_the_socket_its_cookie_names() {
+    require_root("sock_destroy_closes_only_the_socket_its_cookie_names");
+    let lab = Lab::new().expect("lab");
+    let (l4, l6) = lab.listen(PORT).expect("listen");
+    echo_server(l4);
+    echo_server(l6);
+    let mut diag = lab
+        .server
+        .spawn(SockDiag::open)
+        .join()
+        .expect("sock_diag thread")
+        .expect("sock_diag in the server namespace");
+    let _hold = HoldAcks::on_port(&lab.client, PORT);
+    for (ip, port) in [
+        (IpAddr::V4(SERVER_V4), 40_100),
+        (IpAddr::V6(SERVER_V6), 40_101),
+    ] {
+        // Handshake 1, held half-open on the server, closed there by its cookie.
+        let c = connect_from_port(&lab, ip, port);
+        let key = flow_key(c.local_addr().unwrap(), c.peer_addr().unwrap());
+        let first = diag
+            .half_open(&key)
+            .expect("state")
+            .unwrap_or_else(|| panic!("{ip}: handshake 1 half-open on the server"));
+        assert!(
+            diag.destroy(&key, first).expect("destroy"),
+            "{ip}: handshake 1 closed by its cookie"
+        );
+        // The flow has no socket now: the kernel's lookup falls back to the listener, which its
+        // cookie must not let the destroy reach (handshake 2 below needs the listener).
+        assert!(
+            !diag.destroy(&key, first).expect("destroy"),
+            "{ip}: nothing to destroy once handshake 1 is closed"
+        );
+        abort(c);
+        // Handshake 2 of the same 4-tuple: a new request socket, with a cookie of its own.
+        let c = connect_from_port(&lab, ip, port);
+        let second = diag
+            .half_open(&key)
+            .expect("state")
+            .unwrap_or_else(|| panic!("{ip}: handshake 2 half-open on the server"));
+        assert_ne!(
+            first, second,
+            "{ip}: each request socket has its own cookie"
+        );
+        assert!(
+            !diag.destroy(&key, first).expect("destroy"),
+            "{ip}: handshake 1's cookie destroys nothing"
+        );
+        assert_eq!(
+            syn_recv_count(&lab.server).unwrap(),
+            1,
+            "{ip}: handshake 2 is still half-open"
+        );
+        assert!(
+            diag.destroy(&key, second).expect("destroy"),
+            "{ip}: handshake 2 closed by its cookie"
+        );
+        assert_eq!(
+            syn_recv_count(&lab.server).unwrap(),
+            0,
+            "{ip}: nothing left"
+        );
+        abort(c);
+    }
 }
