@@ -392,8 +392,14 @@ pub struct HalfOpen {
     pub isn: u32,
     /// SYNs seen for this flow (1 + retransmissions).
     pub syns: u32,
+    /// RSTs the client sent for this flow, whatever their numbers. Only the kernel knows whether
+    /// one was in the request socket's window and ended it (`tcp_check_req`), so the data path
+    /// only counts them here and the controller asks the kernel after each new one.
+    pub resets: u32,
+    /// Padding; zero.
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<HalfOpen>() == 16);
+const _: () = assert!(size_of::<HalfOpen>() == 24);
 
 /// Slots of the per-CPU insertion ring that finds the oldest / a random half-open connection.
 pub const RING_SLOTS: usize = 256;

@@ -72,9 +72,11 @@ pub enum Counter {
     HalfOpenNew,
     /// SYNs of an already tracked handshake (retransmissions).
     SynRetransmit,
-    /// Tracked handshakes completed by the client's ACK.
+    /// Tracked handshakes the kernel completed (the socket-table tracepoint saw the server's
+    /// socket go SYN_RECV -> ESTABLISHED).
     HalfOpenCompleted,
-    /// Tracked handshakes ended by the client's RST or FIN.
+    /// Tracked handshakes whose request socket the kernel dropped after the client's RST (the
+    /// controller asks it after each RST: only one within the request's window counts).
     HalfOpenAborted,
     /// Tracked handshakes displaced by a new SYN while aggressive (drop-mode).
     HalfOpenDropped,

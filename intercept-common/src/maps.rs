@@ -42,7 +42,9 @@ pub const PROG_TC: &str = "tc_handoff";
 pub const SCOPE_ENTRIES: u32 = 4096;
 
 /// `LruHashMap<FlowKey, HalfOpen>`: half-open handshakes tracked in watch mode; written by the data
-/// path (insert, retransmit, removal) and the controller (timeouts).
+/// path (XDP: insert, retransmit, RST seen, drop-mode removal; the socket-table tracepoint:
+/// removal once the kernel completed the handshake) and the controller (timeouts, removal once
+/// the kernel dropped the request socket after an RST).
 pub const HALF_OPEN: &str = "HALF_OPEN";
 /// Capacity of [`HALF_OPEN`].
 pub const HALF_OPEN_ENTRIES: u32 = 65_536;

@@ -1,8 +1,8 @@
 //! The controller's half of watch mode, one [`Watcher::tick`] at a time (the daemon ticks every
 //! 100 ms): close the half-open connections the data path displaced, reap those older than the
-//! watch timeout, derive the exact half-open count and the one-minute request rate from the
-//! per-CPU counters, evaluate the thresholds with hysteresis, switch `auto` between watch and
-//! intercept, and write the state back for `status`.
+//! watch timeout, ask the kernel about those whose client sent an RST, derive the exact half-open
+//! count and the one-minute request rate from the per-CPU counters, evaluate the thresholds with
+//! hysteresis, switch `auto` between watch and intercept, and write the state back for `status`.
 use std::{collections::VecDeque, time::Duration};
 
 use anyhow::Context as _;
@@ -17,13 +17,19 @@ use crate::{
     control::Maps,
     errors::{CtlError, explain},
     pins::PinDir,
-    sockdiag::SockDiag,
+    sockdiag::{SockDiag, TCP_SYN_RECV},
     stats::{Counters, read_map},
 };
 
 /// How long watch mode keeps verifying our cookies after intercept mode ends: a cookie lives at
 /// most two slots (137.4 s).
 pub const COOKIE_GRACE: Duration = Duration::from_secs(140);
+
+/// At most this many tracked handshakes whose client sent an RST are checked with the kernel per
+/// tick (one sock_diag request each, a few microseconds); the others wait for the next ticks,
+/// counted half-open meanwhile (never hidden), so a flood of RSTs costs the controller a bounded
+/// time per tick.
+pub const RESET_CHECKS_PER_TICK: usize = 256;
 
 /// CLOCK_MONOTONIC in ns (the data path reads the same clock at tick resolution).
 #[must_use]
@@ -146,6 +152,9 @@ pub struct Watcher {
     wmaps: WatchMaps,
     diag: SockDiag,
     samples: VecDeque<(u64, u64)>,
+    /// Per tracked flow whose client sent RSTs, how many of them the kernel was last asked
+    /// about (see `HalfOpen::resets`).
+    resets_seen: std::collections::HashMap<FlowKey, u32>,
 }
 
 impl Watcher {
@@ -159,6 +168,7 @@ impl Watcher {
             wmaps: WatchMaps::open(iface, netns)?,
             diag: SockDiag::open()?,
             samples: VecDeque::new(),
+            resets_seen: std::collections::HashMap::new(),
         })
     }
 
@@ -183,8 +193,12 @@ impl Watcher {
         let entries: Vec<(FlowKey, HalfOpen)> =
             self.wmaps.half_open.iter().filter_map(Result::ok).collect();
         let (mut timed_out, mut gone) = (0, 0);
+        let mut reset = Vec::new();
         for (key, e) in &entries {
             if now.saturating_sub(e.first_seen_ns) < timeout_ns {
+                if e.resets != self.resets_seen.get(key).copied().unwrap_or(0) {
+                    reset.push((*key, e.resets));
+                }
                 continue;
             }
             // Whoever removes the entry owns its accounting (the data path may complete it now).
@@ -197,8 +211,31 @@ impl Watcher {
                 gone += 1;
             }
         }
+        // The client sent an RST since the kernel was last asked: the kernel dropped the request
+        // socket if the RST was in its window (`tcp_check_req`), else ignored it.
+        let mut aborted = 0;
+        for (key, resets) in reset.into_iter().take(RESET_CHECKS_PER_TICK) {
+            match self.diag.state(&key)? {
+                Some(s) if s.state == TCP_SYN_RECV => {
+                    self.resets_seen.insert(key, resets);
+                }
+                // Completed meanwhile: the tracepoint untracks it.
+                Some(_) => {}
+                None => {
+                    if self.wmaps.half_open.remove(&key).is_ok() {
+                        aborted += 1;
+                    }
+                }
+            }
+        }
+        if !self.resets_seen.is_empty() {
+            let live: std::collections::HashSet<&FlowKey> =
+                entries.iter().map(|(k, _)| k).collect();
+            self.resets_seen.retain(|k, _| live.contains(k));
+        }
         self.wmaps.bump(Counter::HalfOpenTimedOut, timed_out)?;
         self.wmaps.bump(Counter::HalfOpenGone, gone)?;
+        self.wmaps.bump(Counter::HalfOpenAborted, aborted)?;
         t.timed_out = timed_out;
         // Exact counts from the counters; the request rate over the window from samples of the
         // protected-SYN counter (which both modes advance).

@@ -1,7 +1,10 @@
 //! Watch mode: SYNs reach the server; every protected half-open handshake is tracked in HALF_OPEN
-//! until the client completes it (ACK) or abandons it (RST, FIN). The controller closes on the
-//! server those that outlive the watch timeout. While aggressive, each new SYN displaces the
-//! oldest (or a random) tracked handshake, which the controller then closes (Cisco's drop-mode).
+//! until the kernel completes it (the socket-table tracepoint sees its socket go SYN_RECV ->
+//! ESTABLISHED) or drops it (the controller asks the kernel after each RST of the client). The
+//! client's segments never untrack a flow here: their numbers are the kernel's to judge, and a
+//! spoofed ACK or RST must not hide a half-open connection. The controller closes on the server
+//! those that outlive the watch timeout. While aggressive, each new SYN displaces the oldest (or
+//! a random) tracked handshake, which the controller then closes (Cisco's drop-mode).
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, programs::XdpContext};
 use intercept_common::{
     Counter,
@@ -13,7 +16,7 @@ use crate::{
     frame::Pkt,
     maps::{HALF_OPEN, RING, VICTIMS},
     scope,
-    stats::{count, pass},
+    stats::{count, count_atomic, pass},
 };
 
 /// A protected SYN in watch mode: track it (or count a retransmission), displace a victim while
@@ -46,6 +49,7 @@ pub fn syn(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         first_seen_ns: now,
         isn: tcp.seq,
         syns: 1,
+        ..HalfOpen::default()
     };
     if HALF_OPEN
         .insert(&key, &entry, u64::from(BPF_NOEXIST))
@@ -116,24 +120,41 @@ fn evict(key: &FlowKey) -> bool {
     true
 }
 
-/// The client's ACK, RST or FIN of a tracked handshake ends its tracking. Returns true if the flow
-/// was tracked.
+/// A client's segment (ACK, RST or FIN) of a possibly tracked handshake: whether the flow is
+/// tracked. An RST is counted in the entry for the controller, which asks the kernel whether the
+/// request socket survived it. Nothing is untracked here: the kernel alone decides whether the
+/// segment's numbers complete the handshake (then the socket-table tracepoint untracks it, see
+/// [`completed`]) or end it (`tcp_check_req` drops a request socket only for an RST in its
+/// window; a wrong ACK leaves it, to be timed out).
 #[inline(always)]
-pub fn untrack(flow: &intercept_common::cookie::Flow, tcp: &Tcp) -> bool {
-    let key = FlowKey::of(flow);
-    // SAFETY: read-only lookup.
-    if unsafe { HALF_OPEN.get(&key) }.is_none() {
+pub fn client_segment(key: &FlowKey, tcp: &Tcp) -> bool {
+    let Some(e) = HALF_OPEN.get_ptr_mut(key) else {
         return false;
-    }
-    if HALF_OPEN.remove(&key).is_ok() {
-        let completed = classify(tcp.flags) == TcpKind::Ack && tcp.flags & tcp_flags::FIN == 0;
-        count(if completed {
-            Counter::HalfOpenCompleted
-        } else {
-            Counter::HalfOpenAborted
-        });
+    };
+    if tcp.flags & tcp_flags::RST != 0 {
+        // SAFETY: a valid map value pointer; racing writers only ever bump the same counter, and
+        // a lost increment of a simultaneous RST is seen with the next one (or the timeout).
+        unsafe { (*e).resets = (*e).resets.wrapping_add(1) };
     }
     true
+}
+
+/// [`client_segment`] by the name the intercept-mode ACK path calls it (`ack::established`,
+/// for handshakes started in watch mode).
+#[inline(always)]
+pub fn untrack(flow: &intercept_common::cookie::Flow, tcp: &Tcp) -> bool {
+    client_segment(&FlowKey::of(flow), tcp)
+}
+
+/// The kernel completed a handshake: the socket-table tracepoint saw the server's socket of
+/// `key` go SYN_RECV -> ESTABLISHED (`tcp_rcv_state_process`, after `tcp_check_req` accepted the
+/// client's ACK). Untracks it and counts it completed, if it was tracked: whoever removes an
+/// entry counts it, once.
+#[inline(always)]
+pub fn completed(key: &FlowKey) {
+    if HALF_OPEN.remove(key).is_ok() {
+        count_atomic(Counter::HalfOpenCompleted);
+    }
 }
 
 /// Not an XDP verdict: `segment` asks its caller to run the cookie check (the caller, not
@@ -141,16 +162,16 @@ pub fn untrack(flow: &intercept_common::cookie::Flow, tcp: &Tcp) -> bool {
 /// "combined stack size of 3 calls is 672").
 pub const VERIFY_COOKIE: u32 = u32::MAX;
 
-/// An ACK, RST or FIN from a client in watch mode. Tracked: untracked and passed. Untracked ACK
-/// during the grace period after intercept mode: returns [`VERIFY_COOKIE`], since our cookie may
-/// still complete it.
+/// An ACK, RST or FIN from a client in watch mode. Tracked: passed to the kernel (see
+/// [`client_segment`]). Untracked ACK during the grace period after intercept mode: returns
+/// [`VERIFY_COOKIE`], since our cookie may still complete it.
 #[inline(never)]
 pub fn segment(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     let (cfg, flow) = match scope::in_scope(&Pkt::new(ctx), ip, tcp) {
         Ok(x) => x,
         Err(verdict) => return verdict,
     };
-    if untrack(&flow, tcp) {
+    if client_segment(&FlowKey::of(&flow), tcp) {
         return pass(Counter::Passed);
     }
     if classify(tcp.flags) == TcpKind::Ack && cfg.cookie_grace_until_ns != 0 {

@@ -3,7 +3,7 @@
 //! intercept under a flood and back after it, while legitimate clients keep connecting.
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -11,18 +11,33 @@ use std::{
     time::{Duration, Instant},
 };
 
-use intercept_common::{Counter::*, parse::tcp_flags};
+use intercept_common::{
+    Counter::*,
+    craft::{TcpSegment, tcp_frame},
+    parse::tcp_flags,
+};
 use intercept_ctl::{
     lab::{
-        CLIENT_V4, CLIENT_V6, Capture, FloodSpec, Lab, SERVER_V4, SERVER_V6, flood, syn_recv_count,
+        CLIENT_V4, CLIENT_V6, Capture, FloodSpec, Lab, RawSender, SERVER_V4, SERVER_V6, flood,
+        syn_recv_count,
     },
     sockdiag::SockDiag,
 };
 use intercept_tests::{
-    Daemon, HoldAcks, InterceptLab, abort, echo_server, flow_key, require_root, status,
+    Daemon, HoldAcks, InterceptLab, abort, echo_server, flow_key, ping, require_root, status,
 };
 
 const PORT: u16 = 8080;
+
+/// The tests of this file that flood or time a reaction take turns: two floods on the two cores
+/// of the development VM would slow each other's controller past what they measure.
+static ONE_FLOOD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn flood_turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_FLOOD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -132,6 +147,7 @@ fn half_open_connections_are_counted_exactly_and_closed_after_the_timeout() {
 #[test]
 fn a_flood_switches_auto_to_intercept_and_back() {
     require_root("a_flood_switches_auto_to_intercept_and_back");
+    let _turn = flood_turn();
     let t = InterceptLab::new(PORT);
     t.ctl(&["mode", t.srv_if(), "auto"]);
     t.ctl(&[
@@ -343,4 +359,111 @@ fn sock_destroy_closes_only_the_socket_its_cookie_names() {
         );
         abort(c);
     }
+}
+
+/// Sends one spoofed segment from `src` to the lab's IPv4 server.
+fn spoof(
+    t: &InterceptLab,
+    sender: &RawSender,
+    src: (Ipv4Addr, u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+) {
+    let mut s = TcpSegment::new(
+        IpAddr::V4(src.0),
+        IpAddr::V4(SERVER_V4),
+        src.1,
+        t.port,
+        flags,
+    );
+    (s.seq, s.ack_seq) = (seq, ack);
+    sender
+        .send(&tcp_frame(&sender.link, &s))
+        .unwrap_or_else(|e| panic!("send {flags:#x} from {src:?}: {e}"));
+}
+
+/// Only the kernel ends a half-open connection: a spoofed ACK or RST with numbers the kernel
+/// rejects leaves it half-open on the server, so it stays counted and is timed out and closed
+/// later; an RST within the request's window ends it on the server, and the count follows; a
+/// real handshake counts completed.
+#[test]
+fn a_half_open_connection_counts_until_the_kernel_ends_it() {
+    require_root("a_half_open_connection_counts_until_the_kernel_ends_it");
+    let t = InterceptLab::new(PORT);
+    t.ctl(&["mode", t.srv_if(), "watch"]);
+    t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", "3"]);
+    let _d = Daemon::start(t.srv(), t.srv_if());
+    let (l4, l6) = t.lab.listen(PORT).expect("listen");
+    echo_server(l4);
+    echo_server(l6);
+    let before = t.stats();
+    for ip in [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)] {
+        let mut c = t
+            .lab
+            .connect(SocketAddr::new(ip, PORT), Duration::from_secs(3))
+            .expect("connect");
+        ping(&mut c, &format!("real client to {ip}"));
+    }
+    wait_for(
+        "the real handshakes counted completed",
+        Duration::from_secs(2),
+        || t.stats().delta(&before).get(HalfOpenCompleted) == 2,
+    );
+    let sender = t.lab.raw_sender().unwrap();
+    // Flow A: SYN (ISN 1000), then an ACK of a SYN-ACK the server never sent, then an RST far
+    // outside the window: the kernel answers the ACK with a reset and ignores the RST.
+    let a = (Ipv4Addr::new(198, 19, 200, 1), 4001);
+    spoof(&t, &sender, a, tcp_flags::SYN, 1000, 0);
+    std::thread::sleep(Duration::from_millis(100));
+    spoof(&t, &sender, a, tcp_flags::ACK, 1001, 0x1234_5678);
+    spoof(&t, &sender, a, tcp_flags::RST, 1001 + 100_000_000, 0);
+    // Flow B: SYN (ISN 5000), then an RST at the request's next sequence number: the kernel
+    // drops the request.
+    let b = (Ipv4Addr::new(198, 19, 200, 2), 4002);
+    spoof(&t, &sender, b, tcp_flags::SYN, 5000, 0);
+    std::thread::sleep(Duration::from_millis(100));
+    spoof(&t, &sender, b, tcp_flags::RST, 5001, 0);
+    wait_for(
+        "flow B counted aborted, flow A still half-open",
+        Duration::from_secs(2),
+        || {
+            let d = t.stats().delta(&before);
+            d.get(HalfOpenAborted) == 1 && status(&t)["watch"]["half_open"] == 1
+        },
+    );
+    // Several controller ticks later: still so, and the server agrees.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        status(&t)["watch"]["half_open"],
+        1,
+        "flow A (spoofed ACK and RST with wrong numbers) is still counted"
+    );
+    assert_eq!(
+        syn_recv_count(&t.lab.server).unwrap(),
+        1,
+        "the server holds flow A half-open"
+    );
+    // The watch timeout closes it.
+    wait_for(
+        "flow A timed out and closed",
+        Duration::from_secs(6),
+        || status(&t)["watch"]["half_open"] == 0,
+    );
+    assert_eq!(
+        syn_recv_count(&t.lab.server).unwrap(),
+        0,
+        "nothing half-open on the server"
+    );
+    let d = t.stats().delta(&before);
+    assert_eq!(
+        (
+            d.get(HalfOpenNew),
+            d.get(HalfOpenCompleted),
+            d.get(HalfOpenAborted),
+            d.get(HalfOpenTimedOut)
+        ),
+        (4, 2, 1, 1),
+        "new, completed, aborted, timed out: {d:?}"
+    );
 }

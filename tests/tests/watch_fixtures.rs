@@ -1,6 +1,10 @@
 //! Watch mode on the real object through BPF_PROG_TEST_RUN: tracking on SYN, retransmission,
-//! completion by ACK, removal on RST/FIN, the LRU table full, and drop-mode oldest/random.
-use std::net::{IpAddr, Ipv4Addr};
+//! the client's segments left to the kernel, completion seen by the socket-table tracepoint, the
+//! LRU table full, and drop-mode oldest/random.
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
+    time::{Duration, Instant},
+};
 
 use aya::maps::{HashMap, MapData, Queue};
 use intercept_common::{
@@ -101,8 +105,8 @@ fn env() -> Env {
 }
 
 #[test]
-fn tracking_retransmit_completion_and_removal() {
-    require_root("tracking_retransmit_completion_and_removal");
+fn tracking_retransmit_and_the_clients_segments() {
+    require_root("tracking_retransmit_and_the_clients_segments");
     on_cpu0(|| {
         let e = env();
         e.run("SYN of a new handshake", &seg(1, tcp_flags::SYN), &SYN_C);
@@ -121,28 +125,23 @@ fn tracking_retransmit_completion_and_removal() {
             (2, first.first_seen_ns),
             "age kept from the first SYN"
         );
-        e.run(
-            "the client's ACK completes it",
-            &seg(1, tcp_flags::ACK),
-            &[Packets, Ipv4, Tcp, Ack, HalfOpenCompleted, Passed],
-        );
-        assert!(t.get(&key(1), 0).is_err(), "completed handshake untracked");
-        e.run(
-            "untracked ACK passes",
-            &seg(1, tcp_flags::ACK),
-            &[Packets, Ipv4, Tcp, Ack, Passed],
-        );
-        for (i, flags, what, c) in [
-            (2, tcp_flags::RST, "RST", Rst),
-            (3, tcp_flags::FIN | tcp_flags::ACK, "FIN", Ack),
+        // The client's ACK, FIN and RST go to the kernel, which alone knows whether their
+        // numbers complete or abort the handshake (a spoofed ACK or RST carries any numbers):
+        // the flow stays tracked until the kernel says so.
+        for (flags, what, c) in [
+            (tcp_flags::ACK, "ACK", Ack),
+            (tcp_flags::FIN | tcp_flags::ACK, "FIN", Ack),
+            (tcp_flags::RST, "RST", Rst),
         ] {
-            e.run(&format!("SYN {i}"), &seg(i, tcp_flags::SYN), &SYN_C);
             e.run(
-                &format!("the client's {what} aborts it"),
-                &seg(i, flags),
-                &[Packets, Ipv4, Tcp, c, HalfOpenAborted, Passed],
+                &format!("the client's {what} passes"),
+                &seg(1, flags),
+                &[Packets, Ipv4, Tcp, c, Passed],
             );
-            assert!(t.get(&key(i), 0).is_err(), "{what}: untracked");
+            assert!(
+                t.get(&key(1), 0).is_ok(),
+                "client 1 after its {what}: still tracked"
+            );
         }
         let mut other = TcpSegment::new(
             IpAddr::V4(client(9)),
@@ -158,6 +157,56 @@ fn tracking_retransmit_completion_and_removal() {
             &[Packets, Ipv4, Tcp, Syn, Passed],
         );
     });
+}
+
+/// The kernel completing a tracked handshake (the socket-table tracepoint sees the server's
+/// socket go SYN_RECV -> ESTABLISHED) untracks it and counts it completed.
+#[test]
+fn the_kernel_completing_a_handshake_untracks_it() {
+    require_root("the_kernel_completing_a_handshake_untracks_it");
+    let ns = Netns::new("wfx").expect("netns");
+    for a in ["198.18.0.1/32", "198.19.0.5/32"] {
+        ns.ip(&["addr", "add", a, "dev", "lo"]).unwrap();
+    }
+    ns.spawn(|| {
+        let mut e = env();
+        let _track =
+            intercept_ctl::loader::attach_socket_tracker(&mut e.obj.ebpf).expect("tracepoint");
+        let l = TcpListener::bind((SERVER, 8080)).expect("listen");
+        let c = IpAddr::V4(client(5));
+        // The handshake's SYN as XDP sees it on the wire (XDP does not run on lo).
+        let mut syn = TcpSegment::new(c, IpAddr::V4(SERVER), 40005, 8080, tcp_flags::SYN);
+        syn.seq = 7;
+        e.run("SYN", &tcp_frame(&Link::default(), &syn), &SYN_C);
+        let k = FlowKey {
+            saddr: mapped(u32::from(client(5))),
+            daddr: mapped(u32::from(SERVER)),
+            sport: 40005,
+            dport: 8080,
+        };
+        assert!(e.table().get(&k, 0).is_ok(), "tracked");
+        let before = e.obj.counters();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::new(c, 40005).into()).unwrap();
+        s.connect(&SocketAddr::new(IpAddr::V4(SERVER), 8080).into())
+            .expect("connect");
+        let _srv = l.accept().expect("accept");
+        let start = Instant::now();
+        while e.table().get(&k, 0).is_ok() {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "198.19.0.5:40005 -> 198.18.0.1:8080 still tracked after the kernel completed it"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            deltas(&before, &e.obj.counters()),
+            vec![(HalfOpenCompleted, 1)],
+            "completed once, by the tracepoint"
+        );
+    })
+    .join()
+    .unwrap_or_else(|err| std::panic::resume_unwind(err));
 }
 
 #[test]
@@ -201,11 +250,10 @@ fn drop_mode_oldest_and_random() {
         for i in 1..=4 {
             e.run(&format!("SYN {i}"), &seg(i, tcp_flags::SYN), &SYN_C);
         }
-        e.run(
-            "client 2 completes",
-            &seg(2, tcp_flags::ACK),
-            &[Packets, Ipv4, Tcp, Ack, HalfOpenCompleted, Passed],
-        );
+        // Client 2 completes: the socket-table tracepoint untracks it.
+        let mut t: HashMap<&mut MapData, FlowKey, HalfOpen> =
+            HashMap::try_from(e.obj.ebpf.map_mut(HALF_OPEN).expect("map")).expect("hash map");
+        t.remove(&key(2)).expect("client 2 tracked");
         e.set(true, DropMode::Oldest);
         let mut victims: Queue<MapData, FlowKey> =
             Queue::try_from(e.obj.ebpf.take_map(VICTIMS).expect("victims")).unwrap();
