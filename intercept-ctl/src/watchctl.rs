@@ -185,9 +185,8 @@ impl Watcher {
                 t.victims_closed += 1;
             }
         }
-        let mut w = self.wmaps.watch()?;
-        let mut cfg = self.maps.config()?;
-        let aggressive = cfg.aggressive != 0;
+        let w = self.wmaps.watch()?;
+        let aggressive = self.maps.config()?.aggressive != 0;
         // Reap: older than the timeout (halved while aggressive, as Cisco does).
         let timeout_ns = u64::from(w.timeout_ms) * 1_000_000 / if aggressive { 2 } else { 1 };
         let entries: Vec<(FlowKey, HalfOpen)> =
@@ -264,6 +263,11 @@ impl Watcher {
             u32::try_from(t.one_minute).unwrap_or(u32::MAX),
         );
         t.aggressive = agg;
+        // Written back onto fresh copies, changing only what the tick decides: a tick can take
+        // a good part of a second with a full table, and the operator's `thresholds`, `mode` or
+        // `scope` written meanwhile must not be undone by the copies read at its start.
+        let mut cfg = self.maps.config()?;
+        let mut w = self.wmaps.watch()?;
         let mode = Mode::from_u32(cfg.mode);
         let mut cfg_changed = false;
         if let Some(cause) = cause {
