@@ -102,6 +102,15 @@ pub enum Counter {
     /// kernel: passed to it (it re-acknowledges a FIN, resets late data, accepts a SYN reusing
     /// the 4-tuple).
     PassTimeWait,
+    /// Protected SYNs of new handshakes left untracked in watch mode because the half-open
+    /// table was full and nothing could be evicted (see `HalfOpenEvicted`): the kernel still
+    /// answers them, but they are not counted half-open and the controller does not time them
+    /// out (the kernel's own SYN-ACK retries end them).
+    HalfOpenTableFull,
+    /// Tracked handshakes evicted from the full half-open table to make room for a new one
+    /// (this CPU's oldest, as drop-mode oldest picks it): untracked and closed on the server by
+    /// the controller.
+    HalfOpenEvicted,
     /// Number of counters; not a counter.
     Count,
 }
@@ -151,6 +160,8 @@ impl Counter {
         Counter::FollowerDropped,
         Counter::AckQueueFull,
         Counter::PassTimeWait,
+        Counter::HalfOpenTableFull,
+        Counter::HalfOpenEvicted,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -199,6 +210,8 @@ impl Counter {
             Counter::FollowerDropped => "follower_dropped",
             Counter::AckQueueFull => "ack_queue_full",
             Counter::PassTimeWait => "pass_time_wait",
+            Counter::HalfOpenTableFull => "half_open_table_full",
+            Counter::HalfOpenEvicted => "half_open_evicted",
             Counter::Count => "count",
         }
     }
@@ -253,6 +266,8 @@ impl Counter {
             Counter::FollowerDropped => "Dropped: segment following a refused handoff (TC)",
             Counter::AckQueueFull => "Valid ACKs dropped: listener's accept queue full (TC)",
             Counter::PassTimeWait => "Passed: segment of a time-wait connection",
+            Counter::HalfOpenTableFull => "Watch: SYNs left untracked, the half-open table full",
+            Counter::HalfOpenEvicted => "Watch: half-open evicted from the full table",
             Counter::Count => "",
         }
     }

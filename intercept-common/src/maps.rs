@@ -41,12 +41,14 @@ pub const PROG_TC: &str = "tc_handoff";
 /// Entries of the SCOPE and EXEMPT tries.
 pub const SCOPE_ENTRIES: u32 = 4096;
 
-/// `LruHashMap<FlowKey, HalfOpen>`: half-open handshakes tracked in watch mode; written by the data
+/// `HashMap<FlowKey, HalfOpen>`: half-open handshakes tracked in watch mode; written by the data
 /// path (XDP: insert, retransmit, RST seen, drop-mode removal; the socket-table tracepoint:
 /// removal once the kernel completed the handshake) and the controller (timeouts, removal once
 /// the kernel dropped the request socket after an RST).
 pub const HALF_OPEN: &str = "HALF_OPEN";
-/// Capacity of [`HALF_OPEN`].
+/// Capacity of [`HALF_OPEN`] (preallocated, 24-byte values: about 7 MiB). A SYN finding it full
+/// evicts the oldest of its CPU's recent handshakes (`half_open_evicted`), or is not tracked
+/// (`half_open_table_full`), so the half-open count stays what the table holds.
 pub const HALF_OPEN_ENTRIES: u32 = 65_536;
 /// `PerCpuArray<Ring>`: insertion order of tracked flows, for drop-mode oldest/random.
 pub const RING: &str = "RING";

@@ -71,7 +71,7 @@ impl WatchMaps {
             .into());
         }
         Ok(WatchMaps {
-            half_open: HashMap::try_from(Map::LruHashMap(open(&pins, maps::HALF_OPEN)?))?,
+            half_open: HashMap::try_from(Map::HashMap(open(&pins, maps::HALF_OPEN)?))?,
             victims: Queue::try_from(Map::Queue(open(&pins, maps::VICTIMS)?))?,
             watch: Array::try_from(Map::Array(open(&pins, maps::WATCH)?))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(&pins, maps::COUNTERS)?))?,
@@ -125,7 +125,8 @@ pub fn half_open_count(c: &Counters) -> u64 {
         + c.get(Counter::HalfOpenAborted)
         + c.get(Counter::HalfOpenDropped)
         + c.get(Counter::HalfOpenTimedOut)
-        + c.get(Counter::HalfOpenGone);
+        + c.get(Counter::HalfOpenGone)
+        + c.get(Counter::HalfOpenEvicted);
     c.get(Counter::HalfOpenNew).saturating_sub(removed)
 }
 

@@ -63,10 +63,13 @@ pub struct Scratch {
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Half-open handshakes tracked in watch mode; written here and by the controller (timeouts).
+/// Half-open handshakes tracked in watch mode; written here (XDP and the socket-table
+/// tracepoint) and by the controller (see `intercept_common::maps::HALF_OPEN`). Not LRU: an LRU
+/// map evicts silently (even before it is full, from a CPU's empty free list), and every entry
+/// removed uncounted inflated the half-open count for good. Preallocated: an insert into the
+/// full table fails (`E2BIG`, `alloc_htab_elem`) and is counted instead.
 #[map(name = "HALF_OPEN")]
-pub static HALF_OPEN: LruHashMap<FlowKey, HalfOpen> =
-    LruHashMap::with_max_entries(HALF_OPEN_ENTRIES, 0);
+pub static HALF_OPEN: HashMap<FlowKey, HalfOpen> = HashMap::with_max_entries(HALF_OPEN_ENTRIES, 0);
 
 /// Per-CPU insertion order of tracked flows (drop-mode oldest/random).
 #[map(name = "RING")]

@@ -8,7 +8,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, programs::XdpContext};
 use intercept_common::{
     Counter,
-    config::{Config, DropMode, FlowKey, HalfOpen, RING_SLOTS},
+    config::{Config, DropMode, FlowKey, HalfOpen, RING_SLOTS, Ring},
     parse::{Ip, Tcp, TcpKind, classify, tcp_flags},
 };
 
@@ -18,6 +18,10 @@ use crate::{
     scope,
     stats::{count, count_atomic, pass},
 };
+
+/// `-E2BIG`: what inserting into a full preallocated hash map returns (`alloc_htab_elem`,
+/// kernel/bpf/hashtab.c).
+const E2BIG: i32 = -7;
 
 /// A protected SYN in watch mode: track it (or count a retransmission), displace a victim while
 /// aggressive, and pass it to the server. Not inlined (see `synack::handle`).
@@ -51,14 +55,46 @@ pub fn syn(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         syns: 1,
         ..HalfOpen::default()
     };
-    if HALF_OPEN
-        .insert(&key, &entry, u64::from(BPF_NOEXIST))
-        .is_ok()
-    {
-        remember(&key);
-        count(Counter::HalfOpenNew);
+    match HALF_OPEN.insert(&key, &entry, u64::from(BPF_NOEXIST)) {
+        Ok(()) => tracked(&key),
+        // Full: room is made as drop-mode oldest makes it (the victim is closed on the server by
+        // the controller), so every half-open connection the server holds stays tracked or
+        // being closed. Without a victim (this CPU's ring holds none still tracked, or the
+        // victim queue is full) the SYN passes untracked, and the count stays what the table
+        // holds.
+        Err(E2BIG) => {
+            if make_room()
+                && HALF_OPEN
+                    .insert(&key, &entry, u64::from(BPF_NOEXIST))
+                    .is_ok()
+            {
+                tracked(&key);
+            } else {
+                count(Counter::HalfOpenTableFull);
+            }
+        }
+        // EEXIST: the same SYN tracked on another CPU meanwhile.
+        Err(_) => {}
     }
     pass(Counter::Passed)
+}
+
+/// Counts a new tracked handshake and appends it to this CPU's insertion ring.
+#[inline(always)]
+fn tracked(key: &FlowKey) {
+    remember(key);
+    count(Counter::HalfOpenNew);
+}
+
+/// Evicts this CPU's oldest tracked handshake from the full table; false if there is none (the
+/// caller's insert tells whether room was made).
+#[inline(always)]
+fn make_room() -> bool {
+    let Some(r) = RING.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot; nothing else runs here meanwhile.
+    oldest(unsafe { &mut *r }, Counter::HalfOpenEvicted)
 }
 
 /// Appends `key` to this CPU's insertion ring.
@@ -87,26 +123,35 @@ fn displace(cfg: &Config) {
             // SAFETY: helper without side effects.
             let pick = r.tail.wrapping_add(unsafe { bpf_get_prandom_u32() } % live);
             let key = r.keys[(pick as usize) % RING_SLOTS];
-            if evict(&key) {
+            if evict(&key, Counter::HalfOpenDropped) {
                 return;
             }
         }
     }
-    // Oldest first; a few stale slots (handshakes completed meanwhile) are skipped.
+    oldest(r, Counter::HalfOpenDropped);
+}
+
+/// Evicts the oldest handshake of this CPU's ring still tracked, counting it as `reason`; a few
+/// stale slots (handshakes completed meanwhile) are skipped. False if none was found.
+#[inline(always)]
+fn oldest(r: &mut Ring, reason: Counter) -> bool {
     let mut tries = 0;
     while tries < 8 && r.tail != r.head {
         let key = r.keys[(r.tail as usize) % RING_SLOTS];
         r.tail = r.tail.wrapping_add(1);
-        if evict(&key) {
-            return;
+        if evict(&key, reason) {
+            return true;
         }
         tries += 1;
     }
+    false
 }
 
-/// Queues and forgets `key` if it is still tracked; false if it is not (or the queue is full).
+/// Queues `key` for the controller to close on the server and untracks it, counting it as
+/// `reason` (whoever removes an entry counts it, once). False if it is not tracked (try
+/// another); true if it was evicted, or stays tracked because the queue is full (stop trying).
 #[inline(always)]
-fn evict(key: &FlowKey) -> bool {
+fn evict(key: &FlowKey, reason: Counter) -> bool {
     // SAFETY: read-only lookup.
     if unsafe { HALF_OPEN.get(key) }.is_none() {
         return false;
@@ -115,8 +160,9 @@ fn evict(key: &FlowKey) -> bool {
         count(Counter::VictimQueueFull);
         return true;
     }
-    let _ = HALF_OPEN.remove(key);
-    count(Counter::HalfOpenDropped);
+    if HALF_OPEN.remove(key).is_ok() {
+        count(reason);
+    }
     true
 }
 

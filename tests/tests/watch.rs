@@ -22,6 +22,7 @@ use intercept_ctl::{
         syn_recv_count,
     },
     sockdiag::SockDiag,
+    watchctl::WatchMaps,
 };
 use intercept_tests::{
     Daemon, HoldAcks, InterceptLab, abort, echo_server, flow_key, ping, require_root, status,
@@ -465,5 +466,106 @@ fn a_half_open_connection_counts_until_the_kernel_ends_it() {
         ),
         (4, 2, 1, 1),
         "new, completed, aborted, timed out: {d:?}"
+    );
+}
+
+/// CPU time (user + system, in clock ticks) of process `pid` so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may hold spaces) start at "state"; utime and stime
+    // are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// A spoofed SYN flood larger than the half-open table (80,000 SYNs, 65,536 entries): the count
+/// stays equal to what the table holds, and once the watch timeout closed everything it is 0, as
+/// on the server.
+#[test]
+fn a_flood_larger_than_the_table_keeps_the_count_exact() {
+    require_root("a_flood_larger_than_the_table_keeps_the_count_exact");
+    let _turn = flood_turn();
+    let t = InterceptLab::new(PORT);
+    t.ctl(&["mode", t.srv_if(), "watch"]);
+    // Never aggressive (no displacement), and nothing times out during the flood.
+    t.ctl(&[
+        "thresholds",
+        t.srv_if(),
+        "--watch-timeout",
+        "120",
+        "--max-incomplete-high",
+        "1000000000",
+        "--max-incomplete-low",
+        "999999999",
+        "--one-minute-high",
+        "1000000000",
+        "--one-minute-low",
+        "999999999",
+    ]);
+    let d = Daemon::start(t.srv(), t.srv_if());
+    let (l4, l6) = t.lab.listen(PORT).expect("listen");
+    echo_server(l4);
+    echo_server(l6);
+    let before = t.stats();
+    let sender = t.lab.raw_sender().unwrap();
+    let sent = flood(
+        &sender,
+        FloodSpec {
+            target: SocketAddr::new(IpAddr::V4(SERVER_V4), PORT),
+            count: 80_000,
+            max_time: Duration::from_secs(18),
+            rate: 10_000,
+            flags: tcp_flags::SYN,
+            payload: 0,
+        },
+    )
+    .unwrap();
+    assert_eq!(sent, 80_000, "the whole flood was sent");
+    let table = || {
+        WatchMaps::open(t.srv_if(), Some(t.srv()))
+            .expect("watch maps")
+            .half_open
+            .keys()
+            .filter_map(Result::ok)
+            .count() as u64
+    };
+    wait_for("the flood's SYNs all seen", Duration::from_secs(5), || {
+        t.stats().delta(&before).get(Syn) >= 80_000
+    });
+    // The controller's count, written every tick, settles on the counters' and the table's.
+    let cpu0 = (cpu_ticks(d.pid()), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    // Clock ticks are 1/100 s: ticks per second is the percentage of one core.
+    let cpu = (cpu_ticks(d.pid()) - cpu0.0) as f64 / cpu0.1.elapsed().as_secs_f64();
+    let counted = status(&t)["watch"]["half_open"]
+        .as_u64()
+        .expect("half_open");
+    let held = table();
+    let dl = t.stats().delta(&before);
+    eprintln!(
+        "after {sent} SYNs: counted {counted}, table {held}, server SYN_RECV {}; controller CPU {cpu:.0}% with the table full; {dl:?}",
+        syn_recv_count(&t.lab.server).unwrap()
+    );
+    assert_eq!(
+        counted, held,
+        "after {sent} SYNs the half-open count is what the table holds"
+    );
+    assert!(
+        held <= 65_536,
+        "the table holds at most its capacity: {held}"
+    );
+    // The timeouts close every one of them.
+    t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", "1"]);
+    wait_for(
+        "every half-open connection closed",
+        Duration::from_secs(30),
+        || status(&t)["watch"]["half_open"] == 0,
+    );
+    assert_eq!(table(), 0, "the table is empty");
+    assert_eq!(
+        syn_recv_count(&t.lab.server).unwrap(),
+        0,
+        "nothing half-open on the server"
     );
 }

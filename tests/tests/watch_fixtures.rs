@@ -1,6 +1,6 @@
 //! Watch mode on the real object through BPF_PROG_TEST_RUN: tracking on SYN, retransmission,
 //! the client's segments left to the kernel, completion seen by the socket-table tracepoint, the
-//! LRU table full, and drop-mode oldest/random.
+//! table full, and drop-mode oldest/random.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
     time::{Duration, Instant},
@@ -15,7 +15,7 @@ use intercept_common::{
     maps::{HALF_OPEN, HALF_OPEN_ENTRIES, PROG_XDP, VICTIMS},
     parse::tcp_flags,
 };
-use intercept_ctl::{control::Maps, netns::Netns};
+use intercept_ctl::{control::Maps, netns::Netns, watchctl::half_open_count};
 use intercept_tests::{Loaded, configure_intercept, deltas, require_root};
 
 const XDP_PASS: u32 = 2;
@@ -209,36 +209,58 @@ fn the_kernel_completing_a_handshake_untracks_it() {
     .unwrap_or_else(|err| std::panic::resume_unwind(err));
 }
 
+/// Past its capacity each new handshake evicts its CPU's oldest (queued for the controller to
+/// close, as drop-mode oldest does), and the half-open count the counters give stays equal to
+/// what the table holds.
 #[test]
-fn table_full_evicts_least_recently_used() {
-    require_root("table_full_evicts_least_recently_used");
+fn a_full_table_keeps_the_count_exact() {
+    require_root("a_full_table_keeps_the_count_exact");
     on_cpu0(|| {
-        let e = env();
+        let mut e = env();
         let n = HALF_OPEN_ENTRIES + 64;
-        let before = e.obj.counters();
         for i in 0..n {
             let (v, _) = e.obj.run(PROG_XDP, &seg(i, tcp_flags::SYN)).unwrap();
-            assert_eq!(v, XDP_PASS);
+            assert_eq!(v, XDP_PASS, "SYN {i}");
         }
-        let d = deltas(&before, &e.obj.counters());
-        assert!(
-            d.contains(&(HalfOpenNew, u64::from(n))),
-            "every SYN inserted: {d:?}"
-        );
         let t = e.table();
-        let live = t.keys().filter_map(Result::ok).count();
-        assert!(
-            live <= HALF_OPEN_ENTRIES as usize && live > (HALF_OPEN_ENTRIES / 2) as usize,
-            "LRU keeps the table within capacity: {live}"
+        let live = t.keys().filter_map(Result::ok).count() as u64;
+        assert_eq!(
+            half_open_count(&e.obj.counters()),
+            live,
+            "the count equals the table after {n} SYNs"
+        );
+        assert_eq!(live, u64::from(HALF_OPEN_ENTRIES), "the table is full");
+        let c = e.obj.counters();
+        assert_eq!(
+            (
+                c.get(HalfOpenNew),
+                c.get(HalfOpenEvicted),
+                c.get(HalfOpenTableFull)
+            ),
+            (u64::from(n), 64, 0),
+            "each of the last 64 SYNs evicted one and was tracked"
         );
         assert!(
             t.get(&key(n - 1), 0).is_ok(),
             "the newest handshake is tracked"
         );
+        // This CPU's ring holds its last 256 SYNs: SYN j (from n - 64 on) evicted j - 256.
+        for i in n - 320..n - 256 {
+            assert!(t.get(&key(i), 0).is_err(), "client {i} was evicted");
+        }
         assert!(
-            t.get(&key(0), 0).is_err(),
-            "the least recently used one was evicted"
+            t.get(&key(0), 0).is_ok(),
+            "older ones stay (timed out later)"
         );
+        let mut victims: Queue<MapData, FlowKey> =
+            Queue::try_from(e.obj.ebpf.take_map(VICTIMS).expect("victims")).unwrap();
+        for i in n - 320..n - 256 {
+            assert_eq!(
+                victims.pop(0).unwrap(),
+                key(i),
+                "victim {i} queued to be closed"
+            );
+        }
     });
 }
 
