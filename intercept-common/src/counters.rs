@@ -82,7 +82,8 @@ pub enum Counter {
     HalfOpenDropped,
     /// Tracked handshakes closed by the controller after the watch timeout.
     HalfOpenTimedOut,
-    /// Displaced handshakes the controller queue had no room for.
+    /// Handshakes to displace or evict that the closing set (`CLOSING`) had no room for: they
+    /// stay tracked.
     VictimQueueFull,
     /// Tracked handshakes the controller found already gone from the server (reset or completed unseen).
     HalfOpenGone,
@@ -111,6 +112,10 @@ pub enum Counter {
     /// (this CPU's oldest, as drop-mode oldest picks it): untracked and closed on the server by
     /// the controller.
     HalfOpenEvicted,
+    /// The client's ACKs and FINs of a half-open connection the controller is closing (timed
+    /// out, displaced, evicted): dropped, so that none turns the request socket into a
+    /// connection the close would then reset.
+    ClosingDropped,
     /// Number of counters; not a counter.
     Count,
 }
@@ -162,6 +167,7 @@ impl Counter {
         Counter::PassTimeWait,
         Counter::HalfOpenTableFull,
         Counter::HalfOpenEvicted,
+        Counter::ClosingDropped,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -212,6 +218,7 @@ impl Counter {
             Counter::PassTimeWait => "pass_time_wait",
             Counter::HalfOpenTableFull => "half_open_table_full",
             Counter::HalfOpenEvicted => "half_open_evicted",
+            Counter::ClosingDropped => "closing_dropped",
             Counter::Count => "count",
         }
     }
@@ -268,6 +275,7 @@ impl Counter {
             Counter::PassTimeWait => "Passed: segment of a time-wait connection",
             Counter::HalfOpenTableFull => "Watch: SYNs left untracked, the half-open table full",
             Counter::HalfOpenEvicted => "Watch: half-open evicted from the full table",
+            Counter::ClosingDropped => "Watch: client segments of half-open being closed, dropped",
             Counter::Count => "",
         }
     }

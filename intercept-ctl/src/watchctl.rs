@@ -1,15 +1,19 @@
 //! The controller's half of watch mode, one [`Watcher::tick`] at a time (the daemon ticks every
-//! 100 ms): close the half-open connections the data path displaced, reap those older than the
-//! watch timeout, ask the kernel about those whose client sent an RST, derive the exact half-open
-//! count and the one-minute request rate from the per-CPU counters, evaluate the thresholds with
-//! hysteresis, switch `auto` between watch and intercept, and write the state back for `status`.
+//! 100 ms): close the half-open connections the data path displaced or evicted, mark those older
+//! than the watch timeout closing and close them a grace later, ask the kernel about those whose
+//! client sent an RST, derive the exact half-open count and the one-minute request rate from the
+//! per-CPU counters, evaluate the thresholds with hysteresis, switch `auto` between watch and
+//! intercept, and write the state back for `status`.
 use std::{collections::VecDeque, time::Duration};
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, Queue};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use intercept_common::{
     Counter,
-    config::{FlowKey, HalfOpen, Mode, TransitionCause, Watch, evaluate, flags},
+    config::{
+        CLOSE_GRACE_NS, CLOSING_GATE_NS, FlowKey, HalfOpen, Mode, TransitionCause, Watch, evaluate,
+        flags,
+    },
     maps::{self, CounterBlock},
 };
 
@@ -47,7 +51,9 @@ pub fn monotonic_ns() -> u64 {
 pub struct WatchMaps {
     /// Tracked half-open handshakes.
     pub half_open: HashMap<MapData, FlowKey, HalfOpen>,
-    victims: Queue<MapData, FlowKey>,
+    /// Victims queued for closing, with when (see `maps::CLOSING`).
+    pub closing: HashMap<MapData, FlowKey, u64>,
+    closing_until: Array<MapData, u64>,
     watch: Array<MapData, Watch>,
     counters: PerCpuArray<MapData, CounterBlock>,
 }
@@ -72,7 +78,8 @@ impl WatchMaps {
         }
         Ok(WatchMaps {
             half_open: HashMap::try_from(Map::HashMap(open(&pins, maps::HALF_OPEN)?))?,
-            victims: Queue::try_from(Map::Queue(open(&pins, maps::VICTIMS)?))?,
+            closing: HashMap::try_from(Map::HashMap(open(&pins, maps::CLOSING)?))?,
+            closing_until: Array::try_from(Map::Array(open(&pins, maps::CLOSING_UNTIL)?))?,
             watch: Array::try_from(Map::Array(open(&pins, maps::WATCH)?))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(&pins, maps::COUNTERS)?))?,
         })
@@ -143,7 +150,9 @@ pub struct Tick {
     pub transition: Option<(bool, &'static str)>,
     /// Half-open connections closed on the server for timing out.
     pub timed_out: u64,
-    /// Displaced connections closed on the server.
+    /// Half-open connections timed out this tick, to be closed at least `CLOSE_GRACE_NS` later.
+    pub marked: u64,
+    /// Displaced or evicted connections closed on the server.
     pub victims_closed: u64,
 }
 
@@ -156,6 +165,9 @@ pub struct Watcher {
     /// Per tracked flow whose client sent RSTs, how many of them the kernel was last asked
     /// about (see `HalfOpen::resets`).
     resets_seen: std::collections::HashMap<FlowKey, u32>,
+    /// When this controller saw each tracked flow marked closing (the grace starts then; one
+    /// marked by an earlier controller starts its grace when this one first sees it).
+    closing_since: std::collections::HashMap<FlowKey, u64>,
 }
 
 impl Watcher {
@@ -170,6 +182,7 @@ impl Watcher {
             diag: SockDiag::open()?,
             samples: VecDeque::new(),
             resets_seen: std::collections::HashMap::new(),
+            closing_since: std::collections::HashMap::new(),
         })
     }
 
@@ -180,12 +193,12 @@ impl Watcher {
     pub fn tick(&mut self) -> anyhow::Result<Tick> {
         let now = monotonic_ns();
         let mut t = Tick::default();
-        // Displaced connections: close them on the server (only if still half-open).
-        while let Ok(key) = self.wmaps.victims.pop(0) {
-            if self.diag.close_half_open(&key)? {
-                t.victims_closed += 1;
-            }
-        }
+        // Closing happens in two steps, at least `CLOSE_GRACE_NS` apart: first the handshake is
+        // marked closing (the data path marks the victims it queues in CLOSING; this tick marks
+        // those timed out), after which the data path drops the client's ACKs of it; then it is
+        // closed on the server, when no ACK can complete it meanwhile (SOCK_DESTROY would reset
+        // the connection: the child inherits the request's cookie).
+        self.close_victims(now, &mut t)?;
         let w = self.wmaps.watch()?;
         let aggressive = self.maps.config()?.aggressive != 0;
         // Reap: older than the timeout (halved while aggressive, as Cisco does).
@@ -195,20 +208,35 @@ impl Watcher {
         let (mut timed_out, mut gone) = (0, 0);
         let mut reset = Vec::new();
         for (key, e) in &entries {
-            if now.saturating_sub(e.first_seen_ns) < timeout_ns {
-                if e.resets != self.resets_seen.get(key).copied().unwrap_or(0) {
-                    reset.push((*key, e.resets));
+            if e.closing != 0 {
+                let since = *self.closing_since.entry(*key).or_insert(now);
+                if now.saturating_sub(since) < CLOSE_GRACE_NS {
+                    continue;
+                }
+                let closed = self.diag.close_half_open(key)?;
+                // Whoever removes the entry owns its accounting (the tracepoint, had an ACK
+                // passed before the mark and completed it, or drop-mode evicting it).
+                if self.wmaps.half_open.remove(key).is_ok() {
+                    if closed {
+                        timed_out += 1;
+                    } else {
+                        gone += 1;
+                    }
                 }
                 continue;
             }
-            // Whoever removes the entry owns its accounting (the data path may complete it now).
-            if self.wmaps.half_open.remove(key).is_err() {
+            if now.saturating_sub(e.first_seen_ns) >= timeout_ns {
+                // Marked in place (BPF_EXIST: not if the entry went meanwhile). The rest of the
+                // value is rewritten as read: a SYN retransmission counted meanwhile is lost.
+                let marked = HalfOpen { closing: 1, ..*e };
+                if self.wmaps.half_open.insert(key, &marked, BPF_EXIST).is_ok() {
+                    self.closing_since.insert(*key, now);
+                    t.marked += 1;
+                }
                 continue;
             }
-            if self.diag.close_half_open(key)? {
-                timed_out += 1;
-            } else {
-                gone += 1;
+            if e.resets != self.resets_seen.get(key).copied().unwrap_or(0) {
+                reset.push((*key, e.resets));
             }
         }
         // The client sent an RST since the kernel was last asked: the kernel dropped the request
@@ -228,10 +256,11 @@ impl Watcher {
                 }
             }
         }
-        if !self.resets_seen.is_empty() {
+        if !self.resets_seen.is_empty() || !self.closing_since.is_empty() {
             let live: std::collections::HashSet<&FlowKey> =
                 entries.iter().map(|(k, _)| k).collect();
             self.resets_seen.retain(|k, _| live.contains(k));
+            self.closing_since.retain(|k, _| live.contains(k));
         }
         self.wmaps.bump(Counter::HalfOpenTimedOut, timed_out)?;
         self.wmaps.bump(Counter::HalfOpenGone, gone)?;
@@ -303,7 +332,43 @@ impl Watcher {
         self.wmaps.set_watch(&w)?;
         Ok(t)
     }
+
+    /// Closes on the server the victims the data path queued in CLOSING at least
+    /// `CLOSE_GRACE_NS` ago, and forgets them. While any are queued the gate stays open (the
+    /// data path looks untracked flows up in CLOSING and drops their ACKs); a victim that waited
+    /// longer than the gate lasts (this controller was not running) may have had its ACKs
+    /// passed, so its grace starts again.
+    fn close_victims(&mut self, now: u64, t: &mut Tick) -> anyhow::Result<()> {
+        let queued: Vec<(FlowKey, u64)> =
+            self.wmaps.closing.iter().filter_map(Result::ok).collect();
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let gate_open = self.wmaps.closing_until.get(&0, 0)? > now;
+        self.wmaps
+            .closing_until
+            .set(0, &(now + CLOSING_GATE_NS), 0)
+            .context("write CLOSING_UNTIL")?;
+        for (key, at) in queued {
+            let waited = now.saturating_sub(at);
+            if !gate_open || waited >= CLOSING_GATE_NS - CLOSE_GRACE_NS {
+                let _ = self.wmaps.closing.insert(&key, &now, BPF_EXIST);
+                continue;
+            }
+            if waited < CLOSE_GRACE_NS {
+                continue;
+            }
+            if self.diag.close_half_open(&key)? {
+                t.victims_closed += 1;
+            }
+            let _ = self.wmaps.closing.remove(&key);
+        }
+        Ok(())
+    }
 }
+
+/// `BPF_EXIST` (include/uapi/linux/bpf.h): update an existing entry only.
+const BPF_EXIST: u64 = 2;
 
 /// The cause's display name.
 #[must_use]

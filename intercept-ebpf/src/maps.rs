@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use intercept_common::{
     config::{
@@ -13,8 +13,8 @@ use intercept_common::{
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
     maps::{
-        CounterBlock, HALF_OPEN_ENTRIES, PROVEN_SLOTS, SCOPE_ENTRIES, SOCKET_BUCKETS,
-        SOCKET_ENTRIES, TIME_WAIT_BUCKETS, TIME_WAIT_ENTRIES, VICTIM_ENTRIES,
+        CLOSING_ENTRIES, CounterBlock, HALF_OPEN_ENTRIES, PROVEN_SLOTS, SCOPE_ENTRIES,
+        SOCKET_BUCKETS, SOCKET_ENTRIES, TIME_WAIT_BUCKETS, TIME_WAIT_ENTRIES,
     },
 };
 
@@ -75,9 +75,17 @@ pub static HALF_OPEN: HashMap<FlowKey, HalfOpen> = HashMap::with_max_entries(HAL
 #[map(name = "RING")]
 pub static RING: PerCpuArray<Ring> = PerCpuArray::with_max_entries(1, 0);
 
-/// Displaced half-open handshakes, for the controller to close on the server.
-#[map(name = "VICTIMS")]
-pub static VICTIMS: Queue<FlowKey> = Queue::with_max_entries(VICTIM_ENTRIES, 0);
+/// Half-open handshakes untracked to be closed on the server, with the time they were queued
+/// (see `intercept_common::maps::CLOSING`); written here (displaced, evicted) and by the
+/// controller (closed, removed). Allocated as used: it is empty but under floods.
+#[map(name = "CLOSING")]
+pub static CLOSING: HashMap<FlowKey, u64> =
+    HashMap::with_max_entries(CLOSING_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Until when [`CLOSING`] may hold flows (see `intercept_common::maps::CLOSING_UNTIL`); written
+/// here and by the controller.
+#[map(name = "CLOSING_UNTIL")]
+pub static CLOSING_UNTIL: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Watch-mode knobs and state; the controller's (declared here so it is pinned with the rest).
 #[map(name = "WATCH")]

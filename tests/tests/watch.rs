@@ -13,6 +13,7 @@ use std::{
 
 use intercept_common::{
     Counter::*,
+    config::CLOSE_GRACE_NS,
     craft::{TcpSegment, tcp_frame},
     parse::tcp_flags,
 };
@@ -22,7 +23,7 @@ use intercept_ctl::{
         syn_recv_count,
     },
     sockdiag::SockDiag,
-    watchctl::WatchMaps,
+    watchctl::{WatchMaps, Watcher},
 };
 use intercept_tests::{
     Daemon, HoldAcks, InterceptLab, abort, echo_server, flow_key, ping, require_root, status,
@@ -359,6 +360,76 @@ fn sock_destroy_closes_only_the_socket_its_cookie_names() {
             "{ip}: nothing left"
         );
         abort(c);
+    }
+}
+
+/// The controller closes a timed-out half-open connection in two steps: it marks it closing,
+/// and from then on the data path drops the client's ACKs of it; a grace later it checks that
+/// the server still holds it half-open and destroys it. A client ACK arriving between the check
+/// and the destroy would otherwise have the destroy reset the connection the ACK just
+/// established (the kernel's lookup cannot tell them apart: the child inherits the request
+/// socket's cookie). Here the ACK, with the client's first data, arrives after the mark: it is
+/// dropped, the server never establishes the connection, and the close finds the request socket.
+#[test]
+fn a_handshake_the_controller_is_closing_never_becomes_a_connection_it_resets() {
+    require_root("a_handshake_the_controller_is_closing_never_becomes_a_connection_it_resets");
+    let t = InterceptLab::new(PORT);
+    t.ctl(&["mode", t.srv_if(), "watch"]);
+    t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", "1"]);
+    let (l4, l6) = t.lab.listen(PORT).expect("listen");
+    for l in [&l4, &l6] {
+        l.set_nonblocking(true).unwrap();
+    }
+    let (iface, ns) = (t.srv_if().to_owned(), t.srv().to_owned());
+    let mut w = t
+        .lab
+        .server
+        .spawn(move || Watcher::open(&iface, Some(&ns)))
+        .join()
+        .expect("watcher thread")
+        .expect("the controller's watcher");
+    for (ip, listener) in [(IpAddr::V4(SERVER_V4), &l4), (IpAddr::V6(SERVER_V6), &l6)] {
+        let before = t.stats();
+        let hold = HoldAcks::on_port(&t.lab.client, PORT);
+        let mut c = t
+            .lab
+            .connect(SocketAddr::new(ip, PORT), Duration::from_secs(3))
+            .expect("connect");
+        std::thread::sleep(Duration::from_millis(1100));
+        let tick = w.tick().expect("tick");
+        assert_eq!(tick.marked, 1, "{ip}: timed out, marked closing: {tick:?}");
+        assert_eq!(syn_recv_count(&t.lab.server).unwrap(), 1, "{ip}: half-open");
+        // The client's ACK arrives now, with its first data.
+        drop(hold);
+        c.write_all(b"late").expect("write");
+        wait_for(
+            &format!("{ip}: the client's ACK dropped"),
+            Duration::from_secs(2),
+            || t.stats().delta(&before).get(ClosingDropped) >= 1,
+        );
+        assert_eq!(
+            syn_recv_count(&t.lab.server).unwrap(),
+            1,
+            "{ip}: still half-open on the server: the ACK did not complete it"
+        );
+        std::thread::sleep(Duration::from_nanos(CLOSE_GRACE_NS));
+        let tick = w.tick().expect("tick");
+        assert_eq!(tick.timed_out, 1, "{ip}: closed on the server: {tick:?}");
+        assert_eq!(syn_recv_count(&t.lab.server).unwrap(), 0, "{ip}: closed");
+        assert!(
+            matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{ip}: the server never established the connection"
+        );
+        let d = t.stats().delta(&before);
+        assert_eq!(
+            (
+                d.get(HalfOpenNew),
+                d.get(HalfOpenCompleted),
+                d.get(HalfOpenTimedOut)
+            ),
+            (1, 0, 1),
+            "{ip}: new, completed, timed out: {d:?}"
+        );
     }
 }
 

@@ -6,18 +6,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, MapData, Queue};
+use aya::maps::{HashMap, MapData};
 use intercept_common::{
     Counter::{self, *},
-    config::{Config, DropMode, FlowKey, HalfOpen, Mode},
+    config::{Config, DropMode, FlowKey, HalfOpen, Mode, flags},
     cookie::mapped,
     craft::{Link, TcpSegment, tcp_frame},
-    maps::{HALF_OPEN, HALF_OPEN_ENTRIES, PROG_XDP, VICTIMS},
+    maps::{CLOSING, HALF_OPEN, HALF_OPEN_ENTRIES, PROG_XDP},
     parse::tcp_flags,
 };
 use intercept_ctl::{control::Maps, netns::Netns, watchctl::half_open_count};
 use intercept_tests::{Loaded, configure_intercept, deltas, require_root};
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
@@ -62,6 +63,26 @@ impl Env {
 
     fn table(&self) -> HashMap<&MapData, FlowKey, HalfOpen> {
         HashMap::try_from(self.obj.ebpf.map(HALF_OPEN).expect("map")).expect("hash map")
+    }
+
+    /// Runs a frame the program must drop as a segment of a handshake being closed.
+    fn drops(&self, what: &str, frame: &[u8], kind: Counter) {
+        let _ = self.obj.run_expect(
+            PROG_XDP,
+            what,
+            frame,
+            XDP_DROP,
+            &[Packets, Ipv4, Tcp, kind, ClosingDropped, Dropped],
+        );
+    }
+
+    /// The flows queued to be closed, sorted.
+    fn closing(&self) -> Vec<FlowKey> {
+        let m: HashMap<&MapData, FlowKey, u64> =
+            HashMap::try_from(self.obj.ebpf.map(CLOSING).expect("map")).expect("hash map");
+        let mut keys: Vec<FlowKey> = m.keys().filter_map(Result::ok).collect();
+        keys.sort_by_key(|k| (k.saddr, k.sport));
+        keys
     }
 
     fn set(&mut self, aggressive: bool, drop: DropMode) {
@@ -252,15 +273,9 @@ fn a_full_table_keeps_the_count_exact() {
             t.get(&key(0), 0).is_ok(),
             "older ones stay (timed out later)"
         );
-        let mut victims: Queue<MapData, FlowKey> =
-            Queue::try_from(e.obj.ebpf.take_map(VICTIMS).expect("victims")).unwrap();
-        for i in n - 320..n - 256 {
-            assert_eq!(
-                victims.pop(0).unwrap(),
-                key(i),
-                "victim {i} queued to be closed"
-            );
-        }
+        let mut victims: Vec<FlowKey> = (n - 320..n - 256).map(key).collect();
+        victims.sort_by_key(|k| (k.saddr, k.sport));
+        assert_eq!(e.closing(), victims, "the victims are queued to be closed");
     });
 }
 
@@ -277,40 +292,30 @@ fn drop_mode_oldest_and_random() {
             HashMap::try_from(e.obj.ebpf.map_mut(HALF_OPEN).expect("map")).expect("hash map");
         t.remove(&key(2)).expect("client 2 tracked");
         e.set(true, DropMode::Oldest);
-        let mut victims: Queue<MapData, FlowKey> =
-            Queue::try_from(e.obj.ebpf.take_map(VICTIMS).expect("victims")).unwrap();
+        let displaced = [
+            Packets,
+            Ipv4,
+            Tcp,
+            Syn,
+            SynProtected,
+            HalfOpenDropped,
+            HalfOpenNew,
+            Passed,
+        ];
         e.run(
             "aggressive: SYN 5 displaces the oldest",
             &seg(5, tcp_flags::SYN),
-            &[
-                Packets,
-                Ipv4,
-                Tcp,
-                Syn,
-                SynProtected,
-                HalfOpenDropped,
-                HalfOpenNew,
-                Passed,
-            ],
+            &displaced,
         );
-        assert_eq!(victims.pop(0).unwrap(), key(1), "oldest is client 1");
+        assert_eq!(e.closing(), vec![key(1)], "oldest is client 1");
         e.run(
             "SYN 6 displaces the next oldest still half-open (2 completed)",
             &seg(6, tcp_flags::SYN),
-            &[
-                Packets,
-                Ipv4,
-                Tcp,
-                Syn,
-                SynProtected,
-                HalfOpenDropped,
-                HalfOpenNew,
-                Passed,
-            ],
+            &displaced,
         );
         assert_eq!(
-            victims.pop(0).unwrap(),
-            key(3),
+            e.closing(),
+            vec![key(1), key(3)],
             "client 2 completed, so client 3 is next"
         );
         let t = e.table();
@@ -324,26 +329,72 @@ fn drop_mode_oldest_and_random() {
         ] {
             assert_eq!(t.get(&key(i), 0).is_ok(), tracked, "client {i}");
         }
+        // Until the controller closes it, the victim's ACKs are dropped and its SYN is not
+        // tracked again.
+        e.drops("client 1's ACK, being closed", &seg(1, tcp_flags::ACK), Ack);
+        e.run(
+            "client 1's retransmitted SYN, being closed",
+            &seg(1, tcp_flags::SYN),
+            &[Packets, Ipv4, Tcp, Syn, SynProtected, SynRetransmit, Passed],
+        );
+        assert!(t.get(&key(1), 0).is_err(), "client 1 is not tracked again");
         e.set(true, DropMode::Random);
         e.run(
             "random: SYN 7 displaces one of 4, 5, 6",
             &seg(7, tcp_flags::SYN),
-            &[
-                Packets,
-                Ipv4,
-                Tcp,
-                Syn,
-                SynProtected,
-                HalfOpenDropped,
-                HalfOpenNew,
-                Passed,
-            ],
+            &displaced,
         );
-        let v = victims.pop(0).unwrap();
-        assert!([key(4), key(5), key(6)].contains(&v), "victim {v:?}");
+        let v: Vec<FlowKey> = e
+            .closing()
+            .into_iter()
+            .filter(|k| ![key(1), key(3)].contains(k))
+            .collect();
+        assert_eq!(v.len(), 1, "one victim per new SYN: {v:?}");
+        assert!([key(4), key(5), key(6)].contains(&v[0]), "victim {v:?}");
         let t = e.table();
-        assert!(t.get(&v, 0).is_err(), "the victim is untracked");
+        assert!(t.get(&v[0], 0).is_err(), "the victim is untracked");
         assert!(t.get(&key(7), 0).is_ok());
-        assert!(victims.pop(0).is_err(), "one victim per new SYN");
+    });
+}
+
+/// From the controller's decision to close a half-open handshake (a timeout marks it closing)
+/// until it is closed, the client's ACKs and FINs of it are dropped, in watch mode and in
+/// intercept mode after a switch: none may turn the request socket into a connection the close
+/// would reset. An RST passes (it can only end the request socket too).
+#[test]
+fn segments_of_a_handshake_being_closed_are_dropped() {
+    require_root("segments_of_a_handshake_being_closed_are_dropped");
+    on_cpu0(|| {
+        let mut e = env();
+        e.run("SYN", &seg(1, tcp_flags::SYN), &SYN_C);
+        let mut t: HashMap<&mut MapData, FlowKey, HalfOpen> =
+            HashMap::try_from(e.obj.ebpf.map_mut(HALF_OPEN).expect("map")).expect("hash map");
+        let entry = t.get(&key(1), 0).expect("tracked");
+        t.insert(
+            &key(1),
+            &HalfOpen {
+                closing: 1,
+                ..entry
+            },
+            0,
+        )
+        .expect("mark closing");
+        e.drops("ACK", &seg(1, tcp_flags::ACK), Ack);
+        e.drops("FIN", &seg(1, tcp_flags::FIN | tcp_flags::ACK), Ack);
+        e.run(
+            "RST",
+            &seg(1, tcp_flags::RST),
+            &[Packets, Ipv4, Tcp, Rst, Passed],
+        );
+        assert_eq!(e.table().get(&key(1), 0).unwrap().resets, 1, "RST noted");
+        let cfg = e.maps.config().unwrap();
+        e.maps
+            .set_config(&Config {
+                mode: Mode::Intercept as u32,
+                flags: cfg.flags | flags::TRACKING,
+                ..cfg
+            })
+            .unwrap();
+        e.drops("ACK in intercept mode", &seg(1, tcp_flags::ACK), Ack);
     });
 }
