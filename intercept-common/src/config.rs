@@ -226,10 +226,6 @@ pub mod table_word {
 /// established.
 pub const CLOSE_GRACE_NS: u64 = 100_000_000;
 
-/// How far ahead `CLOSING_UNTIL` is set (see `crate::maps::CLOSING_UNTIL`): long past the grace
-/// and a slow tick, so the data path checks `CLOSING` for as long as a victim waits there.
-pub const CLOSING_GATE_NS: u64 = 10_000_000_000;
-
 /// How long a request socket can live: the SYN-ACK retransmissions (`tcp_synack_retries` 5:
 /// 1+2+4+8+16+32 = 63 s), plus margin.
 pub const REQUEST_SOCK_LIFETIME_NS: u64 = 75_000_000_000;

@@ -63,11 +63,13 @@ pub const CLOSING: &str = "CLOSING";
 /// Capacity of [`CLOSING`] (allocated as used): victims queued faster than the controller closes
 /// them beyond this stay tracked (`victim_queue_full`).
 pub const CLOSING_ENTRIES: u32 = 65_536;
-/// `Array<u64>` of one word: the monotonic time (ns) until which the data path looks the flows it
-/// does not track up in [`CLOSING`]; written by the data path when it queues a victim and by the
-/// controller while [`CLOSING`] holds any (both store about [`crate::config::CLOSING_GATE_NS`]
-/// ahead, so a race only moves it by microseconds). Spares every other segment that lookup.
-pub const CLOSING_UNTIL: &str = "CLOSING_UNTIL";
+/// `Array<u64>` of one word, nonzero while [`CLOSING`] may hold flows: only then does the data
+/// path look the flows it does not track up there (one array load spares every other segment
+/// that lookup, and reads no clock). Set by the data path before it queues a victim; set by the
+/// controller while [`CLOSING`] holds any, cleared when it found it empty (a victim queued in
+/// between finds the gate closed until the next tick, which opens it again and starts that
+/// victim's grace over).
+pub const CLOSING_GATE: &str = "CLOSING_GATE";
 /// `Array<Watch>`: watch-mode knobs and state; written by the controller.
 pub const WATCH: &str = "WATCH";
 /// `Array<Info>`: attach facts for `status`; written by the controller only.

@@ -10,10 +10,7 @@ use anyhow::Context as _;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use intercept_common::{
     Counter,
-    config::{
-        CLOSE_GRACE_NS, CLOSING_GATE_NS, FlowKey, HalfOpen, Mode, TransitionCause, Watch, evaluate,
-        flags,
-    },
+    config::{CLOSE_GRACE_NS, FlowKey, HalfOpen, Mode, TransitionCause, Watch, evaluate, flags},
     maps::{self, CounterBlock},
 };
 
@@ -53,7 +50,7 @@ pub struct WatchMaps {
     pub half_open: HashMap<MapData, FlowKey, HalfOpen>,
     /// Victims queued for closing, with when (see `maps::CLOSING`).
     pub closing: HashMap<MapData, FlowKey, u64>,
-    closing_until: Array<MapData, u64>,
+    closing_gate: Array<MapData, u64>,
     watch: Array<MapData, Watch>,
     counters: PerCpuArray<MapData, CounterBlock>,
 }
@@ -79,7 +76,7 @@ impl WatchMaps {
         Ok(WatchMaps {
             half_open: HashMap::try_from(Map::HashMap(open(&pins, maps::HALF_OPEN)?))?,
             closing: HashMap::try_from(Map::HashMap(open(&pins, maps::CLOSING)?))?,
-            closing_until: Array::try_from(Map::Array(open(&pins, maps::CLOSING_UNTIL)?))?,
+            closing_gate: Array::try_from(Map::Array(open(&pins, maps::CLOSING_GATE)?))?,
             watch: Array::try_from(Map::Array(open(&pins, maps::WATCH)?))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(&pins, maps::COUNTERS)?))?,
         })
@@ -168,6 +165,8 @@ pub struct Watcher {
     /// When this controller saw each tracked flow marked closing (the grace starts then; one
     /// marked by an earlier controller starts its grace when this one first sees it).
     closing_since: std::collections::HashMap<FlowKey, u64>,
+    /// Since when this controller has seen the CLOSING gate open without a break.
+    gate_since: Option<u64>,
 }
 
 impl Watcher {
@@ -183,6 +182,7 @@ impl Watcher {
             samples: VecDeque::new(),
             resets_seen: std::collections::HashMap::new(),
             closing_since: std::collections::HashMap::new(),
+            gate_since: None,
         })
     }
 
@@ -333,29 +333,29 @@ impl Watcher {
         Ok(t)
     }
 
-    /// Closes on the server the victims the data path queued in CLOSING at least
-    /// `CLOSE_GRACE_NS` ago, and forgets them. While any are queued the gate stays open (the
-    /// data path looks untracked flows up in CLOSING and drops their ACKs); a victim that waited
-    /// longer than the gate lasts (this controller was not running) may have had its ACKs
-    /// passed, so its grace starts again.
+    /// Closes on the server the victims the data path queued in CLOSING, each once both it and
+    /// the gate (the data path looking untracked flows up in CLOSING and dropping their ACKs)
+    /// have been there `CLOSE_GRACE_NS`, and forgets them. Keeps the gate open while victims
+    /// wait, and closes it once there are none.
     fn close_victims(&mut self, now: u64, t: &mut Tick) -> anyhow::Result<()> {
         let queued: Vec<(FlowKey, u64)> =
             self.wmaps.closing.iter().filter_map(Result::ok).collect();
+        let gate = self.wmaps.closing_gate.get(&0, 0)? != 0;
         if queued.is_empty() {
+            if gate {
+                self.set_gate(0)?;
+            }
+            self.gate_since = None;
             return Ok(());
         }
-        let gate_open = self.wmaps.closing_until.get(&0, 0)? > now;
-        self.wmaps
-            .closing_until
-            .set(0, &(now + CLOSING_GATE_NS), 0)
-            .context("write CLOSING_UNTIL")?;
+        if !gate {
+            // Cleared by the previous tick after a victim was queued: open now, grace anew.
+            self.set_gate(1)?;
+            self.gate_since = None;
+        }
+        let since = *self.gate_since.get_or_insert(now);
         for (key, at) in queued {
-            let waited = now.saturating_sub(at);
-            if !gate_open || waited >= CLOSING_GATE_NS - CLOSE_GRACE_NS {
-                let _ = self.wmaps.closing.insert(&key, &now, BPF_EXIST);
-                continue;
-            }
-            if waited < CLOSE_GRACE_NS {
+            if now.saturating_sub(at.max(since)) < CLOSE_GRACE_NS {
                 continue;
             }
             if self.diag.close_half_open(&key)? {
@@ -364,6 +364,13 @@ impl Watcher {
             let _ = self.wmaps.closing.remove(&key);
         }
         Ok(())
+    }
+
+    fn set_gate(&mut self, v: u64) -> anyhow::Result<()> {
+        self.wmaps
+            .closing_gate
+            .set(0, &v, 0)
+            .context("write CLOSING_GATE")
     }
 }
 

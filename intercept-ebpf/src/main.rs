@@ -52,7 +52,7 @@ pub fn xdp_intercept(ctx: XdpContext) -> u32 {
         // Watch mode's handshakes still tracked or being closed (a switch to intercept mode
         // leaves them to the kernel): an ACK of one being closed is dropped as in watch mode.
         (Mode::Intercept, TcpKind::Ack)
-            if (cfg.flags & flags::TRACKING != 0 || watch::closing_gate(clock::now_ns()))
+            if (cfg.flags & flags::TRACKING != 0 || watch::closing_gate())
                 && watch::closing(&ctx, &ip, &tcp) =>
         {
             drop(Counter::ClosingDropped)

@@ -82,10 +82,10 @@ pub static RING: PerCpuArray<Ring> = PerCpuArray::with_max_entries(1, 0);
 pub static CLOSING: HashMap<FlowKey, u64> =
     HashMap::with_max_entries(CLOSING_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Until when [`CLOSING`] may hold flows (see `intercept_common::maps::CLOSING_UNTIL`); written
-/// here and by the controller.
-#[map(name = "CLOSING_UNTIL")]
-pub static CLOSING_UNTIL: Array<u64> = Array::with_max_entries(1, 0);
+/// Nonzero while [`CLOSING`] may hold flows (see `intercept_common::maps::CLOSING_GATE`);
+/// written here and by the controller.
+#[map(name = "CLOSING_GATE")]
+pub static CLOSING_GATE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Watch-mode knobs and state; the controller's (declared here so it is pinned with the rest).
 #[map(name = "WATCH")]

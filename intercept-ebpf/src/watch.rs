@@ -10,13 +10,13 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, programs::XdpContext};
 use intercept_common::{
     Counter,
-    config::{CLOSING_GATE_NS, Config, DropMode, FlowKey, HalfOpen, RING_SLOTS, Ring},
+    config::{Config, DropMode, FlowKey, HalfOpen, RING_SLOTS, Ring},
     parse::{Ip, Tcp, TcpKind, classify, tcp_flags},
 };
 
 use crate::{
     frame::Pkt,
-    maps::{CLOSING, CLOSING_UNTIL, HALF_OPEN, RING},
+    maps::{CLOSING, CLOSING_GATE, HALF_OPEN, RING},
     scope,
     stats::{count, count_atomic, drop, pass},
 };
@@ -53,7 +53,7 @@ pub fn syn(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     // A retransmission of a handshake being closed is not tracked again: its ACKs must stay
     // dropped until the close (see `client_segment`).
     // SAFETY: read-only lookup, behind the gate.
-    if closing_gate(now) && unsafe { CLOSING.get(&key) }.is_some() {
+    if closing_gate() && unsafe { CLOSING.get(&key) }.is_some() {
         return pass(Counter::SynRetransmit);
     }
     if cfg.aggressive != 0 {
@@ -169,10 +169,10 @@ fn evict(key: &FlowKey, reason: Counter) -> bool {
     // The gate first, then `CLOSING`, then the untracking: at no moment is the flow neither
     // tracked nor found closing, so its ACKs are dropped from now until the controller closes
     // it (see `CLOSE_GRACE_NS`).
-    if let Some(until) = CLOSING_UNTIL.get_ptr_mut(0) {
-        // SAFETY: a valid u64 in map memory. A plain store: racing writers (other CPUs, the
-        // controller) store nearly the same time.
-        unsafe { *until = now + CLOSING_GATE_NS };
+    if let Some(gate) = CLOSING_GATE.get_ptr_mut(0) {
+        // SAFETY: a valid u64 in map memory. A plain store of 1: the controller clearing it at
+        // the same time is covered (see `intercept_common::maps::CLOSING_GATE`).
+        unsafe { *gate = 1 };
     }
     match CLOSING.insert(key, &now, u64::from(BPF_NOEXIST)) {
         // EEXIST: already queued (a handshake of this 4-tuple displaced before and not yet
@@ -211,7 +211,7 @@ pub enum Seen {
 pub fn client_segment(key: &FlowKey, tcp: &Tcp) -> Seen {
     let Some(e) = HALF_OPEN.get_ptr_mut(key) else {
         // SAFETY: read-only lookup, behind the gate (one array load for every other segment).
-        return if closing_gate(crate::clock::now_ns()) && unsafe { CLOSING.get(key) }.is_some() {
+        return if closing_gate() && unsafe { CLOSING.get(key) }.is_some() {
             Seen::Closing
         } else {
             Seen::Untracked
@@ -231,10 +231,10 @@ pub fn client_segment(key: &FlowKey, tcp: &Tcp) -> Seen {
     Seen::Tracked
 }
 
-/// Whether `CLOSING` may hold flows at `now` (see `intercept_common::maps::CLOSING_UNTIL`).
+/// Whether `CLOSING` may hold flows (see `intercept_common::maps::CLOSING_GATE`).
 #[inline(always)]
-pub fn closing_gate(now: u64) -> bool {
-    CLOSING_UNTIL.get(0).is_some_and(|until| *until > now)
+pub fn closing_gate() -> bool {
+    CLOSING_GATE.get(0).is_some_and(|gate| *gate != 0)
 }
 
 /// [`client_segment`] by the name the intercept-mode ACK path calls it (`ack::established`,
