@@ -7,7 +7,7 @@
 use std::{collections::VecDeque, time::Duration};
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
 use intercept_common::{
     Counter,
     config::{CLOSE_GRACE_NS, FlowKey, HalfOpen, Mode, TransitionCause, Watch, evaluate, flags},
@@ -203,8 +203,7 @@ impl Watcher {
         let aggressive = self.maps.config()?.aggressive != 0;
         // Reap: older than the timeout (halved while aggressive, as Cisco does).
         let timeout_ns = u64::from(w.timeout_ms) * 1_000_000 / if aggressive { 2 } else { 1 };
-        let entries: Vec<(FlowKey, HalfOpen)> =
-            self.wmaps.half_open.iter().filter_map(Result::ok).collect();
+        let entries: Vec<(FlowKey, HalfOpen)> = crate::batch::entries(self.wmaps.half_open.map())?;
         let (mut timed_out, mut gone) = (0, 0);
         let mut reset = Vec::new();
         for (key, e) in &entries {
@@ -338,8 +337,7 @@ impl Watcher {
     /// have been there `CLOSE_GRACE_NS`, and forgets them. Keeps the gate open while victims
     /// wait, and closes it once there are none.
     fn close_victims(&mut self, now: u64, t: &mut Tick) -> anyhow::Result<()> {
-        let queued: Vec<(FlowKey, u64)> =
-            self.wmaps.closing.iter().filter_map(Result::ok).collect();
+        let queued: Vec<(FlowKey, u64)> = crate::batch::entries(self.wmaps.closing.map())?;
         let gate = self.wmaps.closing_gate.get(&0, 0)? != 0;
         if queued.is_empty() {
             if gate {

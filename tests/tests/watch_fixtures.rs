@@ -250,6 +250,26 @@ fn a_full_table_keeps_the_count_exact() {
             live,
             "the count equals the table after {n} SYNs"
         );
+        // The controller reads it in batches: the same entries, each once.
+        let mut by_key: Vec<(FlowKey, HalfOpen)> = t.iter().filter_map(Result::ok).collect();
+        let mut batched: Vec<(FlowKey, HalfOpen)> = intercept_ctl::batch::entries(
+            e.obj
+                .ebpf
+                .map(HALF_OPEN)
+                .and_then(|m| match m {
+                    aya::maps::Map::HashMap(d) => Some(d),
+                    _ => None,
+                })
+                .expect("HALF_OPEN"),
+        )
+        .expect("batch read");
+        let order = |v: &mut Vec<(FlowKey, HalfOpen)>| v.sort_by_key(|(k, _)| (k.saddr, k.sport));
+        order(&mut by_key);
+        order(&mut batched);
+        assert!(
+            batched == by_key,
+            "the batch read differs from the key-by-key one"
+        );
         assert_eq!(live, u64::from(HALF_OPEN_ENTRIES), "the table is full");
         let c = e.obj.counters();
         assert_eq!(
