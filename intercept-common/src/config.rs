@@ -217,6 +217,15 @@ pub mod table_word {
     pub const COUNT: u32 = 3;
 }
 
+/// How long the controller waits between deciding to close a half-open connection (marking it
+/// closing, or finding it queued in `CLOSING`) and closing it on the server. Meanwhile the data
+/// path drops the client's ACKs and FINs of it, and any it passed before reach TCP in the same
+/// NAPI poll (microseconds; with RPS, from another CPU's backlog soon after), so at the close no
+/// ACK can turn the request socket into a connection: SOCK_DESTROY cannot tell them apart (the
+/// child inherits the request's cookie, `inet_csk_clone_lock`) and would reset a connection just
+/// established.
+pub const CLOSE_GRACE_NS: u64 = 100_000_000;
+
 /// How long a request socket can live: the SYN-ACK retransmissions (`tcp_synack_retries` 5:
 /// 1+2+4+8+16+32 = 63 s), plus margin.
 pub const REQUEST_SOCK_LIFETIME_NS: u64 = 75_000_000_000;
@@ -392,8 +401,16 @@ pub struct HalfOpen {
     pub isn: u32,
     /// SYNs seen for this flow (1 + retransmissions).
     pub syns: u32,
+    /// RSTs the client sent for this flow, whatever their numbers. Only the kernel knows whether
+    /// one was in the request socket's window and ended it (`tcp_check_req`), so the data path
+    /// only counts them here and the controller asks the kernel after each new one.
+    pub resets: u32,
+    /// Nonzero once the controller decided to close it (timed out): from then on the data path
+    /// drops the client's ACKs and FINs of it (see [`CLOSE_GRACE_NS`]). Written by the
+    /// controller only.
+    pub closing: u32,
 }
-const _: () = assert!(size_of::<HalfOpen>() == 16);
+const _: () = assert!(size_of::<HalfOpen>() == 24);
 
 /// Slots of the per-CPU insertion ring that finds the oldest / a random half-open connection.
 pub const RING_SLOTS: usize = 256;

@@ -70,15 +70,18 @@ pub enum Counter {
     HalfOpenNew,
     /// SYNs of an already tracked handshake (retransmissions).
     SynRetransmit,
-    /// Tracked handshakes completed by the client's ACK.
+    /// Tracked handshakes the kernel completed (the socket-table tracepoint saw the server's
+    /// socket go SYN_RECV -> ESTABLISHED).
     HalfOpenCompleted,
-    /// Tracked handshakes ended by the client's RST or FIN.
+    /// Tracked handshakes whose request socket the kernel dropped after the client's RST (the
+    /// controller asks it after each RST: only one within the request's window counts).
     HalfOpenAborted,
     /// Tracked handshakes displaced by a new SYN while aggressive (drop-mode).
     HalfOpenDropped,
     /// Tracked handshakes closed by the controller after the watch timeout.
     HalfOpenTimedOut,
-    /// Displaced handshakes the controller queue had no room for.
+    /// Handshakes to displace or evict that the closing set (`CLOSING`) had no room for: they
+    /// stay tracked.
     VictimQueueFull,
     /// Tracked handshakes the controller found already gone from the server (reset or completed unseen).
     HalfOpenGone,
@@ -98,6 +101,19 @@ pub enum Counter {
     /// kernel: passed to it (it re-acknowledges a FIN, resets late data, accepts a SYN reusing
     /// the 4-tuple).
     PassTimeWait,
+    /// Protected SYNs of new handshakes left untracked in watch mode because the half-open
+    /// table was full and nothing could be evicted (see `HalfOpenEvicted`): the kernel still
+    /// answers them, but they are not counted half-open and the controller does not time them
+    /// out (the kernel's own SYN-ACK retries end them).
+    HalfOpenTableFull,
+    /// Tracked handshakes evicted from the full half-open table to make room for a new one
+    /// (this CPU's oldest, as drop-mode oldest picks it): untracked and closed on the server by
+    /// the controller.
+    HalfOpenEvicted,
+    /// The client's ACKs and FINs of a half-open connection the controller is closing (timed
+    /// out, displaced, evicted): dropped, so that none turns the request socket into a
+    /// connection the close would then reset.
+    ClosingDropped,
     /// Number of counters; not a counter.
     Count,
 }
@@ -146,6 +162,9 @@ impl Counter {
         Counter::FollowerDropped,
         Counter::AckQueueFull,
         Counter::PassTimeWait,
+        Counter::HalfOpenTableFull,
+        Counter::HalfOpenEvicted,
+        Counter::ClosingDropped,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -193,6 +212,9 @@ impl Counter {
             Counter::FollowerDropped => "follower_dropped",
             Counter::AckQueueFull => "ack_queue_full",
             Counter::PassTimeWait => "pass_time_wait",
+            Counter::HalfOpenTableFull => "half_open_table_full",
+            Counter::HalfOpenEvicted => "half_open_evicted",
+            Counter::ClosingDropped => "closing_dropped",
             Counter::Count => "count",
         }
     }
@@ -246,6 +268,9 @@ impl Counter {
             Counter::FollowerDropped => "Dropped: segment following a refused handoff (TC)",
             Counter::AckQueueFull => "Valid ACKs dropped: listener's accept queue full (TC)",
             Counter::PassTimeWait => "Passed: segment of a time-wait connection",
+            Counter::HalfOpenTableFull => "Watch: SYNs left untracked, the half-open table full",
+            Counter::HalfOpenEvicted => "Watch: half-open evicted from the full table",
+            Counter::ClosingDropped => "Watch: client segments of half-open being closed, dropped",
             Counter::Count => "",
         }
     }

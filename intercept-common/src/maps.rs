@@ -41,18 +41,35 @@ pub const PROG_TC: &str = "tc_handoff";
 /// Entries of the SCOPE and EXEMPT tries.
 pub const SCOPE_ENTRIES: u32 = 4096;
 
-/// `LruHashMap<FlowKey, HalfOpen>`: half-open handshakes tracked in watch mode; written by the data
-/// path (insert, retransmit, removal) and the controller (timeouts).
+/// `HashMap<FlowKey, HalfOpen>`: half-open handshakes tracked in watch mode; written by the data
+/// path (XDP: insert, retransmit, RST seen, drop-mode and full-table removal; the socket-table
+/// tracepoint: removal once the kernel completed the handshake) and the controller (marking
+/// timed-out ones closing, removal once it closed them or the kernel dropped the request socket
+/// after an RST).
 pub const HALF_OPEN: &str = "HALF_OPEN";
-/// Capacity of [`HALF_OPEN`].
+/// Capacity of [`HALF_OPEN`] (preallocated, 24-byte values: about 7 MiB). A SYN finding it full
+/// evicts the oldest of its CPU's recent handshakes (`half_open_evicted`), or is not tracked
+/// (`half_open_table_full`), so the half-open count stays what the table holds.
 pub const HALF_OPEN_ENTRIES: u32 = 65_536;
 /// `PerCpuArray<Ring>`: insertion order of tracked flows, for drop-mode oldest/random.
 pub const RING: &str = "RING";
-/// `Queue<FlowKey>`: half-open connections displaced in the aggressive state, for the controller
-/// to close on the server.
-pub const VICTIMS: &str = "VICTIMS";
-/// Capacity of [`VICTIMS`].
-pub const VICTIM_ENTRIES: u32 = 8192;
+/// `HashMap<FlowKey, u64>`: half-open connections the data path untracked to have them closed
+/// on the server (displaced while aggressive, evicted from the full table), each with the
+/// monotonic time (ns) it was queued. Written by the data path (insert) and the controller (which
+/// closes each one at least [`crate::config::CLOSE_GRACE_NS`] later, then removes it). While a
+/// flow is here the data path drops the client's ACKs and FINs of it (see
+/// [`crate::config::CLOSE_GRACE_NS`]).
+pub const CLOSING: &str = "CLOSING";
+/// Capacity of [`CLOSING`] (allocated as used): victims queued faster than the controller closes
+/// them beyond this stay tracked (`victim_queue_full`).
+pub const CLOSING_ENTRIES: u32 = 65_536;
+/// `Array<u64>` of one word, nonzero while [`CLOSING`] may hold flows: only then does the data
+/// path look the flows it does not track up there (one array load spares every other segment
+/// that lookup, and reads no clock). Set by the data path before it queues a victim; set by the
+/// controller while [`CLOSING`] holds any, cleared when it found it empty (a victim queued in
+/// between finds the gate closed until the next tick, which opens it again and starts that
+/// victim's grace over).
+pub const CLOSING_GATE: &str = "CLOSING_GATE";
 /// `Array<Watch>`: watch-mode knobs and state; written by the controller.
 pub const WATCH: &str = "WATCH";
 /// `Array<Info>`: attach facts for `status`; written by the controller only.

@@ -1,6 +1,7 @@
 //! intercept-ctl as a library: loading and attaching the embedded XDP object, the bpffs layout,
 //! counters, and the network-namespace lab (used by the binary's `lab` verb and by the tests).
 
+pub mod batch;
 pub mod btf_patch;
 pub mod config;
 pub mod control;

@@ -2,6 +2,15 @@
 //! one TCP socket by 4-tuple, and SOCK_DESTROY to close a half-open (SYN_RECV) one on the server,
 //! which frees its request socket exactly as an accepted RST would (`tcp_abort`,
 //! net/ipv4/tcp.c). Needs CAP_NET_ADMIN in the namespace and CONFIG_INET_DIAG_DESTROY.
+//!
+//! A destroy names the socket by the cookie its state check reported (`idiag_cookie`, which
+//! `inet_diag_find_one_icsk` checks with `sock_diag_check_cookie`), never by 4-tuple alone: the
+//! lookup falls back to the port's listening socket once the flow has no socket of its own, so a
+//! request socket gone between the check and the destroy (the client's RST, the kernel's own
+//! expiry) would have the destroy close the listener (`tcp_abort` stops a listening socket); and
+//! a new request socket of the same 4-tuple is not the one checked. The cookie does not tell a
+//! request socket from the connection it becomes: `inet_csk_clone_lock` gives the child the
+//! request's cookie (see `Watcher` for how the data path keeps that from happening meanwhile).
 use std::{
     io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -26,6 +35,21 @@ const TABLE_STATES: u32 = 1 << 1 | 1 << 2 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 8 | 
 pub const TCP_SYN_RECV: u8 = 3;
 /// `TCP_TIME_WAIT` in include/net/tcp_states.h.
 const TCP_TIME_WAIT: u32 = 6;
+/// `TCP_LISTEN` in include/net/tcp_states.h.
+const TCP_LISTEN: u8 = 10;
+/// `INET_DIAG_NOCOOKIE` (include/uapi/linux/inet_diag.h): match a socket by 4-tuple alone.
+const NO_COOKIE: u64 = u64::MAX;
+
+/// One TCP socket as sock_diag reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockState {
+    /// Its TCP state (include/net/tcp_states.h; request sockets report `TCP_SYN_RECV`).
+    pub state: u8,
+    /// The kernel's identifier of this very socket (`idiag_cookie`, from `sock_gen_cookie`,
+    /// never reused while the system runs): a socket later created for the same 4-tuple has
+    /// another.
+    pub cookie: u64,
+}
 
 /// `struct inet_diag_req_v2` after an `nlmsghdr`.
 #[repr(C)]
@@ -96,12 +120,13 @@ impl SockDiag {
             src: [0; 4],
             dst: [0; 4],
             ifindex: 0,
-            cookie: [u32::MAX, u32::MAX], // INET_DIAG_NOCOOKIE
+            cookie: cookie_words(NO_COOKIE),
         }
     }
 
-    /// The server-side socket of a client flow, as the server sees it (local = server).
-    fn request(&mut self, key: &FlowKey, ty: u16, flags: u16) -> Request {
+    /// The server-side socket of a client flow, as the server sees it (local = server), and
+    /// only the one with `cookie` unless it is [`NO_COOKIE`].
+    fn request(&mut self, key: &FlowKey, ty: u16, flags: u16, cookie: u64) -> Request {
         let v4 = is_mapped(&key.saddr) && is_mapped(&key.daddr);
         let addr = |a: &[u32; 4]| {
             if v4 {
@@ -116,6 +141,7 @@ impl SockDiag {
             dport: key.sport.to_be(),
             src: addr(&key.daddr),
             dst: addr(&key.saddr),
+            cookie: cookie_words(cookie),
             ..self.base(family, ty, flags, u32::MAX)
         }
     }
@@ -152,12 +178,14 @@ impl SockDiag {
         self.recv(8192)
     }
 
-    /// The TCP state of the server's socket for this client flow, if there is one.
+    /// The server's socket for this client flow, if it has one of its own: its state and cookie.
+    /// The kernel's lookup (`inet_diag_find_one_icsk`, through `inet_lookup`) falls back to the
+    /// listening socket of the port when the flow has none; that is reported as none.
     ///
     /// # Errors
     /// On a netlink failure other than "no such socket".
-    pub fn state(&mut self, key: &FlowKey) -> anyhow::Result<Option<u8>> {
-        let req = self.request(key, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST);
+    pub fn state(&mut self, key: &FlowKey) -> anyhow::Result<Option<SockState>> {
+        let req = self.request(key, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, NO_COOKIE);
         let buf = self.exchange(&req)?;
         if buf.len() < 16 {
             bail!("short sock_diag reply");
@@ -170,8 +198,28 @@ impl SockDiag {
             }
             bail!("sock_diag: {}", io::Error::from_raw_os_error(-err));
         }
-        // struct inet_diag_msg: family, state, timer, retrans, ...
-        Ok(buf.get(17).copied())
+        // struct inet_diag_msg after the nlmsghdr: family, state, timer, retrans, then
+        // inet_diag_sockid (sport, dport, src[4], dst[4], if, cookie[2]: the cookie at 44).
+        let msg = buf.get(16..16 + 52).context("short inet_diag_msg")?;
+        let word = |o: usize| u32::from_ne_bytes(msg[o..o + 4].try_into().expect("4 bytes"));
+        if msg[1] == TCP_LISTEN {
+            return Ok(None);
+        }
+        Ok(Some(SockState {
+            state: msg[1],
+            cookie: u64::from(word(44)) | u64::from(word(48)) << 32,
+        }))
+    }
+
+    /// The cookie of the server's socket for this client flow if it is half-open (SYN_RECV).
+    ///
+    /// # Errors
+    /// On a netlink failure.
+    pub fn half_open(&mut self, key: &FlowKey) -> anyhow::Result<Option<u64>> {
+        Ok(self
+            .state(key)?
+            .filter(|s| s.state == TCP_SYN_RECV)
+            .map(|s| s.cookie))
     }
 
     /// The inbound flow (remote -> local) of every TCP socket of this network namespace in a
@@ -232,18 +280,19 @@ impl SockDiag {
         Ok(out)
     }
 
-    /// Closes the server's socket for this client flow (SOCK_DESTROY). `Ok(false)` if it is gone.
+    /// Closes the server's socket for this client flow if it still is the socket `cookie` names
+    /// (SOCK_DESTROY). `Ok(false)` if it is gone or another socket holds the 4-tuple now.
     ///
     /// # Errors
     /// On a netlink failure other than "no such socket".
-    pub fn destroy(&mut self, key: &FlowKey) -> anyhow::Result<bool> {
-        let req = self.request(key, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK);
+    pub fn destroy(&mut self, key: &FlowKey, cookie: u64) -> anyhow::Result<bool> {
+        let req = self.request(key, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, cookie);
         let buf = self.exchange(&req)?;
         if buf.len() >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == NLMSG_ERROR {
             let err = i32::from_ne_bytes(buf[16..20].try_into()?);
             return match err {
                 0 => Ok(true),
-                e if e == -libc::ENOENT => Ok(false),
+                e if e == -libc::ENOENT || e == -libc::ESTALE => Ok(false),
                 e if e == -libc::EOPNOTSUPP => bail!(
                     "SOCK_DESTROY is not supported: the kernel needs CONFIG_INET_DIAG_DESTROY"
                 ),
@@ -253,17 +302,23 @@ impl SockDiag {
         bail!("unexpected sock_diag reply to SOCK_DESTROY")
     }
 
-    /// Closes the flow's server socket only if it is still half-open (SYN_RECV), so a connection
-    /// that completed meanwhile is never harmed. True if one was closed.
+    /// Closes the flow's server socket only if it is still half-open (SYN_RECV), by the cookie
+    /// that check reported, so a connection that completed meanwhile is never harmed. True if
+    /// one was closed.
     ///
     /// # Errors
     /// On a netlink failure.
     pub fn close_half_open(&mut self, key: &FlowKey) -> anyhow::Result<bool> {
-        match self.state(key)? {
-            Some(TCP_SYN_RECV) => self.destroy(key),
-            _ => Ok(false),
+        match self.half_open(key)? {
+            Some(cookie) => self.destroy(key, cookie),
+            None => Ok(false),
         }
     }
+}
+
+/// `idiag_cookie` words of a cookie (`sock_diag_save_cookie`: low word first, host order).
+fn cookie_words(cookie: u64) -> [u32; 2] {
+    [cookie as u32, (cookie >> 32) as u32]
 }
 
 /// The inbound flow of one `struct inet_diag_msg` (family, state, timer, retrans, then
@@ -288,4 +343,18 @@ fn flow_of_msg(m: &[u8]) -> Option<FlowKey> {
         sport: be16(6),
         dport: be16(4),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NO_COOKIE, cookie_words};
+
+    #[test]
+    fn cookie_words_are_low_word_first() {
+        assert_eq!(
+            cookie_words(0x1122_3344_5566_7788),
+            [0x5566_7788, 0x1122_3344]
+        );
+        assert_eq!(cookie_words(NO_COOKIE), [u32::MAX, u32::MAX]);
+    }
 }

@@ -1,15 +1,16 @@
 //! The controller's half of watch mode, one [`Watcher::tick`] at a time (the daemon ticks every
-//! 100 ms): close the half-open connections the data path displaced, reap those older than the
-//! watch timeout, derive the exact half-open count and the one-minute request rate from the
+//! 100 ms): close the half-open connections the data path displaced or evicted, mark those older
+//! than the watch timeout closing and close them a grace later, ask the kernel about those whose
+//! client sent an RST, derive the exact half-open count and the one-minute request rate from the
 //! per-CPU counters, evaluate the thresholds with hysteresis, switch `auto` between watch and
 //! intercept, and write the state back for `status`.
 use std::{collections::VecDeque, time::Duration};
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, Queue};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
 use intercept_common::{
     Counter,
-    config::{FlowKey, HalfOpen, Mode, TransitionCause, Watch, evaluate, flags},
+    config::{CLOSE_GRACE_NS, FlowKey, HalfOpen, Mode, TransitionCause, Watch, evaluate, flags},
     maps::{self, CounterBlock},
 };
 
@@ -17,13 +18,19 @@ use crate::{
     control::Maps,
     errors::{CtlError, explain},
     pins::PinDir,
-    sockdiag::SockDiag,
+    sockdiag::{SockDiag, TCP_SYN_RECV},
     stats::{Counters, read_map},
 };
 
 /// How long watch mode keeps verifying our cookies after intercept mode ends: a cookie lives at
 /// most two slots (137.4 s).
 pub const COOKIE_GRACE: Duration = Duration::from_secs(140);
+
+/// At most this many tracked handshakes whose client sent an RST are checked with the kernel per
+/// tick (one sock_diag request each, a few microseconds); the others wait for the next ticks,
+/// counted half-open meanwhile (never hidden), so a flood of RSTs costs the controller a bounded
+/// time per tick.
+pub const RESET_CHECKS_PER_TICK: usize = 256;
 
 /// CLOCK_MONOTONIC in ns (the data path reads the same clock at tick resolution).
 #[must_use]
@@ -41,7 +48,9 @@ pub fn monotonic_ns() -> u64 {
 pub struct WatchMaps {
     /// Tracked half-open handshakes.
     pub half_open: HashMap<MapData, FlowKey, HalfOpen>,
-    victims: Queue<MapData, FlowKey>,
+    /// Victims queued for closing, with when (see `maps::CLOSING`).
+    pub closing: HashMap<MapData, FlowKey, u64>,
+    closing_gate: Array<MapData, u64>,
     watch: Array<MapData, Watch>,
     counters: PerCpuArray<MapData, CounterBlock>,
 }
@@ -65,8 +74,9 @@ impl WatchMaps {
             .into());
         }
         Ok(WatchMaps {
-            half_open: HashMap::try_from(Map::LruHashMap(open(&pins, maps::HALF_OPEN)?))?,
-            victims: Queue::try_from(Map::Queue(open(&pins, maps::VICTIMS)?))?,
+            half_open: HashMap::try_from(Map::HashMap(open(&pins, maps::HALF_OPEN)?))?,
+            closing: HashMap::try_from(Map::HashMap(open(&pins, maps::CLOSING)?))?,
+            closing_gate: Array::try_from(Map::Array(open(&pins, maps::CLOSING_GATE)?))?,
             watch: Array::try_from(Map::Array(open(&pins, maps::WATCH)?))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(&pins, maps::COUNTERS)?))?,
         })
@@ -119,7 +129,8 @@ pub fn half_open_count(c: &Counters) -> u64 {
         + c.get(Counter::HalfOpenAborted)
         + c.get(Counter::HalfOpenDropped)
         + c.get(Counter::HalfOpenTimedOut)
-        + c.get(Counter::HalfOpenGone);
+        + c.get(Counter::HalfOpenGone)
+        + c.get(Counter::HalfOpenEvicted);
     c.get(Counter::HalfOpenNew).saturating_sub(removed)
 }
 
@@ -136,7 +147,9 @@ pub struct Tick {
     pub transition: Option<(bool, &'static str)>,
     /// Half-open connections closed on the server for timing out.
     pub timed_out: u64,
-    /// Displaced connections closed on the server.
+    /// Half-open connections timed out this tick, to be closed at least `CLOSE_GRACE_NS` later.
+    pub marked: u64,
+    /// Displaced or evicted connections closed on the server.
     pub victims_closed: u64,
 }
 
@@ -146,6 +159,14 @@ pub struct Watcher {
     wmaps: WatchMaps,
     diag: SockDiag,
     samples: VecDeque<(u64, u64)>,
+    /// Per tracked flow whose client sent RSTs, how many of them the kernel was last asked
+    /// about (see `HalfOpen::resets`).
+    resets_seen: std::collections::HashMap<FlowKey, u32>,
+    /// When this controller saw each tracked flow marked closing (the grace starts then; one
+    /// marked by an earlier controller starts its grace when this one first sees it).
+    closing_since: std::collections::HashMap<FlowKey, u64>,
+    /// Since when this controller has seen the CLOSING gate open without a break.
+    gate_since: Option<u64>,
 }
 
 impl Watcher {
@@ -159,6 +180,9 @@ impl Watcher {
             wmaps: WatchMaps::open(iface, netns)?,
             diag: SockDiag::open()?,
             samples: VecDeque::new(),
+            resets_seen: std::collections::HashMap::new(),
+            closing_since: std::collections::HashMap::new(),
+            gate_since: None,
         })
     }
 
@@ -169,36 +193,77 @@ impl Watcher {
     pub fn tick(&mut self) -> anyhow::Result<Tick> {
         let now = monotonic_ns();
         let mut t = Tick::default();
-        // Displaced connections: close them on the server (only if still half-open).
-        while let Ok(key) = self.wmaps.victims.pop(0) {
-            if self.diag.close_half_open(&key)? {
-                t.victims_closed += 1;
-            }
-        }
-        let mut w = self.wmaps.watch()?;
-        let mut cfg = self.maps.config()?;
-        let aggressive = cfg.aggressive != 0;
+        // Closing happens in two steps, at least `CLOSE_GRACE_NS` apart: first the handshake is
+        // marked closing (the data path marks the victims it queues in CLOSING; this tick marks
+        // those timed out), after which the data path drops the client's ACKs of it; then it is
+        // closed on the server, when no ACK can complete it meanwhile (SOCK_DESTROY would reset
+        // the connection: the child inherits the request's cookie).
+        self.close_victims(now, &mut t)?;
+        let w = self.wmaps.watch()?;
+        let aggressive = self.maps.config()?.aggressive != 0;
         // Reap: older than the timeout (halved while aggressive, as Cisco does).
         let timeout_ns = u64::from(w.timeout_ms) * 1_000_000 / if aggressive { 2 } else { 1 };
-        let entries: Vec<(FlowKey, HalfOpen)> =
-            self.wmaps.half_open.iter().filter_map(Result::ok).collect();
+        let entries: Vec<(FlowKey, HalfOpen)> = crate::batch::entries(self.wmaps.half_open.map())?;
         let (mut timed_out, mut gone) = (0, 0);
+        let mut reset = Vec::new();
         for (key, e) in &entries {
-            if now.saturating_sub(e.first_seen_ns) < timeout_ns {
+            if e.closing != 0 {
+                let since = *self.closing_since.entry(*key).or_insert(now);
+                if now.saturating_sub(since) < CLOSE_GRACE_NS {
+                    continue;
+                }
+                let closed = self.diag.close_half_open(key)?;
+                // Whoever removes the entry owns its accounting (the tracepoint, had an ACK
+                // passed before the mark and completed it, or drop-mode evicting it).
+                if self.wmaps.half_open.remove(key).is_ok() {
+                    if closed {
+                        timed_out += 1;
+                    } else {
+                        gone += 1;
+                    }
+                }
                 continue;
             }
-            // Whoever removes the entry owns its accounting (the data path may complete it now).
-            if self.wmaps.half_open.remove(key).is_err() {
+            if now.saturating_sub(e.first_seen_ns) >= timeout_ns {
+                // Marked in place (BPF_EXIST: not if the entry went meanwhile). The rest of the
+                // value is rewritten as read: a SYN retransmission counted meanwhile is lost.
+                let marked = HalfOpen { closing: 1, ..*e };
+                if self.wmaps.half_open.insert(key, &marked, BPF_EXIST).is_ok() {
+                    self.closing_since.insert(*key, now);
+                    t.marked += 1;
+                }
                 continue;
             }
-            if self.diag.close_half_open(key)? {
-                timed_out += 1;
-            } else {
-                gone += 1;
+            if e.resets != self.resets_seen.get(key).copied().unwrap_or(0) {
+                reset.push((*key, e.resets));
             }
+        }
+        // The client sent an RST since the kernel was last asked: the kernel dropped the request
+        // socket if the RST was in its window (`tcp_check_req`), else ignored it.
+        let mut aborted = 0;
+        for (key, resets) in reset.into_iter().take(RESET_CHECKS_PER_TICK) {
+            match self.diag.state(&key)? {
+                Some(s) if s.state == TCP_SYN_RECV => {
+                    self.resets_seen.insert(key, resets);
+                }
+                // Completed meanwhile: the tracepoint untracks it.
+                Some(_) => {}
+                None => {
+                    if self.wmaps.half_open.remove(&key).is_ok() {
+                        aborted += 1;
+                    }
+                }
+            }
+        }
+        if !self.resets_seen.is_empty() || !self.closing_since.is_empty() {
+            let live: std::collections::HashSet<&FlowKey> =
+                entries.iter().map(|(k, _)| k).collect();
+            self.resets_seen.retain(|k, _| live.contains(k));
+            self.closing_since.retain(|k, _| live.contains(k));
         }
         self.wmaps.bump(Counter::HalfOpenTimedOut, timed_out)?;
         self.wmaps.bump(Counter::HalfOpenGone, gone)?;
+        self.wmaps.bump(Counter::HalfOpenAborted, aborted)?;
         t.timed_out = timed_out;
         // Exact counts from the counters; the request rate over the window from samples of the
         // protected-SYN counter (which both modes advance).
@@ -227,6 +292,11 @@ impl Watcher {
             u32::try_from(t.one_minute).unwrap_or(u32::MAX),
         );
         t.aggressive = agg;
+        // Written back onto fresh copies, changing only what the tick decides: a tick can take
+        // a good part of a second with a full table, and the operator's `thresholds`, `mode` or
+        // `scope` written meanwhile must not be undone by the copies read at its start.
+        let mut cfg = self.maps.config()?;
+        let mut w = self.wmaps.watch()?;
         let mode = Mode::from_u32(cfg.mode);
         let mut cfg_changed = false;
         if let Some(cause) = cause {
@@ -259,7 +329,49 @@ impl Watcher {
         self.wmaps.set_watch(&w)?;
         Ok(t)
     }
+
+    /// Closes on the server the victims the data path queued in CLOSING, each once both it and
+    /// the gate (the data path looking untracked flows up in CLOSING and dropping their ACKs)
+    /// have been there `CLOSE_GRACE_NS`, and forgets them. Keeps the gate open while victims
+    /// wait, and closes it once there are none.
+    fn close_victims(&mut self, now: u64, t: &mut Tick) -> anyhow::Result<()> {
+        let queued: Vec<(FlowKey, u64)> = crate::batch::entries(self.wmaps.closing.map())?;
+        let gate = self.wmaps.closing_gate.get(&0, 0)? != 0;
+        if queued.is_empty() {
+            if gate {
+                self.set_gate(0)?;
+            }
+            self.gate_since = None;
+            return Ok(());
+        }
+        if !gate {
+            // Cleared by the previous tick after a victim was queued: open now, grace anew.
+            self.set_gate(1)?;
+            self.gate_since = None;
+        }
+        let since = *self.gate_since.get_or_insert(now);
+        for (key, at) in queued {
+            if now.saturating_sub(at.max(since)) < CLOSE_GRACE_NS {
+                continue;
+            }
+            if self.diag.close_half_open(&key)? {
+                t.victims_closed += 1;
+            }
+            let _ = self.wmaps.closing.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn set_gate(&mut self, v: u64) -> anyhow::Result<()> {
+        self.wmaps
+            .closing_gate
+            .set(0, &v, 0)
+            .context("write CLOSING_GATE")
+    }
 }
+
+/// `BPF_EXIST` (include/uapi/linux/bpf.h): update an existing entry only.
+const BPF_EXIST: u64 = 2;
 
 /// The cause's display name.
 #[must_use]

@@ -24,14 +24,14 @@ use aya_ebpf::{
 };
 use intercept_common::{
     Counter,
-    config::Mode,
+    config::{Mode, flags},
     parse::{Dissected, L3, L4, Malformed, TcpKind, classify, dissect, tcp_flags},
 };
 
 use crate::{
     frame::Pkt,
     maps::CONFIG,
-    stats::{count, pass},
+    stats::{count, drop, pass},
 };
 
 /// Main program: dissect, count, then (in intercept mode) answer protected SYNs with cookies and
@@ -49,6 +49,14 @@ pub fn xdp_intercept(ctx: XdpContext) -> u32 {
     };
     match (Mode::effective(cfg), classify(tcp.flags)) {
         (Mode::Intercept, TcpKind::Syn) => synack::handle(&ctx, &ip, &tcp),
+        // Watch mode's handshakes still tracked or being closed (a switch to intercept mode
+        // leaves them to the kernel): an ACK of one being closed is dropped as in watch mode.
+        (Mode::Intercept, TcpKind::Ack)
+            if (cfg.flags & flags::TRACKING != 0 || watch::closing_gate())
+                && watch::closing(&ctx, &ip, &tcp) =>
+        {
+            drop(Counter::ClosingDropped)
+        }
         (Mode::Intercept, TcpKind::Ack) => ack::handle(&ctx, &ip, &tcp),
         (Mode::Watch, TcpKind::Syn) => watch::syn(&ctx, &ip, &tcp),
         (Mode::Watch, TcpKind::Ack | TcpKind::Rst) => match watch::segment(&ctx, &ip, &tcp) {

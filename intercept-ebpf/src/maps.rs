@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use intercept_common::{
     config::{
@@ -13,8 +13,8 @@ use intercept_common::{
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
     maps::{
-        CounterBlock, HALF_OPEN_ENTRIES, PROVEN_SLOTS, SCOPE_ENTRIES, SOCKET_BUCKETS,
-        SOCKET_ENTRIES, TIME_WAIT_BUCKETS, TIME_WAIT_ENTRIES, VICTIM_ENTRIES,
+        CLOSING_ENTRIES, CounterBlock, HALF_OPEN_ENTRIES, PROVEN_SLOTS, SCOPE_ENTRIES,
+        SOCKET_BUCKETS, SOCKET_ENTRIES, TIME_WAIT_BUCKETS, TIME_WAIT_ENTRIES,
     },
 };
 
@@ -63,18 +63,29 @@ pub struct Scratch {
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Half-open handshakes tracked in watch mode; written here and by the controller (timeouts).
+/// Half-open handshakes tracked in watch mode; written here (XDP and the socket-table
+/// tracepoint) and by the controller (see `intercept_common::maps::HALF_OPEN`). Not LRU: an LRU
+/// map evicts silently (even before it is full, from a CPU's empty free list), and every entry
+/// removed uncounted inflated the half-open count for good. Preallocated: an insert into the
+/// full table fails (`E2BIG`, `alloc_htab_elem`) and is counted instead.
 #[map(name = "HALF_OPEN")]
-pub static HALF_OPEN: LruHashMap<FlowKey, HalfOpen> =
-    LruHashMap::with_max_entries(HALF_OPEN_ENTRIES, 0);
+pub static HALF_OPEN: HashMap<FlowKey, HalfOpen> = HashMap::with_max_entries(HALF_OPEN_ENTRIES, 0);
 
 /// Per-CPU insertion order of tracked flows (drop-mode oldest/random).
 #[map(name = "RING")]
 pub static RING: PerCpuArray<Ring> = PerCpuArray::with_max_entries(1, 0);
 
-/// Displaced half-open handshakes, for the controller to close on the server.
-#[map(name = "VICTIMS")]
-pub static VICTIMS: Queue<FlowKey> = Queue::with_max_entries(VICTIM_ENTRIES, 0);
+/// Half-open handshakes untracked to be closed on the server, with the time they were queued
+/// (see `intercept_common::maps::CLOSING`); written here (displaced, evicted) and by the
+/// controller (closed, removed). Allocated as used: it is empty but under floods.
+#[map(name = "CLOSING")]
+pub static CLOSING: HashMap<FlowKey, u64> =
+    HashMap::with_max_entries(CLOSING_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Nonzero while [`CLOSING`] may hold flows (see `intercept_common::maps::CLOSING_GATE`);
+/// written here and by the controller.
+#[map(name = "CLOSING_GATE")]
+pub static CLOSING_GATE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Watch-mode knobs and state; the controller's (declared here so it is pinned with the rest).
 #[map(name = "WATCH")]

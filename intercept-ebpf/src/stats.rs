@@ -14,6 +14,23 @@ pub fn count(c: Counter) {
     }
 }
 
+/// Adds one to `c` on this CPU with an atomic add: for programs that may run in process context
+/// (the socket-table tracepoint), where the XDP program can interrupt them on the same CPU
+/// between the load and the store of a plain increment and one of the two would be lost. The
+/// XDP program itself runs with bottom halves disabled, so nothing counting here interrupts it.
+#[inline(always)]
+pub fn count_atomic(c: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(COUNTERS_DATA_PATH) {
+        // SAFETY: this CPU's block; `c` is below `Counter::Count`, the block's length.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &raw mut (*p)[c as usize],
+                1,
+            )
+        };
+    }
+}
+
 /// Counts `reason` (unless it is `Passed` itself) and `Passed`; returns XDP_PASS.
 #[inline(always)]
 pub fn pass(reason: Counter) -> u32 {

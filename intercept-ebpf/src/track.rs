@@ -1,6 +1,7 @@
 //! The socket table: keeps `SOCKETS` equal to the set of non-listening TCP sockets, from the
 //! `sock:inet_sock_set_state` tracepoint (every TCP state change of a full socket, in every
-//! network namespace). See `intercept_common::config::SocketTable`.
+//! network namespace). See `intercept_common::config::SocketTable`. The same state changes tell
+//! watch mode which tracked handshakes the kernel completed.
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::TracePointContext};
@@ -19,6 +20,8 @@ use crate::maps::{PROVEN, SOCKET_FILTER, SOCKET_TABLE, SOCKETS, TIME_WAIT, TIME_
 const EEXIST: i32 = 17;
 
 const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_RECV: i32 = 3;
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_FIN_WAIT2: i32 = 5;
 const TCP_CLOSE: i32 = 7;
@@ -72,6 +75,11 @@ pub fn handle(ctx: &TracePointContext) {
         // The connection exists: a handoff of this flow in flight is complete, and from now on
         // the table passes its segments.
         settled(&key);
+        // The kernel accepted the client's ACK: a handshake watch mode tracked is complete.
+        // (A Fast Open child is created in SYN_RECV at the SYN; only ESTABLISHED completes it.)
+        if old == TCP_SYN_RECV && state == TCP_ESTABLISHED {
+            crate::watch::completed(&key);
+        }
     }
 }
 

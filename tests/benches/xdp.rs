@@ -255,7 +255,8 @@ fn main() {
             );
         }
 
-        // Watch mode: every SYN a new handshake (distinct clients), and the ACK completing one.
+        // Watch mode: every SYN a new handshake (distinct clients), and an ACK of a tracked one (the
+        // kernel, not this path, completes it: see the socket-table tracepoint).
         let mut cfg = maps.config().unwrap();
         cfg.mode = intercept_common::config::Mode::Watch as u32;
         maps.set_config(&cfg).unwrap();
@@ -266,7 +267,7 @@ fn main() {
         let (w_syn, b1) = median_ns_seq(&obj, PROG_XDP, None, &syns);
         let (w_ack, b2) = median_ns_seq(&obj, PROG_XDP, Some(&syns2), &acks);
         println!("{:<34} {:>8.0}   (median of {RUNS}; baseline {b1:.0} ns)", "watch: SYN of a new handshake", w_syn - b1);
-        println!("{:<34} {:>8.0}   (median of {RUNS}; baseline {b2:.0} ns)", "watch: completing ACK", w_ack - b2);
+        println!("{:<34} {:>8.0}   (median of {RUNS}; baseline {b2:.0} ns)", "watch: ACK of a tracked handshake", w_ack - b2);
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e));

@@ -674,3 +674,74 @@ pub fn tcx_chain(iface: &str) -> Vec<(String, u64)> {
         .map(|p| (p.name_as_str().unwrap_or("?").to_owned(), p.run_count()))
         .collect()
 }
+
+/// Holds the client's ACKs back (an nftables rule in the client namespace drops every segment
+/// with ACK and without SYN), so a handshake stays half-open on the server while the guard lives;
+/// once it is dropped, the client's next segment carries the ACK that completes it.
+pub struct HoldAcks<'a> {
+    ns: &'a intercept_ctl::netns::Netns,
+}
+
+impl<'a> HoldAcks<'a> {
+    /// Holds the ACKs `ns` sends to `port` (any address).
+    ///
+    /// # Panics
+    /// If nft fails.
+    #[must_use]
+    pub fn on_port(ns: &'a intercept_ctl::netns::Netns, port: u16) -> HoldAcks<'a> {
+        let port = port.to_string();
+        for cmd in [
+            vec!["add", "table", "inet", "xi_hold"],
+            vec![
+                "add",
+                "chain",
+                "inet",
+                "xi_hold",
+                "out",
+                "{ type filter hook output priority 0 ; }",
+            ],
+            vec![
+                "add",
+                "rule",
+                "inet",
+                "xi_hold",
+                "out",
+                "tcp",
+                "dport",
+                &port,
+                "tcp",
+                "flags",
+                "&",
+                "(syn|ack)",
+                "==",
+                "ack",
+                "drop",
+            ],
+        ] {
+            ns.exec("nft", &cmd).expect("nft (installed by ./x setup)");
+        }
+        HoldAcks { ns }
+    }
+}
+
+impl Drop for HoldAcks<'_> {
+    fn drop(&mut self) {
+        let _ = self.ns.exec("nft", &["delete", "table", "inet", "xi_hold"]);
+    }
+}
+
+/// The flow key of a connection's inbound direction (client -> server), as the data path and
+/// the controller key it.
+#[must_use]
+pub fn flow_key(
+    client: std::net::SocketAddr,
+    server: std::net::SocketAddr,
+) -> intercept_common::config::FlowKey {
+    use intercept_common::cookie::words_of;
+    intercept_common::config::FlowKey {
+        saddr: words_of(client.ip()),
+        daddr: words_of(server.ip()),
+        sport: client.port(),
+        dport: server.port(),
+    }
+}

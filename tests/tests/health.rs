@@ -154,7 +154,10 @@ fn wait_reattached(t: &InterceptLab, what: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let link = t.lab.server.ip(&["link", "show", t.srv_if()]).unwrap();
-        if link.contains("xdp") {
+        // XDP shows on the link tens of milliseconds before the attach is complete (the XDP
+        // link is pinned last, after TC and the tracepoint): until then `status` finds nothing
+        // attached and prints no JSON.
+        if link.contains("xdp") && PinDir::new(Some(t.srv()), t.srv_if()).is_attached() {
             let (o, v) = status_of(t);
             if o.status.success() && v["healthy"] == true {
                 return v;

@@ -12,7 +12,7 @@ use std::{
 
 use intercept_common::{Counter::*, parse::tcp_flags};
 use intercept_ctl::lab::{Capture, FloodSpec, SERVER_V4, SERVER_V6, flood, syn_recv_count};
-use intercept_tests::{InterceptLab, echo_server, ping, require_root, status};
+use intercept_tests::{HoldAcks, InterceptLab, echo_server, ping, require_root, status};
 
 const PORT: u16 = 8080;
 
@@ -255,59 +255,6 @@ fn legitimate_clients_get_through_syn_and_forged_ack_floods() {
     }
 }
 
-/// Holds the client's ACKs back (an nftables rule in the client namespace) so a handshake stays in
-/// flight while the mode changes; returns a guard that lets them through again.
-struct HoldAcks<'a> {
-    ns: &'a intercept_ctl::netns::Netns,
-}
-
-impl<'a> HoldAcks<'a> {
-    fn new(ns: &'a intercept_ctl::netns::Netns) -> HoldAcks<'a> {
-        HoldAcks::on_port(ns, PORT)
-    }
-
-    fn on_port(ns: &'a intercept_ctl::netns::Netns, port: u16) -> HoldAcks<'a> {
-        let port = port.to_string();
-        for cmd in [
-            vec!["add", "table", "inet", "xi_hold"],
-            vec![
-                "add",
-                "chain",
-                "inet",
-                "xi_hold",
-                "out",
-                "{ type filter hook output priority 0 ; }",
-            ],
-            vec![
-                "add",
-                "rule",
-                "inet",
-                "xi_hold",
-                "out",
-                "tcp",
-                "dport",
-                &port,
-                "tcp",
-                "flags",
-                "&",
-                "(syn|ack)",
-                "==",
-                "ack",
-                "drop",
-            ],
-        ] {
-            ns.exec("nft", &cmd).expect("nft (installed by ./x setup)");
-        }
-        HoldAcks { ns }
-    }
-}
-
-impl Drop for HoldAcks<'_> {
-    fn drop(&mut self) {
-        let _ = self.ns.exec("nft", &["delete", "table", "inet", "xi_hold"]);
-    }
-}
-
 /// A handshake in flight across a mode change completes, in both directions: started in watch
 /// mode (the server holds a SYN_RECV) and finished in intercept mode, and started in intercept
 /// mode (answered with a cookie) and finished in watch mode.
@@ -344,7 +291,7 @@ fn handshakes_in_flight_survive_mode_changes_both_ways() {
     ] {
         t.ctl(&["mode", t.srv_if(), from]);
         let before = t.stats();
-        let hold = HoldAcks::new(&t.lab.client);
+        let hold = HoldAcks::on_port(&t.lab.client, PORT);
         // connect() completes on the client as soon as the SYN-ACK arrives; its ACK is held.
         let mut c = t
             .lab

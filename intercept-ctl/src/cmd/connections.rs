@@ -31,22 +31,31 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     let w = wm.watch()?;
     let timeout_ms = u64::from(w.timeout_ms) / if cfg.aggressive != 0 { 2 } else { 1 };
     let now = monotonic_ns();
-    let mut rows: Vec<(FlowKey, u64, u32)> = wm
+    // Closing: timed out, to be closed on the server at the controller's next tick.
+    let mut rows: Vec<(FlowKey, u64, u32, &str)> = wm
         .half_open
         .iter()
         .filter_map(Result::ok)
-        .map(|(k, e)| (k, now.saturating_sub(e.first_seen_ns) / 1_000_000, e.syns))
+        .map(|(k, e)| {
+            let state = if e.closing != 0 { "CLOSING" } else { "SYNRCVD" };
+            (
+                k,
+                now.saturating_sub(e.first_seen_ns) / 1_000_000,
+                e.syns,
+                state,
+            )
+        })
         .collect();
     rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     let mode = Mode::effective(&cfg).name();
     if ctx.json {
         let v: Vec<_> = rows
             .iter()
-            .map(|(k, age, syns)| {
+            .map(|(k, age, syns, state)| {
                 serde_json::json!({
                     "client": endpoint(ip_of(&k.saddr), k.sport),
                     "server": endpoint(ip_of(&k.daddr), k.dport),
-                    "state": "SYNRCVD",
+                    "state": state,
                     "age_ms": age,
                     "timeout_ms": timeout_ms.saturating_sub(*age),
                     "syns": syns,
@@ -60,12 +69,12 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             "{:<45} {:<45} {:<8} {:>9} {:>9} {:>5} {}",
             "Client", "Server", "State", "Age(s)", "Left(s)", "SYNs", "Mode"
         );
-        for (k, age, syns) in rows {
+        for (k, age, syns, state) in rows {
             println!(
                 "{:<45} {:<45} {:<8} {:>9.1} {:>9.1} {:>5} {}",
                 endpoint(ip_of(&k.saddr), k.sport),
                 endpoint(ip_of(&k.daddr), k.dport),
-                "SYNRCVD",
+                state,
                 age as f64 / 1000.0,
                 timeout_ms.saturating_sub(age) as f64 / 1000.0,
                 syns,
