@@ -675,58 +675,66 @@ pub fn tcx_chain(iface: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Holds the client's ACKs back (an nftables rule in the client namespace drops every segment
-/// with ACK and without SYN), so a handshake stays half-open on the server while the guard lives;
-/// once it is dropped, the client's next segment carries the ACK that completes it.
-pub struct HoldAcks<'a> {
+/// An nftables table of its own in a namespace, whose output chain drops what its rules match;
+/// deleted with the guard. (The tests' way to lose or hold back a client's segments.)
+pub struct NftDrop<'a> {
     ns: &'a intercept_ctl::netns::Netns,
+    table: &'static str,
 }
 
-impl<'a> HoldAcks<'a> {
+impl<'a> NftDrop<'a> {
+    /// Creates table `table` in `ns` dropping, on output, what each of `rules` (an nft
+    /// expression, e.g. `tcp dport 80 tcp flags == ack`) matches.
+    ///
+    /// # Panics
+    /// If nft fails.
+    #[must_use]
+    pub fn new(
+        ns: &'a intercept_ctl::netns::Netns,
+        table: &'static str,
+        rules: &[String],
+    ) -> NftDrop<'a> {
+        let chain = "{ type filter hook output priority 0 ; }";
+        let nft = |args: &[&str]| {
+            ns.exec("nft", args).unwrap_or_else(|e| {
+                panic!("nft {} (installed by ./x setup): {e:#}", args.join(" "))
+            });
+        };
+        nft(&["add", "table", "inet", table]);
+        nft(&["add", "chain", "inet", table, "out", chain]);
+        for r in rules {
+            // nft joins its arguments into one rule.
+            nft(&["add", "rule", "inet", table, "out", r, "drop"]);
+        }
+        NftDrop { ns, table }
+    }
+}
+
+impl Drop for NftDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .ns
+            .exec("nft", &["delete", "table", "inet", self.table]);
+    }
+}
+
+/// Holds the client's ACKs back (every segment it sends to the port with ACK and without SYN is
+/// dropped), so a handshake stays half-open on the server while the guard lives; once it is
+/// dropped, the client's next segment carries the ACK that completes it.
+pub struct HoldAcks;
+
+impl HoldAcks {
     /// Holds the ACKs `ns` sends to `port` (any address).
     ///
     /// # Panics
     /// If nft fails.
     #[must_use]
-    pub fn on_port(ns: &'a intercept_ctl::netns::Netns, port: u16) -> HoldAcks<'a> {
-        let port = port.to_string();
-        for cmd in [
-            vec!["add", "table", "inet", "xi_hold"],
-            vec![
-                "add",
-                "chain",
-                "inet",
-                "xi_hold",
-                "out",
-                "{ type filter hook output priority 0 ; }",
-            ],
-            vec![
-                "add",
-                "rule",
-                "inet",
-                "xi_hold",
-                "out",
-                "tcp",
-                "dport",
-                &port,
-                "tcp",
-                "flags",
-                "&",
-                "(syn|ack)",
-                "==",
-                "ack",
-                "drop",
-            ],
-        ] {
-            ns.exec("nft", &cmd).expect("nft (installed by ./x setup)");
-        }
-        HoldAcks { ns }
-    }
-}
-
-impl Drop for HoldAcks<'_> {
-    fn drop(&mut self) {
-        let _ = self.ns.exec("nft", &["delete", "table", "inet", "xi_hold"]);
+    pub fn on_port(ns: &intercept_ctl::netns::Netns, port: u16) -> NftDrop<'_> {
+        NftDrop::new(
+            ns,
+            "xi_hold",
+            &[format!("tcp dport {port} tcp flags & (syn|ack) == ack")],
+        )
     }
 }
 

@@ -14,7 +14,7 @@ use intercept_common::Counter::*;
 use intercept_ctl::lab::{
     FloodSpec, Requests, SERVER_V4, SERVER_V6, Shape, TcpRetrans, echo_server, flood_until,
 };
-use intercept_tests::{InterceptLab, require_root};
+use intercept_tests::{InterceptLab, NftDrop, require_root};
 
 const PORT: u16 = 8080;
 const FAMILIES: [IpAddr; 2] = [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)];
@@ -116,7 +116,7 @@ fn a_request_whose_handshake_ack_was_lost_completes_the_handshake() {
     require_root("a_request_whose_handshake_ack_was_lost_completes_the_handshake");
     let _serial = serial();
     let t = rig();
-    let _lost = DropPureAcks::new(&t.lab.client);
+    let _lost = drop_pure_acks(&t.lab.client);
     let before = t.stats();
     for ip in FAMILIES {
         answered_first_time(&t, "handshake ACK lost", ip, Shape::One, 50);
@@ -225,50 +225,19 @@ fn request_latency_is_within_1_5x_of_no_protection_with_and_without_a_flood() {
     let _ = flooder.join().expect("flood thread").expect("flood");
 }
 
-/// Drops every pure ACK the client sends to the port (an nftables rule in its namespace; a
-/// Linux client's handshake ACK with timestamps is 52 bytes of IPv4, 32 bytes of IPv6 payload),
-/// so each handshake's ACK is lost and its request arrives alone.
-struct DropPureAcks<'a> {
-    ns: &'a intercept_ctl::netns::Netns,
-}
-
-impl<'a> DropPureAcks<'a> {
-    fn new(ns: &'a intercept_ctl::netns::Netns) -> DropPureAcks<'a> {
-        let port = PORT.to_string();
-        let rule = |len: &'static str, what: &'static str| {
-            vec![
-                "add", "rule", "inet", "xi_lost", "out", what, "length", len, "tcp", "dport",
-                &port, "tcp", "flags", "==", "ack", "drop",
-            ]
-            .into_iter()
-            .map(str::to_owned)
-            .collect::<Vec<String>>()
-        };
-        let table = ["add", "table", "inet", "xi_lost"]
-            .map(str::to_owned)
-            .to_vec();
-        let chain = [
-            "add",
-            "chain",
-            "inet",
-            "xi_lost",
-            "out",
-            "{ type filter hook output priority 0 ; }",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        for cmd in [table, chain, rule("52", "ip"), rule("32", "ip6")] {
-            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
-            ns.exec("nft", &args).expect("nft (installed by ./x setup)");
-        }
-        DropPureAcks { ns }
-    }
-}
-
-impl Drop for DropPureAcks<'_> {
-    fn drop(&mut self) {
-        let _ = self.ns.exec("nft", &["delete", "table", "inet", "xi_lost"]);
-    }
+/// Drops every pure ACK the client sends to the port (a Linux client's handshake ACK with
+/// timestamps is 52 bytes of IPv4, 32 bytes of IPv6 payload; its later pure ACKs go too, which
+/// only makes the server retransmit), so each handshake's ACK is lost and its request arrives
+/// alone.
+fn drop_pure_acks(ns: &intercept_ctl::netns::Netns) -> NftDrop<'_> {
+    NftDrop::new(
+        ns,
+        "xi_lost",
+        &[
+            format!("ip length 52 tcp dport {PORT} tcp flags == ack"),
+            format!("ip6 length 32 tcp dport {PORT} tcp flags == ack"),
+        ],
+    )
 }
 
 /// A listener whose accept queue is full: the kernel would create the connection only to drop it
