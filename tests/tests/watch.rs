@@ -52,6 +52,37 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duratio
     panic!("{what}: not within {limit:?}");
 }
 
+/// Thresholds sized for a lab: aggressive above 50 half-open or 200 SYNs in a 3 s window, calm
+/// below 20 and 100; a 4 s watch timeout.
+fn lab_thresholds(t: &InterceptLab) {
+    t.ctl(&[
+        "thresholds",
+        t.srv_if(),
+        "--watch-timeout",
+        "4",
+        "--max-incomplete-high",
+        "50",
+        "--max-incomplete-low",
+        "20",
+        "--one-minute-high",
+        "200",
+        "--one-minute-low",
+        "100",
+        "--rate-window",
+        "3",
+    ]);
+}
+
+/// A bounded flood that makes the lab aggressive: 3000 spoofed SYNs at 1000/s.
+const SYN_FLOOD: FloodSpec = FloodSpec {
+    target: SocketAddr::new(IpAddr::V4(SERVER_V4), PORT),
+    count: 3000,
+    max_time: Duration::from_secs(6),
+    rate: 1000,
+    flags: tcp_flags::SYN,
+    payload: 0,
+};
+
 #[test]
 fn half_open_connections_are_counted_exactly_and_closed_after_the_timeout() {
     require_root("half_open_connections_are_counted_exactly_and_closed_after_the_timeout");
@@ -152,22 +183,7 @@ fn a_flood_switches_auto_to_intercept_and_back() {
     let _turn = flood_turn();
     let t = InterceptLab::new(PORT);
     t.ctl(&["mode", t.srv_if(), "auto"]);
-    t.ctl(&[
-        "thresholds",
-        t.srv_if(),
-        "--watch-timeout",
-        "4",
-        "--max-incomplete-high",
-        "50",
-        "--max-incomplete-low",
-        "20",
-        "--one-minute-high",
-        "200",
-        "--one-minute-low",
-        "100",
-        "--rate-window",
-        "3",
-    ]);
+    lab_thresholds(&t);
     let _d = Daemon::start(t.srv(), t.srv_if());
     let (l4, l6) = t.lab.listen(PORT).expect("listen");
     echo_server(l4);
@@ -211,19 +227,7 @@ fn a_flood_switches_auto_to_intercept_and_back() {
     // A bounded flood: 3000 spoofed SYNs at 1000/s.
     let sender = t.lab.raw_sender().unwrap();
     let flood_start = Instant::now();
-    let flooder = std::thread::spawn(move || {
-        flood(
-            &sender,
-            FloodSpec {
-                target: SocketAddr::new(IpAddr::V4(SERVER_V4), PORT),
-                count: 3000,
-                max_time: Duration::from_secs(6),
-                rate: 1000,
-                flags: tcp_flags::SYN,
-                payload: 0,
-            },
-        )
-    });
+    let flooder = std::thread::spawn(move || flood(&sender, SYN_FLOOD));
     wait_for("auto switches to intercept", Duration::from_secs(2), || {
         status(&t)["active_mode"] == "intercept"
     });
@@ -663,22 +667,7 @@ fn auto_switching_to_intercept_turns_syncookies_on() {
             .expect("sysctl")
     };
     sysctl(Some("net.ipv4.tcp_syncookies=0"));
-    t.ctl(&[
-        "thresholds",
-        t.srv_if(),
-        "--watch-timeout",
-        "4",
-        "--max-incomplete-high",
-        "50",
-        "--max-incomplete-low",
-        "20",
-        "--one-minute-high",
-        "200",
-        "--one-minute-low",
-        "100",
-        "--rate-window",
-        "3",
-    ]);
+    lab_thresholds(&t);
     t.ctl(&["mode", t.srv_if(), "auto"]);
     assert_eq!(
         sysctl(None).trim(),
@@ -690,19 +679,7 @@ fn auto_switching_to_intercept_turns_syncookies_on() {
     echo_server(l4);
     echo_server(l6);
     let sender = t.lab.raw_sender().unwrap();
-    let flooder = std::thread::spawn(move || {
-        flood(
-            &sender,
-            FloodSpec {
-                target: SocketAddr::new(IpAddr::V4(SERVER_V4), PORT),
-                count: 3000,
-                max_time: Duration::from_secs(6),
-                rate: 1000,
-                flags: tcp_flags::SYN,
-                payload: 0,
-            },
-        )
-    });
+    let flooder = std::thread::spawn(move || flood(&sender, SYN_FLOOD));
     wait_for("auto switches to intercept", Duration::from_secs(3), || {
         status(&t)["active_mode"] == "intercept"
     });
