@@ -31,10 +31,13 @@ pub enum CtlError {
     #[error("this kernel has no bpf() syscall (CONFIG_BPF_SYSCALL=n); xdp-intercept needs BPF")]
     NoBpf,
     /// bpffs is not mounted where we pin.
-    #[error("{path} is not a bpf filesystem; mount it with `mount -t bpf bpf /sys/fs/bpf`")]
+    #[error("{path} is not a bpf filesystem; {advice}")]
     NoBpffs {
         /// The directory checked.
         path: String,
+        /// What to do: mount it, or (inside `ip netns exec`, whose private /sys would lose the
+        /// pins with the command) use `--netns` from outside.
+        advice: String,
     },
     /// Already attached.
     #[error(

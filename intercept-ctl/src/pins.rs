@@ -80,9 +80,34 @@ pub fn check_bpffs() -> Result<(), CtlError> {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
     if rc != 0 || st.f_type != BPF_FS_MAGIC {
+        let advice = match named_netns_entered() {
+            Some(name) => format!(
+                "this runs inside network namespace {name} through `ip netns exec`, whose private \
+                 /sys has no bpffs and would lose anything pinned with the command: run \
+                 `intercept-ctl --netns {name} ...` from outside instead"
+            ),
+            None => "mount it with `mount -t bpf bpf /sys/fs/bpf`".to_owned(),
+        };
         return Err(CtlError::NoBpffs {
             path: dir.to_owned(),
+            advice,
         });
     }
     Ok(())
+}
+
+/// The name under /run/netns of the network namespace this process is in, if it is a named one
+/// (as under `ip netns exec NAME`): the same namespace file (device and inode) as
+/// `/proc/thread-self/ns/net`.
+fn named_netns_entered() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = std::fs::metadata("/proc/thread-self/ns/net").ok()?;
+    std::fs::read_dir("/run/netns")
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let m = std::fs::metadata(e.path()).ok()?;
+            (m.dev() == me.dev() && m.ino() == me.ino())
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        })
 }

@@ -132,6 +132,28 @@ fn attach_twice_is_refused_and_detach_cleans_up() {
     assert!(!link.contains("xdp"), "program still attached: {link}");
 }
 
+/// Under `ip netns exec`, /sys is private and has no bpffs: pins made there would vanish with
+/// the command. The error says to use `--netns` from outside, not to mount bpffs there.
+#[test]
+fn inside_ip_netns_exec_it_points_at_netns() {
+    require_root("inside_ip_netns_exec_it_points_at_netns");
+    let ns = Netns::new("cli").expect("netns");
+    ns.ip(&["link", "add", "xd0", "type", "veth", "peer", "name", "xd1"])
+        .expect("veth");
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(ctl_bin())
+        .args(["attach", "xd0"])
+        .output()
+        .expect("ip netns exec");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("--netns {}", ns.name())) && !err.contains("mount -t bpf"),
+        "points at --netns: {err}"
+    );
+}
+
 #[test]
 fn without_privileges_it_says_what_it_needs() {
     require_root("without_privileges_it_says_what_it_needs");
