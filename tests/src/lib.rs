@@ -276,6 +276,20 @@ impl InterceptLab {
         l
     }
 
+    /// [`InterceptLab::new`] with an echo server on `port` (IPv4 and IPv6) in the server
+    /// namespace.
+    ///
+    /// # Panics
+    /// On any set-up failure.
+    #[must_use]
+    pub fn echoing(port: u16) -> InterceptLab {
+        let t = InterceptLab::new(port);
+        let (l4, l6) = t.lab.listen(port).expect("listen");
+        echo_server(l4);
+        echo_server(l6);
+        t
+    }
+
     /// Server namespace name.
     #[must_use]
     pub fn srv(&self) -> &str {

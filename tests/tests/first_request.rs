@@ -35,11 +35,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// A protected echo server (`InterceptLab` is NIC-like).
 fn rig() -> InterceptLab {
-    let t = InterceptLab::new(PORT);
-    let (l4, l6) = t.lab.listen(PORT).expect("listen");
-    echo_server(l4);
-    echo_server(l6);
-    t
+    InterceptLab::echoing(PORT)
 }
 
 /// `n` requests of `shape`; fails the test unless every one was answered without a single

@@ -175,10 +175,7 @@ fn connections_opened_before_intercept_keep_working() {
 #[test]
 fn legitimate_clients_get_through_syn_and_forged_ack_floods() {
     require_root("legitimate_clients_get_through_syn_and_forged_ack_floods");
-    let t = InterceptLab::new(PORT);
-    let (l4, l6) = t.lab.listen(PORT).expect("listen");
-    echo_server(l4);
-    echo_server(l6);
+    let t = InterceptLab::echoing(PORT);
     t.end_lookup_window();
     for (what, flags) in [("SYN", tcp_flags::SYN), ("forged ACK", tcp_flags::ACK)] {
         let before = t.stats();
@@ -261,10 +258,7 @@ fn legitimate_clients_get_through_syn_and_forged_ack_floods() {
 #[test]
 fn handshakes_in_flight_survive_mode_changes_both_ways() {
     require_root("handshakes_in_flight_survive_mode_changes_both_ways");
-    let t = InterceptLab::new(PORT);
-    let (l4, l6) = t.lab.listen(PORT).expect("listen");
-    echo_server(l4);
-    echo_server(l6);
+    let t = InterceptLab::echoing(PORT);
     // The mode changed by `mode`, and by `reload` of a configuration file.
     let dir = std::env::temp_dir().join(format!("xi-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -489,10 +483,7 @@ fn valid_ack_after_the_listener_closed_is_counted_and_reset() {
 #[test]
 fn an_agents_tcx_program_after_ours_sees_the_traffic() {
     require_root("an_agents_tcx_program_after_ours_sees_the_traffic");
-    let t = InterceptLab::new(PORT);
-    let (l4, l6) = t.lab.listen(PORT).expect("listen");
-    echo_server(l4);
-    echo_server(l6);
+    let t = InterceptLab::echoing(PORT);
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF run statistics");
     let dev = t.srv_if().to_owned();
     let d = dev.clone();
@@ -678,10 +669,7 @@ fn a_syn_reusing_a_time_wait_4_tuple_connects() {
 #[test]
 fn an_agents_tcx_program_before_ours_is_reported_and_attach_puts_ours_first() {
     require_root("an_agents_tcx_program_before_ours_is_reported_and_attach_puts_ours_first");
-    let t = InterceptLab::new(PORT);
-    let (l4, l6) = t.lab.listen(PORT).expect("listen");
-    echo_server(l4);
-    echo_server(l6);
+    let t = InterceptLab::echoing(PORT);
     let dev = t.srv_if().to_owned();
     let d = dev.clone();
     // TCX_PASS (0): ends the chain, as many agents' programs do.

@@ -237,7 +237,7 @@ fn the_kernel_completing_a_handshake_untracks_it() {
 fn a_full_table_keeps_the_count_exact() {
     require_root("a_full_table_keeps_the_count_exact");
     on_cpu0(|| {
-        let mut e = env();
+        let e = env();
         let n = HALF_OPEN_ENTRIES + 64;
         for i in 0..n {
             let (v, _) = e.obj.run(PROG_XDP, &seg(i, tcp_flags::SYN)).unwrap();
