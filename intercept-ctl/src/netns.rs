@@ -146,7 +146,8 @@ impl Drop for Netns {
 }
 
 /// A veth pair joining two namespaces, with addresses, up, and TX checksum offload off on both
-/// ends (XDP must see complete checksums; see shared/KERNEL.md).
+/// ends (with it on, the receiving end's XDP program sees partial checksums, which it cannot
+/// verify or answer).
 #[derive(Debug, Clone)]
 pub struct VethPair {
     /// Interface name in the first namespace.

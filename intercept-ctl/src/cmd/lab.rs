@@ -72,7 +72,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         lab.veth.b
     );
     // Attach in the server namespace; the client end gets the pass-through program so XDP_TX
-    // replies cross the veth (shared/KERNEL.md, veth quirks).
+    // replies cross the veth (a veth drops the frames XDP sends back unless its peer runs XDP).
     let _server_xdp = AttachGuard::new(
         &lab.veth.a,
         Some(&ns),
