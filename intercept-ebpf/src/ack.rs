@@ -97,12 +97,14 @@ fn lookup(ctx: &XdpContext, flow: &Flow, v6: bool) -> Sock {
 /// Handles an ACK (no SYN, no RST) in intercept mode. Not inlined (see `synack::handle`).
 ///
 /// In order: a flow in the socket table belongs to an existing socket and passes (one hash
-/// lookup); otherwise the cookie decides. A valid one goes to TC, which looks the listener up
-/// (and passes a segment whose connection exists by then: the client's first data segments repeat
-/// the handshake ACK's numbers). A failed one is dropped, unless the table is not authoritative
-/// (not yet seeded, refused an insert, or the kernel's own handshakes from before intercept mode
-/// may still complete) or the segment carries a FIN (time-wait sockets are not in the table): then
-/// the kernel's socket table is asked first, as the kernel's XDP synproxy does for every ACK.
+/// lookup); otherwise the cookie decides. A valid one leads its handshake's handoff to TC, which
+/// creates the connection in the listener, unless it follows a handoff in flight (the client's
+/// request in the same poll as its ACK): then it passes, marked for TC (see `Proven`). A failed
+/// one passes if it follows a handoff in flight (a later segment of the request, a FIN) or
+/// belongs to a time-wait connection (to the kernel, which answers it); otherwise it is dropped,
+/// unless the table is not authoritative (not yet seeded, refused an insert, or the kernel's own
+/// handshakes may still complete): then the kernel's socket table is asked first, as the kernel's
+/// XDP synproxy does for every ACK.
 #[inline(never)]
 pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     verify(ctx, ip, tcp, true)
