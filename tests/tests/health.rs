@@ -63,6 +63,19 @@ fn assert_dead(t: &InterceptLab, why: &str) {
             stderr(&o)
         );
     }
+    // Verbs that only read still answer, and say that what they read is dead.
+    for verb in [vec!["stats", t.srv_if()], vec!["connections", t.srv_if()]] {
+        let mut a = vec!["--netns", t.srv()];
+        a.extend_from_slice(&verb);
+        let o = ctl(&a);
+        assert!(
+            o.status.success()
+                && stderr(&o).contains("dead attachment")
+                && stderr(&o).contains(&fix),
+            "{verb:?} on a dead attachment warns and says what to do: {}",
+            stderr(&o)
+        );
+    }
     let (o, v) = status_of(t);
     assert_eq!(
         v["healthy"], false,

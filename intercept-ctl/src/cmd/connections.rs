@@ -26,6 +26,7 @@ fn endpoint(a: IpAddr, port: u16) -> String {
 
 /// The half-open table, in the spirit of Cisco's `show tcp intercept connections`.
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
+    super::warn_if_unhealthy(ctx, &a.iface);
     let wm = WatchMaps::open(&a.iface, ctx.netns)?;
     let cfg = Maps::open(&a.iface, ctx.netns)?.config()?;
     let w = wm.watch()?;

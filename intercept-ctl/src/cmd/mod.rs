@@ -34,6 +34,21 @@ pub fn require_healthy(ctx: &Ctx, iface: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// For verbs that only read an attachment's maps (`stats`, `connections`): says on stderr, with
+/// the fix, when the attachment they read no longer protects the interface, so its figures are
+/// not taken for live ones. (They still print: the counters of a dead attachment explain what
+/// happened before it died.)
+pub fn warn_if_unhealthy(ctx: &Ctx, iface: &str) {
+    if let Ok(h) = intercept_ctl::health::check(iface, ctx.netns)
+        && let Some(reason) = h.reason
+    {
+        eprintln!(
+            "intercept-ctl: warning: these figures are of a dead attachment: {reason}; run `{}`",
+            intercept_ctl::health::fix_command(iface, ctx.netns)
+        );
+    }
+}
+
 /// Prints a JSON value on stdout, one document per line.
 pub fn print_json(v: &serde_json::Value) {
     println!("{v}");

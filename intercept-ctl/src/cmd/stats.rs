@@ -16,6 +16,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
+    super::warn_if_unhealthy(ctx, &a.iface);
     if a.watch {
         return watch(ctx, a);
     }
