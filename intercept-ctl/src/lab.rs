@@ -161,6 +161,32 @@ impl Lab {
         Ok(())
     }
 
+    /// Attaches the intercept program to the server's end and the pass-through program to the
+    /// client's (a veth drops the frames XDP sends back unless its peer runs XDP); both are
+    /// detached when the returned guards drop.
+    ///
+    /// # Errors
+    /// If either attach fails.
+    pub fn attach_programs(
+        &self,
+    ) -> anyhow::Result<(crate::loader::AttachGuard, crate::loader::AttachGuard)> {
+        use crate::loader::{AttachGuard, AttachMode, Program};
+        Ok((
+            AttachGuard::new(
+                &self.veth.a,
+                Some(self.server.name()),
+                Program::Intercept,
+                AttachMode::Native,
+            )?,
+            AttachGuard::new(
+                &self.veth.b,
+                Some(self.client.name()),
+                Program::Pass,
+                AttachMode::Native,
+            )?,
+        ))
+    }
+
     /// Makes `n` requests from the client namespace to `target`, one after the other, as an
     /// application client does: connect, send a 16-byte request right after `connect()`
     /// returns (in the segments `shape` says), read the 16-byte echo, close. Each must finish

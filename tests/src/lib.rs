@@ -290,6 +290,25 @@ impl InterceptLab {
         t
     }
 
+    /// Attaches the pass-through program to the client's end again, after the veth was
+    /// re-created (its old pins are dead: detached first). The test's own plumbing: veth drops
+    /// the frames XDP sends back unless the peer runs XDP.
+    ///
+    /// # Panics
+    /// If intercept-ctl fails.
+    pub fn reattach_client_pass(&self) {
+        let b = self.lab.veth.b.as_str();
+        let _ = ctl_ok(&["--netns", self.lab.client.name(), "detach", b]);
+        let _ = ctl_ok(&[
+            "--netns",
+            self.lab.client.name(),
+            "attach",
+            b,
+            "--program",
+            "pass",
+        ]);
+    }
+
     /// Server namespace name.
     #[must_use]
     pub fn srv(&self) -> &str {

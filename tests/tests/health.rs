@@ -266,17 +266,7 @@ fn run_restarted_after_the_interface_was_recreated_reattaches() {
         .ip(&["link", "del", t.srv_if()])
         .expect("delete the veth");
     t.lab.recreate_veth().expect("re-create the veth");
-    // The client's pass-through end, the test's own plumbing: detach its dead pins, attach again.
-    let b = t.lab.veth.b.clone();
-    let _ = ctl_ok(&["--netns", t.lab.client.name(), "detach", &b]);
-    let _ = ctl_ok(&[
-        "--netns",
-        t.lab.client.name(),
-        "attach",
-        &b,
-        "--program",
-        "pass",
-    ]);
+    t.reattach_client_pass();
     let d = Daemon::start(t.srv(), t.srv_if());
     let v = wait_reattached(&t, "run restarted after the interface was re-created");
     assert_ne!(
@@ -311,16 +301,7 @@ fn running_daemon_reattaches_when_the_interface_comes_back() {
     // Long enough for the daemon to see the interface gone before it returns.
     std::thread::sleep(Duration::from_millis(1500));
     t.lab.recreate_veth().expect("re-create the veth");
-    let b = t.lab.veth.b.clone();
-    let _ = ctl_ok(&["--netns", t.lab.client.name(), "detach", &b]);
-    let _ = ctl_ok(&[
-        "--netns",
-        t.lab.client.name(),
-        "attach",
-        &b,
-        "--program",
-        "pass",
-    ]);
+    t.reattach_client_pass();
     let v = wait_reattached(&t, "the running daemon");
     assert_eq!(v["scope_entries"], 2, "the daemon kept the scope: {v}");
     assert_protected(&t, "after the daemon re-attached");
@@ -348,16 +329,7 @@ fn running_daemon_fails_loudly_when_its_namespace_is_recreated() {
     assert_eq!(status.code(), Some(3), "run exits 3: {err}");
     assert!(err.contains("namespace"), "run says why: {err}");
     t.lab.recreate_veth().expect("re-create the veth");
-    let b = t.lab.veth.b.clone();
-    let _ = ctl_ok(&["--netns", t.lab.client.name(), "detach", &b]);
-    let _ = ctl_ok(&[
-        "--netns",
-        t.lab.client.name(),
-        "attach",
-        &b,
-        "--program",
-        "pass",
-    ]);
+    t.reattach_client_pass();
     let d = Daemon::start(t.srv(), t.srv_if());
     let _ = wait_reattached(&t, "run restarted in the re-created namespace");
     assert_protected(&t, "after run re-attached in the new namespace");

@@ -14,7 +14,6 @@ use intercept_ctl::{
         FloodSpec, Lab, Requests, SERVER_V4, SERVER_V6, Shape, TcpRetrans, echo_server, flood,
         request,
     },
-    loader::{AttachGuard, AttachMode, Program},
     stats::read_pinned,
 };
 
@@ -72,19 +71,8 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         lab.veth.b
     );
     // Attach in the server namespace; the client end gets the pass-through program so XDP_TX
-    // replies cross the veth (a veth drops the frames XDP sends back unless its peer runs XDP).
-    let _server_xdp = AttachGuard::new(
-        &lab.veth.a,
-        Some(&ns),
-        Program::Intercept,
-        AttachMode::Native,
-    )?;
-    let _client_xdp = AttachGuard::new(
-        &lab.veth.b,
-        Some(lab.client.name()),
-        Program::Pass,
-        AttachMode::Native,
-    )?;
+    // replies cross the veth.
+    let _programs = lab.attach_programs()?;
 
     // Protect the server's port in auto mode, with thresholds sized for the lab: watch while
     // calm, SYN cookies once the flood makes it aggressive, back to watch after it.

@@ -15,7 +15,6 @@ use intercept_common::{Counter, config::Mode};
 use intercept_ctl::{
     control::Maps,
     lab::{Lab, SERVER_V4, SERVER_V6, Shape, echo_server},
-    loader::{AttachGuard, AttachMode, Program},
     soak,
     stats::{Counters, read_pinned},
 };
@@ -144,13 +143,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         lab.client.name(),
         lab.veth.b
     );
-    let _server_xdp = AttachGuard::new(&iface, Some(&ns), Program::Intercept, AttachMode::Native)?;
-    let _client_xdp = AttachGuard::new(
-        &lab.veth.b,
-        Some(lab.client.name()),
-        Program::Pass,
-        AttachMode::Native,
-    )?;
+    let _programs = lab.attach_programs()?;
     {
         let mut m = Maps::open(&iface, Some(&ns))?;
         for p in [format!("{SERVER_V4}/32"), format!("{SERVER_V6}/128")] {
