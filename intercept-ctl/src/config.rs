@@ -356,6 +356,8 @@ pub fn parse(name: &str, text: &str) -> anyhow::Result<Settings> {
 /// On a map failure.
 pub fn apply(iface: &str, netns: Option<&str>, s: &Settings) -> anyhow::Result<()> {
     let mut m = Maps::open(iface, netns)?;
+    // The whole file at once: no other controller's change lands between its parts.
+    let _lock = m.lock()?;
     let mut wm = WatchMaps::open(iface, netns)?;
     let mut w = wm.watch()?;
     w.timeout_ms = s.watch.timeout_ms;
@@ -365,6 +367,7 @@ pub fn apply(iface: &str, netns: Option<&str>, s: &Settings) -> anyhow::Result<(
     w.one_minute_low = s.watch.one_minute_low;
     w.rate_window_s = s.watch.rate_window_s;
     wm.set_watch(&w)?;
+    crate::faults::kill_point("apply:watch-written");
     let current: BTreeSet<(String, u16)> = m
         .scope_list()?
         .into_iter()
@@ -373,6 +376,7 @@ pub fn apply(iface: &str, netns: Option<&str>, s: &Settings) -> anyhow::Result<(
     for (p, port) in s.protect.difference(&current) {
         m.scope_add(&p.parse()?, (*port != 0).then_some(&[*port][..]))?;
     }
+    crate::faults::kill_point("apply:scope-added");
     for (p, port) in current.difference(&s.protect) {
         m.scope_del(&p.parse()?, (*port != 0).then_some(&[*port][..]))?;
     }
@@ -399,6 +403,7 @@ pub fn apply(iface: &str, netns: Option<&str>, s: &Settings) -> anyhow::Result<(
         c.flags & !flags::ECN
     };
     c.drop_mode = s.drop_mode as u32;
+    crate::faults::kill_point("apply:before-config");
     m.set_config(&c)
 }
 

@@ -152,6 +152,9 @@ pub struct Maps {
     info: Array<MapData, Info>,
     sockets: HashMap<MapData, FlowKey, u32>,
     socket_table: Array<MapData, u64>,
+    /// Where the maps are pinned, and for which interface: writes hold its settings lock (see
+    /// [`crate::lock`]). `None` for an unpinned object's maps (tests), which nothing else writes.
+    pinned: Option<(PinDir, String)>,
 }
 
 fn open(dir: &Path, name: &str) -> anyhow::Result<MapData> {
@@ -184,6 +187,7 @@ impl Maps {
             info: Array::try_from(Map::Array(open(d, maps::INFO)?))?,
             sockets: HashMap::try_from(Map::HashMap(open(d, maps::SOCKETS)?))?,
             socket_table: Array::try_from(Map::Array(open(d, maps::SOCKET_TABLE)?))?,
+            pinned: Some((pins.clone(), iface.to_owned())),
         })
     }
 
@@ -204,7 +208,34 @@ impl Maps {
             info: Array::try_from(take(maps::INFO)?)?,
             sockets: HashMap::try_from(take(maps::SOCKETS)?)?,
             socket_table: Array::try_from(take(maps::SOCKET_TABLE)?)?,
+            pinned: None,
         })
+    }
+
+    /// Takes the attachment's settings lock (see [`crate::lock`]) until the guard is dropped;
+    /// the methods that write take it themselves, this is for a change spanning several.
+    ///
+    /// # Errors
+    /// As [`crate::lock::settings`].
+    pub fn lock(&self) -> anyhow::Result<Option<crate::lock::Settings>> {
+        self.pinned
+            .as_ref()
+            .map(|(pins, iface)| crate::lock::settings(pins, iface))
+            .transpose()
+    }
+
+    /// Reads, changes and writes the configuration under the settings lock, so no other
+    /// controller's change made meanwhile is undone; returns what was written (see
+    /// [`Maps::set_config`]).
+    ///
+    /// # Errors
+    /// Lock or bpf() failure.
+    pub fn update_config(&mut self, f: impl FnOnce(&mut Config)) -> anyhow::Result<Config> {
+        let _lock = self.lock()?;
+        let mut c = self.config()?;
+        f(&mut c);
+        self.set_config(&c)?;
+        Ok(c)
     }
 
     /// Replaces the secrets (tests; operators rotate).
@@ -241,6 +272,7 @@ impl Maps {
     /// every cookie handshake without it; said on stderr), leaving it keeps verifying our
     /// cookies for [`crate::watchctl::COOKIE_GRACE`] (handshakes in flight still complete).
     pub fn set_config(&mut self, c: &Config) -> anyhow::Result<()> {
+        let _lock = self.lock()?;
         let mut c = *c;
         c.flags = (c.flags & !flags::DERIVED) | self.derived_flags()?;
         let before = self.config()?;
@@ -359,8 +391,7 @@ impl Maps {
 
     /// Re-derives the occupancy flags after a scope or exempt change.
     fn refresh(&mut self) -> anyhow::Result<()> {
-        let c = self.config()?;
-        self.set_config(&c)
+        self.update_config(|_| {}).map(|_| ())
     }
 
     /// Sets the mode.
@@ -368,9 +399,7 @@ impl Maps {
     /// # Errors
     /// bpf() failure.
     pub fn set_mode(&mut self, mode: Mode) -> anyhow::Result<()> {
-        let mut c = self.config()?;
-        c.mode = mode as u32;
-        self.set_config(&c)
+        self.update_config(|c| c.mode = mode as u32).map(|_| ())
     }
 
     /// The secrets (never printed; `status` shows only their generation).
@@ -387,7 +416,9 @@ impl Maps {
     /// # Errors
     /// No randomness, or bpf() failure.
     pub fn rotate_secret(&mut self) -> anyhow::Result<u32> {
+        let _lock = self.lock()?;
         self.touch_secret_time()?;
+        crate::faults::kill_point("rotate:before-secrets");
         let mut s = self.secrets()?;
         let next = (s.current ^ 1) & 1;
         s.keys[next as usize] = random_key()?;

@@ -88,6 +88,17 @@ pub enum CtlError {
         #[source]
         source: io::Error,
     },
+    /// Another `run` already owns the interface.
+    #[error(
+        "another `intercept-ctl run` (pid {pid}) already runs for '{iface}'; stop it first \
+         (two daemons would undo each other's decisions)"
+    )]
+    DaemonRunning {
+        /// Interface.
+        iface: String,
+        /// The pid its pid file names.
+        pid: String,
+    },
     /// The named network namespace does not exist.
     #[error("no network namespace named '{0}'; list them with `ip netns list`")]
     UnknownNetns(String),

@@ -144,6 +144,24 @@ pub struct Health {
 /// [`CtlError::Io`] if the kernel refuses to describe the pinned links.
 pub fn check(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
     let pins = PinDir::new(netns, iface);
+    let half_made = || !pins.is_attached() && pins.map(intercept_common::maps::CONFIG).exists();
+    // An attach in progress holds the attach lock: wait for it to finish (or die) first.
+    if half_made() {
+        let _wait = crate::loader::hold_off_attaches().map_err(|e| CtlError::Io {
+            what: format!("wait for the attach in progress on {iface}: {e:#}"),
+            source: io::Error::other("lock"),
+        })?;
+    }
+    if half_made() {
+        // Maps pinned, XDP link not: an attach died before it completed (the XDP link is pinned
+        // last). Whatever it left (maps, the TC program) protects nothing.
+        return Err(unhealthy(
+            iface,
+            netns,
+            "an attach was interrupted before it completed (its maps and TC program are pinned, \
+             its XDP program is not attached)",
+        ));
+    }
     if !pins.is_attached() {
         return Err(CtlError::NotAttached {
             iface: iface.to_owned(),

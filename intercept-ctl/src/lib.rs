@@ -6,9 +6,11 @@ pub mod btf_patch;
 pub mod config;
 pub mod control;
 pub mod errors;
+pub mod faults;
 pub mod health;
 pub mod lab;
 pub mod loader;
+pub mod lock;
 pub mod metrics;
 pub mod netns;
 pub mod pins;
@@ -29,12 +31,8 @@ pub fn pid_file(iface: &str, netns: Option<&str>) -> std::path::PathBuf {
     })
 }
 
-/// Whether a `run` daemon is alive for this interface.
+/// Whether a `run` daemon is alive for this interface (it holds its pid file's lock).
 #[must_use]
 pub fn daemon_running(iface: &str, netns: Option<&str>) -> bool {
-    std::fs::read_to_string(pid_file(iface, netns))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        // SAFETY: signal 0 only checks that the process exists.
-        .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+    lock::daemon_running(iface, netns)
 }

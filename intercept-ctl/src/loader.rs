@@ -275,14 +275,10 @@ pub fn attach_with(
         }
         .write(&pins)
     });
-    let result = record
-        .map_err(anyhow::Error::from)
-        .and_then(|()| attach_and_pin(&mut ebpf, iface, ifindex, program, mode, &pins));
-    let result = result.and_then(|ids| {
-        if program == Program::Intercept {
-            configure(iface, netns, initial, mode)?;
-        }
-        Ok(ids)
+    let result = record.map_err(anyhow::Error::from).and_then(|()| {
+        attach_and_pin(
+            &mut ebpf, iface, netns, ifindex, program, mode, initial, &pins,
+        )
     });
     if result.is_err() {
         let _ = fs::remove_dir_all(pins.path());
@@ -302,13 +298,24 @@ pub fn attach_with(
     })
 }
 
-/// Pins the maps, loads and attaches the program, pins it and its link; returns the program id.
+/// Pins the maps, writes the configuration and secrets (intercept program), attaches the TC
+/// handoff and the socket table's tracepoint, then loads and attaches the XDP program and pins
+/// its link; returns the program id and its verification cost.
+///
+/// The order is what a crash at any step leaves behind: the XDP link, pinned last, is what makes
+/// an attachment, so until it is pinned nothing protects the interface and `status` and the next
+/// `attach` or `run` see an interrupted attach (its pins are cleared and it starts again); once it
+/// is pinned, the configuration and secrets it reads are complete. An XDP program never runs on a
+/// zero configuration or key.
+#[allow(clippy::too_many_arguments)]
 fn attach_and_pin(
     ebpf: &mut Ebpf,
     iface: &str,
+    netns: Option<&str>,
     ifindex: u32,
     program: Program,
     mode: AttachMode,
+    initial: Mode,
     pins: &PinDir,
 ) -> anyhow::Result<(u32, Option<u32>)> {
     for (name, map) in ebpf.maps() {
@@ -321,24 +328,10 @@ fn attach_and_pin(
             .map_err(|e| explain(e.into(), "pin a map"))
             .with_context(|| format!("pin map {name}"))?;
     }
-    let prog: &mut Xdp = ebpf
-        .program_mut(program.name())
-        .with_context(|| format!("program {} missing from the object", program.name()))?
-        .try_into()?;
-    prog.load()
-        .map_err(|e| explain(e.into(), "load the XDP program"))?;
-    let info = prog.info()?;
-    let (program_id, verified) = (info.id(), info.verified_instruction_count());
-    let link_id = prog
-        .attach(ifindex, mode.into())
-        .map_err(|e| explain(e.into(), &format!("attach XDP to {iface}")))
-        .with_context(|| format!("attach XDP ({mode:?}) to {iface}"))?;
-    let link: FdLink = prog
-        .take_link(link_id)?
-        .try_into()
-        .context("the kernel attached XDP without a bpf_link (kernel < 5.9?); cannot pin it")?;
-    prog.pin(pins.prog()).context("pin the program")?;
+    crate::faults::kill_point("attach:maps-pinned");
     if program == Program::Intercept {
+        configure(iface, netns, initial, mode)?;
+        crate::faults::kill_point("attach:configured");
         let tc: &mut SchedClassifier = ebpf
             .program_mut(maps::PROG_TC)
             .context("TC program missing from the object")?
@@ -367,19 +360,39 @@ fn attach_and_pin(
         tc_link
             .pin(pins.path().join("link_tc"))
             .context("pin the TC link")?;
-    }
-    if program == Program::Intercept {
+        crate::faults::kill_point("attach:tc-attached");
         let link = attach_socket_tracker(ebpf)?;
         link.pin(pins.path().join("link_track"))
             .context("pin the socket-table tracepoint link")?;
         seed_sockets(ebpf).context("seed the socket table")?;
+        crate::control::Maps::open(iface, netns)?.mark_seeded()?;
+        crate::faults::kill_point("attach:seeded");
     }
-    // The XDP link is pinned last: its presence marks a complete attachment.
+    let prog: &mut Xdp = ebpf
+        .program_mut(program.name())
+        .with_context(|| format!("program {} missing from the object", program.name()))?
+        .try_into()?;
+    prog.load()
+        .map_err(|e| explain(e.into(), "load the XDP program"))?;
+    let info = prog.info()?;
+    let (program_id, verified) = (info.id(), info.verified_instruction_count());
+    let link_id = prog
+        .attach(ifindex, mode.into())
+        .map_err(|e| explain(e.into(), &format!("attach XDP to {iface}")))
+        .with_context(|| format!("attach XDP ({mode:?}) to {iface}"))?;
+    let link: FdLink = prog
+        .take_link(link_id)?
+        .try_into()
+        .context("the kernel attached XDP without a bpf_link (kernel < 5.9?); cannot pin it")?;
+    prog.pin(pins.prog()).context("pin the program")?;
+    // Until its link is pinned, the XDP program lives only as long as this process.
+    crate::faults::kill_point("attach:xdp-attached");
     link.pin(pins.link()).context("pin the XDP link")?;
+    crate::faults::kill_point("attach:pinned");
     Ok((program_id, verified))
 }
 
-/// Writes the initial configuration and secrets of a fresh attachment.
+/// Writes the initial configuration, secrets and watch knobs of a fresh attachment.
 fn configure(
     iface: &str,
     netns: Option<&str>,
@@ -400,7 +413,6 @@ fn configure(
     cfg.mss_v6 = u16::try_from(mtu.saturating_sub(60).clamp(1220, 65475))?;
     m.set_config(&cfg)?;
     m.init_secrets()?;
-    m.mark_seeded()?;
     crate::watchctl::WatchMaps::open(iface, netns)?
         .set_watch(&intercept_common::config::Watch::default())?;
     Ok(())

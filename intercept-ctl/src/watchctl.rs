@@ -53,6 +53,8 @@ pub struct WatchMaps {
     closing_gate: Array<MapData, u64>,
     watch: Array<MapData, Watch>,
     counters: PerCpuArray<MapData, CounterBlock>,
+    /// Where they are pinned, and for which interface (writes of WATCH hold its settings lock).
+    pinned: (PinDir, String),
 }
 
 fn open(pins: &PinDir, name: &str) -> anyhow::Result<MapData> {
@@ -79,6 +81,7 @@ impl WatchMaps {
             closing_gate: Array::try_from(Map::Array(open(&pins, maps::CLOSING_GATE)?))?,
             watch: Array::try_from(Map::Array(open(&pins, maps::WATCH)?))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(&pins, maps::COUNTERS)?))?,
+            pinned: (pins, iface.to_owned()),
         })
     }
 
@@ -95,7 +98,21 @@ impl WatchMaps {
     /// # Errors
     /// bpf() failure.
     pub fn set_watch(&mut self, w: &Watch) -> anyhow::Result<()> {
+        let _lock = crate::lock::settings(&self.pinned.0, &self.pinned.1)?;
         self.watch.set(0, w, 0).context("write WATCH")
+    }
+
+    /// Reads, changes and writes the knobs and state under the settings lock (see
+    /// [`crate::lock`]); returns what was written.
+    ///
+    /// # Errors
+    /// Lock or bpf() failure.
+    pub fn update_watch(&mut self, f: impl FnOnce(&mut Watch)) -> anyhow::Result<Watch> {
+        let _lock = crate::lock::settings(&self.pinned.0, &self.pinned.1)?;
+        let mut w = self.watch()?;
+        f(&mut w);
+        self.set_watch(&w)?;
+        Ok(w)
     }
 
     /// Every counter, summed.
@@ -292,9 +309,10 @@ impl Watcher {
             u32::try_from(t.one_minute).unwrap_or(u32::MAX),
         );
         t.aggressive = agg;
-        // Written back onto fresh copies, changing only what the tick decides: a tick can take
-        // a good part of a second with a full table, and the operator's `thresholds`, `mode` or
-        // `scope` written meanwhile must not be undone by the copies read at its start.
+        // Written back onto fresh copies under the settings lock, changing only what the tick
+        // decides: a tick can take a good part of a second with a full table, and the
+        // operator's `thresholds`, `mode` or `scope` written meanwhile must not be undone.
+        let _lock = self.maps.lock()?;
         let mut cfg = self.maps.config()?;
         let mut w = self.wmaps.watch()?;
         let mode = Mode::from_u32(cfg.mode);

@@ -503,9 +503,19 @@ impl Daemon {
     /// If it cannot be started or dies at once.
     #[must_use]
     pub fn start_with(netns: &str, iface: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_env(netns, iface, extra, &[])
+    }
+
+    /// As [`Daemon::start_with`], with environment variables (fault injection).
+    ///
+    /// # Panics
+    /// If it cannot be started or dies at once.
+    #[must_use]
+    pub fn start_env(netns: &str, iface: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let child = std::process::Command::new(ctl_bin())
             .args(["--netns", netns, "run", iface, "--quiet", "--keep"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

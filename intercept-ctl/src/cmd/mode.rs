@@ -39,13 +39,14 @@ pub struct Args {
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     super::require_healthy(ctx, &a.iface)?;
     let mut m = Maps::open(&a.iface, ctx.netns)?;
-    let before = Mode::from_u32(m.config()?.mode);
     let mode = Mode::from(a.mode);
-    let mut cfg = m.config()?;
-    cfg.mode = mode as u32;
+    let mut before = Mode::Off;
     // Entering intercept mode ensures tcp_syncookies; leaving it keeps handshakes in flight
     // verifying (`Maps::set_config`).
-    m.set_config(&cfg)?;
+    m.update_config(|c| {
+        before = Mode::from_u32(c.mode);
+        c.mode = mode as u32;
+    })?;
     if matches!(mode, Mode::Watch | Mode::Auto)
         && !intercept_ctl::daemon_running(&a.iface, ctx.netns)
     {

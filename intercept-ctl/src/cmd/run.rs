@@ -6,7 +6,6 @@ use intercept_ctl::{
     errors::CtlError,
     health::{self, Problem},
     loader::{self, AttachMode, Program},
-    pid_file,
     pins::PinDir,
     stats::{Counters, read_pinned},
     watchctl::Watcher,
@@ -129,6 +128,9 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         .as_deref()
         .map(intercept_ctl::config::load)
         .transpose()?;
+    // Before anything else: one daemon per interface, or two would race each other's attach,
+    // tick and detach.
+    let _claim = intercept_ctl::lock::Daemon::claim(&a.iface, ctx.netns)?;
     let pins = PinDir::new(ctx.netns, &a.iface);
     // The program id of the attachment this run made, which it detaches on exit (unless
     // --keep): never one that replaced it meanwhile. A dead attachment it replaces stands in for
@@ -152,10 +154,6 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     if let Some(s) = &settings {
         intercept_ctl::config::apply(&a.iface, ctx.netns, s)?;
     }
-    let pid = pid_file(&a.iface, ctx.netns);
-    std::fs::create_dir_all(pid.parent().expect("parent")).context("create /run/xdp-intercept")?;
-    std::fs::write(&pid, format!("{}\n", std::process::id()))
-        .with_context(|| format!("write {}", pid.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -175,6 +173,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_health = Instant::now();
         let mut gone = false;
+        let mut trouble = Trouble::default();
         // The attachment the watcher and the live view read: another `attach` may replace it.
         let mut watched = pinned_program(&pins);
         loop {
@@ -207,8 +206,11 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             // be protected by nothing.
             if gone || last_health.elapsed() >= HEALTH_EVERY {
                 last_health = Instant::now();
-                match health_step(ctx, a, settings.as_ref(), gone)? {
-                    Step::Healthy => {
+                let step = health_step(ctx, a, settings.as_ref(), gone);
+                match trouble.check("the health check", step) {
+                    None => {}
+                    Some(Step::Fatal(e)) => return Err(e),
+                    Some(Step::Healthy) => {
                         gone = false;
                         let now = pinned_program(&pins);
                         if now != watched {
@@ -218,34 +220,37 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                                 a.iface,
                                 now.unwrap_or(0)
                             );
-                            watcher = Watcher::open(&a.iface, ctx.netns)?;
-                            live = Live::new(read_pinned(&a.iface, ctx.netns)?);
-                            watched = now;
+                            let Some(w) = trouble.check("opening the new attachment", Watcher::open(&a.iface, ctx.netns)) else { continue };
+                            let Some(l) = trouble.check("reading counters", read_pinned(&a.iface, ctx.netns)) else { continue };
+                            (watcher, live, watched) = (w, Live::new(l), now);
                         }
                     }
                     // Nothing to watch or rotate on maps nothing reads.
-                    Step::Gone => {
+                    Some(Step::Gone) => {
                         gone = true;
                         continue;
                     }
-                    Step::Reattached(att) => {
+                    Some(Step::Reattached(att)) => {
                         ours = ours.map(|_| att.program_id);
-                        watched = Some(att.program_id);
                         gone = false;
-                        watcher = Watcher::open(&a.iface, ctx.netns)?;
+                        let Some(w) = trouble.check("opening the new attachment", Watcher::open(&a.iface, ctx.netns)) else { continue };
                         // Fresh counters: rates start again from them.
-                        live = Live::new(read_pinned(&a.iface, ctx.netns)?);
+                        let Some(l) = trouble.check("reading counters", read_pinned(&a.iface, ctx.netns)) else { continue };
+                        (watcher, live, watched) = (w, Live::new(l), Some(att.program_id));
                     }
                 }
             }
             if let Some(every) = settings.as_ref().and_then(|s| s.rotate_every) {
                 if last_rotation.elapsed() >= Duration::from_secs(every) {
-                    let generation = intercept_ctl::control::Maps::open(&a.iface, ctx.netns)?.rotate_secret()?;
-                    eprintln!("intercept-ctl: rotated the cookie secret (generation {generation})");
-                    last_rotation = Instant::now();
+                    let rotated = intercept_ctl::control::Maps::open(&a.iface, ctx.netns).and_then(|mut m| m.rotate_secret());
+                    if let Some(generation) = trouble.check("rotating the cookie secret", rotated) {
+                        eprintln!("intercept-ctl: rotated the cookie secret (generation {generation})");
+                        last_rotation = Instant::now();
+                    }
                 }
             }
-            let t = watcher.tick()?;
+            let t = intercept_ctl::faults::fail_point("daemon:tick").and_then(|()| watcher.tick());
+            let Some(t) = trouble.check("the watch tick", t) else { continue };
             if let Some((aggressive, cause)) = t.transition {
                 eprintln!(
                     "intercept-ctl: {:.1}s state {} ({cause}): half-open {}, one-minute {}",
@@ -255,13 +260,14 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                     t.one_minute
                 );
             }
-            if live.due() {
-                live.update(ctx, read_pinned(&a.iface, ctx.netns)?, a.quiet);
+            if live.due()
+                && let Some(now) = trouble.check("reading counters", read_pinned(&a.iface, ctx.netns))
+            {
+                live.update(ctx, now, a.quiet);
             }
         }
         anyhow::Ok(())
     });
-    let _ = std::fs::remove_file(&pid);
     if ours.is_some() && ours == pinned_program(&pins) && !a.keep {
         loader::detach(&a.iface, ctx.netns)?;
         eprintln!("intercept-ctl: detached from {}", a.iface);
@@ -289,6 +295,46 @@ enum Step {
     Gone,
     /// The interface returned (or was replaced) and was attached to again.
     Reattached(loader::Attached),
+    /// Only a restart helps: the daemon stops with this error.
+    Fatal(anyhow::Error),
+}
+
+/// The daemon's failing steps. A step that fails (a map read, a sock_diag call the kernel
+/// refuses, a rotation) never stops the daemon: the protection stays attached with its last good
+/// configuration, the next tick tries again, and stderr says when a failure starts, every
+/// [`Trouble::REPEAT`] while it lasts (with the count), and when it ends.
+#[derive(Default)]
+struct Trouble {
+    /// Failures of each failing step, and when they were last said.
+    failing: std::collections::HashMap<&'static str, (u64, Instant)>,
+}
+
+impl Trouble {
+    const REPEAT: Duration = Duration::from_secs(10);
+
+    /// The step's value, or `None` (said on stderr) if it failed.
+    fn check<T>(&mut self, step: &'static str, r: anyhow::Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => {
+                if let Some((n, _)) = self.failing.remove(step) {
+                    eprintln!("intercept-ctl: {step} works again after {n} failures");
+                }
+                Some(v)
+            }
+            Err(e) => {
+                let (n, said) = self.failing.entry(step).or_insert((0, Instant::now()));
+                *n += 1;
+                if *n == 1 || said.elapsed() >= Self::REPEAT {
+                    *said = Instant::now();
+                    eprintln!(
+                        "intercept-ctl: error: {step} failed ({n} times so far): {e:#}; the \
+                         protection stays attached with its last configuration, retrying"
+                    );
+                }
+                None
+            }
+        }
+    }
 }
 
 /// The daemon's health step (see [`health::check`]): re-attaches when the interface of that
@@ -310,12 +356,14 @@ fn health_step(
     if h.problem == Some(Problem::NetnsRenamed) {
         // This process (its sockets, the metrics listener) lives in the old namespace: a
         // restart enters the new one and re-attaches there.
-        return Err(CtlError::Unhealthy {
-            iface: a.iface.clone(),
-            reason,
-            fix: restart_command(ctx, &a.iface),
-        }
-        .into());
+        return Ok(Step::Fatal(
+            CtlError::Unhealthy {
+                iface: a.iface.clone(),
+                reason,
+                fix: restart_command(ctx, &a.iface),
+            }
+            .into(),
+        ));
     }
     if h.ifindex.is_none() {
         if !gone {

@@ -49,18 +49,18 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         super::require_healthy(ctx, &a.iface)?;
     }
     let mut m = Maps::open(&a.iface, ctx.netns)?;
-    let mut c = m.config()?;
-    c.mss_v4 = a.mss_v4.unwrap_or(c.mss_v4);
-    c.mss_v6 = a.mss_v6.unwrap_or(c.mss_v6);
-    c.window = a.window.unwrap_or(c.window);
-    c.wscale = a.wscale.unwrap_or(c.wscale);
-    c.ttl = a.ttl.unwrap_or(c.ttl);
-    match a.ecn {
-        Some(OnOff::On) => c.flags |= flags::ECN,
-        Some(OnOff::Off) => c.flags &= !flags::ECN,
-        None => {}
-    }
-    m.set_config(&c)?;
+    let c = m.update_config(|c| {
+        c.mss_v4 = a.mss_v4.unwrap_or(c.mss_v4);
+        c.mss_v6 = a.mss_v6.unwrap_or(c.mss_v6);
+        c.window = a.window.unwrap_or(c.window);
+        c.wscale = a.wscale.unwrap_or(c.wscale);
+        c.ttl = a.ttl.unwrap_or(c.ttl);
+        match a.ecn {
+            Some(OnOff::On) => c.flags |= flags::ECN,
+            Some(OnOff::Off) => c.flags &= !flags::ECN,
+            None => {}
+        }
+    })?;
     let v = serde_json::json!({
         "interface": a.iface, "mss_v4": c.mss_v4, "mss_v6": c.mss_v6, "window": c.window,
         "wscale": c.wscale, "ttl": c.ttl, "ecn": c.flags & flags::ECN != 0,

@@ -42,6 +42,12 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     super::require_healthy(ctx, &a.iface)?;
+    // From the read to the last write: the daemon's tick and other operators wait (see
+    // `intercept_ctl::lock`).
+    let _lock = intercept_ctl::lock::settings(
+        &intercept_ctl::pins::PinDir::new(ctx.netns, &a.iface),
+        &a.iface,
+    )?;
     let mut wm = WatchMaps::open(&a.iface, ctx.netns)?;
     let mut w = wm.watch()?;
     if let Some(v) = a.watch_timeout {
