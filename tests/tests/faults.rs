@@ -290,6 +290,36 @@ fn sigkill_at_each_step_of_reload_and_rotation() {
     let _ = t.ctl(&["rotate-secret", t.srv_if()]);
     assert_eq!(m.secrets().expect("secrets").generation, generation + 1);
     assert_protecting(&t, "rotated");
+    // The daemon's reload (SIGHUP) is the same code: killed at each of its steps on the second
+    // pass (the first is the daemon's start), then restarted with the file.
+    for point in [
+        "apply:watch-written",
+        "apply:scope-added",
+        "apply:before-config",
+    ] {
+        let mut d = Daemon::start_env(
+            t.srv(),
+            t.srv_if(),
+            &["--config", file],
+            &[(faults::VAR, &format!("{point}#2"))],
+        );
+        // Its SIGHUP handler is set once its start is done (well within this).
+        std::thread::sleep(Duration::from_millis(700));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(d.pid()).expect("pid"), libc::SIGHUP) };
+        let (st, err) = d
+            .exited_within(Duration::from_secs(10))
+            .expect("the fault kills the daemon at its reload");
+        assert!(
+            err.contains(&format!("SIGKILL at {point}")),
+            "daemon reload killed at {point}: {st}: {err}"
+        );
+        assert_protecting(&t, &format!("daemon reload killed at {point}"));
+        let d = Daemon::start_with(t.srv(), t.srv_if(), &["--config", file]);
+        assert_protecting(&t, &format!("daemon restarted after {point}"));
+        let (st, err) = d.stop();
+        assert!(st.success(), "{err}");
+    }
     let _ = std::fs::remove_file(&path);
 }
 
