@@ -143,8 +143,10 @@ pub struct Config {
     pub aggressive: u32,
     /// [`DropMode`] as u32.
     pub drop_mode: u32,
-    /// Padding; zero.
-    pub _pad: u32,
+    /// Tag of the XDP metadata our XDP program leaves for our TC program (see [`Handoff`]):
+    /// random per attachment, so TC never takes another program's metadata, or a value an
+    /// attacker could know, for a verified handshake. Followers carry it XOR [`FOLLOW_FLIP`].
+    pub meta_tag: u32,
     /// Until this monotonic time (ns), watch mode still verifies our cookies on ACKs it does
     /// not track, so handshakes started in intercept mode complete after a switch to watch.
     pub cookie_grace_until_ns: u64,
@@ -164,7 +166,7 @@ impl Default for Config {
             active: Mode::Watch as u32,
             aggressive: 0,
             drop_mode: DropMode::Oldest as u32,
-            _pad: 0,
+            meta_tag: HANDOFF_MAGIC,
             cookie_grace_until_ns: 0,
         }
     }
@@ -750,23 +752,28 @@ impl AddrKey {
 
 /// What the XDP program leaves in the frame's metadata for the TC program when an ACK carried a
 /// valid cookie: the fields of the kernel's `struct bpf_tcp_req_attrs` (kfunc
-/// `bpf_sk_assign_tcp_reqsk`, net/core/filter.c), plus a magic so TC never acts on foreign
-/// metadata.
+/// `bpf_sk_assign_tcp_reqsk`, net/core/filter.c), behind the attachment's tag
+/// ([`Config::meta_tag`]) so TC never acts on foreign metadata.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Handoff {
-    /// [`HANDOFF_MAGIC`].
+    /// [`Config::meta_tag`] for a handshake's first segment; that XOR [`FOLLOW_FLIP`] for one
+    /// following it.
     pub magic: u32,
     /// `struct bpf_tcp_req_attrs`, field for field.
     pub attrs: TcpReqAttrs,
 }
 const _: () = assert!(size_of::<Handoff>() == 24);
 
-/// Marks metadata written by our XDP program: a handshake's first segment, to hand off.
+/// The default metadata tag (see [`Config::meta_tag`]): `attach` replaces it with a random one.
 pub const HANDOFF_MAGIC: u32 = 0x5843_4b31; // "XCK1"
 
-/// Marks metadata written by our XDP program on a segment that follows a handoff (see
-/// [`Proven`]); its attributes are zero.
+/// What turns a handoff's metadata tag into its followers' ([`FOLLOW_MAGIC`] for the default
+/// tag [`HANDOFF_MAGIC`]).
+pub const FOLLOW_FLIP: u32 = HANDOFF_MAGIC ^ FOLLOW_MAGIC;
+
+/// The metadata tag of a segment that follows a handoff (see [`Proven`]) under the default
+/// tag; its attributes are zero.
 pub const FOLLOW_MAGIC: u32 = 0x5843_4631; // "XCF1"
 
 /// Mirror of the kernel's `struct bpf_tcp_req_attrs` (include/net/tcp.h, Linux >= 6.9).

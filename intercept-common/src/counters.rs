@@ -114,6 +114,10 @@ pub enum Counter {
     /// out, displaced, evicted): dropped, so that none turns the request socket into a
     /// connection the close would then reset.
     ClosingDropped,
+    /// Valid ACKs whose handoff metadata for TC could not be added (a driver without XDP
+    /// metadata support): aborted, so the client retries. `status` reports it; the daemon
+    /// re-attaches in generic mode, where metadata always works.
+    MetaUnsupported,
     /// Number of counters; not a counter.
     Count,
 }
@@ -165,6 +169,7 @@ impl Counter {
         Counter::HalfOpenTableFull,
         Counter::HalfOpenEvicted,
         Counter::ClosingDropped,
+        Counter::MetaUnsupported,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -215,6 +220,7 @@ impl Counter {
             Counter::HalfOpenTableFull => "half_open_table_full",
             Counter::HalfOpenEvicted => "half_open_evicted",
             Counter::ClosingDropped => "closing_dropped",
+            Counter::MetaUnsupported => "meta_unsupported",
             Counter::Count => "count",
         }
     }
@@ -271,6 +277,9 @@ impl Counter {
             Counter::HalfOpenTableFull => "Watch: SYNs left untracked, the half-open table full",
             Counter::HalfOpenEvicted => "Watch: half-open evicted from the full table",
             Counter::ClosingDropped => "Watch: client segments of half-open being closed, dropped",
+            Counter::MetaUnsupported => {
+                "Valid ACKs aborted: the driver refused XDP metadata (use generic mode)"
+            }
             Counter::Count => "",
         }
     }

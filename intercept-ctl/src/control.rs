@@ -594,6 +594,20 @@ pub fn random_ts_offset() -> anyhow::Result<u32> {
     Ok(random_key()?.k[0] as u32)
 }
 
+/// A fresh metadata tag for an attachment (see `Config::meta_tag`): random, never 0 nor the
+/// default one.
+///
+/// # Errors
+/// If getrandom fails.
+pub fn random_meta_tag() -> anyhow::Result<u32> {
+    loop {
+        let t = random_key()?.k[1] as u32;
+        if t != 0 && t != intercept_common::config::HANDOFF_MAGIC {
+            return Ok(t);
+        }
+    }
+}
+
 /// The interface's MTU (in the current network namespace).
 ///
 /// # Errors

@@ -111,6 +111,9 @@ pub enum Problem {
     /// ends the chain (`TC_ACT_OK`, as many do) skips every handoff, and the kernel then resets
     /// every cookie handshake. Attaching again puts the handoff first.
     TcNotFirst,
+    /// The driver refused XDP metadata (native mode on a driver without metadata support):
+    /// every proven handshake is aborted. Generic mode always has metadata.
+    NoXdpMetadata,
 }
 
 /// The health of one attachment.
@@ -238,6 +241,14 @@ pub fn check(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
                 tc_before.join(", ")
             )),
         )
+    } else if let Some(n) = metadata_refused(iface, netns) {
+        (
+            Some(Problem::NoXdpMetadata),
+            Some(format!(
+                "the driver of {iface} refused XDP metadata to {n} proven handshakes (aborted: \
+                 none completes in native mode); attach in generic mode (`--xdp-mode generic`)"
+            )),
+        )
     } else {
         (None, None)
     };
@@ -252,6 +263,19 @@ pub fn check(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
         same_netns,
         tc_before,
     })
+}
+
+/// How many proven handshakes the driver refused metadata to, if any, on a native-mode
+/// attachment (a generic one always has metadata: its count, if any, is from another cause).
+fn metadata_refused(iface: &str, netns: Option<&str>) -> Option<u64> {
+    let m = crate::control::Maps::open(iface, netns).ok()?;
+    if m.info().ok()?.xdp_mode != 1 {
+        return None;
+    }
+    let n = crate::stats::read_pinned(iface, netns)
+        .ok()?
+        .get(intercept_common::Counter::MetaUnsupported);
+    (n > 0).then_some(n)
 }
 
 /// The names of the programs before our TC handoff (pinned in `pins`) in the TCX ingress chain of

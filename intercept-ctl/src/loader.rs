@@ -409,6 +409,7 @@ fn configure(
     let mtu = crate::control::mtu(iface)?;
     let mut cfg = Config::default();
     cfg.mode = initial as u32;
+    cfg.meta_tag = crate::control::random_meta_tag()?;
     cfg.mss_v4 = u16::try_from(mtu.saturating_sub(40).clamp(536, 65495))?;
     cfg.mss_v6 = u16::try_from(mtu.saturating_sub(60).clamp(1220, 65475))?;
     m.set_config(&cfg)?;

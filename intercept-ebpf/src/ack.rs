@@ -7,10 +7,7 @@ use aya_ebpf::{
 };
 use intercept_common::{
     Counter,
-    config::{
-        Config, FOLLOW_MAGIC, FlowKey, HANDOFF_MAGIC, Handoff, Proven, TcpReqAttrs, flags,
-        proven_slot,
-    },
+    config::{Config, FOLLOW_FLIP, FlowKey, Handoff, Proven, TcpReqAttrs, flags, proven_slot},
     cookie::{self, CookieError, Flow, slot_of},
     handshake::handoff_attrs,
     parse::{Ip, L3, Tcp, tcp_flags},
@@ -155,7 +152,7 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     ) {
         Ok(co) => {
             if !lead(&key, tcp, now) {
-                return follow(ctx);
+                return follow(ctx, cfg);
             }
             let v6 = matches!(ip.l3, L3::V6 { .. });
             return handoff(ctx, co, v6, cfg, &key, ts);
@@ -172,7 +169,7 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
             .get(proven_slot(&key))
             .is_some_and(|p| p.follows(&key, tcp.seq, tcp.ack_seq, now))
     {
-        return follow(ctx);
+        return follow(ctx, cfg);
     }
     // A connection the server closed first lives on as a time-wait socket, which the table does
     // not hold; its peer's late segments must reach it.
@@ -223,22 +220,27 @@ fn lead(key: &FlowKey, tcp: &Tcp, now: u64) -> bool {
 /// Passes a segment that follows a handoff in flight, marked for TC (which drops it if that
 /// handoff was refused); unmarked if the metadata cannot be added (then TC passes it).
 #[inline(always)]
-fn follow(ctx: &XdpContext) -> u32 {
+fn follow(ctx: &XdpContext, cfg: &Config) -> u32 {
     let _ = write_meta(
         ctx,
         Handoff {
-            magic: FOLLOW_MAGIC,
+            magic: cfg.meta_tag ^ FOLLOW_FLIP,
             attrs: TcpReqAttrs::default(),
         },
     );
     pass(Counter::PassProven)
 }
 
-/// Prepends `h` to the frame as XDP metadata, for TC.
+/// Makes `h` the frame's XDP metadata, for TC, in place of any the frame carried (a frame
+/// redirected from another interface keeps the metadata another program gave it, and the
+/// kernel allows 32 bytes in all). False if the driver supports no metadata.
 #[inline(always)]
 fn write_meta(ctx: &XdpContext, h: Handoff) -> bool {
     // SAFETY: ctx is the program's own context.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<Handoff>() as i32)) } != 0 {
+    let (meta, data) = unsafe { ((*ctx.ctx).data_meta as i64, (*ctx.ctx).data as i64) };
+    let delta = (data - size_of::<Handoff>() as i64 - meta) as i32;
+    // SAFETY: ctx is the program's own context; the kernel checks the new bounds.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, delta) } != 0 {
         return false;
     }
     // After adjust_meta, data_meta moved: read it (and data) afresh from the context.
@@ -263,7 +265,7 @@ fn handoff(
     ts: Option<(u32, u32)>,
 ) -> u32 {
     let h = Handoff {
-        magic: HANDOFF_MAGIC,
+        magic: cfg.meta_tag,
         attrs: handoff_attrs(co, v6, cfg, ts),
     };
     if !write_meta(ctx, h) {
@@ -275,6 +277,7 @@ fn handoff(
                 slot.at_ns = 0;
             }
         }
+        count(Counter::MetaUnsupported);
         count(Counter::Aborted);
         return xdp_action::XDP_ABORTED;
     }

@@ -14,15 +14,17 @@ use aya_ebpf::{
 };
 use intercept_common::{
     Counter,
-    config::{
-        FOLLOW_MAGIC, FlowKey, HANDOFF_MAGIC, Handoff, Proven, TcpReqAttrs, proven_slot,
-        proven_state,
-    },
+    config::{FOLLOW_FLIP, FlowKey, Handoff, Proven, TcpReqAttrs, proven_slot, proven_state},
     handshake::flow_of,
     parse::{Dissected, L3, L4, dissect},
 };
 
-use crate::{ack::tuple_of, frame::Pkt, maps::PROVEN, stats::count};
+use crate::{
+    ack::tuple_of,
+    frame::Pkt,
+    maps::{CONFIG, PROVEN},
+    stats::count,
+};
 
 /// What this program returns for every frame it does not drop: go on to the next program of the
 /// TCX chain (`TCX_NEXT`; under a clsact qdisc the same value, `TC_ACT_UNSPEC`, means the same).
@@ -73,7 +75,11 @@ pub fn handle(ctx: &TcContext) -> i32 {
     }
     // SAFETY: [meta, meta + 24) is inside the metadata area, checked just above.
     let mut h: Handoff = unsafe { core::ptr::read_unaligned(meta as *const Handoff) };
-    if h.magic != HANDOFF_MAGIC && h.magic != FOLLOW_MAGIC {
+    let Some(tag) = CONFIG.get(0).map(|c| c.meta_tag) else {
+        return NEXT;
+    };
+    let follows = h.magic == tag ^ FOLLOW_FLIP;
+    if h.magic != tag && !follows {
         return NEXT;
     }
     let pkt = Pkt::new(ctx);
@@ -93,7 +99,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     let slot = PROVEN.get_ptr_mut(proven_slot(&key));
     // SAFETY: a valid slot in map memory; TC writes only its state word, and only for this flow.
     let slot = slot.map(|p| unsafe { &mut *p }).filter(|p| p.key == key);
-    if h.magic == FOLLOW_MAGIC {
+    if follows {
         return follower(slot);
     }
     let (mut t, size) = tuple_of(&flow, matches!(ip.l3, L3::V6 { .. }));

@@ -168,6 +168,47 @@ impl Loaded {
 }
 
 impl Loaded {
+    /// Runs `prog` once on `frame` arriving with `meta` as XDP metadata already (as a frame
+    /// another program redirected here keeps its own); returns (verdict, output with its
+    /// metadata in front).
+    ///
+    /// # Errors
+    /// The kernel's error.
+    pub fn run_with_meta(
+        &self,
+        prog: &str,
+        meta: &[u8],
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>), ProgramError> {
+        let p: &Xdp = self
+            .ebpf
+            .program(prog)
+            .expect("program")
+            .try_into()
+            .expect("XDP");
+        let input = [meta, frame].concat();
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex. For a test run, `data` is where the frame starts after the metadata.
+        let md: [u32; 6] = [
+            u32::try_from(meta.len()).expect("short"),
+            u32::try_from(input.len()).expect("short"),
+            0,
+            0,
+            0,
+            0,
+        ];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut out = vec![0u8; input.len() + 512];
+        let r = p.test_run(TestRunOptions {
+            data_in: Some(&input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
     /// Runs `prog` once on `frame` and checks the verdict and that exactly `counters` moved, each
     /// by one (nothing else); returns the output frame. `what` names the fixture in failures.
     ///

@@ -400,3 +400,64 @@ fn running_daemon_follows_an_attachment_made_by_another_command() {
         "the daemon says it follows the new attachment: {err}"
     );
 }
+
+/// A driver that refuses XDP metadata in native mode (the counter the data path keeps when
+/// `bpf_xdp_adjust_meta` fails, set here as such a driver would make it) aborts every proven
+/// handshake: `status` reports the attachment unhealthy with the fix, and the daemon re-attaches
+/// in generic mode, keeping the settings, after which handshakes complete. Before, nothing said
+/// anything while every handshake failed.
+#[test]
+fn a_driver_refusing_metadata_is_reported_and_the_daemon_moves_to_generic() {
+    require_root("a_driver_refusing_metadata_is_reported_and_the_daemon_moves_to_generic");
+    use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+    use intercept_common::maps::{COUNTERS, COUNTERS_DATA_PATH, CounterBlock};
+    let t = InterceptLab::echoing(PORT);
+    let pins = PinDir::new(Some(t.srv()), t.srv_if());
+    let mut counters: PerCpuArray<MapData, CounterBlock> = PerCpuArray::try_from(
+        aya::maps::Map::PerCpuArray(MapData::from_pin(pins.map(COUNTERS)).expect("pin")),
+    )
+    .expect("per-CPU array");
+    let mut blocks: Vec<CounterBlock> = counters
+        .get(&COUNTERS_DATA_PATH, 0)
+        .expect("read")
+        .iter()
+        .copied()
+        .collect();
+    blocks[0][Counter::MetaUnsupported as usize] += 3;
+    counters
+        .set(
+            COUNTERS_DATA_PATH,
+            PerCpuValues::try_from(blocks).expect("one per CPU"),
+            0,
+        )
+        .expect("write");
+    let (o, v) = status_of(&t);
+    assert_eq!(o.status.code(), Some(3), "{v}");
+    assert_eq!(v["health"]["problem"], "no_xdp_metadata", "{v}");
+    assert!(
+        stderr(&o).contains("--xdp-mode generic"),
+        "says what to do: {}",
+        stderr(&o)
+    );
+    let d = Daemon::start(t.srv(), t.srv_if());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let v = loop {
+        let (o, v) = status_of(&t);
+        if o.status.success() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "not re-attached: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(v["xdp_mode"], "generic", "{v}");
+    let mut s = t
+        .lab
+        .connect(
+            SocketAddr::new(IpAddr::V4(SERVER_V4), PORT),
+            Duration::from_secs(3),
+        )
+        .expect("connect after the move to generic mode");
+    ping(&mut s, "after the move");
+    let (st, err) = d.stop();
+    assert!(st.success(), "{err}");
+}

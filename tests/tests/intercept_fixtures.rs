@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use intercept_common::{
     Counter::{self, *},
     config::{
-        Config, FOLLOW_MAGIC, FlowKey, HANDOFF_MAGIC, Mode, Proven, TcpReqAttrs, flags,
-        proven_slot, proven_state,
+        Config, FOLLOW_FLIP, FOLLOW_MAGIC, FlowKey, HANDOFF_MAGIC, Mode, Proven, TcpReqAttrs,
+        flags, proven_slot, proven_state,
     },
     cookie::{
         CookieOpts, Flow, Key, SLOT_SHIFT, Secrets, SynCookie, SynInput, WSCALE_NONE, make,
@@ -20,7 +20,7 @@ use intercept_common::{
 };
 use intercept_ctl::{control::Maps, netns::Netns};
 use intercept_tests::{
-    Loaded, configure_intercept, connect_from, now_slot, require_root, start_socket_table,
+    Loaded, configure_intercept, connect_from, deltas, now_slot, require_root, start_socket_table,
     test_secrets,
 };
 
@@ -1109,6 +1109,73 @@ fn segments_following_a_handoff_pass_without_a_second_one() {
             XDP_PASS,
             &[Packets, Ipv4, Tcp, Ack, PassProven, Passed],
         );
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+/// A proven handshake's ACK arriving with another program's metadata (a frame redirected here
+/// keeps it): the handoff replaces it, so it never depends on the room the kernel leaves for
+/// metadata, and carries the attachment's own random tag (before, a fixed magic anyone could
+/// write in front of a frame).
+#[test]
+fn handoff_replaces_foreign_metadata_with_the_attachment_tag() {
+    require_root("handoff_replaces_foreign_metadata_with_the_attachment_tag");
+    let ns = Netns::new("fx").expect("netns");
+    ns.spawn(|| {
+        let mut env = Env::new();
+        let _track = start_socket_table(&mut env.obj, &mut env.maps);
+        let tag = 0x1f2e_3d4c;
+        env.maps
+            .update_config(|c| c.meta_tag = tag)
+            .expect("set the tag");
+        let co = opts(3, 7, true, false);
+        let isn = 0x4242_0000;
+        let hs = ack(
+            false,
+            PORT,
+            isn,
+            cookie_for(false, PORT, isn, 0, now_slot(), co),
+        );
+        let f = tcp_frame(&link(0), &hs);
+        let before = env.obj.counters();
+        let (verdict, out) = env
+            .obj
+            .run_with_meta(PROG_XDP, &[0xa5; 16], &f)
+            .expect("test_run");
+        assert_eq!(
+            verdict,
+            XDP_PASS,
+            "{:?}",
+            deltas(&before, &env.obj.counters())
+        );
+        assert_eq!(
+            deltas(&before, &env.obj.counters()),
+            vec![
+                (Packets, 1),
+                (Ipv4, 1),
+                (Tcp, 1),
+                (Ack, 1),
+                (Passed, 1),
+                (AckValid, 1)
+            ]
+        );
+        assert_eq!(
+            meta_magic(&out, &f),
+            tag,
+            "the attachment's tag, not a fixed one"
+        );
+        // A segment following it carries the follower tag.
+        let mut req = hs.clone();
+        req.flags |= tcp_flags::PSH;
+        req.payload = vec![0x72; 16];
+        let r = tcp_frame(&link(0), &req);
+        let (verdict, out) = env
+            .obj
+            .run_with_meta(PROG_XDP, &[0xa5; 8], &r)
+            .expect("test_run");
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(meta_magic(&out, &r), tag ^ FOLLOW_FLIP);
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e));

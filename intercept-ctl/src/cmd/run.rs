@@ -143,8 +143,10 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             att.interface, att.program_id
         );
         ours = Some(att.program_id);
-    } else if let Some(reason) = health::check(&a.iface, ctx.netns)?.reason {
-        reattach(ctx, a, &reason)?;
+    } else if let h = health::check(&a.iface, ctx.netns)?
+        && let Some(reason) = h.reason.clone()
+    {
+        reattach(ctx, a, reattach_mode(a, &h), &reason)?;
     } else {
         eprintln!(
             "intercept-ctl: adopting the protection already attached to {}",
@@ -350,7 +352,7 @@ fn health_step(
         let _held = loader::hold_off_attaches()?;
         health::check(&a.iface, ctx.netns)?
     };
-    let Some(reason) = h.reason else {
+    let Some(reason) = h.reason.clone() else {
         return Ok(Step::Healthy);
     };
     if h.problem == Some(Problem::NetnsRenamed) {
@@ -375,7 +377,7 @@ fn health_step(
         }
         return Ok(Step::Gone);
     }
-    let att = match reattach(ctx, a, &reason) {
+    let att = match reattach(ctx, a, reattach_mode(a, &h), &reason) {
         Ok(att) => att,
         // Another command re-attached first (the attach lock made this one wait for it): the
         // caller follows that attachment.
@@ -398,15 +400,34 @@ fn health_step(
     Ok(Step::Reattached(att))
 }
 
+/// The XDP mode to re-attach in: generic if the driver refused metadata in native mode (where no
+/// handshake completes), else the one asked for.
+fn reattach_mode(a: &Args, h: &health::Health) -> AttachMode {
+    if h.problem == Some(Problem::NoXdpMetadata) {
+        eprintln!(
+            "intercept-ctl: {} refuses XDP metadata in native mode; re-attaching in generic mode",
+            a.iface
+        );
+        AttachMode::Generic
+    } else {
+        a.xdp_mode
+    }
+}
+
 /// Replaces a dead attachment: attaches afresh and restores the dead one's settings (scope,
 /// exempt sources, mode, SYN-ACK, thresholds: its maps outlive it), so the interface is
 /// protected as before; the configuration file, if any, is applied after by the caller.
-fn reattach(ctx: &Ctx, a: &Args, reason: &str) -> anyhow::Result<loader::Attached> {
+fn reattach(
+    ctx: &Ctx,
+    a: &Args,
+    mode: AttachMode,
+    reason: &str,
+) -> anyhow::Result<loader::Attached> {
     eprintln!(
         "intercept-ctl: the attachment of {} is dead ({reason}); re-attaching",
         a.iface
     );
-    let att = loader::attach(&a.iface, ctx.netns, Program::Intercept, a.xdp_mode)
+    let att = loader::attach(&a.iface, ctx.netns, Program::Intercept, mode)
         .with_context(|| format!("re-attach to {}", a.iface))?;
     if let Some(s) = &att.previous_settings {
         intercept_ctl::config::apply(&a.iface, ctx.netns, s)
