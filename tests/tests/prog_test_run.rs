@@ -196,3 +196,29 @@ fn tc_handoff_loads_with_the_kfunc_resolved() {
     p.load()
         .unwrap_or_else(|e| panic!("load tc_handoff: {e:?}"));
 }
+
+/// The verifier's budget: the kernel refuses a program past 1,000,000 processed instructions,
+/// and the main program's cost grows with every branch of the data path. This fails well before
+/// the limit, while there is room to restructure (e.g. move a loop under `bpf_loop`).
+#[test]
+fn verifier_cost_stays_below_its_budget() {
+    require_root("verifier_cost_stays_below_its_budget");
+    let obj = Loaded::new(&[PROG_XDP]);
+    let p: &aya::programs::Xdp = obj
+        .ebpf
+        .program(PROG_XDP)
+        .expect("program")
+        .try_into()
+        .expect("XDP");
+    let n = p
+        .info()
+        .expect("program info")
+        .verified_instruction_count()
+        .expect("the kernel reports the verification cost");
+    println!("{PROG_XDP}: {n} instructions processed by the verifier");
+    assert!(
+        n < 900_000,
+        "{PROG_XDP} costs the verifier {n} of its 1,000,000 instructions: restructure before \
+         adding more"
+    );
+}
