@@ -40,8 +40,9 @@ fn check_ip(d: &[u8], ip: &Ip) {
                 assert_eq!(t.off, ip.l3_off + hdr_len, "{ip:?}");
                 assert_eq!(d[ip.l3_off + 9], 6);
             }
-            if matches!(ip.l4, L4::Fragment) {
+            if matches!(ip.l4, L4::Fragment | L4::TcpFragment) {
                 assert_ne!(be16(d, ip.l3_off + 6) & 0x3fff, 0);
+                assert_eq!(ip.l4 == L4::TcpFragment, d[ip.l3_off + 9] == 6);
             } else {
                 assert_eq!(be16(d, ip.l3_off + 6) & 0x3fff, 0);
             }

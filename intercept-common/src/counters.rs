@@ -60,8 +60,10 @@ pub enum Counter {
     PassExempt,
     /// Intercept mode without secrets loaded: passed (fail open).
     PassNoSecret,
-    /// Protected SYNs with a wrong TCP checksum: passed unanswered (the kernel drops and counts them).
-    PassBadChecksum,
+    /// Protected SYNs whose TCP checksum is wrong (neither correct nor the pseudo-header sum a
+    /// sender leaves for checksum offload to fill): dropped, as the kernel drops them
+    /// (`TcpInCsumErrors`), but without costing it an skb each.
+    SynBadChecksum,
     /// Frames dropped (sum of the ack_* drop reasons).
     Dropped,
     /// Internal failures (a helper refused): XDP_ABORTED.
@@ -118,6 +120,14 @@ pub enum Counter {
     /// metadata support): aborted, so the client retries. `status` reports it; the daemon
     /// re-attaches in generic mode, where metadata always works.
     MetaUnsupported,
+    /// TCP fragments (IPv4, or IPv6 with a fragment header) in intercept mode: dropped. The
+    /// kernel would reassemble a fragmented SYN and answer it from its own SYN queue, out of
+    /// intercept's reach; TCP never fragments (it sets DF and sizes segments to the path MTU).
+    TcpFragmentDropped,
+    /// IPv6 frames whose extension-header chain is longer than the data path walks, in
+    /// intercept mode: dropped, as the kernel could find a SYN behind it (no legitimate TCP
+    /// sends such chains).
+    Ipv6ChainDropped,
     /// Number of counters; not a counter.
     Count,
 }
@@ -150,7 +160,7 @@ impl Counter {
         Counter::SynSigned,
         Counter::PassExempt,
         Counter::PassNoSecret,
-        Counter::PassBadChecksum,
+        Counter::SynBadChecksum,
         Counter::Dropped,
         Counter::Aborted,
         Counter::HalfOpenNew,
@@ -170,6 +180,8 @@ impl Counter {
         Counter::HalfOpenEvicted,
         Counter::ClosingDropped,
         Counter::MetaUnsupported,
+        Counter::TcpFragmentDropped,
+        Counter::Ipv6ChainDropped,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -201,7 +213,7 @@ impl Counter {
             Counter::SynSigned => "syn_signed",
             Counter::PassExempt => "pass_exempt",
             Counter::PassNoSecret => "pass_no_secret",
-            Counter::PassBadChecksum => "pass_bad_checksum",
+            Counter::SynBadChecksum => "syn_bad_checksum",
             Counter::Dropped => "dropped",
             Counter::Aborted => "aborted",
             Counter::HalfOpenNew => "half_open_new",
@@ -221,6 +233,8 @@ impl Counter {
             Counter::HalfOpenEvicted => "half_open_evicted",
             Counter::ClosingDropped => "closing_dropped",
             Counter::MetaUnsupported => "meta_unsupported",
+            Counter::TcpFragmentDropped => "tcp_fragment_dropped",
+            Counter::Ipv6ChainDropped => "ipv6_chain_dropped",
             Counter::Count => "count",
         }
     }
@@ -256,7 +270,7 @@ impl Counter {
             Counter::SynSigned => "SYNs signed with TCP-MD5/AO dropped (exempt such peers)",
             Counter::PassExempt => "Passed: exempt source",
             Counter::PassNoSecret => "Passed: no cookie secret loaded",
-            Counter::PassBadChecksum => "Passed: SYN with a bad TCP checksum",
+            Counter::SynBadChecksum => "Dropped: protected SYN with a bad TCP checksum",
             Counter::Dropped => "Frames dropped",
             Counter::Aborted => "Internal failures (XDP_ABORTED)",
             Counter::HalfOpenNew => "Watch: new half-open handshakes tracked",
@@ -280,6 +294,8 @@ impl Counter {
             Counter::MetaUnsupported => {
                 "Valid ACKs aborted: the driver refused XDP metadata (use generic mode)"
             }
+            Counter::TcpFragmentDropped => "Intercept: TCP fragments dropped",
+            Counter::Ipv6ChainDropped => "Intercept: IPv6 with too many extension headers, dropped",
             Counter::Count => "",
         }
     }

@@ -44,24 +44,35 @@ pub fn flow_of<F: Frame + ?Sized>(f: &F, ip: &Ip, tcp: &Tcp) -> Option<Flow> {
 }
 
 /// Whether the TCP checksum of a segment without payload (header and options only, as every SYN
-/// we answer is) is correct. A corrupted SYN must not be answered: the kernel would drop it too
-/// (`TcpInCsumErrors`). The header is summed in 32-bit words at constant offsets from the TCP
-/// header (its length is a multiple of 4), at most 15 of them.
+/// we answer is) is one a sender's stack leaves: correct, or the pseudo-header sum alone that a
+/// sender using checksum offload leaves for its NIC to complete (a veth or virtio peer in the
+/// same host hands such frames over uncompleted; the kernel trusts them). A corrupted SYN must
+/// not be answered: the kernel would drop it too (`TcpInCsumErrors`). The header is summed in
+/// 32-bit words at constant offsets from the TCP header (its length is a multiple of 4), at most
+/// 15 of them.
 #[inline(always)]
 pub fn header_checksum_ok<F: Frame + ?Sized>(f: &F, flow: &Flow, v6: bool, tcp: &Tcp) -> bool {
     let len = tcp.hdr_len;
-    let mut acc = pseudo_words(&flow.saddr, &flow.daddr, v6, len as u32);
+    let pseudo = pseudo_words(&flow.saddr, &flow.daddr, v6, len as u32);
+    let mut acc = pseudo;
+    let mut check = 0u32;
     let mut i = 0;
     while i < 15 {
         if 4 * i < len {
             match f.load::<4>(tcp.off + 4 * i) {
-                Some(w) => acc += u64::from(u32::from_be_bytes(w)),
+                Some(w) => {
+                    let w = u32::from_be_bytes(w);
+                    if i == 4 {
+                        check = w >> 16;
+                    }
+                    acc += u64::from(w);
+                }
                 None => return false,
             }
         }
         i += 1;
     }
-    fold64(acc) == 0xffff
+    fold64(acc) == 0xffff || check == u32::from(fold64(pseudo))
 }
 
 /// A SYN to answer.
@@ -396,6 +407,45 @@ mod tests {
                 !header_checksum_ok(&f[..], &flow, v6, &t),
                 "a flipped option bit must fail"
             );
+        }
+    }
+
+    /// A SYN whose checksum field holds only the pseudo-header sum (a sender that left it to
+    /// checksum offload, as a veth peer does) is taken as sent; one changed bit of it is not.
+    #[test]
+    fn an_offload_pseudo_header_checksum_is_accepted() {
+        for v6 in [false, true] {
+            let mut f = syn_frame(v6, linux_syn_options(1460, 1, 7), tcp_flags::SYN);
+            let Ok(Dissected::Ip(ip @ Ip { l4: L4::Tcp(t), .. })) = dissect(&f[..]) else {
+                panic!()
+            };
+            let flow = flow_of(&f[..], &ip, &t).unwrap();
+            // The pseudo header, summed here byte pair by byte pair (RFC 9293 section 3.1,
+            // RFC 8200 section 8.1): addresses, protocol, TCP length.
+            let (src, dst) = if v6 {
+                (
+                    &f[ip.l3_off + 8..ip.l3_off + 24],
+                    &f[ip.l3_off + 24..ip.l3_off + 40],
+                )
+            } else {
+                (
+                    &f[ip.l3_off + 12..ip.l3_off + 16],
+                    &f[ip.l3_off + 16..ip.l3_off + 20],
+                )
+            };
+            let mut sum: u32 = src
+                .chunks(2)
+                .chain(dst.chunks(2))
+                .map(|p| u32::from(u16::from_be_bytes([p[0], p[1]])))
+                .sum();
+            sum += 6 + u32::try_from(t.hdr_len).unwrap();
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            f[t.off + 16..t.off + 18].copy_from_slice(&u16::try_from(sum).unwrap().to_be_bytes());
+            assert!(header_checksum_ok(&f[..], &flow, v6, &t), "v6={v6}");
+            f[t.off + 17] ^= 1;
+            assert!(!header_checksum_ok(&f[..], &flow, v6, &t), "v6={v6}");
         }
     }
 

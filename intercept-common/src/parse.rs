@@ -164,10 +164,29 @@ pub struct Tcp {
 pub enum L4 {
     /// A well-formed TCP header.
     Tcp(Tcp),
-    /// Another IP protocol (ICMP, UDP, ...), or IPv6 behind too many extension headers.
+    /// Another IP protocol (ICMP, UDP, ...), or IPv6 behind more extension headers than we walk
+    /// (then the next header is still one of them: see [`L4::unwalked_chain`]).
     Other(u8),
-    /// An IP fragment; never parsed as TCP.
+    /// An IP fragment of another protocol than TCP; never parsed.
     Fragment,
+    /// An IP fragment of a TCP datagram (the IPv4 protocol field, the IPv6 fragment header's next
+    /// header); never parsed as TCP. (A variant of its own rather than a protocol in
+    /// `Fragment`: an enum payload left unset on other paths is an uninitialised register to
+    /// the verifier.)
+    TcpFragment,
+}
+
+impl L4 {
+    /// Whether this is an IPv6 extension-header chain longer than the dissector walks: what
+    /// lies behind it (TCP, perhaps) is unknown.
+    #[must_use]
+    #[inline(always)]
+    pub const fn unwalked_chain(&self) -> bool {
+        matches!(
+            self,
+            L4::Other(IPV6_EXT_HOPOPTS | IPV6_EXT_ROUTING | IPV6_EXT_DSTOPTS)
+        )
+    }
 }
 
 /// A dissected IP frame.
@@ -279,7 +298,11 @@ fn dissect_ipv4<F: Frame + ?Sized>(f: &F, vlans: usize, l3_off: usize) -> Result
             vlans,
             l3_off,
             l3,
-            l4: L4::Fragment,
+            l4: if hdr[9] == IPPROTO_TCP {
+                L4::TcpFragment
+            } else {
+                L4::Fragment
+            },
         });
     }
     let l4 = if hdr[9] == IPPROTO_TCP {
@@ -334,7 +357,16 @@ fn dissect_ipv6<F: Frame + ?Sized>(f: &F, vlans: usize, l3_off: usize) -> Result
     }
     let l4 = match next {
         IPPROTO_TCP => L4::Tcp(dissect_tcp(f, off, end)?),
-        IPV6_EXT_FRAGMENT => L4::Fragment,
+        IPV6_EXT_FRAGMENT => {
+            // The 8-byte fragment header, read whole (a separate comparison with `end` would let
+            // LLVM drop the read's own bounds check, which the verifier needs).
+            let fh: [u8; 8] = f.load(off).ok_or(Malformed::Ipv6Length)?;
+            if fh[0] == IPPROTO_TCP {
+                L4::TcpFragment
+            } else {
+                L4::Fragment
+            }
+        }
         other => L4::Other(other),
     };
     Ok(Ip {
@@ -572,7 +604,7 @@ mod tests {
         assert!(matches!(
             dissect(&f[..]),
             Ok(Dissected::Ip(Ip {
-                l4: L4::Fragment,
+                l4: L4::Fragment | L4::TcpFragment,
                 ..
             }))
         ));
@@ -611,7 +643,7 @@ mod tests {
         assert!(matches!(
             dissect(&f[..]),
             Ok(Dissected::Ip(Ip {
-                l4: L4::Fragment,
+                l4: L4::Fragment | L4::TcpFragment,
                 ..
             }))
         ));

@@ -572,7 +572,7 @@ mod tests {
                     "{what}"
                 ),
                 Kind::Fragment => assert!(
-                    matches!(d, Ok(Dissected::Ip(ip)) if ip.l4 == L4::Fragment),
+                    matches!(d, Ok(Dissected::Ip(ip)) if matches!(ip.l4, L4::Fragment | L4::TcpFragment)),
                     "{what}"
                 ),
                 Kind::Corrupted => {}

@@ -66,7 +66,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         // one would, and nothing else.
         count(Counter::SynDataIgnored);
     } else if !header_checksum_ok(&pkt, &req.flow, req.v6, tcp) {
-        return pass(Counter::PassBadChecksum);
+        return drop(Counter::SynBadChecksum);
     }
     let Some((idx, key, ts_offset)) = SECRETS.get(0).and_then(|s| s.current_key()) else {
         return to_kernel(Counter::PassNoSecret);

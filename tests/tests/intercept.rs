@@ -726,3 +726,111 @@ fn an_agents_tcx_program_before_ours_is_reported_and_attach_puts_ours_first() {
         ping(&mut c, "handoff first again");
     }
 }
+
+/// A SYN split into IP fragments, and one behind more IPv6 extension headers than the data path
+/// walks, would be reassembled or parsed by the kernel and answered from its own SYN queue:
+/// 50 of each (spoofed) must leave nothing half-open and be counted as dropped. Before, every
+/// one reached the listener.
+#[test]
+fn fragmented_and_deeply_chained_syns_never_reach_the_syn_queue() {
+    require_root("fragmented_and_deeply_chained_syns_never_reach_the_syn_queue");
+    use intercept_common::craft::{TcpSegment, linux_syn_options, tcp_frame};
+    let t = InterceptLab::echoing(PORT);
+    t.end_lookup_window();
+    let sender = t.lab.raw_sender().expect("raw sender");
+    let before = t.stats();
+    for i in 0..50u16 {
+        // IPv4: the SYN's 40-byte TCP header in two fragments of 24 and 16 bytes.
+        let src: IpAddr = format!("198.19.7.{}", i + 1).parse().unwrap();
+        let mut syn = TcpSegment::new(src, IpAddr::V4(SERVER_V4), 20_000 + i, PORT, tcp_flags::SYN);
+        syn.seq = 0x0101_0000 + u32::from(i);
+        syn.options = linux_syn_options(1460, 1, 7);
+        let whole = tcp_frame(&sender.link, &syn);
+        for (from, to, more, offset) in [(34, 58, true, 0u16), (58, whole.len(), false, 3)] {
+            let mut f = whole[..34].to_vec();
+            f.extend_from_slice(&whole[from..to]);
+            let total = u16::try_from(f.len() - 14).unwrap();
+            f[16..18].copy_from_slice(&total.to_be_bytes());
+            f[18..20].copy_from_slice(&(0x7000 + i).to_be_bytes()); // identification
+            let frag = offset | if more { 0x2000 } else { 0 };
+            f[20..22].copy_from_slice(&frag.to_be_bytes());
+            ipv4_header_checksum(&mut f[14..34]);
+            sender.send(&f).expect("send a fragment");
+        }
+        // IPv6: four destination-options headers (8 bytes each) before the TCP header.
+        let src: IpAddr = format!("2001:db8:7::{:x}", i + 1).parse().unwrap();
+        let mut syn = TcpSegment::new(src, IpAddr::V6(SERVER_V6), 20_000 + i, PORT, tcp_flags::SYN);
+        syn.seq = 0x0202_0000 + u32::from(i);
+        syn.options = linux_syn_options(1440, 1, 7);
+        let mut f = tcp_frame(&sender.link, &syn);
+        let chain: Vec<u8> = (0..4)
+            .flat_map(|k| [if k == 3 { 6 } else { 60 }, 0, 1, 4, 0, 0, 0, 0])
+            .collect();
+        f.splice(54..54, chain);
+        f[20] = 60; // next header: destination options
+        let plen = u16::from_be_bytes([f[18], f[19]]) + 32;
+        f[18..20].copy_from_slice(&plen.to_be_bytes());
+        sender.send(&f).expect("send a chained SYN");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        syn_recv_count(&t.lab.server).unwrap(),
+        0,
+        "a fragmented or deeply chained SYN reached the listener's SYN queue"
+    );
+    let d = t.stats().delta(&before);
+    assert_eq!(
+        (d.get(TcpFragmentDropped), d.get(Ipv6ChainDropped)),
+        (100, 50),
+        "{d:?}"
+    );
+    // Legitimate clients are untouched.
+    let mut c = t
+        .lab
+        .connect(addr(IpAddr::V4(SERVER_V4)), Duration::from_secs(3))
+        .expect("connect");
+    ping(&mut c, "after the fragments");
+}
+
+/// Writes the IPv4 header checksum of `h` (a 20-byte header).
+fn ipv4_header_checksum(h: &mut [u8]) {
+    h[10..12].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|p| u32::from(u16::from_be_bytes([p[0], p[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    h[10..12].copy_from_slice(&(!u16::try_from(sum).unwrap()).to_be_bytes());
+}
+
+/// A client whose interface leaves TCP checksums to offload (a veth peer's default: its SYNs
+/// arrive with only the pseudo-header sum filled in) is protected like any other: its handshakes
+/// complete through our cookie. Before, its every SYN was taken for a corrupted one and passed
+/// to the kernel's SYN queue, so intercept mode never applied to it. A SYN with a truly bad
+/// checksum is dropped.
+#[test]
+fn clients_leaving_checksums_to_offload_get_cookies() {
+    require_root("clients_leaving_checksums_to_offload_get_cookies");
+    let t = InterceptLab::echoing(PORT);
+    t.end_lookup_window();
+    t.lab
+        .client
+        .exec("ethtool", &["-K", &t.lab.veth.b, "tx", "on"])
+        .expect("ethtool");
+    let before = t.stats();
+    for ip in [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)] {
+        let mut c = t
+            .lab
+            .connect(addr(ip), Duration::from_secs(3))
+            .expect("connect");
+        ping(&mut c, "with checksum offload");
+    }
+    let d = t.stats().delta(&before);
+    assert_eq!(
+        (d.get(SynAckSent), d.get(HandedOff), d.get(SynBadChecksum)),
+        (2, 2, 0),
+        "{d:?}"
+    );
+}
