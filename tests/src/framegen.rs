@@ -3,6 +3,14 @@
 //! established, time-wait, tracked, proven), then varied (VLAN stacks, IPv4 options, IPv6
 //! extension chains, fragments, padding, TCP option lists that lie) and mutated (a field
 //! corrupted, cut short); and random bytes. Deterministic for a seed.
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "random bytes and small lengths are cut to the widths of header fields on purpose"
+)]
+#![expect(
+    clippy::many_single_char_names,
+    reason = "segments, layouts and options are short-lived locals"
+)]
 use std::net::IpAddr;
 
 use intercept_common::{
@@ -15,7 +23,7 @@ use intercept_common::{
 
 use crate::model::Model;
 
-/// SplitMix64: small, fast, and the same sequence for a seed on every machine.
+/// `SplitMix64`: small, fast, and the same sequence for a seed on every machine.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
 
@@ -118,9 +126,12 @@ pub const SERVERS_V6: [&str; 4] = [
 /// Server ports.
 pub const PORTS: [u16; 5] = [80, 443, 8080, 22, 84];
 
-/// A random flow: a client in 198.19.0.0/16 or 2001:db8:c::/48 (now and then an exempt one,
-/// 198.19.77.0/24 or 2001:db8:ee::/48), a server of the lists, a server port of [`PORTS`] (or
+/// A random flow: a client in `198.19.0.0/16` or `2001:db8:c::/48` (now and then an exempt one,
+/// `198.19.77.0/24` or `2001:db8:ee::/48`), a server of the lists, a server port of [`PORTS`] (or
 /// any).
+///
+/// # Panics
+/// Never: the addresses it formats are valid.
 pub fn random_flow(rng: &mut Rng) -> FlowSpec {
     let v6 = rng.pct(45);
     let exempt = rng.pct(8);
@@ -323,7 +334,7 @@ fn layout(rng: &mut Rng, v6: bool) -> Layout {
     }
     if v6 {
         if rng.pct(12) {
-            for _ in 0..1 + rng.below(5) {
+            for _ in 0..=rng.below(5) {
                 l.v6_ext.push((rng.pick(&[0, 43, 60]), rng.below(3)));
             }
         }
@@ -532,13 +543,11 @@ impl Gen {
                 (self.rng.bytes(n), "random", false)
             }
             880..950 => (self.random_ip(), "random-ip", true),
-            _ => match self.recent.is_empty() {
-                true => (self.syn(m), "syn", true),
-                false => {
-                    let i = self.rng.below(self.recent.len());
-                    (self.recent[i].clone(), "replay", true)
-                }
-            },
+            _ if self.recent.is_empty() => (self.syn(m), "syn", true),
+            _ => {
+                let i = self.rng.below(self.recent.len());
+                (self.recent[i].clone(), "replay", true)
+            }
         };
         if ip {
             self.mutate(&mut f);
@@ -659,7 +668,7 @@ impl Gen {
             1 => 0u32.wrapping_sub(1 + rng.u32() % 16),
             _ => rng.u32() % 3000,
         });
-        s.ack_seq = p.server_next.wrapping_add(if rng.pct(10) { 1 } else { 0 });
+        s.ack_seq = p.server_next.wrapping_add(u32::from(rng.pct(10)));
         match rng.below(10) {
             0..6 => s.payload = rng.some_bytes(200),
             6..8 => s.flags |= tcp_flags::FIN,
@@ -774,7 +783,7 @@ impl Gen {
         tcp_frame_in(&l, &s, rng)
     }
 
-    /// UDP (17) or ICMP / ICMPv6 (1: 58 on IPv6) to a pool flow's addresses.
+    /// UDP (17) or ICMP / `ICMPv6` (1: 58 on IPv6) to a pool flow's addresses.
     fn other_ip(&mut self, proto: u8) -> Vec<u8> {
         let fl = self.rng.pick(&self.pool);
         let rng = &mut self.rng;
@@ -804,7 +813,7 @@ impl Gen {
         f
     }
 
-    /// Random bytes behind an IP EtherType (and a plausible version nibble).
+    /// Random bytes behind an IP `EtherType` (and a plausible version nibble).
     fn random_ip(&mut self) -> Vec<u8> {
         let rng = &mut self.rng;
         let v6 = rng.pct(50);

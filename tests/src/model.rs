@@ -73,11 +73,14 @@ pub struct ScopeRule {
 /// Whether `a` lies in the prefix `net`/`bits` (on 128-bit words).
 #[must_use]
 pub fn in_prefix(a: &[u32; 4], net: &[u32; 4], bits: u32) -> bool {
-    (0..4).all(|w| {
-        let b = bits.saturating_sub(32 * w as u32).min(32);
-        let m = if b == 0 { 0 } else { u32::MAX << (32 - b) };
-        a[w] & m == net[w] & m
-    })
+    a.iter()
+        .zip(net)
+        .zip([0u32, 32, 64, 96])
+        .all(|((x, n), at)| {
+            let b = bits.saturating_sub(at).min(32);
+            let m = if b == 0 { 0 } else { u32::MAX << (32 - b) };
+            x & m == n & m
+        })
 }
 
 /// What the program does at a frame: verdict, the frame it leaves, counter deltas (non-zero
@@ -86,7 +89,7 @@ pub fn in_prefix(a: &[u32; 4], net: &[u32; 4], bits: u32) -> bool {
 pub struct Outcome {
     /// XDP verdict.
     pub verdict: u32,
-    /// The frame after the program (with any metadata in front, as BPF_PROG_TEST_RUN returns it).
+    /// The frame after the program (with any metadata in front, as `BPF_PROG_TEST_RUN` returns it).
     pub frame: Vec<u8>,
     /// Counter deltas.
     pub counters: Vec<(Counter, u64)>,
@@ -168,7 +171,7 @@ impl Run {
     fn count(&mut self, c: Counter) {
         self.counts[c as usize] += 1;
     }
-    /// Every XDP_PASS counts `Passed`, and its reason when it has one.
+    /// Every `XDP_PASS` counts `Passed`, and its reason when it has one.
     fn pass(&mut self, reason: Counter) -> u32 {
         if reason != Counter::Passed {
             self.count(reason);
@@ -176,7 +179,7 @@ impl Run {
         self.count(Counter::Passed);
         XDP_PASS
     }
-    /// Every XDP_DROP counts `Dropped` and its reason.
+    /// Every `XDP_DROP` counts `Dropped` and its reason.
     fn drop(&mut self, reason: Counter) -> u32 {
         self.count(reason);
         self.count(Counter::Dropped);
@@ -307,10 +310,9 @@ impl Model {
     fn acting(&self) -> Acting {
         match self.cfg.mode {
             1 => Acting::Intercept,
-            2 => Acting::Watch,
             // Auto: the mode in force, which the controller keeps in `active`.
             3 if self.cfg.active == 1 => Acting::Intercept,
-            3 => Acting::Watch,
+            2 | 3 => Acting::Watch,
             _ => Acting::Off,
         }
     }
@@ -460,8 +462,9 @@ impl Model {
 
     /// Intercept mode, a SYN: answered with a cookie SYN-ACK if protected and nothing says
     /// otherwise.
-    #[allow(
+    #[expect(
         clippy::too_many_arguments,
+        clippy::many_single_char_names,
         reason = "the frame's layers, as the data path has them"
     )]
     fn syn_intercept(
@@ -572,7 +575,7 @@ impl Model {
 
     /// The ACK path: `strict` (intercept mode) drops what fails; otherwise (watch mode's grace
     /// after intercept mode) it passes.
-    #[allow(
+    #[expect(
         clippy::too_many_arguments,
         reason = "the frame's layers, as the data path has them"
     )]
@@ -609,7 +612,7 @@ impl Model {
         match checked {
             Ok(co) => {
                 if self.follows(&key, tcp.seq, tcp.ack_seq, now) {
-                    return self.follow(r);
+                    return Self::follow(r);
                 }
                 let slot = proven_slot(&key);
                 self.proven
@@ -647,7 +650,7 @@ impl Model {
                 if (tcp.payload_len > 0 || tcp.flags & tcp_flags::FIN != 0)
                     && self.follows(&key, tcp.seq, tcp.ack_seq, now)
                 {
-                    return self.follow(r);
+                    return Self::follow(r);
                 }
                 if self.in_time_wait(&key, now) {
                     return r.pass(Counter::PassTimeWait);
@@ -661,7 +664,7 @@ impl Model {
         }
     }
 
-    fn follow(&mut self, r: &mut Run) -> u32 {
+    fn follow(r: &mut Run) -> u32 {
         r.meta = Some(meta_bytes(
             FOLLOW_MAGIC,
             &intercept_common::config::TcpReqAttrs::default(),
@@ -727,7 +730,7 @@ impl Model {
         ring.keys[(ring.head as usize) % RING_SLOTS] = key;
         ring.head = ring.head.wrapping_add(1);
         if ring.head.wrapping_sub(ring.tail) as usize > RING_SLOTS {
-            ring.tail = ring.head.wrapping_sub(RING_SLOTS as u32);
+            ring.tail = ring.head.wrapping_sub(u32::try_from(RING_SLOTS).unwrap());
         }
         r.count(Counter::HalfOpenNew);
         r.pass(Counter::Passed)

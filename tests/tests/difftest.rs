@@ -1,5 +1,5 @@
 //! Differential test of the data path: the real embedded object runs, through
-//! BPF_PROG_TEST_RUN, generated and mutated frames (see `intercept_tests::framegen`) in six
+//! `BPF_PROG_TEST_RUN`, generated and mutated frames (see `intercept_tests::framegen`) in six
 //! deliberately chosen states of its maps, and every verdict, output frame and counter delta must
 //! equal what the reference model (`intercept_tests::model`) says. No frame may be aborted, and
 //! every SYN-ACK the program sends must carry valid IP and TCP checksums and a well-formed option
@@ -9,9 +9,9 @@
 //! (default: from the clock; printed, so a failure can be reproduced). `./x difftest` runs a
 //! longer pass.
 //!
-//! The program reads a coarse clock for the cookie's time slot and its TSval; the model is run
+//! The program reads a coarse clock for the cookie's time slot and its `TSval`; the model is run
 //! at the clock read before and after the program, and when those fall in different slots (or
-//! TSval clock ticks) the program must match one of the two. The state the program writes with
+//! `TSval` clock ticks) the program must match one of the two. The state the program writes with
 //! the frame's time (a handoff in flight in `PROVEN`) is read back, checked, and pinned by the
 //! harness to a time either far ahead (the handoff stays in flight) or long past (it ran out), so
 //! the followers' verdicts do not depend on how long a run takes.
@@ -88,6 +88,7 @@ fn exempt_list() -> Vec<&'static str> {
     vec!["198.19.77.0/24", "2001:db8:ee::/48"]
 }
 
+#[expect(clippy::too_many_lines, reason = "one literal per plan")]
 fn plans() -> Vec<Plan> {
     let rotated = Secrets {
         current: 1,
@@ -232,7 +233,7 @@ fn plans() -> Vec<Plan> {
     ]
 }
 
-/// CLOCK_MONOTONIC_COARSE: the clock `bpf_ktime_get_coarse_ns` reads.
+/// `CLOCK_MONOTONIC_COARSE`: the clock `bpf_ktime_get_coarse_ns` reads.
 fn coarse_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -243,14 +244,23 @@ fn coarse_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap()
 }
 
-/// The clock part of our TSval (milliseconds plus the secret's offset, in units of 2^18 ms), as
+/// The clock part of our `TSval` (milliseconds plus the secret's offset, in units of 2^18 ms), as
 /// the cookie documentation specifies it.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "milliseconds modulo 2^32, as the data path's 32-bit sum takes them"
+)]
 fn ts_clock(now: u64, offset: u32) -> u32 {
-    (((now / 1_000_000) as u32).wrapping_add(offset) >> 18) & 0x3fff
+    let ms = (now / 1_000_000) as u32;
+    (ms.wrapping_add(offset) >> 18) & 0x3fff
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    use std::fmt::Write as _;
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
 }
 
 /// RFC 1071 sum, written here on its own.
@@ -410,6 +420,7 @@ impl Target {
     /// scope, exempt sources, established and time-wait flows go, the new ones come; what the
     /// program wrote (handoffs in flight, tracked and closing handshakes, the watch ring) stays,
     /// and the model carries it over. Returns the plan's time-wait flows.
+    #[expect(clippy::too_many_lines, reason = "one block per map, in order")]
     fn apply(&mut self, plan: &Plan, pool: &[FlowSpec]) -> Vec<FlowSpec> {
         let m = &mut self.maps;
         let model = &mut self.model;
@@ -516,7 +527,7 @@ impl Target {
             let k = next().key();
             let e = HalfOpen {
                 first_seen_ns: 1,
-                isn: 0x1000 + i as u32,
+                isn: 0x1000 + u32::try_from(i).unwrap(),
                 syns: 1,
                 resets: 0,
                 closing: u32::from(i % 3 == 2),
@@ -541,7 +552,7 @@ impl Target {
     /// program opened (75 s long: it must not run out in the middle of a pass).
     fn check_maps(&mut self, what: &str) {
         let mut got: DetMap<FlowKey, HalfOpen> = DetMap::default();
-        for kv in self.half_open.iter() {
+        for kv in &self.half_open {
             let (k, v) = kv.expect("HALF_OPEN read");
             got.insert(k, v);
         }
@@ -602,6 +613,10 @@ struct Tally {
 }
 
 /// Runs `frame` through the program and the model; panics with a report on any difference.
+#[expect(
+    clippy::too_many_lines,
+    reason = "run, compare, report, check what it wrote"
+)]
 fn one(
     t: &mut Target,
     pin: &mut Rng,
@@ -812,7 +827,7 @@ fn program_matches_the_model_on_generated_frames() {
         };
         // SAFETY: valid out-pointer.
         unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut ts) };
-        (ts.tv_sec as u64).wrapping_mul(1_000_000_007) ^ ts.tv_nsec as u64
+        ts.tv_sec.cast_unsigned().wrapping_mul(1_000_000_007) ^ ts.tv_nsec.cast_unsigned()
     });
     println!("difftest: {frames} frames, seed {seed:#x} (reproduce: DIFFTEST_SEED={seed:#x})");
     let ns = Netns::new("dt").expect("netns");
@@ -848,7 +863,7 @@ fn program_matches_the_model_on_generated_frames() {
          kinds: {}\n  verdicts: aborted {} drop {} pass {} tx {}\n  runs at a slot/TSval \
          boundary: {}\n  counters: {:?}",
         tally.frames,
-        tally.frames as f64 / secs,
+        f64::from(u32::try_from(tally.frames).unwrap_or(u32::MAX)) / secs,
         kinds.join(", "),
         tally.by_verdict[0],
         tally.by_verdict[1],

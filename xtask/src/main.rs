@@ -49,7 +49,7 @@ enum Task {
     },
     /// The differential test of the data path, longer than the pass `test` runs: FRAMES
     /// generated and mutated frames (default 10,000,000) through the real object with
-    /// BPF_PROG_TEST_RUN, each compared with the reference model; SEED reproduces a run (default:
+    /// `BPF_PROG_TEST_RUN`, each compared with the reference model; SEED reproduces a run (default:
     /// from the clock, printed). Needs root. Example: `./x difftest -- 5000000 0x2a`.
     Difftest {
         /// After `--`: FRAMES, then SEED.
