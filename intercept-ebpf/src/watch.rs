@@ -246,13 +246,19 @@ pub fn untrack(flow: &intercept_common::cookie::Flow, tcp: &Tcp) -> bool {
 
 /// An ACK in intercept mode while watch mode's handshakes may still be tracked or closing
 /// (`flags::TRACKING`, or the `CLOSING` gate open): true if its flow is being closed, so the
-/// caller drops it as [`segment`] does in watch mode.
+/// caller drops it as [`segment`] does in watch mode. Counts nothing: otherwise the caller's
+/// ACK path counts the segment's verdict. (Not `scope::in_scope`, which counts the pass it
+/// returns for a flow out of scope: every such ACK was counted passed twice.)
 #[inline(never)]
 pub fn closing(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> bool {
-    match scope::in_scope(&Pkt::new(ctx), ip, tcp) {
-        Ok((_, flow)) => client_segment(&FlowKey::of(&flow), tcp) == Seen::Closing,
-        Err(_) => false,
-    }
+    let pkt = Pkt::new(ctx);
+    let (Some(cfg), Some(flow)) = (
+        crate::maps::CONFIG.get(0),
+        intercept_common::handshake::flow_of(&pkt, ip, tcp),
+    ) else {
+        return false;
+    };
+    scope::protected(&flow, cfg) && client_segment(&FlowKey::of(&flow), tcp) == Seen::Closing
 }
 
 /// The kernel completed a handshake: the socket-table tracepoint saw the server's socket of

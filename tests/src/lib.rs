@@ -14,6 +14,9 @@ use aya::{
 use intercept_common::{Counter, maps};
 use intercept_ctl::stats::{Counters, read_map};
 
+pub mod framegen;
+pub mod model;
+
 /// Fails the test (never skips it) unless it runs as root: BPF and network namespaces need it.
 ///
 /// # Panics

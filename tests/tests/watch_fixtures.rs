@@ -418,3 +418,37 @@ fn segments_of_a_handshake_being_closed_are_dropped() {
         e.drops("ACK in intercept mode", &seg(1, tcp_flags::ACK), Ack);
     });
 }
+
+/// In intercept mode while watch mode's handshakes may still be tracked (`flags::TRACKING`) or
+/// closing (the gate open), an ACK to a destination out of scope passes counted once, as every
+/// frame is: the check for a handshake being closed must not count a pass of its own before the
+/// ACK path counts the real one (found by the differential test: `passed` moved by two, so
+/// `packets == passed + dropped + syn_ack_sent + aborted` no longer held).
+#[test]
+fn an_ack_out_of_scope_after_watch_mode_is_counted_once() {
+    require_root("an_ack_out_of_scope_after_watch_mode_is_counted_once");
+    on_cpu0(|| {
+        let mut e = env();
+        let cfg = e.maps.config().unwrap();
+        e.maps
+            .set_config(&Config {
+                mode: Mode::Intercept as u32,
+                flags: cfg.flags | flags::TRACKING,
+                ..cfg
+            })
+            .unwrap();
+        let mut t = TcpSegment::new(
+            IpAddr::V4(client(1)),
+            IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9)),
+            40000,
+            8080,
+            tcp_flags::ACK,
+        );
+        (t.seq, t.ack_seq) = (1001, 5000);
+        e.run(
+            "ACK to an unprotected destination, TRACKING set",
+            &tcp_frame(&Link::default(), &t),
+            &[Packets, Ipv4, Tcp, Ack, Passed],
+        );
+    });
+}

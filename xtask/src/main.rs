@@ -47,6 +47,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The differential test of the data path, longer than the pass `test` runs: FRAMES
+    /// generated and mutated frames (default 10,000,000) through the real object with
+    /// `BPF_PROG_TEST_RUN`, each compared with the reference model; SEED reproduces a run (default:
+    /// from the clock, printed). Needs root. Example: `./x difftest -- 5000000 0x2a`.
+    Difftest {
+        /// After `--`: FRAMES, then SEED.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Fuzz the host-side parsers, the configuration file and the cookie codec (cargo-fuzz,
     /// libFuzzer; installs cargo-fuzz first if it is missing): every target, or TARGET, for a
     /// bounded time each. Not part of `test`.
@@ -256,6 +265,25 @@ fn main() -> anyhow::Result<()> {
                 bail!("the soak failed ({status})");
             }
             Ok(())
+        }
+        Task::Difftest { args } => {
+            let frames = args.first().map_or("10000000", String::as_str);
+            let mut envs = vec![("DIFFTEST_FRAMES", frames)];
+            if let Some(seed) = args.get(1) {
+                envs.push(("DIFFTEST_SEED", seed));
+            }
+            cargo(
+                &[
+                    "test",
+                    "-p",
+                    "intercept-tests",
+                    "--test",
+                    "difftest",
+                    "--",
+                    "--nocapture",
+                ],
+                &envs,
+            )
         }
         Task::Fuzz { target, args } => {
             let (seconds, extra) = match args.split_first() {
