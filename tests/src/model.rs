@@ -24,10 +24,10 @@ pub type HashSet<K> = StdHashSet<K, BuildHasherDefault<DefaultHasher>>;
 
 use intercept_common::{
     Counter,
-    checksum::{pseudo_v4, pseudo_v6, verifies},
+    checksum::{fold, pseudo_v4, pseudo_v6, verifies},
     config::{
-        Config, FOLLOW_MAGIC, FlowKey, HANDOFF_MAGIC, HalfOpen, PROVEN_SEQ_SPAN, PROVEN_WINDOW_NS,
-        Proven, REQUEST_SOCK_LIFETIME_NS, RING_SLOTS, proven_slot, time_wait_bucket,
+        Config, FOLLOW_FLIP, FlowKey, HalfOpen, PROVEN_SEQ_SPAN, PROVEN_WINDOW_NS, Proven,
+        REQUEST_SOCK_LIFETIME_NS, RING_SLOTS, proven_slot, time_wait_bucket,
     },
     cookie::{
         self, CookieOpts, Flow, MSS_TABLE_V4, MSS_TABLE_V6, Secrets, SynInput, WSCALE_MAX,
@@ -263,7 +263,9 @@ fn header_checksum_ok(f: &[u8], ip: &Ip, tcp: &Tcp) -> bool {
             u32::try_from(len).unwrap(),
         ),
     };
-    verifies(acc, seg)
+    // Correct, or the pseudo-header sum alone (checksum offload left for the NIC).
+    let check = u16::from_be_bytes([seg[16], seg[17]]);
+    verifies(acc, seg) || check == fold(acc)
 }
 
 /// The 24 bytes of XDP metadata a handoff (or a follower's mark) puts in front of the frame:
@@ -413,7 +415,7 @@ impl Model {
                     L3::V6 { .. } => Counter::Ipv6,
                 });
                 match ip.l4 {
-                    L4::Fragment => r.count(Counter::Fragment),
+                    L4::Fragment | L4::TcpFragment => r.count(Counter::Fragment),
                     L4::Other(_) => r.count(Counter::NonTcp),
                     L4::Tcp(t) => {
                         r.count(Counter::Tcp);
@@ -432,6 +434,15 @@ impl Model {
             return r.pass(Counter::Passed);
         };
         let L4::Tcp(tcp) = ip.l4 else {
+            // Intercept mode drops what it cannot see into but the kernel could find a SYN in.
+            if self.acting() == Acting::Intercept {
+                if ip.l4 == L4::TcpFragment {
+                    return r.drop(Counter::TcpFragmentDropped);
+                }
+                if ip.l4.unwalked_chain() {
+                    return r.drop(Counter::Ipv6ChainDropped);
+                }
+            }
             return r.pass(Counter::Passed);
         };
         let flow = flow_of(f, &ip, &tcp);
@@ -494,7 +505,7 @@ impl Model {
         if tcp.payload_len > 0 {
             r.count(Counter::SynDataIgnored);
         } else if !header_checksum_ok(f, ip, tcp) {
-            return r.pass(Counter::PassBadChecksum);
+            return r.drop(Counter::SynBadChecksum);
         }
         let idx = self.secrets.current & 1;
         let secret = self.secrets.keys[idx as usize];
@@ -612,7 +623,7 @@ impl Model {
         match checked {
             Ok(co) => {
                 if self.follows(&key, tcp.seq, tcp.ack_seq, now) {
-                    return Self::follow(r);
+                    return self.follow(r);
                 }
                 let slot = proven_slot(&key);
                 self.proven
@@ -641,7 +652,7 @@ impl Model {
                     usec_ts_ok: 0,
                     reserved: [0; 3],
                 };
-                r.meta = Some(meta_bytes(HANDOFF_MAGIC, &a));
+                r.meta = Some(meta_bytes(self.cfg.meta_tag, &a));
                 r.count(Counter::AckValid);
                 r.pass(Counter::Passed)
             }
@@ -650,7 +661,7 @@ impl Model {
                 if (tcp.payload_len > 0 || tcp.flags & tcp_flags::FIN != 0)
                     && self.follows(&key, tcp.seq, tcp.ack_seq, now)
                 {
-                    return Self::follow(r);
+                    return self.follow(r);
                 }
                 if self.in_time_wait(&key, now) {
                     return r.pass(Counter::PassTimeWait);
@@ -664,9 +675,9 @@ impl Model {
         }
     }
 
-    fn follow(r: &mut Run) -> u32 {
+    fn follow(&self, r: &mut Run) -> u32 {
         r.meta = Some(meta_bytes(
-            FOLLOW_MAGIC,
+            self.cfg.meta_tag ^ FOLLOW_FLIP,
             &intercept_common::config::TcpReqAttrs::default(),
         ));
         r.pass(Counter::PassProven)
