@@ -128,6 +128,13 @@ pub enum Counter {
     /// intercept mode: dropped, as the kernel could find a SYN behind it (no legitimate TCP
     /// sends such chains).
     Ipv6ChainDropped,
+    /// Protected SYNs from a source the routing table cannot reach (blackhole, unreachable,
+    /// prohibit): dropped, as the kernel could send no SYN-ACK there either.
+    SynUnroutable,
+    /// SYN-ACKs sent to the route's next hop on this interface rather than to the SYN's sender
+    /// (its Ethernet source was not the next hop back: a source spoofed from this segment, or a
+    /// router other than the route back).
+    SynAckToNextHop,
     /// Number of counters; not a counter.
     Count,
 }
@@ -182,6 +189,8 @@ impl Counter {
         Counter::MetaUnsupported,
         Counter::TcpFragmentDropped,
         Counter::Ipv6ChainDropped,
+        Counter::SynUnroutable,
+        Counter::SynAckToNextHop,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -235,6 +244,8 @@ impl Counter {
             Counter::MetaUnsupported => "meta_unsupported",
             Counter::TcpFragmentDropped => "tcp_fragment_dropped",
             Counter::Ipv6ChainDropped => "ipv6_chain_dropped",
+            Counter::SynUnroutable => "syn_unroutable",
+            Counter::SynAckToNextHop => "syn_ack_to_next_hop",
             Counter::Count => "count",
         }
     }
@@ -296,6 +307,8 @@ impl Counter {
             }
             Counter::TcpFragmentDropped => "Intercept: TCP fragments dropped",
             Counter::Ipv6ChainDropped => "Intercept: IPv6 with too many extension headers, dropped",
+            Counter::SynUnroutable => "Intercept: SYN from an unroutable source, dropped",
+            Counter::SynAckToNextHop => "SYN-ACKs sent to the route's next hop, not the sender",
             Counter::Count => "",
         }
     }

@@ -655,6 +655,10 @@ pub struct CaptureCounts {
     pub rst: u64,
     /// Outgoing SYN-ACKs.
     pub syn_ack_out: u64,
+    /// Incoming SYN-ACKs addressed to this interface's MAC.
+    pub syn_ack_in: u64,
+    /// Incoming SYN-ACKs addressed to another host's MAC (seen only by a capture).
+    pub syn_ack_in_other_host: u64,
 }
 
 impl Capture {
@@ -715,6 +719,12 @@ impl Capture {
                             (TcpKind::Ack, false) => c.ack += 1,
                             (TcpKind::Rst, false) => c.rst += 1,
                             (TcpKind::SynAck, true) => c.syn_ack_out += 1,
+                            (TcpKind::SynAck, false)
+                                if from.sll_pkttype == libc::PACKET_OTHERHOST as u8 =>
+                            {
+                                c.syn_ack_in_other_host += 1;
+                            }
+                            (TcpKind::SynAck, false) => c.syn_ack_in += 1,
                             _ => {}
                         }
                     }

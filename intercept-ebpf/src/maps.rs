@@ -56,6 +56,8 @@ pub struct Scratch {
     pub req: SynRequest,
     /// The SYN-ACK being built.
     pub sa: SynAck,
+    /// The route lookup for the SYN-ACK (see `synack::next_hop`).
+    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
 }
 
 /// Per-CPU scratch (see [`Scratch`]): off the 512-byte stack, and outside what the verifier

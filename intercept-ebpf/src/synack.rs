@@ -76,6 +76,12 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     // The kernel continues the connection's timestamps from our TSval (its `ts_off`).
     let sa = &mut scratch.sa;
     build_synack(req, cfg, input.opts, c.isn, c.tsval, sa);
+    // The route back, looked up last: nothing of it stays live across the cookie's hashing,
+    // whose paths it would multiply for the verifier.
+    let hop = next_hop(ctx, req, &mut scratch.fib);
+    if hop == HOP_UNROUTABLE {
+        return drop(Counter::SynUnroutable);
+    }
 
     // Lengths re-derived here, not read back from the map: a value loaded from map memory has no
     // bounds ("math between pkt pointer and register with unbounded min value is not allowed").
@@ -101,6 +107,15 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         eth[i] = macs[i + 6];
         eth[i + 6] = macs[i];
         i += 1;
+    }
+    if hop == HOP_VIA {
+        // SAFETY: on success the helper wrote the MACs over the request's mark.
+        let via = unsafe { scratch.fib.__bindgen_anon_6.__bindgen_anon_2 };
+        if via.dmac != [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]] {
+            eth[..6].copy_from_slice(&via.dmac);
+            eth[6..].copy_from_slice(&via.smac);
+            count(Counter::SynAckToNextHop);
+        }
     }
     if pkt.store(0, &eth).is_none() {
         return aborted();
@@ -130,6 +145,73 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     }
     count(Counter::SynAckSent);
     xdp_action::XDP_TX
+}
+
+/// [`next_hop`]: back to the frame's sender. The interface does not forward (the kernel's route
+/// lookup for XDP, `bpf_fib_lookup`, answers only for forwarding interfaces), or the route leaves
+/// through another interface (asymmetric routing: the router that sent us the SYN forwards the
+/// answer), or its neighbour is not resolved yet, or the lookup could not say.
+const HOP_SENDER: u32 = 0;
+/// [`next_hop`]: the route back leaves through this interface, to the neighbour and from the
+/// address the lookup left in its request.
+const HOP_VIA: u32 = 1;
+/// [`next_hop`]: no route back (blackhole, unreachable, prohibit): the kernel could not answer
+/// either.
+const HOP_UNROUTABLE: u32 = 2;
+
+/// The route back to the SYN's sender, as the kernel's own SYN-ACK would take it (an output
+/// route lookup from our address, `bpf_fib_lookup`): replying to the frame's Ethernet source
+/// instead lets a host on this segment spoof any address and read our cookies. The kernel
+/// answers such lookups only on an interface that forwards (`net.ipv4.conf.IFACE.forwarding`,
+/// `net.ipv6.conf.IFACE.forwarding`): a router, or the gateway in front of servers; elsewhere
+/// the reply goes to the sender, as documented.
+#[inline(always)]
+fn next_hop(
+    ctx: &XdpContext,
+    req: &SynRequest,
+    fib: &mut aya_ebpf::bindings::bpf_fib_lookup,
+) -> u32 {
+    use aya_ebpf::bindings::{
+        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LKUP_RET_UNREACHABLE, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup,
+    };
+    // SAFETY: all-zero is a valid lookup request.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.l4_protocol = 6;
+    p.sport = req.flow.dport.to_be();
+    p.dport = req.flow.sport.to_be();
+    if req.v6 {
+        p.family = 10; // AF_INET6
+        let (s, d) = (&req.flow.daddr, &req.flow.saddr);
+        p.__bindgen_anon_3.ipv6_src = [s[0].to_be(), s[1].to_be(), s[2].to_be(), s[3].to_be()];
+        p.__bindgen_anon_4.ipv6_dst = [d[0].to_be(), d[1].to_be(), d[2].to_be(), d[3].to_be()];
+    } else {
+        p.family = 2; // AF_INET
+        p.__bindgen_anon_3.ipv4_src = req.flow.daddr[3].to_be();
+        p.__bindgen_anon_4.ipv4_dst = req.flow.saddr[3].to_be();
+    }
+    // SAFETY: ctx is the program's own context.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    // The lookup needs a device (the output device it prefers); routes through other devices
+    // are then skipped, and finding none is "not forwarded", never "unreachable".
+    p.ifindex = ingress;
+    *fib = p;
+    // SAFETY: the request lives in map memory for the call; the helper checks its size.
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &raw mut *fib,
+            size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS if fib.ifindex == ingress => HOP_VIA,
+        BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
+            HOP_UNROUTABLE
+        }
+        _ => HOP_SENDER,
+    }
 }
 
 /// Stores the first `N` words of `src` at `off`.

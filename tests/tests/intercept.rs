@@ -834,3 +834,89 @@ fn clients_leaving_checksums_to_offload_get_cookies() {
         "{d:?}"
     );
 }
+
+/// On an interface that forwards (a router; the kernel answers XDP's route lookups only
+/// there), the SYN-ACK takes the route back to the SYN's source, as the kernel's own would, not
+/// simply the frame's sender: a host on this segment spoofing a neighbour's address (or any
+/// address routed through a gateway) never sees the cookie, which goes to the real next hop; a
+/// source with no route back is dropped. Before, every SYN-ACK went to whoever sent the SYN, so
+/// a host on the segment could complete handshakes as any address.
+#[test]
+fn syn_acks_take_the_route_back_not_the_senders_mac() {
+    require_root("syn_acks_take_the_route_back_not_the_senders_mac");
+    use intercept_common::craft::{TcpSegment, linux_syn_options, tcp_frame};
+    let t = InterceptLab::echoing(PORT);
+    let srv = &t.lab.server;
+    for family in ["ipv4", "ipv6"] {
+        let knob = format!("net.{family}.conf.{}.forwarding=1", t.srv_if());
+        srv.exec("sysctl", &["-qw", &knob]).expect("sysctl");
+    }
+    for args in [
+        vec![
+            "neigh",
+            "replace",
+            "198.18.0.50",
+            "lladdr",
+            "02:00:00:00:00:50",
+            "dev",
+            t.srv_if(),
+            "nud",
+            "permanent",
+        ],
+        vec![
+            "-6",
+            "neigh",
+            "replace",
+            "2001:db8::50",
+            "lladdr",
+            "02:00:00:00:00:50",
+            "dev",
+            t.srv_if(),
+            "nud",
+            "permanent",
+        ],
+        vec!["route", "add", "blackhole", "198.19.99.0/24"],
+        vec!["-6", "route", "add", "blackhole", "2001:db8:99::/48"],
+    ] {
+        srv.ip(&args).expect("ip");
+    }
+    let cap = Capture::start(&t.lab.client, &t.lab.veth.b).expect("capture");
+    let sender = t.lab.raw_sender().expect("raw sender");
+    let before = t.stats();
+    for (src, dst) in [
+        ("198.18.0.50", IpAddr::V4(SERVER_V4)),
+        ("2001:db8::50", IpAddr::V6(SERVER_V6)),
+        ("198.19.99.1", IpAddr::V4(SERVER_V4)),
+        ("2001:db8:99::1", IpAddr::V6(SERVER_V6)),
+    ] {
+        let mut syn = TcpSegment::new(src.parse().unwrap(), dst, 33_333, PORT, tcp_flags::SYN);
+        syn.seq = 0x5555_0000;
+        syn.options = linux_syn_options(1400, 1, 7);
+        sender.send(&tcp_frame(&sender.link, &syn)).expect("send");
+    }
+    for ip in [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)] {
+        let mut c = t
+            .lab
+            .connect(addr(ip), Duration::from_secs(3))
+            .expect("connect");
+        ping(&mut c, "a client on the segment");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = cap.finish();
+    let d = t.stats().delta(&before);
+    assert_eq!(
+        (
+            d.get(SynAckToNextHop),
+            d.get(SynUnroutable),
+            d.get(SynAckSent)
+        ),
+        (2, 2, 4),
+        "{d:?}"
+    );
+    assert_eq!(
+        (seen.syn_ack_in_other_host, seen.syn_ack_in),
+        (2, 2),
+        "the spoofed sources' SYN-ACKs went to their neighbour's MAC, the clients' to theirs: \
+         {seen:?}"
+    );
+}
