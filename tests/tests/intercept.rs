@@ -867,26 +867,15 @@ fn a_connection_only_in_another_namespace_lets_no_forged_ack_through() {
     }
 }
 
-/// Asymmetric routing: the client's SYN reaches the server over another, unprotected link, so
-/// the kernel answers it and holds a request socket; the client's ACK and request arrive over
-/// the protected link, where they carry none of our cookies. They must reach that request
-/// socket at once (the client's request is answered without a retransmission).
-///
-/// Two links join the lab's namespaces: the lab's protected veth, and a second veth without XDP
-/// whose server end has the protected end's MAC address (the server's replies leave over the
-/// protected link, the only one with the client's addresses). The client routes the server's
-/// addresses over the second link, where a u32 filter on its egress redirects every TCP
-/// segment without SYN to the protected link: SYNs leave over the second link, the rest over
-/// ours.
-#[test]
-fn asymmetric_routing_syn_on_another_link_ack_on_ours_connects() {
-    require_root("asymmetric_routing_syn_on_another_link_ack_on_ours_connects");
-    use intercept_ctl::{
-        lab::{Lab, Shape},
-        netns::VethPair,
-    };
-    let t = InterceptLab::echoing(PORT);
-    t.end_lookup_window();
+/// A second link between the lab's namespaces, without XDP, over which the client sends its
+/// SYNs and nothing else: the server's end has the protected end's MAC address (the server's
+/// replies leave over the protected link, the only one with the client's addresses); the
+/// client routes the server's addresses over the second link, where a u32 filter on its egress
+/// redirects every TCP segment without SYN to the protected link. Reverse-path filtering is off
+/// on both sides (the SYN arrives on a link the route back does not use). Returns the server
+/// end's name.
+fn syns_over_a_second_link(t: &InterceptLab) -> String {
+    use intercept_ctl::{lab::Lab, netns::VethPair};
     let (srv, cli) = (&t.lab.server, &t.lab.client);
     let other = VethPair::new(srv, &[], cli, &[]).expect("second link");
     let (a2, b2) = (other.a.as_str(), other.b.as_str());
@@ -895,7 +884,6 @@ fn asymmetric_routing_syn_on_another_link_ack_on_ours_connects() {
     srv.ip(&["link", "set", a2, "down"]).unwrap();
     srv.ip(&["link", "set", a2, "address", &mac]).unwrap();
     srv.ip(&["link", "set", a2, "up"]).unwrap();
-    // The SYN arrives on a link the route back to the client does not use.
     for (ns, devs) in [(srv, [t.srv_if(), a2]), (cli, [t.lab.veth.b.as_str(), b2])] {
         let mut args = vec![
             "-qw".to_owned(),
@@ -909,21 +897,13 @@ fn asymmetric_routing_syn_on_another_link_ack_on_ours_connects() {
         )
         .unwrap();
     }
-    for (fam, server, client) in [
-        ("-4", "198.18.0.1", "198.18.0.2"),
-        ("-6", "2001:db8::1", "2001:db8::2"),
+    for (fam, server, bits, client) in [
+        ("-4", "198.18.0.1", 32, "198.18.0.2"),
+        ("-6", "2001:db8::1", 128, "2001:db8::2"),
     ] {
-        cli.ip(&[
-            fam,
-            "route",
-            "add",
-            &format!("{server}/{}", if fam == "-4" { 32 } else { 128 }),
-            "dev",
-            b2,
-            "src",
-            client,
-        ])
-        .unwrap();
+        let dst = format!("{server}/{bits}");
+        cli.ip(&[fam, "route", "add", &dst, "dev", b2, "src", client])
+            .unwrap();
         cli.ip(&[
             fam,
             "neigh",
@@ -974,9 +954,24 @@ fn asymmetric_routing_syn_on_another_link_ack_on_ours_connects() {
             &t.lab.veth.b,
         ]);
     }
+    other.a.clone()
+}
+
+/// Asymmetric routing: the client's SYN reaches the server over another, unprotected link, so
+/// the kernel answers it and holds a request socket; the client's ACK and request arrive over
+/// the protected link, where they carry none of our cookies. They must reach that request
+/// socket at once (the client's request is answered without a retransmission). Detaching then
+/// removes the program that records request sockets.
+#[test]
+fn asymmetric_routing_syn_on_another_link_ack_on_ours_connects() {
+    require_root("asymmetric_routing_syn_on_another_link_ack_on_ours_connects");
+    let t = InterceptLab::echoing(PORT);
+    t.end_lookup_window();
+    let a2 = syns_over_a_second_link(&t);
+    let srv = &t.lab.server;
     let rx_packets = || -> u64 {
         let v: serde_json::Value =
-            serde_json::from_str(&srv.ip(&["-j", "-s", "link", "show", "dev", a2]).unwrap())
+            serde_json::from_str(&srv.ip(&["-j", "-s", "link", "show", "dev", &a2]).unwrap())
                 .unwrap();
         v[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
     };
@@ -984,7 +979,12 @@ fn asymmetric_routing_syn_on_another_link_ack_on_ours_connects() {
         let (before, rx_before) = (t.stats(), rx_packets());
         let r = t
             .lab
-            .requests(addr(ip), Shape::One, 5, Duration::from_secs(3))
+            .requests(
+                addr(ip),
+                intercept_ctl::lab::Shape::One,
+                5,
+                Duration::from_secs(3),
+            )
             .expect("requests");
         let d = t.stats().delta(&before);
         assert_eq!(
@@ -1013,5 +1013,30 @@ fn asymmetric_routing_syn_on_another_link_ack_on_ours_connects() {
             d.get(PassTimeWait) >= 5,
             "{ip}: the handshake ACKs passed to the kernel's request sockets: {d:?}"
         );
+    }
+    let st = status(&t);
+    assert_eq!(st["socket_table"]["request_sockets_tracked"], true, "{st}");
+    assert_eq!(st["limitations"], serde_json::json!([]), "{st}");
+    // Detaching removes the request-socket program with the rest.
+    let reqsk = || -> Vec<u32> {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|p| {
+                p.name_as_str()
+                    .is_some_and(|n| n.starts_with("track_request"))
+            })
+            .map(|p| p.id())
+            .collect()
+    };
+    let ids = reqsk();
+    assert!(!ids.is_empty(), "the request-socket program is loaded");
+    t.ctl(&["detach", t.srv_if()]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while reqsk().iter().any(|id| ids.contains(id)) {
+        assert!(
+            Instant::now() < deadline,
+            "program {ids:?} still loaded 3 s after detach"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
