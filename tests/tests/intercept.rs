@@ -732,7 +732,8 @@ fn an_agents_tcx_program_before_ours_is_reported_and_attach_puts_ours_first() {
 /// 4-tuples exist there and here; the twin's server listens on [`PORT`] and echoes.
 struct Twin {
     _veth: intercept_ctl::netns::VethPair,
-    server: intercept_ctl::netns::Netns,
+    /// Held for its lifetime: the namespace is deleted on drop.
+    _server: intercept_ctl::netns::Netns,
     client: intercept_ctl::netns::Netns,
 }
 
@@ -763,7 +764,7 @@ impl Twin {
         echo_server(l6);
         Twin {
             _veth: veth,
-            server,
+            _server: server,
             client,
         }
     }
