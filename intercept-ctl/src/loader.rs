@@ -537,7 +537,7 @@ pub fn attach_request_tracker(ebpf: &mut Ebpf) -> anyhow::Result<(FdLink, &'stat
     };
     attach_request_sock_ops(ebpf)
         .map(|link| (link, "sock_ops"))
-        .map_err(|e| e.context(format!("and fentry failed: {fentry_err:#}")))
+        .map_err(|e| anyhow::anyhow!("fentry: {fentry_err:#}; sock_ops: {e:#}"))
 }
 
 /// The fentry kind of [`attach_request_tracker`].

@@ -149,7 +149,7 @@ pub fn handle(ctx: &TracePointContext) {
 /// The client's ACK then arrives here with none of our cookies; without this record it would be
 /// dropped as forged once the table is authoritative. Outside intercept mode nothing is
 /// recorded: nothing is dropped on the table then, and when intercept mode comes into force the
-/// lookup window covers the request sockets made before (`kernel_handshake`).
+/// controller opens the lookup window, which covers the request sockets made before.
 #[inline(always)]
 pub fn request_sock(req: *const u8) {
     let o = offsets();
