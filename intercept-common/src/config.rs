@@ -175,14 +175,20 @@ impl Default for Config {
 /// State of the socket table ([`crate::maps::SOCKETS`]), as read by the controller from the
 /// words of [`crate::maps::SOCKET_TABLE`] (see [`table_word`]).
 ///
-/// The table holds the inbound flow of every TCP socket in a state other than listening or closed
-/// (SYN-sent, SYN-received, established, closing states): the tracepoint program
-/// `track_sockets` (on `sock:inet_sock_set_state`) inserts at each state change and removes at
-/// `TCP_CLOSE`; the controller first seeds it from sock_diag with the sockets that existed before.
+/// The table holds the inbound flow of every TCP socket of the attachment's network namespace in
+/// a state other than listening or closed (SYN-sent, SYN-received, established, closing
+/// states): the tracepoint program `track_sockets` (on `sock:inet_sock_set_state`, which fires
+/// for every namespace of the host) keeps only that namespace's sockets (see [`SockOffsets`]),
+/// inserts at each state change and removes at `TCP_CLOSE`; the controller first seeds it from
+/// `sock_diag` with the sockets that existed before (`sock_diag` answers for its own namespace).
 /// While it is authoritative, an ACK whose flow is absent and whose cookie fails is dropped without
 /// asking the kernel (`bpf_skc_lookup_tcp`, the dearest step of the ACK path); otherwise the
 /// kernel is asked. Request sockets (the kernel's own half-open handshakes) are not in the table:
-/// while the kernel may hold some, the table is not authoritative (see `lookup_until_ns`).
+/// while the kernel may hold some the data path cannot know of, the table is not authoritative
+/// (see `lookup_until_ns`). Those it can know of, hashed while intercept mode is in force (their
+/// SYN came over another interface, or was left to the kernel), are recorded as they are made
+/// with the time-wait sockets (see `crate::maps::TIME_WAIT`), so asymmetric routing needs no
+/// lookup.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketTable {
     /// The controller seeded the table from the kernel's sockets.
@@ -326,11 +332,57 @@ impl Proven {
     }
 }
 
-/// How long a connection the server closed first lives on in the kernel: a time-wait socket lasts
+/// How long a connection the server closed first lives on in the kernel (its entry in
+/// `crate::maps::TIME_WAIT`; a request socket's lives [`REQUEST_SOCK_LIFETIME_NS`]): a time-wait socket lasts
 /// `TCP_TIMEWAIT_LEN` (60 s), an orphaned FIN-WAIT-2 one `tcp_fin_timeout` (60 s by default) as a
 /// time-wait socket too; plus margin. Until then its segments go to the kernel, which answers them
 /// (re-acknowledges a FIN, resets data, accepts a SYN that reuses the 4-tuple).
 pub const TIME_WAIT_NS: u64 = 70_000_000_000;
+
+/// Where the socket-tracking programs find the kernel's fields, and which network namespace is
+/// theirs: the object's global `SOCK_OFFSETS`, set by the loader before the programs load, from
+/// the kernel's BTF (`struct sock_common` in include/net/sock.h, `struct net` in
+/// include/net/net_namespace.h) and the attachment namespace's `SO_NETNS_COOKIE`. A zero field
+/// is unknown: with `netns_cookie`, `skc_net` or `net_cookie` unknown, the tracepoint keeps
+/// sockets of every namespace (and `status` says so); with any socket field unknown, request
+/// sockets are not tracked at all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// The attachment namespace's cookie (never reused while the host runs).
+    pub netns_cookie: u64,
+    /// `sock_common.skc_net`: the socket's namespace (`possible_net_t`, one pointer).
+    pub skc_net: u32,
+    /// `net.net_cookie`.
+    pub net_cookie: u32,
+    /// `sock_common.skc_dport`: the remote port, network order.
+    pub skc_dport: u32,
+    /// `sock_common.skc_num`: the local port, host order.
+    pub skc_num: u32,
+    /// `sock_common.skc_v6_daddr`: the remote address (IPv4-mapped for IPv4, `sk_daddr_set`).
+    pub skc_v6_daddr: u32,
+    /// `sock_common.skc_v6_rcv_saddr`: the local address (IPv4-mapped for IPv4).
+    pub skc_v6_rcv_saddr: u32,
+}
+const _: () = assert!(size_of::<SockOffsets>() == 32);
+
+impl SockOffsets {
+    /// Whether the tracking programs can tell the attachment's namespace from others.
+    #[must_use]
+    pub const fn filters_netns(&self) -> bool {
+        self.netns_cookie != 0 && self.skc_net != 0 && self.net_cookie != 0
+    }
+
+    /// Whether a request socket's flow and namespace can be read.
+    #[must_use]
+    pub const fn reads_request_socks(&self) -> bool {
+        self.filters_netns()
+            && self.skc_dport != 0
+            && self.skc_num != 0
+            && self.skc_v6_daddr != 0
+            && self.skc_v6_rcv_saddr != 0
+    }
+}
 
 /// The [`crate::maps::TIME_WAIT_FILTER`] bucket of a flow.
 #[inline(always)]
@@ -820,6 +872,7 @@ mod pod {
     unsafe impl aya::Pod for super::Info {}
     unsafe impl aya::Pod for super::ScopeList {}
     unsafe impl aya::Pod for super::PrefixList {}
+    unsafe impl aya::Pod for super::SockOffsets {}
 }
 
 #[cfg(test)]
@@ -972,6 +1025,41 @@ mod tests {
             // 10,000 balls in 2^19 bins: about 95 collide.
             assert!(seen.len() > 9_800, "{} distinct buckets", seen.len());
         }
+    }
+
+    #[test]
+    fn sock_offsets_say_what_the_programs_can_do() {
+        let known = SockOffsets {
+            netns_cookie: 4097,
+            skc_net: 48,
+            net_cookie: 208,
+            skc_dport: 12,
+            skc_num: 14,
+            skc_v6_daddr: 56,
+            skc_v6_rcv_saddr: 72,
+        };
+        assert!(known.filters_netns() && known.reads_request_socks());
+        for gap in [
+            SockOffsets {
+                netns_cookie: 0,
+                ..known
+            },
+            SockOffsets {
+                net_cookie: 0,
+                ..known
+            },
+        ] {
+            assert!(
+                !gap.filters_netns() && !gap.reads_request_socks(),
+                "{gap:?}"
+            );
+        }
+        let no_ports = SockOffsets {
+            skc_num: 0,
+            ..known
+        };
+        assert!(no_ports.filters_netns() && !no_ports.reads_request_socks());
+        assert!(!SockOffsets::default().filters_netns());
     }
 
     #[test]

@@ -101,14 +101,19 @@ pub const PROG_SEED: &str = "seed_socket";
 pub const PROVEN: &str = "PROVEN";
 /// Number of [`PROVEN`] slots (a power of two; 896 KiB).
 pub const PROVEN_SLOTS: u32 = 1 << 14;
-/// `LruHashMap<FlowKey, u64>`: connections the server closed first, which live on in the kernel
-/// as time-wait sockets (the socket table drops them at `TCP_CLOSE`), each with the monotonic
-/// time (ns) until which their segments go to the kernel (see
-/// [`crate::config::TIME_WAIT_NS`]). Written by the `track_sockets` tracepoint program and, at
-/// attach, by the controller (time-wait sockets that existed before).
+/// `LruHashMap<FlowKey, u64>`: sockets the kernel holds outside the socket table, each with the
+/// monotonic time (ns) until which its flow's segments go to the kernel: connections the server
+/// closed first, which live on as time-wait sockets (the socket table drops them at
+/// `TCP_CLOSE`; [`crate::config::TIME_WAIT_NS`]), and request sockets hashed while intercept mode
+/// is in force, whose SYN the kernel answered itself because it came over another interface
+/// (asymmetric routing; [`crate::config::REQUEST_SOCK_LIFETIME_NS`]). Written, for the
+/// attachment's network namespace only, by the `track_sockets` tracepoint program, the
+/// [`PROG_REQSK`] tracing program (or [`PROG_REQSK_SOCKOPS`]) and, at attach, the controller (time-wait sockets that existed
+/// before). The name stays what the pinned map was always called.
 pub const TIME_WAIT: &str = "TIME_WAIT";
-/// Capacity of [`TIME_WAIT`]: 70 s of server-initiated closes at 1,870 per second before the
-/// oldest are evicted (their late segments are then dropped as forgeries). 131,072 entries of
+/// Capacity of [`TIME_WAIT`]: 70 s of server-initiated closes (and request sockets) at 1,870
+/// per second before the oldest are evicted (their late segments are then dropped as
+/// forgeries). 131,072 entries of
 /// 44 bytes, preallocated (about 13 MiB).
 pub const TIME_WAIT_ENTRIES: u32 = 1 << 17;
 /// `Array<u64>` of [`TIME_WAIT_BUCKETS`]: per bucket of [`crate::config::time_wait_bucket`], the
@@ -122,6 +127,17 @@ pub const TIME_WAIT_BUCKETS: u32 = 1 << 16;
 pub const SOCKET_TABLE: &str = "SOCKET_TABLE";
 /// Name of the tracepoint program that keeps [`SOCKETS`].
 pub const PROG_TRACK: &str = "track_sockets";
+/// Name of the tracing (fentry) program that records the kernel's new request sockets in
+/// [`TIME_WAIT`].
+pub const PROG_REQSK: &str = "track_request_socks";
+/// The same as a `sock_ops` program on the cgroup v2 root, for kernels that refuse fentry
+/// programs.
+pub const PROG_REQSK_SOCKOPS: &str = "track_request_socks_sockops";
+/// The kernel function [`PROG_REQSK`] runs on entry of: `bool
+/// inet_csk_reqsk_queue_hash_add(struct sock *sk, struct request_sock *req, unsigned long
+/// timeout)` (`net/ipv4/inet_connection_sock.c`), called by `tcp_conn_request` once the request
+/// socket holds its flow, before the SYN-ACK leaves.
+pub const REQSK_FUNCTION: &str = "inet_csk_reqsk_queue_hash_add";
 /// The tracepoint it attaches to (category, name).
 pub const TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
 
@@ -141,6 +157,12 @@ pub struct TraceField {
 /// The fields of [`TRACEPOINT`]'s record that [`PROG_TRACK`] reads.
 pub mod trace_field {
     use super::TraceField;
+    /// The socket (`struct sock *`): its namespace is read through it.
+    pub const SKADDR: TraceField = TraceField {
+        decl: "const void * skaddr",
+        offset: 8,
+        size: 8,
+    };
     /// The previous TCP state.
     pub const OLDSTATE: TraceField = TraceField {
         decl: "int oldstate",
@@ -184,7 +206,7 @@ pub mod trace_field {
         size: 16,
     };
     /// All of them.
-    pub const ALL: [TraceField; 7] = [
-        OLDSTATE, NEWSTATE, SPORT, DPORT, PROTOCOL, SADDR_V6, DADDR_V6,
+    pub const ALL: [TraceField; 8] = [
+        SKADDR, OLDSTATE, NEWSTATE, SPORT, DPORT, PROTOCOL, SADDR_V6, DADDR_V6,
     ];
 }

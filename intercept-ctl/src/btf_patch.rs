@@ -15,6 +15,7 @@ const BTF_MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
 const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
 const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_DATASEC: u32 = 15;
@@ -87,7 +88,9 @@ fn sections(btf: &[u8]) -> anyhow::Result<(&[u8], &[u8])> {
 }
 
 /// The byte offset of member `member` in the struct named `strukt` of a (kernel) BTF blob: how
-/// the data path finds fields of kernel structures it reads without CO-RE.
+/// the data path finds fields of kernel structures it reads without CO-RE. A member of an
+/// anonymous struct or union inside it counts as its own (`sock_common.skc_dport` lies in one:
+/// `union { __portpair skc_portpair; struct { __be16 skc_dport; __u16 skc_num; }; }`).
 ///
 /// # Errors
 /// If the blob is not BTF, or has no such struct or member, or the member is a bitfield.
@@ -97,31 +100,60 @@ pub fn member_offset(btf: &[u8], strukt: &str, member: &str) -> anyhow::Result<u
         let rest = strings.get(off as usize..).unwrap_or_default();
         &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
     };
-    for off in type_offsets(types)? {
+    let offsets = type_offsets(types)?;
+    for &off in &offsets {
         let info = u32_at(types, off + 4);
         if (info >> 24) & 0x1f != KIND_STRUCT || name(u32_at(types, off)) != strukt.as_bytes() {
             continue;
         }
-        let bitfields = info & (1 << 31) != 0;
-        for m in 0..(info & 0xffff) as usize {
-            let at = off + 12 + 12 * m;
-            if name(u32_at(types, at)) == member.as_bytes() {
-                let (bits, size) = if bitfields {
-                    let o = u32_at(types, at + 8);
-                    (o & 0x00ff_ffff, o >> 24)
-                } else {
-                    (u32_at(types, at + 8), 0)
-                };
-                ensure!(
-                    size == 0 && bits % 8 == 0,
-                    "{strukt}.{member} is a bitfield"
-                );
-                return Ok(bits / 8);
-            }
-        }
-        bail!("struct {strukt} has no member {member}");
+        let (bits, size) = find_member(types, &offsets, &name, off, member, 0)
+            .with_context(|| format!("struct {strukt} has no member {member}"))?;
+        ensure!(
+            size == 0 && bits % 8 == 0,
+            "{strukt}.{member} is a bitfield"
+        );
+        return Ok(bits / 8);
     }
     bail!("no struct {strukt} in BTF")
+}
+
+/// The bit offset of `member` in the struct or union whose record is at `off` (plus `base`),
+/// looking into its anonymous struct and union members, with its bitfield size (0: not a
+/// bitfield); `None` if absent.
+fn find_member<'s>(
+    types: &[u8],
+    offsets: &[usize],
+    name: &dyn Fn(u32) -> &'s [u8],
+    off: usize,
+    member: &str,
+    base: u32,
+) -> Option<(u32, u32)> {
+    let info = u32_at(types, off + 4);
+    let bitfields = info & (1 << 31) != 0;
+    for m in 0..(info & 0xffff) as usize {
+        let at = off + 12 + 12 * m;
+        let (bits, size) = if bitfields {
+            let o = u32_at(types, at + 8);
+            (o & 0x00ff_ffff, o >> 24)
+        } else {
+            (u32_at(types, at + 8), 0)
+        };
+        let member_name = u32_at(types, at);
+        if member_name == 0 {
+            // An anonymous struct or union: its members are the outer struct's.
+            let ty = u32_at(types, at + 4) as usize;
+            let inner = *offsets.get(ty.checked_sub(1)?)?;
+            let kind = (u32_at(types, inner + 4) >> 24) & 0x1f;
+            if (kind == KIND_STRUCT || kind == KIND_UNION)
+                && let Some(found) = find_member(types, offsets, name, inner, member, base + bits)
+            {
+                return Some(found);
+            }
+        } else if name(member_name) == member.as_bytes() {
+            return Some((base + bits, size));
+        }
+    }
+    None
 }
 
 struct Builder {
@@ -335,6 +367,18 @@ mod tests {
         let lo = member_offset(&vmlinux, "sock", "sk_ack_backlog").unwrap();
         let hi = member_offset(&vmlinux, "sock", "sk_max_ack_backlog").unwrap();
         assert!(lo > 0 && hi > 0 && lo != hi, "{lo} {hi}");
+        // Members of anonymous unions and structs (the ports), and the socket fields the
+        // tracing programs read, where include/net/sock.h puts them.
+        let at = |s, m| member_offset(&vmlinux, s, m).unwrap();
+        assert_eq!(at("sock_common", "skc_daddr"), 0);
+        assert_eq!(at("sock_common", "skc_dport"), 12);
+        assert_eq!(at("sock_common", "skc_num"), 14);
+        assert!(at("sock_common", "skc_net") > 16);
+        assert_eq!(
+            at("sock_common", "skc_v6_rcv_saddr"),
+            at("sock_common", "skc_v6_daddr") + 16
+        );
+        assert!(at("net", "net_cookie") > 0);
     }
 
     /// The embedded object's BTF, patched: every original type is still there with its id, and the

@@ -166,6 +166,9 @@ pub fn kernel_features() -> serde_json::Value {
         "kfunc_bpf_sk_assign_tcp_reqsk": has(KFUNC_NAME),
         "tcx": has(b"tcx_link\0"),
         "accept_queue_check": crate::loader::accept_queue_offsets().is_some(),
+        "socket_netns_offsets": crate::loader::sock_offsets().filters_netns(),
+        "request_socket_hook": crate::loader::sock_offsets().reads_request_socks()
+            && has(format!("{}\0", intercept_common::maps::REQSK_FUNCTION).as_bytes()),
         "tcp_syncookies": sysctl("/proc/sys/net/ipv4/tcp_syncookies"),
         "tcp_timestamps": sysctl("/proc/sys/net/ipv4/tcp_timestamps"),
         "bpffs": crate::pins::check_bpffs().is_ok(),

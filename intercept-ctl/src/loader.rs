@@ -6,12 +6,12 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode, links::FdLink,
-        tc::TcAttach,
+        CgroupAttachMode, FEntry, LinkOrder, SchedClassifier, SockOps, TcAttachType, TracePoint,
+        Xdp, XdpMode, links::FdLink, tc::TcAttach,
     },
 };
 use intercept_common::{
-    config::{Config, Mode},
+    config::{Config, Mode, SockOffsets},
     maps,
 };
 
@@ -72,11 +72,34 @@ pub fn load_object() -> anyhow::Result<Ebpf> {
     let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..patched.len()];
     bytes.copy_from_slice(&patched);
     let (len_at, max_at) = accept_queue_offsets().unwrap_or((0, 0));
+    let socks = sock_offsets();
     aya::EbpfLoader::new()
         .override_global("SK_ACK_BACKLOG_OFFSET", &len_at, true)
         .override_global("SK_MAX_ACK_BACKLOG_OFFSET", &max_at, true)
+        .override_global("SOCK_OFFSETS", &socks, true)
         .load(bytes)
         .map_err(|e| explain(e.into(), "load the eBPF object"))
+}
+
+/// What the socket-tracking programs need to keep to this network namespace (the calling
+/// thread's, where the loader attaches) and to read request sockets: its cookie
+/// (`SO_NETNS_COOKIE`), and where the kernel keeps a socket's namespace, flow, and a namespace's
+/// cookie, from its BTF. Unknown fields are zero (see [`SockOffsets`]).
+#[must_use]
+pub fn sock_offsets() -> SockOffsets {
+    let Ok(btf) = std::fs::read("/sys/kernel/btf/vmlinux") else {
+        return SockOffsets::default();
+    };
+    let at = |s, m| crate::btf_patch::member_offset(&btf, s, m).unwrap_or(0);
+    SockOffsets {
+        netns_cookie: crate::health::netns_cookie().unwrap_or(0),
+        skc_net: at("sock_common", "skc_net"),
+        net_cookie: at("net", "net_cookie"),
+        skc_dport: at("sock_common", "skc_dport"),
+        skc_num: at("sock_common", "skc_num"),
+        skc_v6_daddr: at("sock_common", "skc_v6_daddr"),
+        skc_v6_rcv_saddr: at("sock_common", "skc_v6_rcv_saddr"),
+    }
 }
 
 /// Where this kernel keeps a listener's accept-queue length and limit (`sk_ack_backlog`,
@@ -132,6 +155,10 @@ pub struct Attached {
     /// (`None` for a pass-through program, which has none).
     #[serde(skip)]
     pub previous_settings: Option<crate::config::Settings>,
+    /// What this kernel keeps the attachment from doing (see [`limitations`]); the attach
+    /// itself succeeded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limitations: Vec<String>,
 }
 
 /// A dead attachment removed to make room for a new one.
@@ -285,7 +312,13 @@ pub fn attach_with(
         remove_empty_parent(&pins, netns);
     }
     let (program_id, verified_insns) = result?;
+    let limitations = if program == Program::Intercept {
+        limitations(&pins)
+    } else {
+        Vec::new()
+    };
     Ok(Attached {
+        limitations,
         interface: iface.to_owned(),
         ifindex,
         program: program.name().to_owned(),
@@ -364,6 +397,28 @@ fn attach_and_pin(
         let link = attach_socket_tracker(ebpf)?;
         link.pin(pins.path().join("link_track"))
             .context("pin the socket-table tracepoint link")?;
+        let socks = sock_offsets();
+        if socks.filters_netns() {
+            // What `status` reads: the programs keep to this namespace.
+            std::os::unix::fs::symlink(
+                format!("netns_cookie={}", socks.netns_cookie),
+                pins.path().join(NETNS_FILTER_PIN),
+            )
+            .context("record the namespace filter in the pin directory")?;
+        }
+        // Asymmetric routing needs it, nothing else does: an attachment without it still
+        // protects, and says what it lacks (see `limitations`).
+        match attach_request_tracker(ebpf) {
+            Ok((link, kind)) => {
+                link.pin(pins.path().join(REQSK_LINK_PIN))
+                    .context("pin the request-socket tracing link")?;
+                std::os::unix::fs::symlink(kind, pins.path().join(REQSK_KIND_PIN))
+                    .context("record the request-socket program's kind")?;
+            }
+            Err(e) => eprintln!(
+                "intercept-ctl: warning: request sockets are not tracked on this kernel: {e:#}"
+            ),
+        }
         seed_sockets(ebpf).context("seed the socket table")?;
         crate::control::Maps::open(iface, netns)?.mark_seeded()?;
         crate::faults::kill_point("attach:seeded");
@@ -462,6 +517,119 @@ pub fn attach_socket_tracker(ebpf: &mut Ebpf) -> anyhow::Result<FdLink> {
     tp.take_link(id)?
         .try_into()
         .context("the kernel attached the tracepoint without a bpf_link (kernel < 5.15?)")
+}
+
+/// Pin (a symlink naming the namespace cookie) present when the socket-tracking programs keep
+/// to the attachment's network namespace.
+pub const NETNS_FILTER_PIN: &str = "netns_filter";
+/// Pin of the request-socket tracing link (see [`attach_request_tracker`]), whichever kind.
+pub const REQSK_LINK_PIN: &str = "link_reqsk";
+/// Pin (a symlink naming the kind: `fentry` or `sock_ops`) beside [`REQSK_LINK_PIN`].
+pub const REQSK_KIND_PIN: &str = "reqsk_kind";
+
+/// Loads the program that records the kernel's new request sockets of this namespace and
+/// attaches it: as an fentry program on the kernel function that hashes one
+/// (`intercept_common::maps::REQSK_FUNCTION`, with the kernel's BTF), or, if the kernel refuses
+/// that (a kernel locked down in integrity mode answers fentry loads with `EPERM`), as a
+/// `sock_ops` program on the root of the cgroup v2 hierarchy (so it sees every listener's
+/// sockets; other `sock_ops` programs stay attached beside it). Returns its link (the caller pins
+/// or holds it) and the kind used.
+///
+/// # Errors
+/// The namespace cookie or the kernel's socket offsets are unknown, or both kinds failed; the
+/// error names each failure.
+pub fn attach_request_tracker(ebpf: &mut Ebpf) -> anyhow::Result<(FdLink, &'static str)> {
+    let socks = sock_offsets();
+    anyhow::ensure!(
+        socks.netns_cookie != 0,
+        "this network namespace's cookie is unknown (SO_NETNS_COOKIE, Linux >= 5.14)"
+    );
+    let fentry_err = match attach_request_fentry(ebpf, &socks) {
+        Ok(link) => return Ok((link, "fentry")),
+        Err(e) => e,
+    };
+    attach_request_sock_ops(ebpf)
+        .map(|link| (link, "sock_ops"))
+        .map_err(|e| anyhow::anyhow!("fentry: {fentry_err:#}; sock_ops: {e:#}"))
+}
+
+/// The fentry kind of [`attach_request_tracker`].
+fn attach_request_fentry(ebpf: &mut Ebpf, socks: &SockOffsets) -> anyhow::Result<FdLink> {
+    anyhow::ensure!(
+        socks.reads_request_socks(),
+        "the kernel's BTF lacks a field the program reads (sock_common.skc_net, skc_dport, \
+         skc_num, skc_v6_daddr, skc_v6_rcv_saddr or net.net_cookie)"
+    );
+    let btf = aya::Btf::from_sys_fs().context("read the kernel's BTF")?;
+    let prog: &mut FEntry = ebpf
+        .program_mut(maps::PROG_REQSK)
+        .context("request-socket program missing from the object")?
+        .try_into()?;
+    prog.load(maps::REQSK_FUNCTION, &btf)
+        .with_context(|| format!("load fentry on {}", maps::REQSK_FUNCTION))?;
+    let id = prog
+        .attach()
+        .with_context(|| format!("attach fentry to {}", maps::REQSK_FUNCTION))?;
+    Ok(prog.take_link(id)?.into())
+}
+
+/// The `sock_ops` kind of [`attach_request_tracker`].
+fn attach_request_sock_ops(ebpf: &mut Ebpf) -> anyhow::Result<FdLink> {
+    let root = cgroup2_root().context("find the cgroup v2 hierarchy (mount cgroup2)")?;
+    let cgroup = fs::File::open(&root).with_context(|| format!("open {}", root.display()))?;
+    let prog: &mut SockOps = ebpf
+        .program_mut(maps::PROG_REQSK_SOCKOPS)
+        .context("request-socket sock_ops program missing from the object")?
+        .try_into()?;
+    prog.load().context("load the sock_ops program")?;
+    // A cgroup link always runs beside the cgroup's other programs (the kernel attaches links
+    // as `BPF_F_ALLOW_MULTI`) and refuses any flag (`cgroup_bpf_link_attach`: EINVAL), so the
+    // mode passed is the one that sets none.
+    let id = prog
+        .attach(&cgroup, CgroupAttachMode::Single)
+        .with_context(|| format!("attach sock_ops to the cgroup {}", root.display()))?;
+    Ok(prog.take_link(id)?.try_into()?)
+}
+
+/// Where the cgroup v2 hierarchy is mounted (its root as this process sees it), from
+/// `/proc/self/mounts`.
+fn cgroup2_root() -> anyhow::Result<std::path::PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").context("read /proc/self/mounts")?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, ty) = (f.next()?, f.next()?, f.next()?);
+            (ty == "cgroup2").then(|| std::path::PathBuf::from(dir))
+        })
+        .context("no cgroup2 file system is mounted")
+}
+
+/// What the attachment pinned at `pins` cannot do on this kernel, one sentence each (empty when
+/// nothing is missing): `attach` and `status` say these on stderr.
+#[must_use]
+pub fn limitations(pins: &PinDir) -> Vec<String> {
+    let mut out = Vec::new();
+    if fs::symlink_metadata(pins.path().join(NETNS_FILTER_PIN)).is_err() {
+        out.push(
+            "the socket table takes sockets of every network namespace of the host (the \
+             kernel's BTF lacks sock_common.skc_net or net.net_cookie, or SO_NETNS_COOKIE \
+             failed): a connection of another namespace with one of this namespace's 4-tuples \
+             can remove it from the table (its segments are then dropped) or pass forged ACKs \
+             of its own"
+                .to_owned(),
+        );
+    }
+    if fs::symlink_metadata(pins.path().join(REQSK_LINK_PIN)).is_err() {
+        out.push(format!(
+            "asymmetric routing is unsupported: the kernel's own request sockets are not \
+             tracked (neither fentry on {} nor sock_ops on the cgroup v2 root could be \
+             attached), so once the socket table is authoritative the ACK of a \
+             handshake whose SYN came over another interface is dropped as forged",
+            maps::REQSK_FUNCTION
+        ));
+    }
+    out
 }
 
 /// Seeds the socket table with the TCP sockets of the current network namespace (sock_diag),

@@ -98,7 +98,9 @@ fn lookup(ctx: &XdpContext, flow: &Flow, v6: bool) -> Sock {
 /// creates the connection in the listener, unless it follows a handoff in flight (the client's
 /// request in the same poll as its ACK): then it passes, marked for TC (see `Proven`). A failed
 /// one passes if it follows a handoff in flight (a later segment of the request, a FIN) or
-/// belongs to a time-wait connection (to the kernel, which answers it); otherwise it is dropped,
+/// belongs to a socket the kernel holds outside the table (a time-wait connection, or a request
+/// socket of a SYN that came over another interface: to the kernel, which answers it); otherwise
+/// it is dropped,
 /// unless the table is not authoritative (not yet seeded, refused an insert, or the kernel's own
 /// handshakes may still complete): then the kernel's socket table is asked first, as the kernel's
 /// XDP synproxy does for every ACK.
@@ -172,8 +174,9 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
         return follow(ctx, cfg);
     }
     // A connection the server closed first lives on as a time-wait socket, which the table does
-    // not hold; its peer's late segments must reach it.
-    if crate::track::in_time_wait(&key, now) {
+    // not hold; its peer's late segments must reach it. So must the ACK of a handshake the
+    // kernel answered itself, its SYN having come over another interface (a request socket).
+    if crate::track::kernel_held(&key, now) {
         return pass(Counter::PassTimeWait);
     }
     if !crate::track::state().authoritative(now) {

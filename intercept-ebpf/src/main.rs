@@ -19,8 +19,8 @@ mod watch;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{classifier, tracepoint, xdp},
-    programs::{TcContext, TracePointContext, XdpContext},
+    macros::{classifier, fentry, sock_ops, tracepoint, xdp},
+    programs::{FEntryContext, SockOpsContext, TcContext, TracePointContext, XdpContext},
 };
 use intercept_common::{
     Counter,
@@ -92,6 +92,24 @@ pub fn tc_handoff(ctx: TcContext) -> i32 {
 pub fn track_sockets(ctx: TracePointContext) -> u32 {
     track::handle(&ctx);
     0
+}
+
+/// Records the kernel's new request sockets (see `track::request_sock`): runs on entry of
+/// `inet_csk_reqsk_queue_hash_add(sk, req, timeout)` (`intercept_common::maps::REQSK_FUNCTION`).
+#[fentry(function = "inet_csk_reqsk_queue_hash_add")]
+pub fn track_request_socks(ctx: FEntryContext) -> i32 {
+    track::request_sock(ctx.arg::<*const u8>(1));
+    0
+}
+
+/// [`track_request_socks`] for kernels that refuse fentry programs (one locked down in
+/// integrity mode answers their load with `EPERM`): a sock_ops program on the cgroup v2 root,
+/// which the kernel runs for a new request socket just before hashing it (see
+/// `track::request_sock_ops`). Returns 1, as every sock_ops program must to let TCP go on.
+#[sock_ops]
+pub fn track_request_socks_sockops(ctx: SockOpsContext) -> u32 {
+    track::request_sock_ops(&ctx);
+    1
 }
 
 /// Seeds the socket table with one flow: run by the controller with BPF_PROG_TEST_RUN on a frame

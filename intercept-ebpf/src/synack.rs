@@ -44,11 +44,13 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         return pass(Counter::PassExempt);
     }
     let now = crate::clock::now_ns();
-    if crate::track::in_time_wait(&intercept_common::config::FlowKey::of(&req.flow), now) {
+    if crate::track::kernel_held(&intercept_common::config::FlowKey::of(&req.flow), now) {
         // A SYN reusing the 4-tuple of a time-wait socket: the kernel decides whether the new
         // connection may replace it (`tcp_timewait_state_process`), and its request socket's
         // handshake passes here as the time-wait flow's. A cookie handshake would meet the
-        // time-wait socket in the established hash and be dropped.
+        // time-wait socket in the established hash and be dropped. Likewise a retransmitted SYN
+        // of a handshake the kernel answered itself (its first SYN came over another
+        // interface): its request socket answers it.
         return pass(Counter::PassTimeWait);
     }
     if req.opts.signed {

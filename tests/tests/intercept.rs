@@ -920,3 +920,318 @@ fn syn_acks_take_the_route_back_not_the_senders_mac() {
          {seen:?}"
     );
 }
+
+/// A twin of the lab: a server and a client namespace with the lab's own addresses, joined by a
+/// veth pair without XDP, as two containers of one host holding the same addresses. The same
+/// 4-tuples exist there and here; the twin's server listens on [`PORT`] and echoes.
+struct Twin {
+    _veth: intercept_ctl::netns::VethPair,
+    /// Held for its lifetime: the namespace is deleted on drop.
+    _server: intercept_ctl::netns::Netns,
+    client: intercept_ctl::netns::Netns,
+}
+
+impl Twin {
+    fn new() -> Twin {
+        use intercept_ctl::netns::{Netns, VethPair};
+        let server = Netns::new("ts").expect("twin server namespace");
+        let client = Netns::new("tc").expect("twin client namespace");
+        let veth = VethPair::new(
+            &server,
+            &["198.18.0.1/24", "2001:db8::1/64"],
+            &client,
+            &["198.18.0.2/24", "2001:db8::2/64"],
+        )
+        .expect("twin veth");
+        let (l4, l6) = server
+            .spawn(|| {
+                (
+                    std::net::TcpListener::bind(addr(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)))
+                        .expect("twin listen v4"),
+                    std::net::TcpListener::bind(addr(IpAddr::V6(SERVER_V6)))
+                        .expect("twin listen v6"),
+                )
+            })
+            .join()
+            .unwrap();
+        echo_server(l4);
+        echo_server(l6);
+        Twin {
+            _veth: veth,
+            _server: server,
+            client,
+        }
+    }
+
+    /// A connection in the twin from the client address and `port` (0: any) to the server.
+    fn connect(&self, server: IpAddr, port: u16) -> std::net::TcpStream {
+        let client = match server {
+            IpAddr::V4(_) => IpAddr::V4(intercept_ctl::lab::CLIENT_V4),
+            IpAddr::V6(_) => IpAddr::V6(intercept_ctl::lab::CLIENT_V6),
+        };
+        self.client
+            .spawn(move || {
+                let s = socket2::Socket::new(
+                    socket2::Domain::for_address(addr(server)),
+                    socket2::Type::STREAM,
+                    None,
+                )?;
+                s.bind(&SocketAddr::new(client, port).into())?;
+                s.connect_timeout(&addr(server).into(), Duration::from_secs(3))?;
+                Ok::<_, std::io::Error>(s.into())
+            })
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("twin connection from port {port} to {server}: {e}"))
+    }
+}
+
+/// The socket-table tracepoint fires for every namespace of the host. A connection of another
+/// namespace with the very 4-tuple of ours (containers holding the same addresses) closing
+/// there must not remove ours from the table: our connection's segments, which carry no cookie,
+/// pass only because the table holds the flow.
+#[test]
+fn a_close_in_another_namespace_leaves_our_connection_in_the_table() {
+    require_root("a_close_in_another_namespace_leaves_our_connection_in_the_table");
+    let t = InterceptLab::echoing(PORT);
+    let twin = Twin::new();
+    t.end_lookup_window();
+    for ip in [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)] {
+        let mut ours = t
+            .lab
+            .connect(addr(ip), Duration::from_secs(3))
+            .expect("connect");
+        ping(&mut ours, "before");
+        let port = ours.local_addr().unwrap().port();
+        let mut theirs = twin.connect(ip, port);
+        ping(&mut theirs, "twin");
+        let before = t.stats();
+        // Reset by the twin's client: the twin's server socket goes from ESTABLISHED to CLOSE
+        // (no time-wait socket, which would pass the flow's segments for other reasons).
+        intercept_tests::abort(theirs);
+        std::thread::sleep(Duration::from_millis(100));
+        ping(&mut ours, "after the twin's close");
+        let d = t.stats().delta(&before);
+        assert_eq!(
+            (d.get(AckBadMac), d.get(PassTimeWait), d.get(SocketLookups)),
+            (0, 0, 0),
+            "{ip} port {port}: our segments passed on the table alone: {d:?}"
+        );
+        assert!(d.get(PassEstablished) >= 1, "{ip} port {port}: {d:?}");
+    }
+}
+
+/// A connection only another namespace holds puts nothing in our table: a forged ACK with its
+/// 4-tuple, carrying no cookie, is dropped here.
+#[test]
+fn a_connection_only_in_another_namespace_lets_no_forged_ack_through() {
+    require_root("a_connection_only_in_another_namespace_lets_no_forged_ack_through");
+    let t = InterceptLab::echoing(PORT);
+    let twin = Twin::new();
+    t.end_lookup_window();
+    let sender = t.lab.raw_sender().expect("raw sender");
+    for (client, ip) in [
+        (
+            IpAddr::V4(intercept_ctl::lab::CLIENT_V4),
+            IpAddr::V4(SERVER_V4),
+        ),
+        (
+            IpAddr::V6(intercept_ctl::lab::CLIENT_V6),
+            IpAddr::V6(SERVER_V6),
+        ),
+    ] {
+        let mut theirs = twin.connect(ip, 0);
+        ping(&mut theirs, "twin");
+        let port = theirs.local_addr().unwrap().port();
+        let before = t.stats();
+        let mut seg =
+            intercept_common::craft::TcpSegment::new(client, ip, port, PORT, tcp_flags::ACK);
+        seg.seq = 0x1234_5678;
+        seg.ack_seq = 0x9abc_def0;
+        sender
+            .send(&intercept_common::craft::tcp_frame(&sender.link, &seg))
+            .expect("send the forged ACK");
+        std::thread::sleep(Duration::from_millis(100));
+        let d = t.stats().delta(&before);
+        assert_eq!(
+            (d.get(AckBadMac), d.get(PassEstablished)),
+            (1, 0),
+            "forged ACK {client}:{port} -> {ip}:{PORT}, a flow only the twin holds: {d:?}"
+        );
+        drop(theirs);
+    }
+}
+
+/// A second link between the lab's namespaces, without XDP, over which the client sends its
+/// SYNs and nothing else: the server's end has the protected end's MAC address (the server's
+/// replies leave over the protected link, the only one with the client's addresses); the
+/// client routes the server's addresses over the second link, where a u32 filter on its egress
+/// redirects every TCP segment without SYN to the protected link. Reverse-path filtering is off
+/// on both sides (the SYN arrives on a link the route back does not use). Returns the server
+/// end's name.
+fn syns_over_a_second_link(t: &InterceptLab) -> String {
+    use intercept_ctl::{lab::Lab, netns::VethPair};
+    let (srv, cli) = (&t.lab.server, &t.lab.client);
+    let other = VethPair::new(srv, &[], cli, &[]).expect("second link");
+    let (a2, b2) = (other.a.as_str(), other.b.as_str());
+    let mac = Lab::mac(srv, t.srv_if()).unwrap();
+    let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    srv.ip(&["link", "set", a2, "down"]).unwrap();
+    srv.ip(&["link", "set", a2, "address", &mac]).unwrap();
+    srv.ip(&["link", "set", a2, "up"]).unwrap();
+    for (ns, devs) in [(srv, [t.srv_if(), a2]), (cli, [t.lab.veth.b.as_str(), b2])] {
+        let mut args = vec![
+            "-qw".to_owned(),
+            "net.ipv4.conf.all.rp_filter=0".to_owned(),
+            "net.ipv4.conf.default.rp_filter=0".to_owned(),
+        ];
+        args.extend(devs.map(|d| format!("net.ipv4.conf.{d}.rp_filter=0")));
+        ns.exec(
+            "sysctl",
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .unwrap();
+    }
+    for (fam, server, bits, client) in [
+        ("-4", "198.18.0.1", 32, "198.18.0.2"),
+        ("-6", "2001:db8::1", 128, "2001:db8::2"),
+    ] {
+        let dst = format!("{server}/{bits}");
+        cli.ip(&[fam, "route", "add", &dst, "dev", b2, "src", client])
+            .unwrap();
+        cli.ip(&[
+            fam,
+            "neigh",
+            "add",
+            server,
+            "lladdr",
+            &mac,
+            "dev",
+            b2,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    }
+    let tc = |args: &[&str]| {
+        cli.exec("tc", args)
+            .unwrap_or_else(|e| panic!("tc {}: {e:#}", args.join(" ")));
+    };
+    tc(&["qdisc", "add", "dev", b2, "clsact"]);
+    // u32 offsets count from the network header; Linux's TCP sends no IP options nor IPv6
+    // extension headers, so the TCP flags byte is at 20 + 13 and 40 + 13.
+    for (proto, proto_match, flags_at) in [("ip", "ip", "33"), ("ipv6", "ip6", "53")] {
+        tc(&[
+            "filter",
+            "add",
+            "dev",
+            b2,
+            "egress",
+            "protocol",
+            proto,
+            "u32",
+            "match",
+            proto_match,
+            "protocol",
+            "6",
+            "0xff",
+            "match",
+            "u8",
+            "0",
+            "0x02",
+            "at",
+            flags_at,
+            "action",
+            "mirred",
+            "egress",
+            "redirect",
+            "dev",
+            &t.lab.veth.b,
+        ]);
+    }
+    other.a.clone()
+}
+
+/// Asymmetric routing: the client's SYN reaches the server over another, unprotected link, so
+/// the kernel answers it and holds a request socket; the client's ACK and request arrive over
+/// the protected link, where they carry none of our cookies. They must reach that request
+/// socket at once (the client's request is answered without a retransmission). Detaching then
+/// removes the program that records request sockets.
+#[test]
+fn asymmetric_routing_syn_on_another_link_ack_on_ours_connects() {
+    require_root("asymmetric_routing_syn_on_another_link_ack_on_ours_connects");
+    let t = InterceptLab::echoing(PORT);
+    t.end_lookup_window();
+    let a2 = syns_over_a_second_link(&t);
+    let srv = &t.lab.server;
+    let rx_packets = || -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&srv.ip(&["-j", "-s", "link", "show", "dev", &a2]).unwrap())
+                .unwrap();
+        v[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
+    };
+    for ip in [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)] {
+        let (before, rx_before) = (t.stats(), rx_packets());
+        let r = t
+            .lab
+            .requests(
+                addr(ip),
+                intercept_ctl::lab::Shape::One,
+                5,
+                Duration::from_secs(3),
+            )
+            .expect("requests");
+        let d = t.stats().delta(&before);
+        assert_eq!(
+            (r.failures, r.first_error.as_deref()),
+            (0, None),
+            "{ip}: every request answered: {d:?}"
+        );
+        assert_eq!(
+            (r.retrans.retrans_segs, r.retrans.timeouts),
+            (0, 0),
+            "{ip}: no client retransmission: {d:?}"
+        );
+        // The route was as meant: SYNs over the second link, the rest over ours.
+        assert!(
+            rx_packets() - rx_before >= 5,
+            "{ip}: SYNs on the second link"
+        );
+        assert_eq!(d.get(SynProtected), 0, "{ip}: no SYN on ours: {d:?}");
+        assert!(d.get(Ack) >= 10, "{ip}: ACKs and requests on ours: {d:?}");
+        assert_eq!(
+            (d.get(AckBadMac), d.get(HandedOff), d.get(SocketLookups)),
+            (0, 0, 0),
+            "{ip}: {d:?}"
+        );
+        assert!(
+            d.get(PassTimeWait) >= 5,
+            "{ip}: the handshake ACKs passed to the kernel's request sockets: {d:?}"
+        );
+    }
+    let st = status(&t);
+    assert_eq!(st["socket_table"]["request_sockets_tracked"], true, "{st}");
+    assert_eq!(st["limitations"], serde_json::json!([]), "{st}");
+    // Detaching removes the request-socket program with the rest.
+    let reqsk = || -> Vec<u32> {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|p| {
+                p.name_as_str()
+                    .is_some_and(|n| n.starts_with("track_request"))
+            })
+            .map(|p| p.id())
+            .collect()
+    };
+    let ids = reqsk();
+    assert!(!ids.is_empty(), "the request-socket program is loaded");
+    t.ctl(&["detach", t.srv_if()]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while reqsk().iter().any(|id| ids.contains(id)) {
+        assert!(
+            Instant::now() < deadline,
+            "program {ids:?} still loaded 3 s after detach"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -38,6 +38,9 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         .transpose()?;
     let initial = a.mode.map_or(Mode::Intercept, Mode::from);
     let att = loader::attach_with(&a.iface, ctx.netns, a.program, a.xdp_mode, initial)?;
+    for l in &att.limitations {
+        eprintln!("intercept-ctl: warning: {}: {l}", a.iface);
+    }
     if let Some(reason) = &att.replaced_dead_attachment {
         eprintln!(
             "intercept-ctl: removed the dead attachment of {} ({reason}) and attached afresh",

@@ -1,7 +1,7 @@
 use intercept_common::config::{Mode, flags};
 use intercept_ctl::{
     control::Maps,
-    health,
+    health, loader,
     pins::PinDir,
     watchctl::{WatchMaps, cause_name, monotonic_ns},
 };
@@ -35,6 +35,17 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<_>>()?
         }
     };
+    // What the kernel keeps an attachment from doing, one line each (also in the JSON): it
+    // protects, so the exit status stays 0.
+    for v in &all {
+        for l in v["limitations"].as_array().into_iter().flatten() {
+            eprintln!(
+                "intercept-ctl: warning: {}: {}",
+                v["interface"].as_str().unwrap_or_default(),
+                l.as_str().unwrap_or_default()
+            );
+        }
+    }
     let dead: Vec<(String, String)> = all
         .iter()
         .filter(|v| v["healthy"] == false)
@@ -109,6 +120,9 @@ fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
         "exempt_lookup": flags::exempt_lookup(c.flags),
         "socket_table": {
             "tracepoint_attached": pins.path().join("link_track").exists(),
+            "netns_filter": std::fs::symlink_metadata(pins.path().join(loader::NETNS_FILTER_PIN)).is_ok(),
+            "request_sockets_tracked": pins.path().join(loader::REQSK_LINK_PIN).exists(),
+            "request_socket_program": std::fs::read_link(pins.path().join(loader::REQSK_KIND_PIN)).ok().map(|k| k.display().to_string()),
             "seeded": table.seeded,
             "refused_inserts": table.refused,
             "authoritative": table.authoritative(now),
@@ -133,5 +147,6 @@ fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
             "last_cause": cause_name(w.last_cause),
         },
         "controller_running": intercept_ctl::daemon_running(iface, ctx.netns),
+        "limitations": loader::limitations(&pins),
     }))
 }
