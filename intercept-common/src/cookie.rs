@@ -425,7 +425,7 @@ pub fn make(key: &Key, key_idx: u32, ts_offset: u32, syn: &SynInput) -> SynCooki
     } else {
         let w = u32::from(wscale_class(opts.wscale));
         SynCookie {
-            isn: ((h >> 40) as u32) << 8 | k << 7 | p << 6 | m << 4 | w << 1 | opts.sack as u32,
+            isn: ((h >> 40) as u32) << 8 | k << 7 | p << 6 | m << 4 | w << 1 | u32::from(opts.sack),
             tsval: 0,
         }
     }
@@ -602,7 +602,7 @@ mod tests {
             // An IPv4-mapped IPv6 address reads back as IPv4: one form per address.
             let want = match ip {
                 core::net::IpAddr::V6(v) => v.to_ipv4_mapped().map_or(ip, core::net::IpAddr::V4),
-                v4 => v4,
+                v4 @ core::net::IpAddr::V4(_) => v4,
             };
             assert_eq!(back, want, "{a}");
         }
@@ -848,7 +848,7 @@ mod tests {
                 ecn: false,
             };
             let key_idx = (low >> 7) & 1;
-            let slot = 500 - ((500 ^ (low >> 6)) & 1);
+            let slot = 0x1f4 - ((0x1f4 ^ (low >> 6)) & 1);
             let now = u64::from(slot) << SLOT_SHIFT;
             let c = make(
                 &s.keys[key_idx as usize],
@@ -874,7 +874,7 @@ mod tests {
             let mut f = flow();
             f.sport = sp;
             let opts = CookieOpts { mss_idx: o >> 6, wscale: (o >> 2) & 15, sack: o & 2 != 0, ecn: o & 1 != 0 };
-            let now = u64::from(slot) << SLOT_SHIFT | 77;
+            let now = u64::from(slot) << SLOT_SHIFT | 0x4d;
             let c = make(&s.keys[1], 1, 0, &syn(f, isn, now, opts, ts));
             proptest::prop_assert_eq!(back(&s, &f, isn, c, ts, slot), Ok(opts.carried(ts)));
             proptest::prop_assert_eq!(back(&s, &f, isn, c, ts, slot.wrapping_add(1)), Ok(opts.carried(ts)));

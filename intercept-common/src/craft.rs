@@ -92,6 +92,9 @@ pub fn linux_syn_options(mss: u16, tsval: u32, wscale: u8) -> Vec<u8> {
 }
 
 /// The TCP header and payload of `seg`, checksum included.
+///
+/// # Panics
+/// If the segment is longer than a TCP length field holds.
 #[must_use]
 pub fn tcp_bytes(seg: &TcpSegment) -> Vec<u8> {
     let mut opts = seg.options.clone();
@@ -135,6 +138,9 @@ pub fn tcp_bytes(seg: &TcpSegment) -> Vec<u8> {
 }
 
 /// An IPv4 header for `payload_len` bytes of `proto`, checksum included (id 0, DF set).
+///
+/// # Panics
+/// If the payload is longer than an IPv4 total length holds.
 #[must_use]
 pub fn ipv4_header(src: [u8; 4], dst: [u8; 4], proto: u8, ttl: u8, payload_len: usize) -> [u8; 20] {
     let total = u16::try_from(20 + payload_len).expect("IPv4 datagram too long");
@@ -152,6 +158,9 @@ pub fn ipv4_header(src: [u8; 4], dst: [u8; 4], proto: u8, ttl: u8, payload_len: 
 }
 
 /// An IPv6 header for `payload_len` bytes of `next` (flow label 0).
+///
+/// # Panics
+/// If the payload is longer than an IPv6 payload length holds.
 #[must_use]
 pub fn ipv6_header(
     src: [u8; 16],
@@ -189,6 +198,9 @@ pub fn eth_header(link: &Link, ether_type: u16) -> Vec<u8> {
 }
 
 /// A whole frame carrying `seg`.
+///
+/// # Panics
+/// If the segment is longer than an IP packet holds.
 #[must_use]
 pub fn tcp_frame(link: &Link, seg: &TcpSegment) -> Vec<u8> {
     let tcp = tcp_bytes(seg);

@@ -617,7 +617,7 @@ mod tests {
                 ..
             }))
         ));
-        let mut arp = vec![0u8; 42];
+        let mut arp = [0u8; 42];
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         assert_eq!(
             dissect(&arp[..]),

@@ -139,12 +139,13 @@ pub fn parse<F: Frame + ?Sized>(f: &F, tcp_off: usize, hdr_len: usize) -> TcpOpt
             }
         } else if kind == KIND_SACK_PERM && len == 2 {
             o.sack_perm = true;
-        } else if kind == KIND_TIMESTAMP && len == 10 {
-            if let (Some(v), Some(e)) = (f.be32_at(at), f.be32_at(at + 4)) {
-                o.ts_ok = true;
-                o.tsval = v;
-                o.tsecr = e;
-            }
+        } else if kind == KIND_TIMESTAMP
+            && len == 10
+            && let (Some(v), Some(e)) = (f.be32_at(at), f.be32_at(at + 4))
+        {
+            o.ts_ok = true;
+            o.tsval = v;
+            o.tsecr = e;
         }
         rel = next;
     }

@@ -282,10 +282,10 @@ pub fn parse(name: &str, text: &str) -> anyhow::Result<Settings> {
                         .join(",");
                     match parse_ports(&list) {
                         Ok(v) => {
-                            protect.extend(v.into_iter().map(|port| (prefix.to_string(), port)))
+                            protect.extend(v.into_iter().map(|port| (prefix.to_string(), port)));
                         }
                         Err(e) => {
-                            errors.push(format!("{}: {e}", at(name, text, ports.span().start)))
+                            errors.push(format!("{}: {e}", at(name, text, ports.span().start)));
                         }
                     }
                 }
@@ -310,9 +310,10 @@ pub fn parse(name: &str, text: &str) -> anyhow::Result<Settings> {
     };
     let metrics_listen = match &f.metrics.listen {
         None => None,
-        Some(s) => match s.get_ref().parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
+        Some(s) => {
+            if let Ok(a) = s.get_ref().parse() {
+                Some(a)
+            } else {
                 errors.push(format!(
                     "{}: metrics.listen '{}' is not an address:port (e.g. 127.0.0.1:9720)",
                     at(name, text, s.span().start),
@@ -320,7 +321,7 @@ pub fn parse(name: &str, text: &str) -> anyhow::Result<Settings> {
                 ));
                 None
             }
-        },
+        }
     };
     if !errors.is_empty() {
         bail!(

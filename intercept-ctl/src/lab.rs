@@ -277,6 +277,9 @@ impl Lab {
     ///
     /// # Errors
     /// If binding fails.
+    ///
+    /// # Panics
+    /// If the thread in the namespace panics.
     pub fn listen(&self, port: u16) -> anyhow::Result<(TcpListener, TcpListener)> {
         self.server
             .spawn(move || -> io::Result<_> {
@@ -295,6 +298,9 @@ impl Lab {
     ///
     /// # Errors
     /// If the connection fails or times out.
+    ///
+    /// # Panics
+    /// If the thread in the namespace panics.
     pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
         self.client
             .spawn(move || TcpStream::connect_timeout(&addr, timeout))
@@ -307,6 +313,9 @@ impl Lab {
     ///
     /// # Errors
     /// If the socket cannot be opened or bound.
+    ///
+    /// # Panics
+    /// If the thread in the namespace panics.
     pub fn raw_sender(&self) -> anyhow::Result<RawSender> {
         let dev = self.veth.b.clone();
         let src = Lab::mac(&self.client, &self.veth.b)?;
@@ -666,6 +675,9 @@ impl Capture {
     ///
     /// # Errors
     /// If the socket cannot be opened.
+    ///
+    /// # Panics
+    /// If the thread in the namespace panics.
     pub fn start(ns: &Netns, dev: &str) -> anyhow::Result<Capture> {
         use std::sync::atomic::Ordering;
         let dev = dev.to_owned();
@@ -711,22 +723,20 @@ impl Capture {
                 };
                 let Ok(n) = usize::try_from(n) else { continue };
                 use intercept_common::parse::{Dissected, L4, TcpKind, classify, dissect};
-                if let Ok(Dissected::Ip(ip)) = dissect(&buf[..n]) {
-                    if let L4::Tcp(t) = ip.l4 {
-                        let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING as u8;
-                        match (classify(t.flags), outgoing) {
-                            (TcpKind::Syn, false) => c.syn += 1,
-                            (TcpKind::Ack, false) => c.ack += 1,
-                            (TcpKind::Rst, false) => c.rst += 1,
-                            (TcpKind::SynAck, true) => c.syn_ack_out += 1,
-                            (TcpKind::SynAck, false)
-                                if from.sll_pkttype == libc::PACKET_OTHERHOST as u8 =>
-                            {
-                                c.syn_ack_in_other_host += 1;
-                            }
-                            (TcpKind::SynAck, false) => c.syn_ack_in += 1,
-                            _ => {}
+                if let Ok(Dissected::Ip(ip)) = dissect(&buf[..n])
+                    && let L4::Tcp(t) = ip.l4
+                {
+                    let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
+                    match (classify(t.flags), outgoing) {
+                        (TcpKind::Syn, false) => c.syn += 1,
+                        (TcpKind::Ack, false) => c.ack += 1,
+                        (TcpKind::Rst, false) => c.rst += 1,
+                        (TcpKind::SynAck, true) => c.syn_ack_out += 1,
+                        (TcpKind::SynAck, false) if from.sll_pkttype == libc::PACKET_OTHERHOST => {
+                            c.syn_ack_in_other_host += 1;
                         }
+                        (TcpKind::SynAck, false) => c.syn_ack_in += 1,
+                        _ => {}
                     }
                 }
             }
@@ -742,6 +752,7 @@ impl Capture {
     ///
     /// # Panics
     /// If the capture thread panicked.
+    #[must_use]
     pub fn finish(mut self) -> CaptureCounts {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread

@@ -119,9 +119,7 @@ pub fn accept_queue_offsets() -> Option<(u32, u32)> {
 pub fn ifindex(iface: &str, netns: Option<&str>) -> Result<u32, CtlError> {
     let unknown = || CtlError::UnknownInterface {
         iface: iface.to_owned(),
-        ns: netns
-            .map(|n| format!(" (in netns {n})"))
-            .unwrap_or_default(),
+        ns: netns.map_or_default(|n| format!(" (in netns {n})")),
     };
     let c = CString::new(iface).map_err(|_| unknown())?;
     // SAFETY: valid NUL-terminated string.
@@ -462,11 +460,13 @@ fn configure(
         secret_set_ns: 0,
     })?;
     let mtu = crate::control::mtu(iface)?;
-    let mut cfg = Config::default();
-    cfg.mode = initial as u32;
-    cfg.meta_tag = crate::control::random_meta_tag()?;
-    cfg.mss_v4 = u16::try_from(mtu.saturating_sub(40).clamp(536, 65495))?;
-    cfg.mss_v6 = u16::try_from(mtu.saturating_sub(60).clamp(1220, 65475))?;
+    let cfg = Config {
+        mode: initial as u32,
+        meta_tag: crate::control::random_meta_tag()?,
+        mss_v4: u16::try_from(mtu.saturating_sub(40).clamp(536, 65495))?,
+        mss_v6: u16::try_from(mtu.saturating_sub(60).clamp(1220, 65475))?,
+        ..Config::default()
+    };
     m.set_config(&cfg)?;
     m.init_secrets()?;
     crate::watchctl::WatchMaps::open(iface, netns)?
@@ -744,10 +744,10 @@ pub fn detach(iface: &str, netns: Option<&str>) -> anyhow::Result<()> {
 /// Removes the per-namespace parent of a pin directory once it is empty (remove_dir refuses a
 /// non-empty one).
 fn remove_empty_parent(pins: &PinDir, netns: Option<&str>) {
-    if netns.is_some() {
-        if let Some(parent) = pins.path().parent() {
-            let _ = fs::remove_dir(parent);
-        }
+    if netns.is_some()
+        && let Some(parent) = pins.path().parent()
+    {
+        let _ = fs::remove_dir(parent);
     }
 }
 
@@ -767,6 +767,9 @@ impl AttachGuard {
     ///
     /// # Errors
     /// As [`attach`].
+    ///
+    /// # Panics
+    /// If a thread in the namespace panics.
     pub fn new(
         iface: &str,
         netns: Option<&str>,

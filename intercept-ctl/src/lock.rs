@@ -96,6 +96,9 @@ impl Daemon {
     ///
     /// # Errors
     /// [`CtlError::DaemonRunning`] if another `run` holds it; file failures.
+    ///
+    /// # Panics
+    /// Never: the pid file's path has a parent.
     pub fn claim(iface: &str, netns: Option<&str>) -> anyhow::Result<Daemon> {
         let path = crate::pid_file(iface, netns);
         fs::create_dir_all(path.parent().expect("the pid file has a parent"))

@@ -142,13 +142,11 @@ fn enter_netns(ns: &str, cmd: &Command) -> anyhow::Result<()> {
     };
     let pins = PinDir::new(Some(ns), "x");
     let dir = pins.path().parent().expect("pin dir has a parent");
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut names: Vec<String> = std::fs::read_dir(dir).map_or_default(|d| {
+        d.filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    });
     if names.is_empty() || !matches!(e.downcast_ref(), Some(CtlError::UnknownNetns(_))) {
         return Err(e);
     }

@@ -11,12 +11,11 @@ use crate::{control::Maps, stats::read_pinned, watchctl::WatchMaps};
 /// is counted in `errors`).
 #[must_use]
 pub fn render(iface: &str, netns: Option<&str>, errors: &mut u64) -> String {
-    match try_render(iface, netns, *errors) {
-        Ok(s) => s,
-        Err(_) => {
-            *errors += 1;
-            errors_only(iface, *errors)
-        }
+    if let Ok(s) = try_render(iface, netns, *errors) {
+        s
+    } else {
+        *errors += 1;
+        errors_only(iface, *errors)
     }
 }
 

@@ -73,6 +73,9 @@ impl PinDir {
 ///
 /// # Errors
 /// [`CtlError::NoBpffs`] if not.
+///
+/// # Panics
+/// Never: the path holds no NUL.
 pub fn check_bpffs() -> Result<(), CtlError> {
     let dir = "/sys/fs/bpf";
     let c = CString::new(dir).expect("no NUL");

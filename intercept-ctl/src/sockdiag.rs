@@ -184,6 +184,9 @@ impl SockDiag {
     ///
     /// # Errors
     /// On a netlink failure other than "no such socket".
+    ///
+    /// # Panics
+    /// If the netlink reply is shorter than the header it announces.
     pub fn state(&mut self, key: &FlowKey) -> anyhow::Result<Option<SockState>> {
         let req = self.request(key, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, NO_COOKIE);
         let buf = self.exchange(&req)?;

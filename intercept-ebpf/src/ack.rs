@@ -240,7 +240,7 @@ fn follow(ctx: &XdpContext, cfg: &Config) -> u32 {
 #[inline(always)]
 fn write_meta(ctx: &XdpContext, h: Handoff) -> bool {
     // SAFETY: ctx is the program's own context.
-    let (meta, data) = unsafe { ((*ctx.ctx).data_meta as i64, (*ctx.ctx).data as i64) };
+    let (meta, data) = unsafe { (i64::from((*ctx.ctx).data_meta), i64::from((*ctx.ctx).data)) };
     let delta = (data - size_of::<Handoff>() as i64 - meta) as i32;
     // SAFETY: ctx is the program's own context; the kernel checks the new bounds.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, delta) } != 0 {

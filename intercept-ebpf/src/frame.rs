@@ -107,7 +107,7 @@ impl<'a, C: Bounds> Pkt<'a, C> {
         while i < N {
             // SAFETY: the 4N bytes at start+off lie inside [data, data_end), checked above.
             unsafe {
-                core::ptr::write_unaligned((start + off + 4 * i) as *mut u32, words[i].to_be())
+                core::ptr::write_unaligned((start + off + 4 * i) as *mut u32, words[i].to_be());
             };
             i += 1;
         }

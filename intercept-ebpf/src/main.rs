@@ -5,6 +5,16 @@
 // types offer no fetch_add; the intrinsic lowers to BPF's atomic add.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
+// The verifier sees every call as a BPF-to-BPF call with its own stack frame and argument
+// rules: what must be inlined is said, not left to LLVM's judgement.
+#![allow(clippy::inline_always)]
+// Kernel memory is read with `bpf_probe_read_kernel`, which copies: the pointer's alignment does
+// not matter to it.
+#![allow(clippy::cast_ptr_alignment)]
+// Entry points take their context by value: aya's program macros define that signature.
+#![allow(clippy::needless_pass_by_value)]
+// aya's `#[classifier]` generates a public entry point taking the kernel's raw skb pointer.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 mod ack;
 mod clock;

@@ -294,10 +294,11 @@ pub fn segment(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         Seen::Closing | Seen::Tracked => return pass(Counter::Passed),
         Seen::Untracked => {}
     }
-    if classify(tcp.flags) == TcpKind::Ack && cfg.cookie_grace_until_ns != 0 {
-        if crate::clock::now_ns() < cfg.cookie_grace_until_ns {
-            return VERIFY_COOKIE;
-        }
+    if classify(tcp.flags) == TcpKind::Ack
+        && cfg.cookie_grace_until_ns != 0
+        && crate::clock::now_ns() < cfg.cookie_grace_until_ns
+    {
+        return VERIFY_COOKIE;
     }
     pass(Counter::Passed)
 }

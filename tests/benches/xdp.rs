@@ -19,6 +19,9 @@ use intercept_tests::{
 
 const RUNS: usize = 20_000;
 
+/// A benchmark case: its name, the frames sent in turn, and its ns/packet target if it has one.
+type Case = (&'static str, Vec<Vec<u8>>, Option<u32>);
+
 /// One single run of `prog` on `frame`: the kernel-measured ns.
 fn run_once(p: &Xdp, frame: &[u8], out: &mut [u8]) -> u128 {
     p.test_run(TestRunOptions {
@@ -182,7 +185,7 @@ fn main() {
         udp[23] = 17;
 
         let one = |f: &Vec<u8>| vec![f.clone()];
-        let mut frames: [(&str, Vec<Vec<u8>>, Option<u32>); 8] = [
+        let mut frames: [Case; 8] = [
             ("SYN, Linux options (XDP_TX)", one(&linux_syn), Some(240)),
             ("SYN, no options (XDP_TX)", one(&bare_syn), None),
             ("valid cookie ACK (handoff)", warm_acks, Some(155)),
@@ -209,7 +212,7 @@ fn main() {
             return;
         }
         let baseline = one(&linux_syn);
-        let cases = |frames: &[(&str, Vec<Vec<u8>>, Option<u32>)]| -> Vec<(&str, Vec<Vec<u8>>)> {
+        let cases = |frames: &[Case]| -> Vec<(&str, Vec<Vec<u8>>)> {
             let mut c = vec![(PROG_XDP_PASS, baseline.clone())];
             c.extend(frames.iter().map(|(_, f, _)| (PROG_XDP, f.clone())));
             c

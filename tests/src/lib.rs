@@ -23,12 +23,11 @@ pub mod model;
 /// When not root, with what to do.
 pub fn require_root(test: &str) {
     // SAFETY: geteuid has no failure mode.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!(
-            "{test} needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for network namespaces and \
-             bpffs); run `sudo ./x test`. It fails rather than skips so CI cannot pass without it."
-        );
-    }
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "{test} needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for network namespaces and \
+         bpffs); run `sudo ./x test`. It fails rather than skips so CI cannot pass without it."
+    );
 }
 
 /// The intercept-ctl binary of this build (`./x test` builds it first): `$INTERCEPT_CTL`, or the
@@ -152,6 +151,9 @@ impl Loaded {
     ///
     /// # Errors
     /// The kernel's error (e.g. EINVAL for a frame shorter than an Ethernet header).
+    ///
+    /// # Panics
+    /// If the program is missing from the object or is not XDP.
     pub fn run(&self, prog: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
         let p: &Xdp = self
             .ebpf
@@ -177,6 +179,9 @@ impl Loaded {
     ///
     /// # Errors
     /// The kernel's error.
+    ///
+    /// # Panics
+    /// If the program is missing from the object or is not XDP, or the metadata is longer than 4 GiB.
     pub fn run_with_meta(
         &self,
         prog: &str,
@@ -256,6 +261,10 @@ pub fn deltas(before: &Counters, after: &Counters) -> Vec<(Counter, u64)> {
 ///
 /// # Panics
 /// If setsockopt fails.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "taking the stream is the point: it is closed here"
+)]
 pub fn abort(s: std::net::TcpStream) {
     use std::os::fd::AsRawFd as _;
     let l = libc::linger {
@@ -389,6 +398,10 @@ impl InterceptLab {
 
     /// intercept-ctl with `--netns <server>` prepended; fails the test if it fails. Returns
     /// stdout (often ignored: many calls are made for their effect).
+    #[allow(
+        clippy::must_use_candidate,
+        reason = "most calls are made for their effect"
+    )]
     pub fn ctl(&self, args: &[&str]) -> String {
         let mut a = vec!["--netns", self.srv()];
         a.extend_from_slice(args);
@@ -414,6 +427,9 @@ impl Drop for InterceptLab {
 }
 
 /// The current cookie slot, from CLOCK_MONOTONIC (the clock of `bpf_ktime_get_coarse_ns`, which the data path reads).
+///
+/// # Panics
+/// If the clock cannot be read.
 #[must_use]
 pub fn now_slot() -> u32 {
     let mut ts = libc::timespec {

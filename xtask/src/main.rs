@@ -192,6 +192,52 @@ fn fuzz_one(target: &'static str, seconds: u64, extra: &[String]) -> anyhow::Res
     })
 }
 
+/// Fails on unformatted code or any clippy warning (the pedantic group less the lints the
+/// workspace's Cargo.toml allows, each with its reason), in every crate: the host crates with
+/// their tests and benchmarks, and the eBPF crate for its own target.
+fn lint_gate() -> anyhow::Result<()> {
+    eprintln!("lint gate: cargo fmt --check, cargo clippy -D warnings (host crates, eBPF crate)");
+    cargo(&["fmt", "--all", "--", "--check"], &[]).context(
+        "formatting differs from rustfmt's: run `cargo fmt --all` and commit the result",
+    )?;
+    cargo(
+        &[
+            "clippy",
+            "--quiet",
+            "--workspace",
+            "--exclude",
+            "intercept-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )
+    .context("clippy found warnings in the host crates (listed above)")?;
+    let ebpf_dir = target_dir().join("ebpf-clippy");
+    cargo(
+        &[
+            "clippy",
+            "--quiet",
+            "-p",
+            "intercept-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--target-dir",
+            ebpf_dir.to_str().context("non-UTF-8 target dir")?,
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )
+    .context("clippy found warnings in the eBPF crate (listed above)")
+}
+
 fn target_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
@@ -203,6 +249,11 @@ fn target_dir() -> std::path::PathBuf {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test { args } => {
+            // The whole suite (CI's run) starts with the lint gate; a filtered run, a developer's
+            // loop, goes straight to its tests.
+            if args.is_empty() {
+                lint_gate()?;
+            }
             cargo(&["build", "-p", "intercept-ctl"], &[])?;
             let ctl = target_dir().join("debug/intercept-ctl");
             let ctl = ctl.to_str().context("non-UTF-8 target dir")?;

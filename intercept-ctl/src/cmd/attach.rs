@@ -70,11 +70,11 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             old.mode.map_or("unchanged", Mode::name)
         );
     }
-    if let Some(s) = &settings {
-        if let Err(e) = intercept_ctl::config::apply(&a.iface, ctx.netns, s) {
-            let _ = loader::detach(&a.iface, ctx.netns);
-            return Err(e.context("apply the configuration (detached again)"));
-        }
+    if let Some(s) = &settings
+        && let Err(e) = intercept_ctl::config::apply(&a.iface, ctx.netns, s)
+    {
+        let _ = loader::detach(&a.iface, ctx.netns);
+        return Err(e.context("apply the configuration (detached again)"));
     }
     if ctx.json {
         print_json(&serde_json::to_value(&att)?);

@@ -67,8 +67,8 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         print_json(&serde_json::json!({ "interface": a.iface, "connections": v }));
     } else {
         println!(
-            "{:<45} {:<45} {:<8} {:>9} {:>9} {:>5} {}",
-            "Client", "Server", "State", "Age(s)", "Left(s)", "SYNs", "Mode"
+            "{:<45} {:<45} {:<8} {:>9} {:>9} {:>5} Mode",
+            "Client", "Server", "State", "Age(s)", "Left(s)", "SYNs"
         );
         for (k, age, syns, state) in rows {
             println!(

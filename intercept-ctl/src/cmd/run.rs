@@ -114,7 +114,8 @@ pub fn print_live(ctx: &Ctx, t: f64, now: &Counters, prev: &Counters, dt: f64) {
     let mut line = format!("{t:>6.1}s");
     for c in LIVE {
         let rate = now.rate(c, prev, dt);
-        line.push_str(&format!("  {}={} ({:.0}/s)", c.name(), now.get(c), rate));
+        use std::fmt::Write as _;
+        let _ = write!(line, "  {}={} ({:.0}/s)", c.name(), now.get(c), rate);
     }
     println!("{line}");
 }
@@ -177,7 +178,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         let mut gone = false;
         let mut trouble = Trouble::default();
         // The attachment the watcher and the live view read: another `attach` may replace it.
-        let mut watched = pinned_program(&pins);
+        let mut followed = pinned_program(&pins);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -189,7 +190,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                         Some(Err(e)) => eprintln!("intercept-ctl: reload rejected: {e:#}"),
                         Some(Ok(s)) => match intercept_ctl::config::apply(&a.iface, ctx.netns, &s) {
                             Ok(()) => {
-                                eprintln!("intercept-ctl: reloaded {}", a.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+                                eprintln!("intercept-ctl: reloaded {}", a.config.as_ref().map_or_default(|p| p.display().to_string()));
                                 settings = Some(s);
                             }
                             Err(e) => eprintln!("intercept-ctl: reload failed: {e:#}"),
@@ -215,7 +216,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                     Some(Step::Healthy) => {
                         gone = false;
                         let now = pinned_program(&pins);
-                        if now != watched {
+                        if now != followed {
                             eprintln!(
                                 "intercept-ctl: {} was attached again by another command \
                                  (program id {}); following the new attachment",
@@ -224,7 +225,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                             );
                             let Some(w) = trouble.check("opening the new attachment", Watcher::open(&a.iface, ctx.netns)) else { continue };
                             let Some(l) = trouble.check("reading counters", read_pinned(&a.iface, ctx.netns)) else { continue };
-                            (watcher, live, watched) = (w, Live::new(l), now);
+                            (watcher, live, followed) = (w, Live::new(l), now);
                         }
                     }
                     // Nothing to watch or rotate on maps nothing reads.
@@ -238,19 +239,18 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                         let Some(w) = trouble.check("opening the new attachment", Watcher::open(&a.iface, ctx.netns)) else { continue };
                         // Fresh counters: rates start again from them.
                         let Some(l) = trouble.check("reading counters", read_pinned(&a.iface, ctx.netns)) else { continue };
-                        (watcher, live, watched) = (w, Live::new(l), Some(att.program_id));
+                        (watcher, live, followed) = (w, Live::new(l), Some(att.program_id));
                     }
                 }
             }
-            if let Some(every) = settings.as_ref().and_then(|s| s.rotate_every) {
-                if last_rotation.elapsed() >= Duration::from_secs(every) {
+            if let Some(every) = settings.as_ref().and_then(|s| s.rotate_every)
+                && last_rotation.elapsed() >= Duration::from_secs(every) {
                     let rotated = intercept_ctl::control::Maps::open(&a.iface, ctx.netns).and_then(|mut m| m.rotate_secret());
                     if let Some(generation) = trouble.check("rotating the cookie secret", rotated) {
                         eprintln!("intercept-ctl: rotated the cookie secret (generation {generation})");
                         last_rotation = Instant::now();
                     }
                 }
-            }
             let t = intercept_ctl::faults::fail_point("daemon:tick").and_then(|()| watcher.tick());
             let Some(t) = trouble.check("the watch tick", t) else { continue };
             if let Some((aggressive, cause)) = t.transition {
@@ -296,7 +296,7 @@ enum Step {
     /// The interface is gone; nothing to protect until it returns.
     Gone,
     /// The interface returned (or was replaced) and was attached to again.
-    Reattached(loader::Attached),
+    Reattached(Box<loader::Attached>),
     /// Only a restart helps: the daemon stops with this error.
     Fatal(anyhow::Error),
 }
@@ -397,7 +397,7 @@ fn health_step(
         intercept_ctl::config::apply(&a.iface, ctx.netns, s)
             .context("apply the configuration to the new attachment")?;
     }
-    Ok(Step::Reattached(att))
+    Ok(Step::Reattached(Box::new(att)))
 }
 
 /// The XDP mode to re-attach in: generic if the driver refused metadata in native mode (where no
@@ -486,9 +486,8 @@ async fn answer_scrape(
 ) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut buf = [0u8; 2048];
-    let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-        Ok(Ok(n)) => n,
-        _ => return,
+    let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await else {
+        return;
     };
     let req = String::from_utf8_lossy(&buf[..n]);
     let (status, ctype, body) =

@@ -65,13 +65,15 @@ pub fn run(ctx: &Ctx, c: &Cmd) -> anyhow::Result<()> {
             require_healthy(ctx, &e.iface)?;
             Maps::open(&e.iface, ctx.netns)?
                 .scope_add(&e.prefix, e.ports.as_ref().map(|p| p.0.as_slice()))?;
-            done(ctx, "added", e)
+            done(ctx, "added", e);
+            Ok(())
         }
         Cmd::Del(e) => {
             require_healthy(ctx, &e.iface)?;
             Maps::open(&e.iface, ctx.netns)?
                 .scope_del(&e.prefix, e.ports.as_ref().map(|p| p.0.as_slice()))?;
-            done(ctx, "removed", e)
+            done(ctx, "removed", e);
+            Ok(())
         }
         Cmd::List(i) => {
             let l = Maps::open(&i.iface, ctx.netns)?.scope_list()?;
@@ -95,7 +97,7 @@ pub fn run(ctx: &Ctx, c: &Cmd) -> anyhow::Result<()> {
     }
 }
 
-fn done(ctx: &Ctx, what: &str, e: &Entry) -> anyhow::Result<()> {
+fn done(ctx: &Ctx, what: &str, e: &Entry) {
     let ports = e.ports.as_ref().map(|p| {
         p.0.iter()
             .map(ToString::to_string)
@@ -114,7 +116,6 @@ fn done(ctx: &Ctx, what: &str, e: &Entry) -> anyhow::Result<()> {
             e.iface
         );
     }
-    Ok(())
 }
 
 pub fn run_exempt(ctx: &Ctx, c: &ExemptCmd) -> anyhow::Result<()> {

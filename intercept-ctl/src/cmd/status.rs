@@ -15,25 +15,22 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
-    let all = match &a.iface {
-        Some(iface) => vec![one(ctx, iface)?],
-        None => {
-            let pins = PinDir::new(ctx.netns, "x");
-            let dir = pins.path().parent().expect("pin dir has a parent");
-            let mut names: Vec<String> = std::fs::read_dir(dir)
-                .map(|d| {
-                    d.filter_map(Result::ok)
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| !n.starts_with("netns-"))
-                        .collect()
-                })
-                .unwrap_or_default();
-            names.sort();
-            names
-                .iter()
-                .map(|n| one(ctx, n))
-                .collect::<anyhow::Result<_>>()?
-        }
+    let all = if let Some(iface) = &a.iface {
+        vec![one(ctx, iface)?]
+    } else {
+        let pins = PinDir::new(ctx.netns, "x");
+        let dir = pins.path().parent().expect("pin dir has a parent");
+        let mut names: Vec<String> = std::fs::read_dir(dir).map_or_default(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with("netns-"))
+                .collect()
+        });
+        names.sort();
+        names
+            .iter()
+            .map(|n| one(ctx, n))
+            .collect::<anyhow::Result<_>>()?
     };
     // What the kernel keeps an attachment from doing, one line each (also in the JSON): it
     // protects, so the exit status stays 0.
@@ -63,7 +60,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         (Some(_), true) => print_json(&all[0]),
         (None, true) => print_json(&serde_json::Value::Array(all)),
         (_, false) if all.is_empty() => {
-            println!("no attachment here (attach one with `intercept-ctl attach <iface>`)")
+            println!("no attachment here (attach one with `intercept-ctl attach <iface>`)");
         }
         (_, false) => {
             for v in all {
