@@ -68,6 +68,62 @@ pub enum DropMode {
     Random = 1,
 }
 
+impl DropMode {
+    /// Every drop-mode, in order.
+    pub const ALL: [DropMode; 2] = [DropMode::Oldest, DropMode::Random];
+
+    /// The configuration's value (an unknown one reads as the default).
+    #[must_use]
+    pub const fn from_u32(v: u32) -> DropMode {
+        if v == DropMode::Random as u32 {
+            DropMode::Random
+        } else {
+            DropMode::Oldest
+        }
+    }
+
+    /// Its name, as the CLI, the configuration file and `status` spell it.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropMode::Oldest => "oldest",
+            DropMode::Random => "random",
+        }
+    }
+
+    /// The drop-mode of that name.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<DropMode> {
+        DropMode::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// The MSS values a SYN-ACK may advertise over IPv4: from the minimum every host must accept
+/// (RFC 9293 section 3.7.1) to the largest an IPv4 datagram carries.
+pub const MSS_V4_RANGE: core::ops::RangeInclusive<u16> = 536..=65495;
+/// The MSS values a SYN-ACK may advertise over IPv6: from the IPv6 minimum MTU's (1280 - 60) to
+/// the largest a non-jumbo IPv6 packet carries.
+pub const MSS_V6_RANGE: core::ops::RangeInclusive<u16> = 1220..=65475;
+
+/// TCP states, as the kernel numbers them (include/net/tcp_states.h): the tracepoint's states,
+/// `bpf_sock.state`, sock_diag's `idiag_state`.
+pub mod tcp_state {
+    /// ESTABLISHED.
+    pub const ESTABLISHED: u8 = 1;
+    /// SYN_RECV.
+    pub const SYN_RECV: u8 = 3;
+    /// FIN_WAIT1.
+    pub const FIN_WAIT1: u8 = 4;
+    /// FIN_WAIT2.
+    pub const FIN_WAIT2: u8 = 5;
+    /// CLOSE.
+    pub const CLOSE: u8 = 7;
+    /// LISTEN.
+    pub const LISTEN: u8 = 10;
+    /// CLOSING.
+    pub const CLOSING: u8 = 11;
+}
+
 /// Bits of [`Config::flags`].
 pub mod flags {
     /// Answer ECN setup SYNs (ECE+CWR) with ECE (RFC 3168 section 6.1.1), as Linux does by default.

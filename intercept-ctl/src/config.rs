@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{Context as _, bail};
-use intercept_common::config::{Config, DropMode, Mode, Watch, flags};
+use intercept_common::config::{Config, DropMode, MSS_V4_RANGE, MSS_V6_RANGE, Mode, Watch, flags};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -80,8 +80,8 @@ pub struct Settings {
     /// Operator mode; `None` when the file names none (the mode in force, or the one `attach`
     /// was given, stays).
     pub mode: Option<Mode>,
-    /// SYN-ACK parameters (mode and flags filled in at apply).
-    pub synack: (u16, u16, u16, u8, u8, bool),
+    /// SYN-ACK parameters.
+    pub synack: Synack,
     /// Watch knobs.
     pub watch: Watch,
     /// Drop-mode.
@@ -163,15 +163,15 @@ pub fn parse(name: &str, text: &str) -> anyhow::Result<Settings> {
     };
     let mss_v4 = num(
         &f.synack.mss_v4,
-        536,
-        65495,
+        u32::from(*MSS_V4_RANGE.start()),
+        u32::from(*MSS_V4_RANGE.end()),
         "synack.mss_v4",
         u32::from(d.mss_v4),
     );
     let mss_v6 = num(
         &f.synack.mss_v6,
-        1220,
-        65475,
+        u32::from(*MSS_V6_RANGE.start()),
+        u32::from(*MSS_V6_RANGE.end()),
         "synack.mss_v6",
         u32::from(d.mss_v6),
     );
@@ -255,8 +255,10 @@ pub fn parse(name: &str, text: &str) -> anyhow::Result<Settings> {
         .as_ref()
         .map(|m| (m.span().start, m.get_ref().as_str()))
     {
-        None | Some((_, "oldest")) => DropMode::Oldest,
-        Some((_, "random")) => DropMode::Random,
+        None => DropMode::Oldest,
+        Some((_, name)) if DropMode::from_name(name).is_some() => {
+            DropMode::from_name(name).unwrap_or(DropMode::Oldest)
+        }
         Some((o, other)) => {
             errors.push(format!(
                 "{}: drop_mode '{other}' is not oldest or random",
@@ -332,14 +334,14 @@ pub fn parse(name: &str, text: &str) -> anyhow::Result<Settings> {
     let n = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
     Ok(Settings {
         mode,
-        synack: (
-            n(mss_v4),
-            n(mss_v6),
-            n(window),
-            u8::try_from(wscale).unwrap_or(7),
-            u8::try_from(ttl).unwrap_or(64),
-            f.synack.ecn.unwrap_or(true),
-        ),
+        synack: Synack {
+            mss_v4: n(mss_v4),
+            mss_v6: n(mss_v6),
+            window: n(window),
+            wscale: u8::try_from(wscale).unwrap_or(7),
+            ttl: u8::try_from(ttl).unwrap_or(64),
+            ecn: f.synack.ecn.unwrap_or(true),
+        },
         watch: w,
         drop_mode,
         protect,
@@ -347,6 +349,49 @@ pub fn parse(name: &str, text: &str) -> anyhow::Result<Settings> {
         rotate_every,
         metrics_listen,
     })
+}
+
+/// The SYN-ACK parameters of a configuration (see `Config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Synack {
+    /// MSS advertised over IPv4.
+    pub mss_v4: u16,
+    /// MSS advertised over IPv6.
+    pub mss_v6: u16,
+    /// Window field.
+    pub window: u16,
+    /// Window scale advertised.
+    pub wscale: u8,
+    /// TTL / hop limit.
+    pub ttl: u8,
+    /// Answer ECN setup SYNs with ECE.
+    pub ecn: bool,
+}
+
+impl Synack {
+    /// Those of a configuration.
+    #[must_use]
+    pub fn of(c: &Config) -> Synack {
+        Synack {
+            mss_v4: c.mss_v4,
+            mss_v6: c.mss_v6,
+            window: c.window,
+            wscale: c.wscale,
+            ttl: c.ttl,
+            ecn: c.flags & flags::ECN != 0,
+        }
+    }
+
+    /// Writes them into a configuration.
+    pub fn set(&self, c: &mut Config) {
+        (c.mss_v4, c.mss_v6, c.window, c.wscale, c.ttl) =
+            (self.mss_v4, self.mss_v6, self.window, self.wscale, self.ttl);
+        c.flags = if self.ecn {
+            c.flags | flags::ECN
+        } else {
+            c.flags & !flags::ECN
+        };
+    }
 }
 
 /// Applies validated settings to an attachment: configuration, watch knobs, then the scope and
@@ -396,13 +441,7 @@ pub fn apply(iface: &str, netns: Option<&str>, s: &Settings) -> anyhow::Result<(
     if let Some(m) = s.mode {
         c.mode = m as u32;
     }
-    (c.mss_v4, c.mss_v6, c.window, c.wscale, c.ttl) =
-        (s.synack.0, s.synack.1, s.synack.2, s.synack.3, s.synack.4);
-    c.flags = if s.synack.5 {
-        c.flags | flags::ECN
-    } else {
-        c.flags & !flags::ECN
-    };
+    s.synack.set(&mut c);
     c.drop_mode = s.drop_mode as u32;
     crate::faults::kill_point("apply:before-config");
     m.set_config(&c)
@@ -418,20 +457,9 @@ pub fn snapshot(iface: &str, netns: Option<&str>) -> anyhow::Result<Settings> {
     let c = m.config()?;
     Ok(Settings {
         mode: Some(Mode::from_u32(c.mode)),
-        synack: (
-            c.mss_v4,
-            c.mss_v6,
-            c.window,
-            c.wscale,
-            c.ttl,
-            c.flags & flags::ECN != 0,
-        ),
+        synack: Synack::of(&c),
         watch: WatchMaps::open(iface, netns)?.watch()?,
-        drop_mode: if c.drop_mode == DropMode::Random as u32 {
-            DropMode::Random
-        } else {
-            DropMode::Oldest
-        },
+        drop_mode: DropMode::from_u32(c.drop_mode),
         protect: m
             .scope_list()?
             .into_iter()
@@ -476,8 +504,8 @@ rotate_every = 3600
     fn a_complete_file_validates() {
         let s = parse("t.toml", GOOD).unwrap();
         assert_eq!(s.mode, Some(Mode::Auto));
-        assert_eq!(s.synack.0, 1400);
-        assert!(!s.synack.5);
+        assert_eq!(s.synack.mss_v4, 1400);
+        assert!(!s.synack.ecn);
         assert_eq!(
             (s.watch.timeout_ms, s.watch.max_incomplete_high, s.drop_mode),
             (20_000, 500, DropMode::Random)

@@ -445,6 +445,12 @@ fn attach_and_pin(
     Ok((program_id, verified))
 }
 
+/// `mss` brought into `range`.
+fn clamp_mss(mss: u32, range: &std::ops::RangeInclusive<u16>) -> u16 {
+    u16::try_from(mss.clamp(u32::from(*range.start()), u32::from(*range.end())))
+        .unwrap_or(*range.end())
+}
+
 /// Writes the initial configuration, secrets and watch knobs of a fresh attachment.
 fn configure(
     iface: &str,
@@ -463,8 +469,14 @@ fn configure(
     let cfg = Config {
         mode: initial as u32,
         meta_tag: crate::control::random_meta_tag()?,
-        mss_v4: u16::try_from(mtu.saturating_sub(40).clamp(536, 65495))?,
-        mss_v6: u16::try_from(mtu.saturating_sub(60).clamp(1220, 65475))?,
+        mss_v4: clamp_mss(
+            mtu.saturating_sub(40),
+            &intercept_common::config::MSS_V4_RANGE,
+        ),
+        mss_v6: clamp_mss(
+            mtu.saturating_sub(60),
+            &intercept_common::config::MSS_V6_RANGE,
+        ),
         ..Config::default()
     };
     m.set_config(&cfg)?;

@@ -8,7 +8,7 @@ use intercept_ctl::{errors::CtlError, pins::PinDir};
 
 /// Controller of xdp-intercept, the XDP SYN-flood protection (SYN cookies and TCP intercept).
 ///
-/// Data goes to stdout (a table, or JSON with --json); diagnostics go to stderr.
+/// Data goes to stdout (a short aligned summary, or JSON with --json); diagnostics go to stderr.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, propagate_version = true)]
 struct Cli {
@@ -38,7 +38,7 @@ enum Command {
     ///
     /// Example: intercept-ctl status eth0 --json
     Status(cmd::status::Args),
-    /// Change the mode while running (off, intercept).
+    /// Change the mode while running (off, watch, intercept, auto).
     ///
     /// Example: intercept-ctl mode eth0 intercept
     Mode(cmd::mode::Args),
@@ -72,11 +72,14 @@ enum Command {
     ///
     /// Example: intercept-ctl stats eth0 --json
     Stats(cmd::stats::Args),
-    /// Attach (if not yet attached, or attached but dead) and print live counters every second
-    /// until Ctrl-C or --seconds, re-attaching if the interface is deleted and re-created;
-    /// detaches on exit unless it found the program already attached.
+    /// The controller daemon: attaches (if not attached, or attached but dead), then runs watch
+    /// mode's timeouts and auto mode's thresholds every 100 ms, checks the attachment's health
+    /// every second (re-attaching if the interface is re-created), rotates the cookie secret
+    /// (the file's secrets.rotate_every), serves Prometheus metrics (--metrics-listen), re-reads
+    /// --config on SIGHUP, and prints live counters every second until Ctrl-C, SIGTERM or
+    /// --seconds. On exit it detaches what it attached, unless --keep. One per interface.
     ///
-    /// Example: intercept-ctl run eth0 --seconds 30
+    /// Example: intercept-ctl run eth0 --keep --config /etc/xdp-intercept/eth0.toml
     Run(cmd::run::Args),
     /// The built-in lab: network namespaces with a real server, real clients and a bounded SYN
     /// flood, protected by the program, with live counters. Needs root. Cleans up after itself.
@@ -87,6 +90,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Command::Run(_) | Command::Lab(_)) {
+        // A one-shot command piped into `head` ends quietly when the reader goes, as Unix tools
+        // do, instead of panicking on EPIPE. (Not the daemon and the lab: they write to sockets,
+        // where a peer going away must not kill them.)
+        // SAFETY: setting a signal's disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = (|| {
         if let Some(ns) = &cli.netns {
             enter_netns(ns, &cli.cmd)?;

@@ -31,12 +31,11 @@ const NLMSG_DONE: u16 = 3;
 /// TIME_WAIT (a minisock; its end fires no state change), CLOSE, LISTEN and NEW_SYN_RECV
 /// (request sockets, covered by the controller's lookup window instead).
 const TABLE_STATES: u32 = 1 << 1 | 1 << 2 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
-/// `TCP_SYN_RECV` in include/net/tcp_states.h (request sockets report it).
-pub const TCP_SYN_RECV: u8 = 3;
+/// The state request sockets report.
+pub use intercept_common::config::tcp_state::SYN_RECV as TCP_SYN_RECV;
 /// `TCP_TIME_WAIT` in include/net/tcp_states.h.
 const TCP_TIME_WAIT: u32 = 6;
-/// `TCP_LISTEN` in include/net/tcp_states.h.
-const TCP_LISTEN: u8 = 10;
+use intercept_common::config::tcp_state::LISTEN as TCP_LISTEN;
 /// `INET_DIAG_NOCOOKIE` (include/uapi/linux/inet_diag.h): match a socket by 4-tuple alone.
 const NO_COOKIE: u64 = u64::MAX;
 

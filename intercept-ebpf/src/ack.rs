@@ -21,8 +21,8 @@ use crate::{
     stats::{count, drop, pass},
 };
 
-/// `TCP_LISTEN` in include/net/tcp_states.h.
-const TCP_LISTEN: u32 = 10;
+/// `bpf_sock.state` of a listener.
+const TCP_LISTEN: u32 = intercept_common::config::tcp_state::LISTEN as u32;
 
 /// What the socket table holds for a flow.
 pub enum Sock {

@@ -42,8 +42,7 @@ static SK_ACK_BACKLOG_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static SK_MAX_ACK_BACKLOG_OFFSET: u32 = 0;
 
-/// `TCP_LISTEN` in include/net/tcp_states.h.
-const TCP_LISTEN: u8 = 10;
+use intercept_common::config::tcp_state::LISTEN as TCP_LISTEN;
 
 /// Kernel types named in the kfunc's signature. Only their names matter: the loader declares
 /// the kfunc in the object's BTF with these struct names (see intercept-ctl's `btf_patch`), and

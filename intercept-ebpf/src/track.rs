@@ -15,7 +15,7 @@ use aya_ebpf::{
 use intercept_common::{
     config::{
         FlowKey, Mode, REQUEST_SOCK_LIFETIME_NS, SockOffsets, SocketTable, TIME_WAIT_NS,
-        proven_slot, socket_bucket, table_word, time_wait_bucket,
+        proven_slot, socket_bucket, table_word, tcp_state, time_wait_bucket,
     },
     cookie::{mapped, words},
     maps::trace_field,
@@ -67,13 +67,14 @@ fn ours(sk: *const u8, o: &SockOffsets) -> Option<bool> {
 const EEXIST: i32 = 17;
 
 const IPPROTO_TCP: u16 = 6;
-const TCP_ESTABLISHED: i32 = 1;
-const TCP_SYN_RECV: i32 = 3;
-const TCP_FIN_WAIT1: i32 = 4;
-const TCP_FIN_WAIT2: i32 = 5;
-const TCP_CLOSE: i32 = 7;
-const TCP_LISTEN: i32 = 10;
-const TCP_CLOSING: i32 = 11;
+// The tracepoint's states are ints.
+const TCP_ESTABLISHED: i32 = tcp_state::ESTABLISHED as i32;
+const TCP_SYN_RECV: i32 = tcp_state::SYN_RECV as i32;
+const TCP_FIN_WAIT1: i32 = tcp_state::FIN_WAIT1 as i32;
+const TCP_FIN_WAIT2: i32 = tcp_state::FIN_WAIT2 as i32;
+const TCP_CLOSE: i32 = tcp_state::CLOSE as i32;
+const TCP_LISTEN: i32 = tcp_state::LISTEN as i32;
+const TCP_CLOSING: i32 = tcp_state::CLOSING as i32;
 
 /// Handles one state change.
 #[inline(always)]

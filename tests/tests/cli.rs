@@ -476,3 +476,97 @@ fn json_output_schemas() {
     assert_eq!(w.len(), 2);
     assert!(w[1]["rates"]["packets"].is_number() && w[1]["counters"]["packets"].is_u64());
 }
+
+/// The options `intercept-ctl VERB --help` lists (without the global and help ones).
+fn help_flags(verb: &[&str]) -> std::collections::BTreeSet<String> {
+    let mut a = verb.to_vec();
+    a.push("--help");
+    let help = ctl_ok(&a);
+    // Option lines: `  --name <V>` or `  -x, --name`.
+    help.lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = if l.starts_with('-') && l.get(2..4) == Some(", ") {
+                &l[4..]
+            } else {
+                l
+            };
+            l.strip_prefix("--")?.split([' ', '=']).next()
+        })
+        .filter(|f| !f.is_empty() && !["help", "json", "netns", "version"].contains(f))
+        .map(|f| format!("--{f}"))
+        .collect()
+}
+
+/// The README's synopsis and the binary agree both ways: every verb and flag the synopsis names
+/// exists in the binary's help, and every flag the binary accepts is in the synopsis. Every mode
+/// the program accepts is named in the top-level help. Before, the help said `mode` took "(off,
+/// intercept)" and the synopsis lacked `run --xdp-mode`, `--quiet` and others.
+#[test]
+fn readme_synopsis_and_help_agree() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let start = readme.find("## intercept-ctl\n").expect("synopsis section");
+    let block = &readme[start..];
+    let block = &block[block.find("```\n").expect("code block") + 4..];
+    let block = &block[..block.find("```").expect("end of code block")];
+    // Each verb's synopsis lines: a line starting `intercept-ctl VERB`, and its continuations.
+    let mut verbs: Vec<(Vec<String>, String)> = Vec::new();
+    for line in block.lines() {
+        let code = line.split(" # ").next().unwrap_or_default();
+        if let Some(rest) = code.strip_prefix("intercept-ctl ") {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let mut verb = vec![words[0].to_owned()];
+            // scope/exempt: `add|del` and `list` are subcommands.
+            if ["scope", "exempt"].contains(&words[0]) {
+                verb.push(words[1].split('|').next().unwrap_or_default().to_owned());
+            }
+            verbs.push((verb, code.to_owned()));
+        } else if code.starts_with(' ')
+            && !code.trim().is_empty()
+            && let Some(last) = verbs.last_mut()
+        {
+            last.1.push(' ');
+            last.1.push_str(code);
+        }
+    }
+    assert!(verbs.len() >= 15, "synopsis parsed: {verbs:?}");
+    for (verb, text) in &verbs {
+        let args: Vec<&str> = verb.iter().map(String::as_str).collect();
+        let in_help = help_flags(&args);
+        let in_readme: std::collections::BTreeSet<String> = text
+            .split(|c: char| c.is_whitespace() || c == '[' || c == ']')
+            .filter(|w| w.starts_with("--"))
+            .map(|w| w.trim_end_matches([',', '.', ')']).to_owned())
+            .collect();
+        for f in &in_readme {
+            assert!(
+                in_help.contains(f),
+                "README names `{f}` for {verb:?}, which its help lacks"
+            );
+        }
+        for f in &in_help {
+            assert!(
+                in_readme.contains(f),
+                "{verb:?} accepts `{f}`, which the README synopsis lacks"
+            );
+        }
+    }
+    let top = ctl_ok(&["--help"]);
+    let mode_help = ctl_ok(&["mode", "--help"]);
+    for mode in ["off", "watch", "intercept", "auto"] {
+        assert!(
+            mode_help.contains(&format!("- {mode}:")),
+            "`mode` accepts {mode}"
+        );
+        let line = top
+            .lines()
+            .find(|l| l.trim_start().starts_with("mode "))
+            .expect("mode line");
+        assert!(
+            line.contains(mode),
+            "the top-level help names mode {mode}: {line}"
+        );
+    }
+    assert!(!top.contains("table"), "the help promises no tables: {top}");
+}

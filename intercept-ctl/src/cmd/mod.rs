@@ -49,6 +49,45 @@ pub fn warn_if_unhealthy(ctx: &Ctx, iface: &str) {
     }
 }
 
+/// Prints `v` for a person: one aligned `key  value` line per leaf, nested keys joined with dots,
+/// lists on one line (the same facts `--json` prints as a document).
+pub fn print_summary(v: &serde_json::Value) {
+    let mut rows = Vec::new();
+    flatten("", v, &mut rows);
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, val) in rows {
+        println!("{k:<width$}  {val}");
+    }
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, rows: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) if !m.is_empty() => {
+            for (k, val) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, val, rows);
+            }
+        }
+        serde_json::Value::String(s) => rows.push((prefix.to_owned(), s.clone())),
+        serde_json::Value::Null => rows.push((prefix.to_owned(), "-".to_owned())),
+        serde_json::Value::Array(a) => rows.push((
+            prefix.to_owned(),
+            a.iter()
+                .map(|x| match x {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
+        other => rows.push((prefix.to_owned(), other.to_string())),
+    }
+}
+
 /// Prints a JSON value on stdout, one document per line.
 pub fn print_json(v: &serde_json::Value) {
     println!("{v}");

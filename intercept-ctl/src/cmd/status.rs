@@ -64,7 +64,8 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         }
         (_, false) => {
             for v in all {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                super::print_summary(&v);
+                println!();
             }
         }
     }
@@ -139,7 +140,7 @@ fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
             "timeout_s": w.timeout_ms / 1000,
             "max_incomplete": { "high": w.max_incomplete_high, "low": w.max_incomplete_low },
             "one_minute_thresholds": { "high": w.one_minute_high, "low": w.one_minute_low },
-            "drop_mode": if c.drop_mode == 1 { "random" } else { "oldest" },
+            "drop_mode": intercept_common::config::DropMode::from_u32(c.drop_mode).name(),
             "last_transition_s_ago": if w.last_transition_ns == 0 { serde_json::Value::Null } else { serde_json::json!(monotonic_ns().saturating_sub(w.last_transition_ns) as f64 / 1e9) },
             "last_cause": cause_name(w.last_cause),
         },

@@ -1,4 +1,4 @@
-use intercept_common::config::flags;
+use intercept_common::config::{MSS_V4_RANGE, MSS_V6_RANGE, flags};
 use intercept_ctl::control::Maps;
 
 use super::{Ctx, print_json};
@@ -17,10 +17,10 @@ pub struct Args {
     /// Interface.
     pub iface: String,
     /// MSS advertised in IPv4 SYN-ACKs (the server's; default MTU - 40).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(536..=65495))]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(i64::from(*MSS_V4_RANGE.start())..=i64::from(*MSS_V4_RANGE.end())))]
     pub mss_v4: Option<u16>,
     /// MSS advertised in IPv6 SYN-ACKs (default MTU - 60).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1220..=65475))]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(i64::from(*MSS_V6_RANGE.start())..=i64::from(*MSS_V6_RANGE.end())))]
     pub mss_v6: Option<u16>,
     /// Window field of the SYN-ACK (never scaled).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
@@ -68,7 +68,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     if ctx.json {
         print_json(&v);
     } else {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        super::print_summary(&v);
     }
     Ok(())
 }

@@ -1,16 +1,16 @@
 use anyhow::ensure;
-use intercept_common::config::{Config, DropMode};
+use intercept_common::config::DropMode;
 use intercept_ctl::{control::Maps, watchctl::WatchMaps};
 
 use super::{Ctx, print_json};
 
-/// Displacement policy while aggressive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DropArg {
-    /// Close the oldest half-open connection for each new SYN.
-    Oldest,
-    /// Close a random half-open connection for each new SYN.
-    Random,
+/// `--drop-mode`: a name of [`DropMode`] (oldest: close the oldest half-open connection for each
+/// new SYN; random: a random one).
+fn drop_mode_arg(s: &str) -> Result<DropMode, String> {
+    DropMode::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = DropMode::ALL.iter().map(|m| m.name()).collect();
+        format!("'{s}' is not one of {}", names.join(", "))
+    })
 }
 
 #[derive(Debug, clap::Args)]
@@ -32,9 +32,9 @@ pub struct Args {
     /// Connection requests per minute below which (with max-incomplete low) it calms down.
     #[arg(long)]
     pub one_minute_low: Option<u32>,
-    /// Which half-open connection a new SYN displaces while aggressive.
-    #[arg(long, value_enum)]
-    pub drop_mode: Option<DropArg>,
+    /// Which half-open connection a new SYN displaces while aggressive: oldest or random.
+    #[arg(long, value_name = "oldest|random", value_parser = drop_mode_arg)]
+    pub drop_mode: Option<DropMode>,
     /// Length of the "one-minute" window in seconds (default 60; shorten only for labs and tests).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=600))]
     pub rate_window: Option<u32>,
@@ -71,23 +71,12 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         w.one_minute_high
     );
     wm.set_watch(&w)?;
-    if let Some(d) = a.drop_mode {
-        let mut m = Maps::open(&a.iface, ctx.netns)?;
-        let cfg = Config {
-            drop_mode: match d {
-                DropArg::Oldest => DropMode::Oldest,
-                DropArg::Random => DropMode::Random,
-            } as u32,
-            ..m.config()?
-        };
-        m.set_config(&cfg)?;
-    }
-    let drop_mode =
-        if Maps::open(&a.iface, ctx.netns)?.config()?.drop_mode == DropMode::Random as u32 {
-            "random"
-        } else {
-            "oldest"
-        };
+    let mut m = Maps::open(&a.iface, ctx.netns)?;
+    let cfg = match a.drop_mode {
+        Some(d) => m.update_config(|c| c.drop_mode = d as u32)?,
+        None => m.config()?,
+    };
+    let drop_mode = DropMode::from_u32(cfg.drop_mode).name();
     let v = serde_json::json!({
         "interface": a.iface,
         "watch_timeout_s": w.timeout_ms / 1000,
@@ -99,7 +88,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     if ctx.json {
         print_json(&v);
     } else {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        super::print_summary(&v);
     }
     Ok(())
 }
