@@ -572,10 +572,11 @@ impl Maps {
 /// If getrandom fails.
 pub fn random_key() -> anyhow::Result<SipKey> {
     let mut b = [0u8; 16];
-    // SAFETY: writes at most 16 bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != 16 {
-        bail!("getrandom: {}", std::io::Error::last_os_error());
+    let n = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty())
+        .map_err(std::io::Error::from)
+        .context("getrandom")?;
+    if n != b.len() {
+        bail!("getrandom returned {n} of 16 bytes");
     }
     Ok(SipKey {
         k: [
@@ -613,23 +614,29 @@ pub fn random_meta_tag() -> anyhow::Result<u32> {
 /// # Errors
 /// If the ioctl fails.
 pub fn mtu(iface: &str) -> anyhow::Result<u32> {
-    // SAFETY: plain socket/ioctl on a zeroed ifreq we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in iface.bytes().take(15).enumerate() {
-            req.ifr_name[i] = b as libc::c_char;
-        }
-        let rc = libc::ioctl(fd, libc::SIOCGIFMTU, &raw mut req);
-        libc::close(fd);
-        ensure!(
-            rc == 0,
-            "SIOCGIFMTU {iface}: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(u32::try_from(req.ifr_ifru.ifru_mtu)?)
+    use rustix::{
+        ioctl::{Updater, ioctl},
+        net::{AddressFamily, SocketType, socket},
+    };
+    const SIOCGIFMTU: rustix::ioctl::Opcode = libc::SIOCGIFMTU as rustix::ioctl::Opcode;
+    let fd = socket(AddressFamily::INET, SocketType::DGRAM, None)
+        .map_err(std::io::Error::from)
+        .context("socket")?;
+    // SAFETY: an all-zero ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    ensure!(
+        iface.len() < req.ifr_name.len(),
+        "interface name too long: {iface}"
+    );
+    for (i, b) in iface.bytes().enumerate() {
+        req.ifr_name[i] = b as libc::c_char;
     }
+    // SAFETY: SIOCGIFMTU reads the name and writes the MTU of the ifreq it is given.
+    unsafe { ioctl(&fd, Updater::<SIOCGIFMTU, libc::ifreq>::new(&mut req)) }
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("SIOCGIFMTU {iface}"))?;
+    // SAFETY: the kernel filled the MTU member.
+    Ok(u32::try_from(unsafe { req.ifr_ifru.ifru_mtu })?)
 }
 
 /// `net.ipv4.tcp_syncookies` of the current namespace: the kfunc handoff needs it non-zero

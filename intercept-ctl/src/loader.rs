@@ -210,7 +210,7 @@ fn remove_pins(pins: &PinDir) -> anyhow::Result<()> {
 /// returned file is dropped, or by the kernel if the process dies): a daemon re-attaching and an
 /// operator's `attach` never take each other's half-made pin directory for a dead one.
 fn lock_attaches() -> anyhow::Result<fs::File> {
-    lock_root(libc::LOCK_EX)
+    lock_root(rustix::fs::FlockOperation::LockExclusive)
 }
 
 /// Waits for attaches in progress and holds them off while the returned file lives (a shared
@@ -221,10 +221,10 @@ fn lock_attaches() -> anyhow::Result<fs::File> {
 /// # Errors
 /// If the pin root cannot be created, opened or locked.
 pub fn hold_off_attaches() -> anyhow::Result<fs::File> {
-    lock_root(libc::LOCK_SH)
+    lock_root(rustix::fs::FlockOperation::LockShared)
 }
 
-fn lock_root(how: libc::c_int) -> anyhow::Result<fs::File> {
+fn lock_root(how: rustix::fs::FlockOperation) -> anyhow::Result<fs::File> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -240,11 +240,7 @@ fn lock_root(how: libc::c_int) -> anyhow::Result<fs::File> {
             anyhow::Error::new(e).context(format!("open {}", crate::pins::ROOT))
         }
     })?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&root), how) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("lock {}", crate::pins::ROOT));
-    }
+    crate::lock::flock(&root, how).with_context(|| format!("lock {}", crate::pins::ROOT))?;
     Ok(root)
 }
 

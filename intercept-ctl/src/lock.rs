@@ -12,11 +12,11 @@ use std::{
     collections::HashSet,
     fs,
     io::Write as _,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
+use rustix::fs::FlockOperation;
 
 use crate::{errors::CtlError, pins::PinDir};
 
@@ -62,22 +62,20 @@ pub fn settings(pins: &PinDir, iface: &str) -> anyhow::Result<Settings> {
             anyhow::Error::new(e).context(format!("open {}", path.display()))
         }
     })?;
-    flock(&dir, libc::LOCK_EX).with_context(|| format!("lock {}", path.display()))?;
+    flock(&dir, FlockOperation::LockExclusive)
+        .with_context(|| format!("lock {}", path.display()))?;
     HELD.with(|h| h.borrow_mut().insert(path.clone()));
     Ok(Settings {
         held: Some((path, dir)),
     })
 }
 
-fn flock(f: &fs::File, how: libc::c_int) -> std::io::Result<()> {
+/// `flock`, retried when a signal interrupts it.
+pub(crate) fn flock(f: &fs::File, how: FlockOperation) -> std::io::Result<()> {
     loop {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
+        match rustix::fs::flock(f, how) {
+            Err(rustix::io::Errno::INTR) => {}
+            r => return r.map_err(std::io::Error::from),
         }
     }
 }
@@ -110,7 +108,7 @@ impl Daemon {
             .write(true)
             .open(&path)
             .with_context(|| format!("open {}", path.display()))?;
-        if let Err(e) = flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+        if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 return Err(CtlError::DaemonRunning {
                     iface: iface.to_owned(),
@@ -143,7 +141,7 @@ pub fn daemon_running(iface: &str, netns: Option<&str>) -> bool {
     let Ok(f) = fs::File::open(crate::pid_file(iface, netns)) else {
         return false;
     };
-    match flock(&f, libc::LOCK_SH | libc::LOCK_NB) {
+    match flock(&f, FlockOperation::NonBlockingLockShared) {
         Ok(()) => false,
         Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
     }

@@ -19,17 +19,12 @@ use crate::errors::CtlError;
 pub fn enter(name: &str) -> anyhow::Result<()> {
     let path = format!("/run/netns/{name}");
     let f = File::open(&path).map_err(|_| CtlError::UnknownNetns(name.to_owned()))?;
-    // SAFETY: plain syscall on a valid fd.
-    let rc = unsafe {
-        libc::setns(
-            std::os::fd::AsRawFd::as_raw_fd(&f.as_fd()),
-            libc::CLONE_NEWNET,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("setns into {path}"));
-    }
-    Ok(())
+    rustix::thread::move_into_link_name_space(
+        f.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("setns into {path}"))
 }
 
 /// Runs a command, failing with its stderr if it exits non-zero.

@@ -1,9 +1,6 @@
 //! Where an attachment lives in bpffs: one directory per interface (mode 0700) holding the XDP
 //! link, the program and the maps, so one-shot commands find what `attach` (or a daemon) set up.
-use std::{
-    ffi::CString,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use crate::errors::CtlError;
 
@@ -78,11 +75,8 @@ impl PinDir {
 /// Never: the path holds no NUL.
 pub fn check_bpffs() -> Result<(), CtlError> {
     let dir = "/sys/fs/bpf";
-    let c = CString::new(dir).expect("no NUL");
-    // SAFETY: statfs writes into a zeroed struct we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
-    if rc != 0 || st.f_type != BPF_FS_MAGIC {
+    let is_bpffs = rustix::fs::statfs(dir).is_ok_and(|st| st.f_type == BPF_FS_MAGIC);
+    if !is_bpffs {
         let advice = match named_netns_entered() {
             Some(name) => format!(
                 "this runs inside network namespace {name} through `ip netns exec`, whose private \
