@@ -41,9 +41,13 @@ if [ -n "$mods" ] && [ -d "$r$mods" ]; then
     mkdir -p $r/lib/modules/$kver
     mount --bind $r$mods $r/lib/modules/$kver
 fi
-# The kernel loads modules on demand through this path; the host may have no kmod.
-mkdir -p $r/sbin/vm && ln -sf /bin/busybox $r/sbin/vm/modprobe
-echo /sbin/vm/modprobe > $r/proc/sys/kernel/modprobe
+# The kernel loads modules on demand (a veth, a qdisc) by running modprobe in this init's root,
+# not the chroot's: busybox's modprobe here, over the same modules.
+if [ -n "$mods" ] && [ -d "$r$mods" ]; then
+    mkdir -p /lib/modules/$kver
+    mount --bind $r$mods /lib/modules/$kver
+fi
+echo /bin/modprobe > $r/proc/sys/kernel/modprobe
 chroot $r /bin/sh -c 'ip link set lo up; hostname vm' >/dev/null 2>&1
 echo "vm-init: up: $kver after $(cut -d' ' -f1 $r/proc/uptime) s"
 chroot $r /bin/sh -c "cd / && exec /bin/sh $run" </dev/console >/dev/console 2>&1
