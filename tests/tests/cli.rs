@@ -502,7 +502,7 @@ fn without_a_handoff_engine_watch_works_and_intercept_says_what_is_missing() {
             serde_json::from_str(&ctl_ok(&["--netns", n, "--json", "status", "xe0"])).unwrap();
         assert_eq!(st["engine"], best.name());
         assert_eq!(st["kernel"]["engines"][0], best.name(), "{st}");
-        ctl_ok(&["--netns", n, "detach", "xe0"]);
+        let _ = ctl_ok(&["--netns", n, "detach", "xe0"]);
     } else {
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
         let e = stderr(&o);
@@ -557,8 +557,8 @@ fn without_a_handoff_engine_watch_works_and_intercept_says_what_is_missing() {
             "mode {mode}: {e}"
         );
     }
-    ctl_ok(&["--netns", n, "mode", "xe0", "off"]);
-    ctl_ok(&["--netns", n, "mode", "xe0", "watch"]);
-    ctl_ok(&["--netns", n, "detach", "xe0"]);
+    let _ = ctl_ok(&["--netns", n, "mode", "xe0", "off"]);
+    let _ = ctl_ok(&["--netns", n, "mode", "xe0", "watch"]);
+    let _ = ctl_ok(&["--netns", n, "detach", "xe0"]);
     assert!(!std::path::Path::new(&pin).exists());
 }
