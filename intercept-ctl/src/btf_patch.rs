@@ -246,9 +246,67 @@ pub fn declare_kfunc(btf: &[u8]) -> anyhow::Result<Vec<u8>> {
 /// Returns a copy of the ELF object whose `.BTF` section declares the kfunc (see module docs).
 /// Objects that do not call the kfunc are returned unchanged.
 ///
+/// On a kernel without the kfunc (`kernel_has_kfunc` false) its symbol is also made weak
+/// (`STB_WEAK`): aya then loads the object and poisons the one call instead of refusing the
+/// whole object ("kernel function not found"), and the program that makes it (the TC handoff)
+/// is never loaded there. Everything else in the object works on such a kernel.
+///
 /// # Errors
 /// If the object is not a 64-bit little-endian ELF with a `.BTF` section.
-pub fn patch_object(elf: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub fn patch_object(elf: &[u8], kernel_has_kfunc: bool) -> anyhow::Result<Vec<u8>> {
+    let mut out = declare_in_object(elf)?;
+    if !kernel_has_kfunc && let Some(at) = kfunc_symbol(&out)? {
+        // st_info: binding in the high nibble, type in the low one.
+        out[at + 4] = STB_WEAK << 4 | (out[at + 4] & 0xf);
+    }
+    Ok(out)
+}
+
+/// `STB_WEAK`, the ELF symbol binding of a weak symbol.
+const STB_WEAK: u8 = 2;
+/// `SHT_SYMTAB`.
+const SHT_SYMTAB: u32 = 2;
+
+/// Where the undefined symbol of the kfunc sits in the object's `.symtab` (its `Elf64_Sym`).
+fn kfunc_symbol(elf: &[u8]) -> anyhow::Result<Option<usize>> {
+    let shoff = usize::try_from(u64_at(elf, 0x28))?;
+    let (shentsize, shnum) = (
+        usize::from(u16_at(elf, 0x3a)),
+        usize::from(u16_at(elf, 0x3c)),
+    );
+    let sh = |i: usize| shoff + i * shentsize;
+    let Some(symtab) = (0..shnum).find(|&i| u32_at(elf, sh(i) + 4) == SHT_SYMTAB) else {
+        return Ok(None);
+    };
+    let strtab = u32_at(elf, sh(symtab) + 40) as usize;
+    let str_off = usize::try_from(u64_at(elf, sh(strtab) + 24))?;
+    let (off, size) = (
+        usize::try_from(u64_at(elf, sh(symtab) + 24))?,
+        usize::try_from(u64_at(elf, sh(symtab) + 32))?,
+    );
+    for at in (off..off + size).step_by(24) {
+        let name = str_off + u32_at(elf, at) as usize;
+        let undefined = u16_at(elf, at + 6) == 0;
+        if undefined
+            && elf
+                .get(name..name + KFUNC.len() + 1)
+                .is_some_and(|n| &n[..KFUNC.len()] == KFUNC.as_bytes() && n[KFUNC.len()] == 0)
+        {
+            return Ok(Some(at));
+        }
+    }
+    Ok(None)
+}
+
+/// The ELF binding of the kfunc's symbol in `elf` (`None`: the object does not call it).
+///
+/// # Errors
+/// A malformed object.
+pub fn kfunc_binding(elf: &[u8]) -> anyhow::Result<Option<u8>> {
+    Ok(kfunc_symbol(elf)?.map(|at| elf[at + 4] >> 4))
+}
+
+fn declare_in_object(elf: &[u8]) -> anyhow::Result<Vec<u8>> {
     ensure!(
         elf.len() > 64 && &elf[..4] == b"\x7fELF" && elf[4] == 2 && elf[5] == 1,
         "not a 64-bit little-endian ELF"
@@ -294,6 +352,18 @@ pub fn patch_object(elf: &[u8]) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kfunc_is_weak_only_where_the_kernel_lacks_it() {
+        let strong = patch_object(crate::EBPF_OBJECT, true).expect("patch");
+        assert_eq!(
+            kfunc_binding(&strong).expect("parse"),
+            Some(1),
+            "STB_GLOBAL"
+        );
+        let weak = patch_object(crate::EBPF_OBJECT, false).expect("patch");
+        assert_eq!(kfunc_binding(&weak).expect("parse"), Some(STB_WEAK));
+    }
 
     /// A BTF blob holding `struct sock { int a; int b:3; int sk_ack_backlog; }` (b a bitfield of
     /// a struct with kind_flag set) and `struct plain { int x; int y; }`.
@@ -385,7 +455,7 @@ mod tests {
     /// new types follow with the shapes aya expects.
     #[test]
     fn patched_object_declares_the_kfunc() {
-        let patched = patch_object(crate::EBPF_OBJECT).expect("patch");
+        let patched = patch_object(crate::EBPF_OBJECT, true).expect("patch");
         assert!(patched.len() > crate::EBPF_OBJECT.len());
         // Re-read the .BTF section from the patched ELF and check its tail.
         let shoff = u64_at(&patched, 0x28) as usize;
@@ -419,7 +489,7 @@ mod tests {
         let func = last - 12;
         assert_eq!(u32_at(types, func + 4), KIND_FUNC << 24 | LINKAGE_EXTERN);
         // The original types are untouched.
-        let original = patch_object(crate::EBPF_OBJECT).unwrap();
+        let original = patch_object(crate::EBPF_OBJECT, true).unwrap();
         assert_eq!(original, patched, "patching is deterministic");
         assert!(
             declare_kfunc(btf).is_err(),

@@ -274,6 +274,25 @@ impl Maps {
     pub fn set_config(&mut self, c: &Config) -> anyhow::Result<()> {
         let _lock = self.lock()?;
         let mut c = *c;
+        // Intercept mode, and auto mode (which switches to it), need a handoff engine.
+        let mode = Mode::from_u32(c.mode);
+        if let (Some((pins, iface)), Mode::Intercept | Mode::Auto) = (&self.pinned, mode)
+            && !crate::engine::recorded(pins).hands_off()
+        {
+            return Err(CtlError::NoHandoffEngine {
+                mode: mode.name(),
+                iface: iface.clone(),
+                why: {
+                    let kernel = crate::engine::Features::probe();
+                    if kernel.engines()[0].hands_off() {
+                        "it was attached with `--engine none`".to_owned()
+                    } else {
+                        kernel.why_none()
+                    }
+                },
+            }
+            .into());
+        }
         c.flags = (c.flags & !flags::DERIVED) | self.derived_flags()?;
         let before = self.config()?;
         let (was, is) = (

@@ -60,12 +60,32 @@ pub enum CtlError {
         /// Pin directory.
         pin: String,
     },
-    /// The kernel lacks the kfunc that completes handshakes.
+    /// Intercept (or auto) mode asked of an attachment whose kernel offers no handoff engine.
     #[error(
-        "this kernel has no bpf_sk_assign_tcp_reqsk kfunc (Linux >= 6.9 with BTF): intercept mode \
-         cannot hand proven connections to the listener; upgrade the kernel"
+        "{mode} mode needs a handoff engine and this attachment of '{iface}' has none ({why}): \
+         without one a proven handshake cannot reach the listener. Watch mode works here \
+         (`intercept-ctl mode {iface} watch`, or `attach {iface} --mode watch`); for intercept \
+         mode, run Linux >= 6.9"
     )]
-    NoKfunc,
+    NoHandoffEngine {
+        /// The mode asked for.
+        mode: &'static str,
+        /// Interface.
+        iface: String,
+        /// What the kernel lacks.
+        why: String,
+    },
+    /// `attach --engine` named an engine this kernel cannot run.
+    #[error(
+        "the {engine} handoff engine cannot run on this kernel: it lacks {missing}; attach \
+         without --engine to use the best one it has"
+    )]
+    EngineUnavailable {
+        /// The engine asked for.
+        engine: &'static str,
+        /// What the kernel lacks.
+        missing: String,
+    },
     /// The pinned attachment no longer protects its interface (see [`crate::health`]).
     #[error(
         "the attachment of '{iface}' is dead: {reason}. Nothing protects {iface}: run `{fix}` \
@@ -126,16 +146,17 @@ pub fn explain(err: anyhow::Error, what: &str) -> anyhow::Error {
     err
 }
 
-/// Checks the kernel features every verb that loads the object needs.
+/// Checks the kernel features every verb that loads the object needs, and returns what else
+/// it offers.
 ///
 /// # Errors
 /// [`CtlError::NoBtf`] when the kernel has no BTF.
-pub fn probe_kernel() -> Result<(), CtlError> {
-    let btf = kernel_btf().ok_or(CtlError::NoBtf)?;
-    if !btf_has(&btf, KFUNC_NAME) {
-        return Err(CtlError::NoKfunc);
+pub fn probe_kernel() -> Result<crate::engine::Features, CtlError> {
+    let features = crate::engine::Features::probe();
+    if !features.btf {
+        return Err(CtlError::NoBtf);
     }
-    Ok(())
+    Ok(features)
 }
 
 /// The kfunc's name as it stands, NUL-terminated, in the kernel BTF's string table.
@@ -161,7 +182,9 @@ pub fn kernel_features() -> serde_json::Value {
             .ok()
             .and_then(|v| v.trim().parse::<i64>().ok())
     };
+    let features = crate::engine::Features::probe();
     serde_json::json!({
+        "engines": features.engines().iter().map(|e| e.name()).collect::<Vec<_>>(),
         "btf": btf.is_some(),
         "kfunc_bpf_sk_assign_tcp_reqsk": has(KFUNC_NAME),
         "tcx": has(b"tcx_link\0"),

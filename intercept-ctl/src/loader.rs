@@ -17,6 +17,7 @@ use intercept_common::{
 
 use crate::{
     EBPF_OBJECT,
+    engine::Engine,
     errors::{CtlError, explain, probe_kernel},
     pins::{PinDir, check_bpffs},
 };
@@ -64,9 +65,10 @@ impl From<AttachMode> for XdpMode {
 /// # Errors
 /// If the kernel lacks BTF/BPF or refuses the object.
 pub fn load_object() -> anyhow::Result<Ebpf> {
-    probe_kernel()?;
-    let patched = crate::btf_patch::patch_object(EBPF_OBJECT)
-        .context("declare the kfunc in the object BTF")?;
+    let features = probe_kernel()?;
+    let patched =
+        crate::btf_patch::patch_object(EBPF_OBJECT, features.kfunc_bpf_sk_assign_tcp_reqsk)
+            .context("declare the kfunc in the object BTF")?;
     // aya parses ELF structures in place: copy into 8-byte-aligned memory.
     let mut words = vec![0u64; patched.len().div_ceil(8)];
     let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..patched.len()];
@@ -142,6 +144,9 @@ pub struct Attached {
     pub program_id: u32,
     /// Instructions the verifier processed to accept the program (its verification cost).
     pub verified_insns: Option<u32>,
+    /// The handoff engine chosen for this kernel (`None` for a pass-through program).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<&'static str>,
     /// "native" or "generic".
     pub xdp_mode: String,
     /// Pin directory.
@@ -275,9 +280,27 @@ pub fn attach_with(
     mode: AttachMode,
     initial: Mode,
 ) -> anyhow::Result<Attached> {
+    attach_engine(iface, netns, program, mode, initial, None)
+}
+
+/// [`attach_with`] with the handoff engine forced (`None`: the best this kernel offers; see
+/// [`crate::engine`]).
+///
+/// # Errors
+/// As [`attach`]; [`CtlError::EngineUnavailable`] if this kernel cannot run `engine`;
+/// [`CtlError::NoHandoffEngine`] if `initial` needs an engine and there is none.
+pub fn attach_engine(
+    iface: &str,
+    netns: Option<&str>,
+    program: Program,
+    mode: AttachMode,
+    initial: Mode,
+    engine: Option<Engine>,
+) -> anyhow::Result<Attached> {
     let ifindex = ifindex(iface, netns)?;
     check_bpffs()?;
     let pins = PinDir::new(netns, iface);
+    let engine = probe_kernel()?.choose(engine)?;
     // Loading first: it needs no pins, and is where missing privileges show best.
     let mut ebpf = load_object()?;
     let _lock = lock_attaches()?;
@@ -298,7 +321,7 @@ pub fn attach_with(
     });
     let result = record.map_err(anyhow::Error::from).and_then(|()| {
         attach_and_pin(
-            &mut ebpf, iface, netns, ifindex, program, mode, initial, &pins,
+            &mut ebpf, iface, netns, ifindex, program, mode, initial, engine, &pins,
         )
     });
     if result.is_err() {
@@ -318,6 +341,7 @@ pub fn attach_with(
         program: program.name().to_owned(),
         program_id,
         verified_insns,
+        engine: (program == Program::Intercept).then(|| engine.name()),
         xdp_mode: format!("{mode:?}").to_lowercase(),
         pin_dir: pins.path().display().to_string(),
         replaced_dead_attachment: dead.as_ref().map(|d| d.reason.clone()),
@@ -343,6 +367,7 @@ fn attach_and_pin(
     program: Program,
     mode: AttachMode,
     initial: Mode,
+    engine: Engine,
     pins: &PinDir,
 ) -> anyhow::Result<(u32, Option<u32>)> {
     for (name, map) in ebpf.maps() {
@@ -357,36 +382,13 @@ fn attach_and_pin(
     }
     crate::faults::kill_point("attach:maps-pinned");
     if program == Program::Intercept {
+        // What the configuration's first write checks the initial mode against.
+        crate::engine::record(pins, engine)?;
         configure(iface, netns, initial, mode)?;
         crate::faults::kill_point("attach:configured");
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut(maps::PROG_TC)
-            .context("TC program missing from the object")?
-            .try_into()?;
-        tc.load()
-            .map_err(|e| explain(e.into(), "load the TC handoff program"))?;
-        let tc_id = tc
-            .attach(
-                ifindex,
-                // First in the chain: a program before ours that ends it (`TC_ACT_OK`) would
-                // skip every handoff, and the kernel would reset every cookie handshake.
-                TcAttach::Tcx {
-                    attach_type: TcAttachType::Ingress,
-                    order: LinkOrder::first(),
-                },
-            )
-            .map_err(|e| {
-                explain(
-                    e.into(),
-                    &format!("attach TC ingress (TCX, Linux >= 6.6) to {iface}"),
-                )
-            })?;
-        let tc_link: FdLink = tc.take_link(tc_id)?.try_into().context("TCX link")?;
-        tc.pin(pins.path().join("prog_tc"))
-            .context("pin the TC program")?;
-        tc_link
-            .pin(pins.path().join("link_tc"))
-            .context("pin the TC link")?;
+        if engine == Engine::Kfunc {
+            attach_tc_handoff(ebpf, iface, ifindex, pins)?;
+        }
         crate::faults::kill_point("attach:tc-attached");
         let link = attach_socket_tracker(ebpf)?;
         link.pin(pins.path().join("link_track"))
@@ -445,6 +447,45 @@ fn attach_and_pin(
 fn clamp_mss(mss: u32, range: &std::ops::RangeInclusive<u16>) -> u16 {
     u16::try_from(mss.clamp(u32::from(*range.start()), u32::from(*range.end())))
         .unwrap_or(*range.end())
+}
+
+/// Loads the TC handoff program of the kfunc engine and attaches it first in the interface's
+/// TCX ingress chain, pinning program and link.
+fn attach_tc_handoff(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    ifindex: u32,
+    pins: &PinDir,
+) -> anyhow::Result<()> {
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(maps::PROG_TC)
+        .context("TC program missing from the object")?
+        .try_into()?;
+    tc.load()
+        .map_err(|e| explain(e.into(), "load the TC handoff program"))?;
+    let tc_id = tc
+        .attach(
+            ifindex,
+            // First in the chain: a program before ours that ends it (`TC_ACT_OK`) would
+            // skip every handoff, and the kernel would reset every cookie handshake.
+            TcAttach::Tcx {
+                attach_type: TcAttachType::Ingress,
+                order: LinkOrder::first(),
+            },
+        )
+        .map_err(|e| {
+            explain(
+                e.into(),
+                &format!("attach TC ingress (TCX, Linux >= 6.6) to {iface}"),
+            )
+        })?;
+    let tc_link: FdLink = tc.take_link(tc_id)?.try_into().context("TCX link")?;
+    tc.pin(pins.path().join("prog_tc"))
+        .context("pin the TC program")?;
+    tc_link
+        .pin(pins.path().join("link_tc"))
+        .context("pin the TC link")?;
+    Ok(())
 }
 
 /// Writes the initial configuration, secrets and watch knobs of a fresh attachment.

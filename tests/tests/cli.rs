@@ -570,3 +570,89 @@ fn readme_synopsis_and_help_agree() {
     }
     assert!(!top.contains("table"), "the help promises no tables: {top}");
 }
+
+/// The handoff engine is chosen by probing the kernel, named by `attach` and `status`, and
+/// forced with `--engine`; an attachment without one (`--engine none` here, or a kernel before
+/// 6.9) watches, and refuses intercept and auto mode saying what is missing and what works.
+#[test]
+fn without_a_handoff_engine_watch_works_and_intercept_says_what_is_missing() {
+    require_root("without_a_handoff_engine_watch_works_and_intercept_says_what_is_missing");
+    let kernel = intercept_ctl::engine::Features::probe();
+    let best = kernel.engines()[0];
+    let ns = Netns::new("cli").expect("netns");
+    ns.ip(&["link", "add", "xe0", "type", "veth", "peer", "name", "xe1"])
+        .expect("veth");
+    ns.ip(&["link", "set", "xe0", "up"]).expect("up");
+    let n = ns.name();
+    let pin = format!("/sys/fs/bpf/xdp-intercept/netns-{n}/xe0");
+
+    // The default: the best engine, intercept mode where there is one.
+    let o = ctl(&["--netns", n, "--json", "attach", "xe0"]);
+    if best.hands_off() {
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("attach --json");
+        assert_eq!(v["engine"], best.name(), "attach names the engine");
+        let st: serde_json::Value =
+            serde_json::from_str(&ctl_ok(&["--netns", n, "--json", "status", "xe0"])).unwrap();
+        assert_eq!(st["engine"], best.name());
+        assert_eq!(st["kernel"]["engines"][0], best.name(), "{st}");
+        let _ = ctl_ok(&["--netns", n, "detach", "xe0"]);
+    } else {
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains("intercept mode needs a handoff engine")
+                && e.contains("bpf_sk_assign_tcp_reqsk")
+                && e.contains("--mode watch"),
+            "{e}"
+        );
+        assert!(
+            !std::path::Path::new(&pin).exists(),
+            "a refused attach leaves nothing pinned"
+        );
+        let o = ctl(&["--netns", n, "attach", "xe0", "--engine", "kfunc"]);
+        assert!(
+            stderr(&o).contains("kfunc handoff engine cannot run on this kernel")
+                && stderr(&o).contains("bpf_sk_assign_tcp_reqsk (Linux >= 6.9)"),
+            "{}",
+            stderr(&o)
+        );
+    }
+
+    // Forced to none: watch mode attaches, with no TC handoff.
+    let o = ctl(&["--netns", n, "attach", "xe0", "--engine", "none"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "intercept without an engine is refused"
+    );
+    assert!(
+        stderr(&o).contains("needs a handoff engine"),
+        "{}",
+        stderr(&o)
+    );
+    let out = ctl_ok(&[
+        "--netns", n, "attach", "xe0", "--engine", "none", "--mode", "watch",
+    ]);
+    assert!(out.contains("handoff engine none"), "{out}");
+    let st: serde_json::Value =
+        serde_json::from_str(&ctl_ok(&["--netns", n, "--json", "status", "xe0"])).unwrap();
+    assert_eq!(st["engine"], "none");
+    assert_eq!(st["mode"], "watch");
+    assert_eq!(st["healthy"], true, "{st}");
+    assert_eq!(st["tc_handoff_attached"], false);
+    for mode in ["intercept", "auto"] {
+        let o = ctl(&["--netns", n, "mode", "xe0", mode]);
+        assert_eq!(o.status.code(), Some(1), "mode {mode}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains(&format!("{mode} mode needs a handoff engine"))
+                && e.contains("mode xe0 watch"),
+            "mode {mode}: {e}"
+        );
+    }
+    let _ = ctl_ok(&["--netns", n, "mode", "xe0", "off"]);
+    let _ = ctl_ok(&["--netns", n, "mode", "xe0", "watch"]);
+    let _ = ctl_ok(&["--netns", n, "detach", "xe0"]);
+    assert!(!std::path::Path::new(&pin).exists());
+}

@@ -5,6 +5,8 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod vm;
+
 #[derive(Debug, Parser)]
 #[command(about = "xdp-intercept tasks (use ./x, which installs what is missing first)")]
 struct Cli {
@@ -28,6 +30,26 @@ enum Task {
         /// Interface to protect (default: the built-in lab).
         iface: Option<String>,
         /// Extra arguments for `intercept-ctl lab` / `intercept-ctl run`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The privileged tests (the `intercept-tests` binaries) on another kernel, booted under QEMU
+    /// over this machine's root file system (read-only, under a tmpfs overlay). Installs QEMU,
+    /// virtiofsd and a static busybox with apt, and downloads the kernel package, once. KVM if it
+    /// boots, else TCG (slower). Example: `./x vm-test --kernel 6.1 -- e2e::`.
+    VmTest {
+        /// The kernel: `6.1` (Debian 12's cloud kernel) or `host` (the running kernel's
+        /// /boot image, if this machine has one).
+        #[arg(long, value_enum, default_value = "6.1")]
+        kernel: vm::Kernel,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+        /// Kill the guest after this many seconds.
+        #[arg(long, default_value_t = 1200)]
+        timeout: u64,
+        /// Arguments for every test binary after `--` (a name filter, `--exact`...); none runs
+        /// every test.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -98,21 +120,7 @@ fn test_with_total(args: &[&str], ctl: &str) -> anyhow::Result<()> {
     for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            for part in rest.split(['.', ';']) {
-                let mut w = part.split_whitespace();
-                if let (Some(n), Some(what)) =
-                    (w.next().and_then(|n| n.parse::<u64>().ok()), w.next())
-                {
-                    match what {
-                        "passed" => passed += n,
-                        "failed" => failed += n,
-                        "ignored" => ignored += n,
-                        _ => {}
-                    }
-                }
-            }
-        }
+        tally(&line, &mut passed, &mut failed, &mut ignored);
     }
     let status = child.wait()?;
     println!("\nall tests: {passed} passed, {failed} failed, {ignored} skipped");
@@ -120,6 +128,62 @@ fn test_with_total(args: &[&str], ctl: &str) -> anyhow::Result<()> {
         bail!("tests failed ({status})");
     }
     Ok(())
+}
+
+/// Adds the counts of a `test result:` line to the totals.
+fn tally(line: &str, passed: &mut u64, failed: &mut u64, ignored: &mut u64) {
+    let Some(rest) = line.strip_prefix("test result: ") else {
+        return;
+    };
+    for part in rest.split(['.', ';']) {
+        let mut w = part.split_whitespace();
+        if let (Some(n), Some(what)) = (w.next().and_then(|n| n.parse::<u64>().ok()), w.next()) {
+            match what {
+                "passed" => *passed += n,
+                "failed" => *failed += n,
+                "ignored" => *ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Builds intercept-ctl and the `intercept-tests` test binaries without running them; returns
+/// each binary with its package directory.
+fn build_test_binaries() -> anyhow::Result<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
+    cargo(&["build", "-p", "intercept-ctl"], &[])?;
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "-p",
+            "intercept-tests",
+            "--tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("run cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the tests failed ({})", out.status);
+    }
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
+            continue;
+        }
+        if let (Some(exe), Some(manifest)) = (v["executable"].as_str(), v["manifest_path"].as_str())
+        {
+            let dir = std::path::Path::new(manifest)
+                .parent()
+                .context("manifest path")?;
+            bins.push((dir.to_path_buf(), exe.into()));
+        }
+    }
+    Ok(bins)
 }
 
 /// Installs cargo-fuzz unless `cargo fuzz` already runs.
@@ -273,6 +337,39 @@ fn main() -> anyhow::Result<()> {
                 a.extend(args.iter().map(String::as_str));
             }
             test_with_total(&a, ctl)
+        }
+        Task::VmTest {
+            kernel,
+            memory,
+            timeout,
+            args,
+        } => {
+            let tests = build_test_binaries()?;
+            let ctl = target_dir().join("debug/intercept-ctl");
+            let ctl = std::fs::canonicalize(&ctl).with_context(|| ctl.display().to_string())?;
+            let opts = vm::Options {
+                kernel,
+                memory_mib: memory,
+                timeout: std::time::Duration::from_secs(timeout),
+                tests: &tests,
+                args: &args,
+                ctl: &ctl,
+            };
+            let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+            let started = std::time::Instant::now();
+            let target = std::fs::canonicalize(target_dir())?;
+            let code = vm::run_tests(&target, &opts, &mut |line| {
+                println!("{line}");
+                tally(line, &mut passed, &mut failed, &mut ignored);
+            })?;
+            println!(
+                "\nvm-test ({kernel:?}, {:.0} s): {passed} passed, {failed} failed, {ignored} skipped",
+                started.elapsed().as_secs_f64()
+            );
+            if code != 0 || failed > 0 {
+                bail!("tests in the guest failed (exit status {code})");
+            }
+            Ok(())
         }
         Task::Run { iface, args } => {
             cargo(&["build", "--release", "-p", "intercept-ctl"], &[])?;

@@ -19,6 +19,10 @@ pub struct Args {
     /// Nothing is protected until `scope add` names destinations.
     #[arg(long, value_enum)]
     pub mode: Option<super::mode::ModeArg>,
+    /// Handoff engine (default: the best this kernel offers; `status` lists them): `kfunc`
+    /// (Linux >= 6.9) or `none` (watch mode only). Example: `--engine none`.
+    #[arg(long, value_enum)]
+    pub engine: Option<intercept_ctl::engine::Engine>,
     /// Apply this configuration file (validated whole before anything is attached).
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
@@ -37,7 +41,9 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         .map(intercept_ctl::config::load)
         .transpose()?;
     let initial = a.mode.map_or(Mode::Intercept, Mode::from);
-    let att = loader::attach_with(&a.iface, ctx.netns, a.program, a.xdp_mode, initial)?;
+    let att = loader::attach_engine(
+        &a.iface, ctx.netns, a.program, a.xdp_mode, initial, a.engine,
+    )?;
     for l in &att.limitations {
         eprintln!("intercept-ctl: warning: {}: {l}", a.iface);
     }
@@ -80,8 +86,14 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         print_json(&serde_json::to_value(&att)?);
     } else {
         println!(
-            "attached {} (id {}) to {} ({} XDP), pinned at {}",
-            att.program, att.program_id, att.interface, att.xdp_mode, att.pin_dir
+            "attached {} (id {}) to {} ({} XDP{}), pinned at {}",
+            att.program,
+            att.program_id,
+            att.interface,
+            att.xdp_mode,
+            att.engine
+                .map_or_default(|e| format!(", handoff engine {e}")),
+            att.pin_dir
         );
     }
     Ok(())

@@ -109,6 +109,7 @@ fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
         "program_id": aya::programs::ProgramInfo::from_pin(pins.prog()).ok().map(|i| i.id()),
         "tc_program_id": aya::programs::ProgramInfo::from_pin(pins.path().join("prog_tc")).ok().map(|i| i.id()),
         "tc_handoff_attached": pins.path().join("link_tc").exists(),
+        "engine": intercept_ctl::engine::recorded(&pins).name(),
         "mode": Mode::from_u32(c.mode).name(),
         "active_mode": Mode::effective(&c).name(),
         "ecn": c.flags & flags::ECN != 0,

@@ -1,0 +1,182 @@
+//! Handoff engines: how a handshake that XDP proved with a cookie reaches the listening socket.
+//!
+//! Chosen at attach by probing the running kernel (its BTF: what it can do, never its version
+//! string), recorded in the pin directory, shown by `status`, and forced with `attach --engine`
+//! (tests force `none` to see a kernel without any engine on any kernel).
+use std::fs;
+
+use crate::{errors::CtlError, pins::PinDir};
+
+/// The kfunc the `kfunc` engine calls, NUL-terminated as it stands in the kernel BTF's strings.
+const KFUNC_NAME: &[u8] = b"bpf_sk_assign_tcp_reqsk\0";
+/// A type only kernels with TCX links (Linux >= 6.6) have.
+const TCX_NAME: &[u8] = b"tcx_link\0";
+/// Pin (a symlink naming the engine) in the attachment's pin directory.
+pub const ENGINE_PIN: &str = "engine";
+
+/// A handoff engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// XDP answers SYNs with its own keyed cookie and verifies the ACK; a TC ingress program
+    /// hands the proven connection to the listener with the kfunc `bpf_sk_assign_tcp_reqsk`
+    /// (Linux >= 6.9). Keeps every TCP option; forged ACKs never reach the kernel.
+    Kfunc,
+    /// No handoff: watch mode, its thresholds and every counter work; intercept and auto mode
+    /// are refused with what the kernel lacks.
+    None,
+}
+
+impl Engine {
+    /// The name `status` and the pin use.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Engine::Kfunc => "kfunc",
+            Engine::None => "none",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Engine> {
+        match s {
+            "kfunc" => Some(Engine::Kfunc),
+            "none" => Some(Engine::None),
+            _ => None,
+        }
+    }
+
+    /// Whether this engine can complete handshakes (intercept and auto mode need one).
+    #[must_use]
+    pub const fn hands_off(self) -> bool {
+        !matches!(self, Engine::None)
+    }
+}
+
+/// What the running kernel offers, probed from its BTF.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Features {
+    /// `/sys/kernel/btf/vmlinux` exists.
+    pub btf: bool,
+    /// The kfunc `bpf_sk_assign_tcp_reqsk` (Linux >= 6.9).
+    pub kfunc_bpf_sk_assign_tcp_reqsk: bool,
+    /// TCX links for TC programs (Linux >= 6.6).
+    pub tcx: bool,
+}
+
+impl Features {
+    /// Probes the running kernel.
+    #[must_use]
+    pub fn probe() -> Features {
+        let Ok(btf) = fs::read("/sys/kernel/btf/vmlinux") else {
+            return Features::default();
+        };
+        let has = |name: &[u8]| btf.windows(name.len()).any(|w| w == name);
+        Features {
+            btf: true,
+            kfunc_bpf_sk_assign_tcp_reqsk: has(KFUNC_NAME),
+            tcx: has(TCX_NAME),
+        }
+    }
+
+    /// The engines this kernel can run, best first (`none` always last).
+    #[must_use]
+    pub fn engines(&self) -> Vec<Engine> {
+        let mut out = Vec::new();
+        if self.kfunc_bpf_sk_assign_tcp_reqsk && self.tcx {
+            out.push(Engine::Kfunc);
+        }
+        out.push(Engine::None);
+        out
+    }
+
+    /// The best engine, or `forced` if this kernel can run it.
+    ///
+    /// # Errors
+    /// [`CtlError::EngineUnavailable`] when `forced` needs what this kernel lacks.
+    pub fn choose(&self, forced: Option<Engine>) -> Result<Engine, CtlError> {
+        let engines = self.engines();
+        match forced {
+            None => Ok(engines[0]),
+            Some(e) if engines.contains(&e) => Ok(e),
+            Some(e) => Err(CtlError::EngineUnavailable {
+                engine: e.name(),
+                missing: self.missing(e),
+            }),
+        }
+    }
+
+    /// What this kernel lacks to run `engine`, as a phrase naming each feature.
+    #[must_use]
+    pub fn missing(&self, engine: Engine) -> String {
+        let mut out = Vec::new();
+        if engine == Engine::Kfunc {
+            if !self.kfunc_bpf_sk_assign_tcp_reqsk {
+                out.push("the kfunc bpf_sk_assign_tcp_reqsk (Linux >= 6.9)");
+            }
+            if !self.tcx {
+                out.push("TCX links (Linux >= 6.6)");
+            }
+        }
+        if out.is_empty() {
+            "nothing".to_owned()
+        } else {
+            out.join(" and ")
+        }
+    }
+
+    /// Why no engine is possible here, for [`CtlError::NoHandoffEngine`].
+    #[must_use]
+    pub fn why_none(&self) -> String {
+        format!("the kfunc engine needs {}", self.missing(Engine::Kfunc))
+    }
+}
+
+/// Records `engine` in the pin directory (before the configuration is first written, which
+/// reads it).
+///
+/// # Errors
+/// The symlink cannot be made.
+pub fn record(pins: &PinDir, engine: Engine) -> Result<(), CtlError> {
+    let path = pins.path().join(ENGINE_PIN);
+    std::os::unix::fs::symlink(engine.name(), &path).map_err(|source| CtlError::Io {
+        what: format!("record the handoff engine at {}", path.display()),
+        source,
+    })
+}
+
+/// The engine recorded for the attachment at `pins`. An attachment made before engines were
+/// recorded could only attach with the kfunc engine.
+#[must_use]
+pub fn recorded(pins: &PinDir) -> Engine {
+    fs::read_link(pins.path().join(ENGINE_PIN))
+        .ok()
+        .and_then(|t| Engine::from_name(&t.to_string_lossy()))
+        .unwrap_or(Engine::Kfunc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_follow_the_features() {
+        let all = Features {
+            btf: true,
+            kfunc_bpf_sk_assign_tcp_reqsk: true,
+            tcx: true,
+        };
+        assert_eq!(all.choose(None).unwrap(), Engine::Kfunc);
+        assert_eq!(all.choose(Some(Engine::None)).unwrap(), Engine::None);
+        let old = Features {
+            btf: true,
+            ..Features::default()
+        };
+        assert_eq!(old.choose(None).unwrap(), Engine::None);
+        let e = old.choose(Some(Engine::Kfunc)).unwrap_err().to_string();
+        assert!(
+            e.contains("bpf_sk_assign_tcp_reqsk (Linux >= 6.9)") && e.contains("TCX"),
+            "{e}"
+        );
+        assert!(!Engine::None.hands_off() && Engine::Kfunc.hands_off());
+    }
+}
