@@ -40,9 +40,9 @@ fn check_ip(d: &[u8], ip: &Ip) {
                 assert_eq!(t.off, ip.l3_off + hdr_len, "{ip:?}");
                 assert_eq!(d[ip.l3_off + 9], 6);
             }
-            if matches!(ip.l4, L4::Fragment | L4::TcpFragment) {
+            if matches!(ip.l4, L4::Fragment | L4::SynFragment) {
                 assert_ne!(be16(d, ip.l3_off + 6) & 0x3fff, 0);
-                assert_eq!(ip.l4 == L4::TcpFragment, d[ip.l3_off + 9] == 6);
+                assert_eq!(ip.l4 == L4::SynFragment, d[ip.l3_off + 9] == 6);
             } else {
                 assert_eq!(be16(d, ip.l3_off + 6) & 0x3fff, 0);
             }

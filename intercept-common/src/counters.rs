@@ -120,10 +120,10 @@ pub enum Counter {
     /// metadata support): aborted, so the client retries. `status` reports it; the daemon
     /// re-attaches in generic mode, where metadata always works.
     MetaUnsupported,
-    /// TCP fragments (IPv4, or IPv6 with a fragment header) in intercept mode: dropped. The
-    /// kernel would reassemble a fragmented SYN and answer it from its own SYN queue, out of
-    /// intercept's reach; TCP never fragments (it sets DF and sizes segments to the path MTU).
-    TcpFragmentDropped,
+    /// First fragments that may carry a TCP SYN (see `parse::L4::SynFragment`), in intercept
+    /// mode: dropped. The kernel would reassemble the SYN and answer it from its own SYN queue;
+    /// no TCP stack fragments a SYN. Other fragments pass.
+    SynFragmentDropped,
     /// IPv6 frames whose extension-header chain is longer than the data path walks, in
     /// intercept mode: dropped, as the kernel could find a SYN behind it (no legitimate TCP
     /// sends such chains).
@@ -187,7 +187,7 @@ impl Counter {
         Counter::HalfOpenEvicted,
         Counter::ClosingDropped,
         Counter::MetaUnsupported,
-        Counter::TcpFragmentDropped,
+        Counter::SynFragmentDropped,
         Counter::Ipv6ChainDropped,
         Counter::SynUnroutable,
         Counter::SynAckToNextHop,
@@ -242,7 +242,7 @@ impl Counter {
             Counter::HalfOpenEvicted => "half_open_evicted",
             Counter::ClosingDropped => "closing_dropped",
             Counter::MetaUnsupported => "meta_unsupported",
-            Counter::TcpFragmentDropped => "tcp_fragment_dropped",
+            Counter::SynFragmentDropped => "syn_fragment_dropped",
             Counter::Ipv6ChainDropped => "ipv6_chain_dropped",
             Counter::SynUnroutable => "syn_unroutable",
             Counter::SynAckToNextHop => "syn_ack_to_next_hop",
@@ -305,7 +305,7 @@ impl Counter {
             Counter::MetaUnsupported => {
                 "Valid ACKs aborted: the driver refused XDP metadata (use generic mode)"
             }
-            Counter::TcpFragmentDropped => "Intercept: TCP fragments dropped",
+            Counter::SynFragmentDropped => "Intercept: first fragments that may be a SYN, dropped",
             Counter::Ipv6ChainDropped => "Intercept: IPv6 with too many extension headers, dropped",
             Counter::SynUnroutable => "Intercept: SYN from an unroutable source, dropped",
             Counter::SynAckToNextHop => "SYN-ACKs sent to the route's next hop, not the sender",

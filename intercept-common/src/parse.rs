@@ -167,13 +167,14 @@ pub enum L4 {
     /// Another IP protocol (ICMP, UDP, ...), or IPv6 behind more extension headers than we walk
     /// (then the next header is still one of them: see [`L4::unwalked_chain`]).
     Other(u8),
-    /// An IP fragment of another protocol than TCP; never parsed.
+    /// An IP fragment that cannot hold a TCP SYN; never parsed.
     Fragment,
-    /// An IP fragment of a TCP datagram (the IPv4 protocol field, the IPv6 fragment header's next
-    /// header); never parsed as TCP. (A variant of its own rather than a protocol in
-    /// `Fragment`: an enum payload left unset on other paths is an uninitialised register to
-    /// the verifier.)
-    TcpFragment,
+    /// The first fragment of a datagram that may be a TCP SYN: TCP (or, for IPv6, an extension
+    /// header that may lead to TCP) whose flags have SYN set or do not fit in the fragment. The
+    /// kernel would reassemble it and answer the SYN from its own SYN queue. (A variant of its
+    /// own rather than a payload of `Fragment`: an enum payload left unset on other paths is an
+    /// uninitialised register to the verifier.)
+    SynFragment,
 }
 
 impl L4 {
@@ -298,8 +299,11 @@ fn dissect_ipv4<F: Frame + ?Sized>(f: &F, vlans: usize, l3_off: usize) -> Result
             vlans,
             l3_off,
             l3,
-            l4: if hdr[9] == IPPROTO_TCP {
-                L4::TcpFragment
+            l4: if hdr[9] == IPPROTO_TCP
+                && u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff == 0
+                && may_hold_syn(f, l3_off + hdr_len, l3_off + total_len)
+            {
+                L4::SynFragment
             } else {
                 L4::Fragment
             },
@@ -316,6 +320,18 @@ fn dissect_ipv4<F: Frame + ?Sized>(f: &F, vlans: usize, l3_off: usize) -> Result
         l3,
         l4,
     })
+}
+
+/// Whether the TCP header at `tcp_off` of a first fragment ending at `end` may be a SYN's: its
+/// flags have SYN set, or do not fit in the fragment (the next fragment brings them).
+#[inline(always)]
+fn may_hold_syn<F: Frame + ?Sized>(f: &F, tcp_off: usize, end: usize) -> bool {
+    // The read first, its own bounds check before any comparison with `end` (see dissect_ipv6).
+    let flags: Option<[u8; 1]> = f.load(tcp_off + 13);
+    match flags {
+        Some(b) if tcp_off + 14 <= end => b[0] & tcp_flags::SYN != 0,
+        _ => true,
+    }
 }
 
 /// Whether a 16-byte IPv6 address is IPv4-mapped (`::ffff:a.b.c.d`).
@@ -361,8 +377,15 @@ fn dissect_ipv6<F: Frame + ?Sized>(f: &F, vlans: usize, l3_off: usize) -> Result
             // The 8-byte fragment header, read whole (a separate comparison with `end` would let
             // LLVM drop the read's own bounds check, which the verifier needs).
             let fh: [u8; 8] = f.load(off).ok_or(Malformed::Ipv6Length)?;
-            if fh[0] == IPPROTO_TCP {
-                L4::TcpFragment
+            let first = u16::from_be_bytes([fh[2], fh[3]]) >> 3 == 0;
+            let syn = match fh[0] {
+                IPPROTO_TCP => may_hold_syn(f, off + 8, end),
+                // TCP may follow behind more extension headers: not walked, assumed.
+                IPV6_EXT_HOPOPTS | IPV6_EXT_ROUTING | IPV6_EXT_DSTOPTS => true,
+                _ => false,
+            };
+            if first && syn {
+                L4::SynFragment
             } else {
                 L4::Fragment
             }
@@ -604,7 +627,7 @@ mod tests {
         assert!(matches!(
             dissect(&f[..]),
             Ok(Dissected::Ip(Ip {
-                l4: L4::Fragment | L4::TcpFragment,
+                l4: L4::Fragment | L4::SynFragment,
                 ..
             }))
         ));
@@ -628,6 +651,97 @@ mod tests {
         );
     }
 
+    /// Which fragments may be a SYN: only first fragments, of TCP with SYN set or its flags cut
+    /// off, or (IPv6) with an extension header behind the fragment header that may lead to TCP.
+    #[test]
+    fn first_fragments_that_may_be_a_syn() {
+        let l4 = |f: &[u8]| match dissect(f) {
+            Ok(Dissected::Ip(ip)) => ip.l4,
+            other => panic!("{other:?}"),
+        };
+        let (s, d) = v4();
+        let syn4 = tcp_frame(&Link::default(), &syn(s, d));
+        let mut ack4 = syn4.clone();
+        ack4[14 + 20 + 13] = tcp_flags::ACK;
+        for (what, frame, frag, cut, want) in [
+            (
+                "IPv4 SYN, first fragment",
+                &syn4,
+                0x2000u16,
+                None,
+                L4::SynFragment,
+            ),
+            (
+                "IPv4 SYN, later fragment",
+                &syn4,
+                0x0003,
+                None,
+                L4::Fragment,
+            ),
+            (
+                "IPv4 ACK, first fragment",
+                &ack4,
+                0x2000,
+                None,
+                L4::Fragment,
+            ),
+            (
+                "IPv4 ACK, flags cut off",
+                &ack4,
+                0x2000,
+                Some(8),
+                L4::SynFragment,
+            ),
+        ] {
+            let mut f = frame.clone();
+            f[20..22].copy_from_slice(&frag.to_be_bytes());
+            if let Some(n) = cut {
+                f.truncate(14 + 20 + n);
+                let total = u16::try_from(20 + n).unwrap();
+                f[16..18].copy_from_slice(&total.to_be_bytes());
+            }
+            assert_eq!(l4(&f), want, "{what}");
+        }
+        // IPv6: a fragment header (next, reserved, offset/M, identification) before the TCP
+        // header, or before a destination-options header and then TCP.
+        let (s6, d6) = v6();
+        let base = tcp_frame(&Link::default(), &syn(s6, d6));
+        let with = |next: u8, offset: u16, extra: &[u8]| {
+            let mut f = base.clone();
+            let mut fh = vec![next, 0];
+            fh.extend_from_slice(&(offset << 3).to_be_bytes());
+            fh.extend_from_slice(&[0, 0, 0, 7]);
+            fh.extend_from_slice(extra);
+            let n = u16::try_from(fh.len()).unwrap();
+            f.splice(54..54, fh);
+            f[20] = IPV6_EXT_FRAGMENT;
+            let plen = u16::from_be_bytes([f[18], f[19]]) + n;
+            f[18..20].copy_from_slice(&plen.to_be_bytes());
+            f
+        };
+        let dstopts = [IPPROTO_TCP, 0, 1, 4, 0, 0, 0, 0];
+        assert_eq!(
+            l4(&with(IPPROTO_TCP, 0, &[])),
+            L4::SynFragment,
+            "IPv6 SYN, first"
+        );
+        assert_eq!(
+            l4(&with(IPPROTO_TCP, 5, &[])),
+            L4::Fragment,
+            "IPv6, later fragment"
+        );
+        assert_eq!(
+            l4(&with(IPV6_EXT_DSTOPTS, 0, &dstopts)),
+            L4::SynFragment,
+            "IPv6, destination options then TCP behind the fragment header"
+        );
+        assert_eq!(
+            l4(&with(17, 0, &[])),
+            L4::Fragment,
+            "IPv6 UDP, first fragment"
+        );
+    }
+
     #[test]
     fn ipv6_extension_headers_are_walked() {
         let (s, d) = v6();
@@ -643,7 +757,7 @@ mod tests {
         assert!(matches!(
             dissect(&f[..]),
             Ok(Dissected::Ip(Ip {
-                l4: L4::Fragment | L4::TcpFragment,
+                l4: L4::Fragment | L4::SynFragment,
                 ..
             }))
         ));

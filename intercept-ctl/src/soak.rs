@@ -572,7 +572,7 @@ mod tests {
                     "{what}"
                 ),
                 Kind::Fragment => assert!(
-                    matches!(d, Ok(Dissected::Ip(ip)) if matches!(ip.l4, L4::Fragment | L4::TcpFragment)),
+                    matches!(d, Ok(Dissected::Ip(ip)) if matches!(ip.l4, L4::Fragment | L4::SynFragment)),
                     "{what}"
                 ),
                 Kind::Corrupted => {}

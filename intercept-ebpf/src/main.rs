@@ -59,8 +59,8 @@ pub fn xdp_intercept(ctx: XdpContext) -> u32 {
         // fragment (it reassembles), an IPv6 chain longer than we walk. No legitimate TCP sends
         // either; dropped, not left to the kernel's SYN queue.
         if Mode::effective(cfg) == Mode::Intercept {
-            if ip.l4 == L4::TcpFragment {
-                return drop(Counter::TcpFragmentDropped);
+            if ip.l4 == L4::SynFragment {
+                return drop(Counter::SynFragmentDropped);
             }
             if ip.l4.unwalked_chain() {
                 return drop(Counter::Ipv6ChainDropped);
@@ -165,7 +165,7 @@ fn account(d: &Result<Dissected, Malformed>) {
                 L3::V6 { .. } => Counter::Ipv6,
             });
             match ip.l4 {
-                L4::Fragment | L4::TcpFragment => count(Counter::Fragment),
+                L4::Fragment | L4::SynFragment => count(Counter::Fragment),
                 L4::Other(_) => count(Counter::NonTcp),
                 L4::Tcp(tcp) => {
                     count(Counter::Tcp);

@@ -415,7 +415,7 @@ impl Model {
                     L3::V6 { .. } => Counter::Ipv6,
                 });
                 match ip.l4 {
-                    L4::Fragment | L4::TcpFragment => r.count(Counter::Fragment),
+                    L4::Fragment | L4::SynFragment => r.count(Counter::Fragment),
                     L4::Other(_) => r.count(Counter::NonTcp),
                     L4::Tcp(t) => {
                         r.count(Counter::Tcp);
@@ -436,8 +436,8 @@ impl Model {
         let L4::Tcp(tcp) = ip.l4 else {
             // Intercept mode drops what it cannot see into but the kernel could find a SYN in.
             if self.acting() == Acting::Intercept {
-                if ip.l4 == L4::TcpFragment {
-                    return r.drop(Counter::TcpFragmentDropped);
+                if ip.l4 == L4::SynFragment {
+                    return r.drop(Counter::SynFragmentDropped);
                 }
                 if ip.l4.unwalked_chain() {
                     return r.drop(Counter::Ipv6ChainDropped);
