@@ -175,8 +175,16 @@ fn next_hop(
 ) -> u32 {
     use aya_ebpf::bindings::{
         BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LKUP_RET_UNREACHABLE, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_UNREACHABLE, bpf_fib_lookup,
     };
+    // A tagged frame's reply keeps its tags, and the route's neighbour may be on another VLAN:
+    // to the sender. (Read from the frame here, not carried from the dissection: a value live
+    // across the cookie's hashing costs the verifier states and the subprogram stack.)
+    let pkt = Pkt::new(ctx);
+    match pkt.load::<2>(12) {
+        Some([0x81, 0x00] | [0x88, 0xa8]) | None => return HOP_SENDER,
+        Some(_) => {}
+    }
     // SAFETY: all-zero is a valid lookup request.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.l4_protocol = 6;
@@ -194,8 +202,9 @@ fn next_hop(
     }
     // SAFETY: ctx is the program's own context.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    // The lookup needs a device (the output device it prefers); routes through other devices
-    // are then skipped, and finding none is "not forwarded", never "unreachable".
+    // A forwarding lookup, as for a packet to the client arriving here: the whole routing table
+    // decides (an output lookup would prefer routes through this device and miss the one the
+    // kernel's own reply takes).
     p.ifindex = ingress;
     *fib = p;
     // SAFETY: the request lives in map memory for the call; the helper checks its size.
@@ -204,7 +213,7 @@ fn next_hop(
             ctx.ctx.cast(),
             &raw mut *fib,
             size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_OUTPUT,
+            0,
         )
     };
     match rc as u32 {

@@ -895,6 +895,21 @@ fn syn_acks_take_the_route_back_not_the_senders_mac() {
         syn.options = linux_syn_options(1400, 1, 7);
         sender.send(&tcp_frame(&sender.link, &syn)).expect("send");
     }
+    // A tagged SYN (a router on a stick) is answered on its own tags, to its sender: the route's
+    // neighbour may be on another VLAN.
+    let mut syn = TcpSegment::new(
+        "198.18.0.50".parse().unwrap(),
+        IpAddr::V4(SERVER_V4),
+        33_334,
+        PORT,
+        tcp_flags::SYN,
+    );
+    syn.options = linux_syn_options(1400, 1, 7);
+    let tagged = intercept_common::craft::Link {
+        vlans: vec![(intercept_common::parse::ETH_P_8021Q, 10)],
+        ..sender.link.clone()
+    };
+    sender.send(&tcp_frame(&tagged, &syn)).expect("send");
     for ip in [IpAddr::V4(SERVER_V4), IpAddr::V6(SERVER_V6)] {
         let mut c = t
             .lab
@@ -911,13 +926,14 @@ fn syn_acks_take_the_route_back_not_the_senders_mac() {
             d.get(SynUnroutable),
             d.get(SynAckSent)
         ),
-        (2, 2, 4),
+        (2, 2, 5),
         "{d:?}"
     );
     assert_eq!(
         (seen.syn_ack_in_other_host, seen.syn_ack_in),
-        (2, 2),
-        "the spoofed sources' SYN-ACKs went to their neighbour's MAC, the clients' to theirs: \
+        (2, 3),
+        "the spoofed sources' SYN-ACKs went to their neighbour's MAC, the clients' and the \
+         tagged one's to their senders: \
          {seen:?}"
     );
 }
