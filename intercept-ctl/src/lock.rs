@@ -26,6 +26,9 @@ thread_local! {
     static HELD: RefCell<HashSet<PathBuf>> = RefCell::new(HashSet::new());
 }
 
+/// How long a change waits for another controller's change to the same attachment.
+pub const SETTINGS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The settings lock of one attachment, held until dropped.
 #[derive(Debug)]
 pub struct Settings {
@@ -62,8 +65,29 @@ pub fn settings(pins: &PinDir, iface: &str) -> anyhow::Result<Settings> {
             anyhow::Error::new(e).context(format!("open {}", path.display()))
         }
     })?;
-    flock(&dir, FlockOperation::LockExclusive)
-        .with_context(|| format!("lock {}", path.display()))?;
+    // Never blocks for good: a controller stopped or hung while holding the lock must not freeze
+    // the daemon's tick (it reports the failure and tries again).
+    let deadline = std::time::Instant::now() + SETTINGS_WAIT;
+    let mut pause = std::time::Duration::from_micros(20);
+    loop {
+        match flock(&dir, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => break,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(2));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => anyhow::bail!(
+                "the settings of {iface} have been locked by another intercept-ctl for {} s (a \
+                 stopped or hung process? see `fuser -v {}`)",
+                SETTINGS_WAIT.as_secs(),
+                path.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("lock {}", path.display())),
+        }
+    }
     HELD.with(|h| h.borrow_mut().insert(path.clone()));
     Ok(Settings {
         held: Some((path, dir)),
@@ -98,17 +122,40 @@ impl Daemon {
     /// # Panics
     /// Never: the pid file's path has a parent.
     pub fn claim(iface: &str, netns: Option<&str>) -> anyhow::Result<Daemon> {
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
         let path = crate::pid_file(iface, netns);
-        fs::create_dir_all(path.parent().expect("the pid file has a parent"))
-            .context("create /run/xdp-intercept")?;
+        let dir = path.parent().expect("the pid file has a parent");
+        // Root's alone: anyone who can open a pid file can lock it, and so keep every daemon
+        // from starting.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("create {}", dir.display()))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 700 {}", dir.display()))?;
         let mut file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .with_context(|| format!("open {}", path.display()))?;
-        if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 600 {}", path.display()))?;
+        // A `status` checking whether a daemon runs holds the lock for an instant: wait that out.
+        let mut locked = flock(&file, FlockOperation::NonBlockingLockExclusive);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while locked
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            locked = flock(&file, FlockOperation::NonBlockingLockExclusive);
+        }
+        if let Err(e) = locked {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 return Err(CtlError::DaemonRunning {
                     iface: iface.to_owned(),

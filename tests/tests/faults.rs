@@ -495,3 +495,41 @@ fn daemon_survives_failing_ticks() {
         "said once, not every tick: {err}"
     );
 }
+
+/// An unprivileged user cannot lock the daemon's pid file (and so keep every `run` from
+/// starting, and `status` reporting a daemon that does not exist): the directory is root's alone.
+/// Before, the file was world-readable, and a shared lock on it held off every daemon.
+#[test]
+fn an_unprivileged_user_cannot_hold_off_the_daemon() {
+    require_root("an_unprivileged_user_cannot_hold_off_the_daemon");
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let t = InterceptLab::echoing(PORT);
+    let (st, err) = Daemon::start(t.srv(), t.srv_if()).stop();
+    assert!(st.success(), "{err}");
+    let pid = intercept_ctl::pid_file(t.srv_if(), Some(t.srv()));
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "flock",
+            "-n",
+            "-s",
+        ])
+        .arg(&pid)
+        .arg("true")
+        .output()
+        .expect("setpriv");
+    assert!(
+        !o.status.success(),
+        "user nobody locked {}: {}",
+        pid.display(),
+        stderr(&o)
+    );
+    let d = Daemon::start(t.srv(), t.srv_if());
+    assert_protecting(&t, "daemon after nobody tried");
+    let (st, err) = d.stop();
+    assert!(st.success(), "{err}");
+}
