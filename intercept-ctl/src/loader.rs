@@ -640,18 +640,33 @@ fn attach_request_sock_ops(ebpf: &mut Ebpf) -> anyhow::Result<FdLink> {
     Ok(prog.take_link(id)?.try_into()?)
 }
 
-/// Where the cgroup v2 hierarchy is mounted (its root as this process sees it), from
-/// `/proc/self/mounts`.
+/// Where the root of the cgroup v2 hierarchy is mounted, from `/proc/self/mountinfo`: a mount
+/// whose root field is `/` (a bind mount of a subtree, or a cgroup namespace's view, would attach
+/// the program to that subtree only and miss listeners elsewhere, so those are refused).
 fn cgroup2_root() -> anyhow::Result<std::path::PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mounts").context("read /proc/self/mounts")?;
-    mounts
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, dir, ty) = (f.next()?, f.next()?, f.next()?);
-            (ty == "cgroup2").then(|| std::path::PathBuf::from(dir))
-        })
-        .context("no cgroup2 file system is mounted")
+    let info = fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
+    let mut subtree = None;
+    for l in info.lines() {
+        // ID PARENT MAJ:MIN ROOT MOUNT-POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER-OPTIONS
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let Some(dash) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        if f.get(dash + 1) != Some(&"cgroup2") || f.len() < 5 {
+            continue;
+        }
+        if f[3] == "/" {
+            return Ok(std::path::PathBuf::from(f[4]));
+        }
+        subtree.get_or_insert(f[4]);
+    }
+    match subtree {
+        Some(dir) => anyhow::bail!(
+            "cgroup2 is mounted at {dir} only as a subtree (a cgroup namespace or a bind mount): \
+             a program attached there misses sockets of other cgroups"
+        ),
+        None => anyhow::bail!("no cgroup2 file system is mounted"),
+    }
 }
 
 /// What the attachment pinned at `pins` cannot do on this kernel, one sentence each (empty when
