@@ -19,6 +19,12 @@ fn main() -> anyhow::Result<()> {
     let ebpf = ebpf
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf.display()))?;
+    // aya-build turns every line the inner cargo prints into a `cargo:warning`, so a first build
+    // would show dozens of "warning: ... Compiling ..." lines. Quiet, the inner cargo prints only
+    // what matters (errors; compiler warnings still come through as warnings), and the outer
+    // cargo's own progress line covers the build.
+    // SAFETY: the build script is single-threaded here.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "intercept-ebpf",
