@@ -135,6 +135,9 @@ pub enum Counter {
     /// (its Ethernet source was not the next hop back: a source spoofed from this segment, or a
     /// router other than the route back).
     SynAckToNextHop,
+    /// Steps of the daemon that failed (a map read, a kernel call, a rotation): each is said on
+    /// its stderr, and the daemon retries; a rising count means the daemon is not doing its work.
+    ControllerErrors,
     /// Number of counters; not a counter.
     Count,
 }
@@ -191,6 +194,7 @@ impl Counter {
         Counter::Ipv6ChainDropped,
         Counter::SynUnroutable,
         Counter::SynAckToNextHop,
+        Counter::ControllerErrors,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -246,6 +250,7 @@ impl Counter {
             Counter::Ipv6ChainDropped => "ipv6_chain_dropped",
             Counter::SynUnroutable => "syn_unroutable",
             Counter::SynAckToNextHop => "syn_ack_to_next_hop",
+            Counter::ControllerErrors => "controller_errors",
             Counter::Count => "count",
         }
     }
@@ -309,6 +314,7 @@ impl Counter {
             Counter::Ipv6ChainDropped => "Intercept: IPv6 with too many extension headers, dropped",
             Counter::SynUnroutable => "Intercept: SYN from an unroutable source, dropped",
             Counter::SynAckToNextHop => "SYN-ACKs sent to the route's next hop, not the sender",
+            Counter::ControllerErrors => "Controller: daemon steps that failed (see its stderr)",
             Counter::Count => "",
         }
     }

@@ -120,7 +120,11 @@ impl WatchMaps {
 
     /// Adds `n` to a controller-owned counter (the data path never writes these indexes, so
     /// updating CPU 0's slot races with nothing).
-    fn bump(&mut self, c: Counter, n: u64) -> anyhow::Result<()> {
+    /// Adds `n` to a controller counter (the controller's own block of COUNTERS).
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn bump(&mut self, c: Counter, n: u64) -> anyhow::Result<()> {
         if n == 0 {
             return Ok(());
         }
@@ -182,6 +186,14 @@ pub struct Watcher {
 }
 
 impl Watcher {
+    /// Counts `n` failed daemon steps (`controller_errors`, which `stats` and the metrics show).
+    ///
+    /// # Errors
+    /// bpf() failure.
+    pub fn count_errors(&mut self, n: u64) -> anyhow::Result<()> {
+        self.wmaps.bump(Counter::ControllerErrors, n)
+    }
+
     /// Opens everything for `iface` (call inside its network namespace).
     ///
     /// # Errors

@@ -494,6 +494,9 @@ fn daemon_survives_failing_ticks() {
         1,
         "said once, not every tick: {err}"
     );
+    // And counted where monitoring sees it: one per failed tick (ten a second).
+    let n = t.stats().get(intercept_common::Counter::ControllerErrors);
+    assert!(n >= 10, "controller_errors counts the failed ticks: {n}");
 }
 
 /// An unprivileged user cannot lock the daemon's pid file (and so keep every `run` from

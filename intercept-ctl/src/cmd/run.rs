@@ -251,6 +251,10 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                         last_rotation = Instant::now();
                     }
                 }
+            // Failed steps so far, counted where `stats` and the metrics show them.
+            if trouble.uncounted > 0 && watcher.count_errors(trouble.uncounted).is_ok() {
+                trouble.uncounted = 0;
+            }
             let t = intercept_ctl::faults::fail_point("daemon:tick").and_then(|()| watcher.tick());
             let Some(t) = trouble.check("the watch tick", t) else { continue };
             if let Some((aggressive, cause)) = t.transition {
@@ -309,6 +313,8 @@ enum Step {
 struct Trouble {
     /// Failures of each failing step, and when they were last said.
     failing: std::collections::HashMap<&'static str, (u64, Instant)>,
+    /// Failures not yet counted in `controller_errors`.
+    uncounted: u64,
 }
 
 impl Trouble {
@@ -324,6 +330,7 @@ impl Trouble {
                 Some(v)
             }
             Err(e) => {
+                self.uncounted += 1;
                 let (n, said) = self.failing.entry(step).or_insert((0, Instant::now()));
                 *n += 1;
                 if *n == 1 || said.elapsed() >= Self::REPEAT {
