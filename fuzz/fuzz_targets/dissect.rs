@@ -42,7 +42,17 @@ fn check_ip(d: &[u8], ip: &Ip) {
             }
             if matches!(ip.l4, L4::Fragment | L4::SynFragment) {
                 assert_ne!(be16(d, ip.l3_off + 6) & 0x3fff, 0);
-                assert_eq!(ip.l4 == L4::SynFragment, d[ip.l3_off + 9] == 6);
+                if ip.l4 == L4::SynFragment {
+                    // A first fragment of TCP whose flags say SYN or are cut off.
+                    assert_eq!(d[ip.l3_off + 9], 6);
+                    assert_eq!(be16(d, ip.l3_off + 6) & 0x1fff, 0);
+                    let flags_at = ip.l3_off + hdr_len + 13;
+                    assert!(flags_at >= ip.l3_off + total_len || d[flags_at] & 2 != 0);
+                } else if d[ip.l3_off + 9] == 6 && be16(d, ip.l3_off + 6) & 0x1fff == 0 {
+                    // A first TCP fragment that is not one holds flags without SYN.
+                    let flags_at = ip.l3_off + hdr_len + 13;
+                    assert!(flags_at < ip.l3_off + total_len && d[flags_at] & 2 == 0);
+                }
             } else {
                 assert_eq!(be16(d, ip.l3_off + 6) & 0x3fff, 0);
             }
