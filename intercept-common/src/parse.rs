@@ -12,20 +12,40 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 /// EtherType of an 802.1Q (customer) VLAN tag.
 pub const ETH_P_8021Q: u16 = 0x8100;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    vlan::VlanHdr,
+};
+
 /// EtherType of an 802.1ad (service, "QinQ" outer) VLAN tag.
 pub const ETH_P_8021AD: u16 = 0x88A8;
 /// Ethernet header length (no FCS in XDP).
-pub const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = EthHdr::LEN;
 /// One VLAN tag: TCI (2) + inner EtherType (2).
-pub const VLAN_HLEN: usize = 4;
+pub const VLAN_HLEN: usize = VlanHdr::LEN;
 /// VLAN tags we parse through; a third tag is passed as not-TCP.
 pub const MAX_VLANS: usize = 2;
 /// IPv4 header without options.
-pub const IPV4_MIN_HLEN: usize = 20;
+pub const IPV4_MIN_HLEN: usize = Ipv4Hdr::LEN;
 /// IPv6 fixed header.
-pub const IPV6_HLEN: usize = 40;
+pub const IPV6_HLEN: usize = Ipv6Hdr::LEN;
 /// TCP header without options.
-pub const TCP_MIN_HLEN: usize = 20;
+pub const TCP_MIN_HLEN: usize = TcpHdr::LEN;
+/// The largest TCP header (data offset 15 words): a length masked with it is a multiple of 4 no
+/// larger than that, which the verifier can bound.
+pub const TCP_MAX_HLEN_MASK: usize = 0x3c;
+/// Where the flags byte sits in the TCP header (after the data offset's byte).
+pub const TCP_FLAGS_AT: usize = core::mem::offset_of!(TcpHdr, _bitfield_1) + 1;
+/// Where the IPv4 header keeps its fragment flags and offset.
+const IPV4_FRAGS_AT: usize = core::mem::offset_of!(Ipv4Hdr, frags);
+/// The fragment offset's bits of those.
+const IPV4_FRAG_OFFSET: u16 = 0x1fff;
+/// Where the IPv4 header keeps its protocol.
+const IPV4_PROTO_AT: usize = core::mem::offset_of!(Ipv4Hdr, proto);
+/// Where the IPv4 header keeps its total length.
+const IPV4_TOT_LEN_AT: usize = core::mem::offset_of!(Ipv4Hdr, tot_len);
 /// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;
 /// IPv6 extension headers we walk through (hop-by-hop, routing, destination options).
@@ -287,20 +307,25 @@ fn dissect_ipv4<F: Frame + ?Sized>(f: &F, vlans: usize, l3_off: usize) -> Result
         return Err(Malformed::Ipv4Header);
     }
     let hdr_len = ihl * 4;
-    let total_len = usize::from(u16::from_be_bytes([hdr[2], hdr[3]]));
+    let total_len = usize::from(u16::from_be_bytes([
+        hdr[IPV4_TOT_LEN_AT],
+        hdr[IPV4_TOT_LEN_AT + 1],
+    ]));
     // Ethernet padding may follow the datagram, so the frame may be longer, never shorter.
     if total_len < hdr_len || l3_off + total_len > f.len() {
         return Err(Malformed::Ipv4Length);
     }
     let l3 = L3::V4 { hdr_len, total_len };
     // More-fragments flag or a non-zero offset: a fragment (RFC 791 section 3.1).
-    if u16::from_be_bytes([hdr[6], hdr[7]]) & 0x3fff != 0 {
+    let frags = u16::from_be_bytes([hdr[IPV4_FRAGS_AT], hdr[IPV4_FRAGS_AT + 1]]);
+    let proto = hdr[IPV4_PROTO_AT];
+    if frags & 0x3fff != 0 {
         return Ok(Ip {
             vlans,
             l3_off,
             l3,
-            l4: if hdr[9] == IPPROTO_TCP
-                && u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff == 0
+            l4: if proto == IPPROTO_TCP
+                && frags & IPV4_FRAG_OFFSET == 0
                 && may_hold_syn(f, l3_off + hdr_len, l3_off + total_len)
             {
                 L4::SynFragment
@@ -309,10 +334,10 @@ fn dissect_ipv4<F: Frame + ?Sized>(f: &F, vlans: usize, l3_off: usize) -> Result
             },
         });
     }
-    let l4 = if hdr[9] == IPPROTO_TCP {
+    let l4 = if proto == IPPROTO_TCP {
         L4::Tcp(dissect_tcp(f, l3_off + hdr_len, l3_off + total_len)?)
     } else {
-        L4::Other(hdr[9])
+        L4::Other(proto)
     };
     Ok(Ip {
         vlans,
@@ -327,9 +352,11 @@ fn dissect_ipv4<F: Frame + ?Sized>(f: &F, vlans: usize, l3_off: usize) -> Result
 #[inline(always)]
 fn may_hold_syn<F: Frame + ?Sized>(f: &F, tcp_off: usize, end: usize) -> bool {
     // The read first, its own bounds check before any comparison with `end` (see dissect_ipv6).
-    let flags: Option<[u8; 1]> = f.load(tcp_off + 13);
-    match flags {
-        Some(b) if tcp_off + 14 <= end => b[0] & tcp_flags::SYN != 0,
+    // Two bytes (data offset and flags): a one-byte read's bounds check compiles to a form the
+    // verifier does not take as a range.
+    let word: Option<[u8; 2]> = f.load(tcp_off + TCP_FLAGS_AT - 1);
+    match word {
+        Some(b) if tcp_off + TCP_FLAGS_AT < end => b[1] & tcp_flags::SYN != 0,
         _ => true,
     }
 }

@@ -129,7 +129,7 @@ pub fn track_request_socks_sockops(ctx: SockOpsContext) -> u32 {
 pub fn seed_socket(ctx: XdpContext) -> u32 {
     use intercept_common::{config::FlowKey, parse::Frame as _};
     let pkt = Pkt::new(&ctx);
-    let Some(b) = pkt.load::<{ size_of::<FlowKey>() }>(14) else {
+    let Some(b) = pkt.load::<{ size_of::<FlowKey>() }>(intercept_common::parse::ETH_HLEN) else {
         return xdp_action::XDP_ABORTED;
     };
     // SAFETY: FlowKey is plain integers; every bit pattern is valid.

@@ -5,7 +5,7 @@ use aya_ebpf::{
 use intercept_common::{
     Counter, cookie,
     handshake::{SynRequest, build_synack, header_checksum_ok},
-    parse::{Frame, Ip, Tcp},
+    parse::{Frame, IPV4_MIN_HLEN, IPV6_HLEN, Ip, TCP_MAX_HLEN_MASK, Tcp},
 };
 
 use crate::{
@@ -87,8 +87,8 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
 
     // Lengths re-derived here, not read back from the map: a value loaded from map memory has no
     // bounds ("math between pkt pointer and register with unbounded min value is not allowed").
-    let ip_len = if req.v6 { 40 } else { 20 };
-    let tcp_len = sa.tcp_len & 0x3c;
+    let ip_len = if req.v6 { IPV6_HLEN } else { IPV4_MIN_HLEN };
+    let tcp_len = sa.tcp_len & TCP_MAX_HLEN_MASK;
     let l3 = ip.l3_off;
     let new_len = l3 + ip_len + tcp_len;
     let delta = new_len as i32 - pkt.len() as i32;
