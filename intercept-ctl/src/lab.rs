@@ -345,7 +345,22 @@ pub enum Shape {
 /// # Errors
 /// If it is not answered within `timeout`, or answered wrongly.
 pub fn request(target: SocketAddr, shape: Shape, i: usize, timeout: Duration) -> io::Result<()> {
+    request_timed(target, shape, i, timeout).map(|_| ())
+}
+
+/// [`request`], returning how long `connect()` took.
+///
+/// # Errors
+/// As [`request`].
+pub fn request_timed(
+    target: SocketAddr,
+    shape: Shape,
+    i: usize,
+    timeout: Duration,
+) -> io::Result<Duration> {
+    let start = Instant::now();
     let mut s = TcpStream::connect_timeout(&target, timeout)?;
+    let connected = start.elapsed();
     s.set_read_timeout(Some(timeout))?;
     s.set_nodelay(true)?;
     let msg = format!("request {i:>8}");
@@ -368,7 +383,7 @@ pub fn request(target: SocketAddr, shape: Shape, i: usize, timeout: Duration) ->
             "echo of {msg:?} came back as {b:?}"
         )));
     }
-    Ok(())
+    Ok(connected)
 }
 
 /// What [`Lab::requests`] measured.
@@ -376,6 +391,8 @@ pub fn request(target: SocketAddr, shape: Shape, i: usize, timeout: Duration) ->
 pub struct Requests {
     /// Per answered request: connect + request + response.
     pub latencies: Vec<Duration>,
+    /// Per answered request: how long its `connect()` took (the handshake).
+    pub connects: Vec<Duration>,
     /// Requests not answered (connect refused or timed out, no echo in time).
     pub failures: usize,
     /// The first failure, for messages.
@@ -388,8 +405,11 @@ impl Requests {
     /// Makes request `i` (see [`request`]) and records its latency or its failure.
     fn one(&mut self, target: SocketAddr, shape: Shape, i: usize, timeout: Duration) {
         let start = Instant::now();
-        match request(target, shape, i, timeout) {
-            Ok(()) => self.latencies.push(start.elapsed()),
+        match request_timed(target, shape, i, timeout) {
+            Ok(connected) => {
+                self.latencies.push(start.elapsed());
+                self.connects.push(connected);
+            }
             Err(e) => {
                 self.failures += 1;
                 self.first_error
@@ -487,7 +507,10 @@ pub fn echo_server(l: TcpListener) {
 }
 
 /// The pids of `dev`'s NAPI threads (named `napi/<dev>-<id>`; `comm` keeps 15 bytes).
-fn napi_threads(dev: &str) -> anyhow::Result<Vec<i32>> {
+///
+/// # Errors
+/// If `/proc` cannot be read.
+pub fn napi_threads(dev: &str) -> anyhow::Result<Vec<i32>> {
     let prefix = format!("napi/{dev}-");
     let prefix = &prefix[..prefix.len().min(15)];
     let mut pids = Vec::new();
