@@ -157,6 +157,13 @@ pub struct Active<'a> {
     lab: &'a Lab,
 }
 
+impl Active<'_> {
+    /// The kernel id of our XDP program, when it is attached.
+    pub fn prog_id(&self) -> Option<u32> {
+        self.attach.as_ref().map(|a| a.info.program_id)
+    }
+}
+
 impl Drop for Active<'_> {
     fn drop(&mut self) {
         drop(self.daemon.take());

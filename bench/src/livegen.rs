@@ -1,26 +1,32 @@
 //! A fast, bounded, paced spoofed-SYN generator, and a SYN-ACK counter for the client's end.
 //!
-//! The generator runs a ten-instruction XDP program with `BPF_PROG_TEST_RUN` in live-frame mode
+//! The generator runs a small XDP program with `BPF_PROG_TEST_RUN` in live-frame mode
 //! (`BPF_F_TEST_XDP_LIVE_FRAMES`, Linux >= 5.18, `net/bpf/test_run.c`): the kernel builds frames
-//! from one template in a page pool, runs the program on each and turns its `XDP_TX` into a
-//! redirect out of the interface named by `ingress_ifindex`, so the frames leave the client's veth
-//! end through `ndo_xdp_xmit` (the peer's 256-entry ring, as from a NIC) without an skb or a
-//! socket each. That reaches several times what an AF_PACKET socket does (measured in the
-//! README's comparison).
+//! in a page pool, runs the program on each and turns its `XDP_TX` into a redirect out of the
+//! interface named by `ingress_ifindex`, so the frames leave the client's veth end through
+//! `ndo_xdp_xmit` (into the peer's 256-entry ring, as from a NIC) without an skb or a socket each:
+//! several million frames a second on one core here, against about half a million for an
+//! `AF_PACKET` socket.
 //!
-//! Every frame gets a different spoofed source: the program draws `k` in `0..60000` and writes
-//! source address `198.19.0.0 + 1 + k`, source port `61000 - k` and IPv4 ID `61000 - k` over the
-//! template (`k = 0`). The TCP checksum covers the address and the port, the IPv4 header checksum
-//! the address and the ID; each pair's sum is the same for every `k` (no carry: all values fit 16
-//! bits), so both checksums stay valid with no arithmetic in the program (RFC 1071's sum is
-//! order- and position-independent).
+//! A recycled page holds whatever its last receiver left in it (our own XDP program rewrites a
+//! SYN into its SYN-ACK in place), so the program writes the whole template frame every time,
+//! then gives it its own spoofed source: it draws `k` in `0..60000` and writes source address
+//! `198.19.0.0 + 1 + k`, source port `61000 - k` and IPv4 ID `61000 - k` (the template is
+//! `k = 0`). The TCP checksum covers the address and the port, the IPv4 header checksum the
+//! address and the ID; each pair's sum is the same for every `k` (no carry: all values fit 16
+//! bits), so both checksums stay valid with no arithmetic in the program (RFC 1071's sum does not
+//! depend on where the words are).
+//!
+//! Pacing: a call costs milliseconds of set-up (a page pool registered and torn down), so calls
+//! are long (a tenth of a second of frames) and the program spins a calibrated count before each
+//! frame, which spaces frames evenly instead of bursting them into the receiver's ring.
 //!
 //! The generator refuses, before it loads anything, any destination outside 198.18.0.0/15, any
 //! spoofed source range outside it, and any run longer than [`MAX_RUN`]; IPv6 is not generated.
 //!
 //! The SYN-ACK counter is a second small XDP program for the client's end (which must run XDP
 //! anyway: a veth drops the frames its peer's XDP sends back otherwise): it counts IPv4 SYN-ACKs
-//! and RSTs in a per-CPU array and passes everything.
+//! and RSTs in a per-CPU array, drops those to the spoofed sources and passes everything else.
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -43,6 +49,8 @@ const SOURCE_NET: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
 const SOURCES: i32 = 60_000;
 /// Source port and IPv4 ID of the template (`k = 0`).
 const PORT_BASE: i32 = 61_000;
+/// The same, as written into the template.
+const PORT_BASE_U16: u16 = 61_000;
 /// The longest spin (iterations before each frame) the program is loaded with: the verifier
 /// walks every iteration (three instructions) against its limit of a million.
 pub const MAX_SPIN: u32 = 300_000;
@@ -146,8 +154,8 @@ impl Insn {
         Insn(
             u64::from(code)
                 | (u64::from(dst | (src << 4)) << 8)
-                | (u64::from(off as u16) << 16)
-                | (u64::from(imm as u32) << 32),
+                | (u64::from(off.cast_unsigned()) << 16)
+                | (u64::from(imm.cast_unsigned()) << 32),
         )
     }
 }
@@ -250,10 +258,14 @@ fn load_xdp_logged(name: &str, insns: &[Insn], with_log: bool) -> anyhow::Result
     }
 }
 
-/// The generator's program: see the module comment for the layout it writes. With `spin` > 0 it
-/// first counts down from `spin` (a bounded loop the verifier walks: at most [`MAX_SPIN`]), which
-/// spaces the frames evenly at the paced rate instead of bursting them into the receiver's ring.
-fn generator_insns(spin: u32) -> Vec<Insn> {
+/// The generator's program: see the module comment for the layout it writes. It first writes the
+/// whole `template` (a live frame's page is recycled with whatever the receiver left in it: our
+/// own XDP program turns a SYN into its SYN-ACK in place), then the fields that vary. With
+/// `spin` > 0 it first counts down from `spin` (a bounded loop the verifier walks: at most
+/// [`MAX_SPIN`]), which spaces the frames evenly at the paced rate instead of bursting them into
+/// the receiver's ring.
+fn generator_insns(template: &[u8], spin: u32) -> Vec<Insn> {
+    let len = i32::try_from(template.len()).expect("short frame");
     let mut v = Vec::new();
     if spin > 0 {
         v.extend([
@@ -269,8 +281,34 @@ fn generator_insns(spin: u32) -> Vec<Insn> {
         ldx(W, 2, 6, 0), // data
         ldx(W, 3, 6, 4), // data_end
         mov_x(4, 2),
-        add_k(4, 36),
-        jgt_x(4, 3, 11), // shorter than Ethernet + IPv4 + source port: drop
+        add_k(4, len),
+    ]);
+    let mut body = Vec::new();
+    let (words, rest) = template.as_chunks::<4>();
+    for (i, c) in words.iter().enumerate() {
+        let imm = i32::from_le_bytes(*c);
+        body.push(st(W, 2, i16::try_from(i * 4).expect("offset"), imm));
+    }
+    let mut off = template.len() - rest.len();
+    for c in rest.chunks(2) {
+        if let [a, b] = c {
+            body.push(st(
+                H,
+                2,
+                i16::try_from(off).expect("offset"),
+                i32::from(u16::from_le_bytes([*a, *b])),
+            ));
+        } else {
+            body.push(st(
+                B,
+                2,
+                i16::try_from(off).expect("offset"),
+                i32::from(c[0]),
+            ));
+        }
+        off += c.len();
+    }
+    body.extend([
         mov_x(5, 0),
         add_k(5, 1),
         be16(5),
@@ -282,9 +320,15 @@ fn generator_insns(spin: u32) -> Vec<Insn> {
         stx(H, 2, 5, 34), // TCP source port
         mov_k(0, XDP_TX),
         exit(),
-        mov_k(0, XDP_DROP),
-        exit(),
     ]);
+    // Shorter than the template: drop.
+    v.push(jgt_x(
+        4,
+        3,
+        i16::try_from(body.len()).expect("short program"),
+    ));
+    v.extend(body);
+    v.extend([mov_k(0, XDP_DROP), exit()]);
     v
 }
 
@@ -296,14 +340,14 @@ fn template(link: &Link, target: SocketAddr) -> Vec<u8> {
     let mut seg = TcpSegment::new(
         IpAddr::V4(src.into()),
         target.ip(),
-        PORT_BASE as u16,
+        PORT_BASE_U16,
         target.port(),
         tcp_flags::SYN,
     );
     seg.seq = 0x5eed_0001;
     seg.options = linux_syn_options(1460, 0x0102_0304, 7);
     let mut f = tcp_frame(link, &seg);
-    f[18..20].copy_from_slice(&(PORT_BASE as u16).to_be_bytes());
+    f[18..20].copy_from_slice(&PORT_BASE_U16.to_be_bytes());
     f[24..26].fill(0);
     let c = finish(add_bytes(0, &f[14..34]));
     f[24..26].copy_from_slice(&c.to_be_bytes());
@@ -337,9 +381,10 @@ impl Generator {
     /// If the spec is refused or the program does not load.
     pub fn new(link: &Link, ifindex: u32, spec: GenSpec, spin: u32) -> anyhow::Result<Generator> {
         spec.check()?;
+        let frame = template(link, spec.target);
         Ok(Generator {
-            prog: load_xdp("synflood_gen", &generator_insns(spin))?,
-            frame: template(link, spec.target),
+            prog: load_xdp("synflood_gen", &generator_insns(&frame, spin))?,
+            frame,
             ifindex,
             spec,
         })
@@ -427,8 +472,8 @@ impl Generator {
     }
 }
 
-/// The spin that paces frames at `rate` (slightly faster: the sleeps between calls trim the
-/// rest), from two measured speeds: `base` frames/s without a spin and `spun` frames/s with
+/// The spin that paces frames at 1.5 times `rate` (a call's set-up leaves a gap of milliseconds
+/// after each call, and the core is shared; the sleeps between calls trim the rest), from two measured speeds: `base` frames/s without a spin and `spun` frames/s with
 /// `probe` iterations.
 #[must_use]
 #[allow(
@@ -445,7 +490,7 @@ pub fn spin_for(rate: u64, base: f64, spun: f64, probe: u32) -> u32 {
     if per_iter <= 0.0 {
         return 0;
     }
-    let want = 1.0 / (rate as f64 * 1.1) - 1.0 / base;
+    let want = 1.0 / (rate as f64 * 1.5) - 1.0 / base;
     if want <= 0.0 {
         0
     } else {
@@ -486,11 +531,13 @@ fn possible_cpus() -> anyhow::Result<usize> {
 
 impl ReplyCounter {
     /// Loads the counter and attaches it (driver mode, a BPF link) to `ifindex` in the calling
-    /// thread's namespace.
+    /// thread's namespace. SYN-ACKs and RSTs to any address but `client` (the spoofed sources,
+    /// which no host owns) are dropped once counted, so answering a flood costs the client's end
+    /// little and does not crowd out the real client's segments.
     ///
     /// # Errors
     /// If the map, program or link cannot be created.
-    pub fn attach(ifindex: u32) -> anyhow::Result<ReplyCounter> {
+    pub fn attach(ifindex: u32, client: Ipv4Addr) -> anyhow::Result<ReplyCounter> {
         let mut attr = [0u64; 16];
         put32(&mut attr, 0, BPF_MAP_TYPE_PERCPU_ARRAY);
         put32(&mut attr, 4, 4);
@@ -498,25 +545,27 @@ impl ReplyCounter {
         put32(&mut attr, 12, 2);
         let map = fd_of(bpf(BPF_MAP_CREATE, &mut attr).context("create the counter map")?);
         let map_fd = map.as_raw_fd();
+        let client = i32::from_le_bytes(client.octets());
         let insns = vec![
             ldx(W, 2, 1, 0),
             ldx(W, 3, 1, 4),
             mov_x(4, 2),
             add_k(4, 48),
-            jgt_x(4, 3, 22), // -> pass
+            jgt_x(4, 3, 26), // -> pass
             ldx(H, 4, 2, 12),
-            jne_k(4, 0x0008, 20), // EtherType 0x0800 read little-endian
+            jne_k(4, 0x0008, 24), // EtherType 0x0800 read little-endian
             ldx(B, 4, 2, 14),
-            jne_k(4, 0x45, 18), // IPv4 without options
+            jne_k(4, 0x45, 22), // IPv4 without options
             ldx(B, 4, 2, 23),
-            jne_k(4, 6, 16), // TCP
+            jne_k(4, 6, 20), // TCP
             ldx(B, 5, 2, 47),
             and_k(5, 0x16), // SYN | RST | ACK
             st(W, 10, -4, 0),
             jeq_k(5, 0x12, 3), // SYN-ACK: slot 0
             and_k(5, 0x04),
-            jeq_k(5, 0, 10),  // neither: pass
+            jeq_k(5, 0, 14),  // neither: pass
             st(W, 10, -4, 1), // RST: slot 1
+            ldx(W, 9, 2, 30), // destination address, kept across the call
             // r1 = map (BPF_LD | BPF_DW | BPF_IMM, src = BPF_PSEUDO_MAP_FD), two slots
             Insn::new(0x18, 1, 1, 0, map_fd),
             Insn::new(0, 0, 0, 0, 0),
@@ -527,6 +576,9 @@ impl ReplyCounter {
             ldx(DW, 1, 0, 0),
             add_k(1, 1),
             stx(DW, 0, 1, 0),
+            jeq_k(9, client, 2), // to the real client: pass
+            mov_k(0, XDP_DROP),  // to a spoofed source: no host there
+            exit(),
             mov_k(0, XDP_PASS),
             exit(),
         ];
@@ -580,8 +632,28 @@ mod tests {
         }
     }
 
+    /// Runs the loaded generator once on `input` (no live frames: the output comes back).
+    fn run_once(g: &Generator, input: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; input.len() + 64];
+        let mut attr = [0u64; 16];
+        put32(&mut attr, 0, u32::try_from(g.prog.as_raw_fd()).expect("fd"));
+        put32(&mut attr, 8, u32::try_from(input.len()).expect("len"));
+        put32(&mut attr, 12, u32::try_from(out.len()).expect("len"));
+        attr[2] = input.as_ptr() as u64;
+        attr[3] = out.as_mut_ptr() as u64;
+        put32(&mut attr, 32, 1);
+        bpf(BPF_PROG_TEST_RUN, &mut attr).expect("BPF_PROG_TEST_RUN of the generator (root?)");
+        let len = (attr[1] >> 32) as usize;
+        out.truncate(len);
+        ((attr[0] >> 32) as u32, out)
+    }
+
+    /// The generator refuses targets outside 198.18.0.0/15, IPv6 and runs over 20 s before it
+    /// loads anything; and the real program, run on frames full of junk (a recycled page holds
+    /// whatever the receiver left), writes a SYN from 198.19.0.0/16 to the target with both
+    /// checksums valid, from a different source each time. Needs root (loads BPF).
     #[test]
-    fn refuses_out_of_range_targets_and_long_runs() {
+    fn generator_refuses_out_of_range_and_writes_valid_syns() {
         spec("198.18.0.1:8080", 20).check().expect("in range");
         spec("198.19.255.254:80", 1).check().expect("in range");
         for bad in [
@@ -598,40 +670,53 @@ mod tests {
         }
         let e = spec("198.18.0.1:8080", 21).check().expect_err("21 s");
         assert!(e.to_string().contains("at most 20 s"), "{e}");
-        // Generator::new checks before it loads anything (no root needed to be refused).
         let link = Link {
             dst: [2; 6],
             src: [4; 6],
             vlans: Vec::new(),
         };
         assert!(Generator::new(&link, 1, spec("192.0.2.1:80", 1), 0).is_err());
-    }
 
-    #[test]
-    fn every_written_frame_keeps_valid_checksums() {
-        // The program's writes, replayed on the template for a few k: both checksums verify.
-        let link = Link {
-            dst: [2; 6],
-            src: [4; 6],
-            vlans: Vec::new(),
-        };
-        let t = template(&link, "198.18.0.1:8080".parse().expect("addr"));
-        for k in [0u16, 1, 255, 256, 30_000, 59_999] {
-            let mut f = t.clone();
-            f[28..30].copy_from_slice(&(1 + k).to_be_bytes());
-            f[18..20].copy_from_slice(&(61_000 - k).to_be_bytes());
-            f[34..36].copy_from_slice(&(61_000 - k).to_be_bytes());
-            assert_eq!(finish(add_bytes(0, &f[14..34])), 0, "IPv4 checksum, k={k}");
+        // SAFETY: geteuid has no failure mode.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test loads BPF: run it as root (./x test)"
+        );
+        let g =
+            Generator::new(&link, 1, spec("198.18.0.1:8080", 1), 3).expect("load the generator");
+        let mut sources = std::collections::BTreeSet::new();
+        for i in 0..200u32 {
+            let junk: Vec<u8> = (0..g.frame.len())
+                .map(|j| u8::try_from((i as usize * 31 + j * 7) % 256).expect("a byte"))
+                .collect();
+            let (verdict, f) = run_once(&g, &junk);
+            assert_eq!(verdict, XDP_TX as u32, "run {i}");
+            assert_eq!(f.len(), g.frame.len(), "run {i}");
+            assert_eq!(f[47] & 0x17, tcp_flags::SYN, "run {i}: not a bare SYN");
+            assert_eq!(
+                finish(add_bytes(0, &f[14..34])),
+                0,
+                "run {i}: IPv4 checksum"
+            );
             let src: [u8; 4] = f[26..30].try_into().expect("4");
-            assert!(in_bench_range(src.into()), "source {src:?}");
+            let dst: [u8; 4] = f[30..34].try_into().expect("4");
+            assert_eq!(&src[..2], &[198, 19], "run {i}: source {src:?}");
+            assert_eq!(dst, [198, 18, 0, 1], "run {i}: destination");
             let tcp = &f[34..];
             let acc = intercept_common::checksum::pseudo_v4(
                 src,
-                f[30..34].try_into().expect("4"),
+                dst,
                 6,
                 u16::try_from(tcp.len()).expect("len"),
             );
-            assert_eq!(finish(add_bytes(acc, tcp)), 0, "TCP checksum, k={k}");
+            assert_eq!(finish(add_bytes(acc, tcp)), 0, "run {i}: TCP checksum");
+            sources.insert(src);
         }
+        assert!(
+            sources.len() > 150,
+            "only {} distinct sources in 200 frames",
+            sources.len()
+        );
     }
 }

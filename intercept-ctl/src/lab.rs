@@ -528,9 +528,20 @@ pub fn napi_threads(dev: &str) -> anyhow::Result<Vec<i32>> {
     Ok(pids)
 }
 
-/// Gives the calling thread SCHED_FIFO priority 1: no normal thread preempts it on its core.
+/// `SCHED_FIFO` priority of the request client: above [`NAPI_RT_PRIORITY`], so a benchmark that
+/// runs the server's NAPI thread at real-time priority (as softirq work runs on a real server)
+/// still lets the client preempt it.
+const CLIENT_RT_PRIORITY: i32 = 2;
+/// `SCHED_FIFO` priority a benchmark may give the server end's NAPI thread (see
+/// [`CLIENT_RT_PRIORITY`]).
+pub const NAPI_RT_PRIORITY: i32 = 1;
+
+/// Gives the calling thread `SCHED_FIFO` priority [`CLIENT_RT_PRIORITY`]: no normal thread (nor a
+/// NAPI thread at [`NAPI_RT_PRIORITY`]) preempts it on its core.
 fn realtime() -> anyhow::Result<()> {
-    let p = libc::sched_param { sched_priority: 1 };
+    let p = libc::sched_param {
+        sched_priority: CLIENT_RT_PRIORITY,
+    };
     // SAFETY: a valid sched_param; 0 is the calling thread.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const p) } != 0 {
         return Err(io::Error::last_os_error()).context("SCHED_FIFO for the client thread");
