@@ -92,6 +92,9 @@ pub struct Trial {
     pub connect_p50_ms: f64,
     pub connect_p99_ms: f64,
     pub first_error: Option<String>,
+    /// Every answered request's latency and its connect's, in ms (for pooled percentiles).
+    pub latencies_ms: Vec<f64>,
+    pub connects_ms: Vec<f64>,
     pub client_retrans_segs: u64,
     pub client_timeouts: u64,
     /// SYN-ACKs and RSTs that reached the client's end (the spoofed SYNs' answers and the real
@@ -242,26 +245,27 @@ fn napi_ns(dev: &str) -> anyhow::Result<u64> {
     Ok(sum)
 }
 
-/// Gives the server end's NAPI thread `SCHED_FIFO` priority (`NAPI_RT_PRIORITY`, below the request
-/// client's) and the client end's nice -20: on a real server softirq work runs before any task,
-/// while on this shared machine a nice-0 NAPI thread is scheduled milliseconds late and its
-/// 256-frame ring overflows at rates its CPU could carry. The client end's stays below real-time
-/// so the generator, on the same core, is not starved.
+/// Gives both ends' NAPI threads `SCHED_FIFO` priority (`NAPI_RT_PRIORITY`, below the request
+/// client's): on a real server softirq work runs before any task, while on this shared machine a
+/// nice-0 NAPI thread is scheduled milliseconds late and its 256-frame ring overflows at rates its
+/// CPU could carry. The client end's must keep up too: it receives every SYN-ACK the server sends
+/// (the spoofed sources are routed there), up to a million a second, and its ring, overflowing,
+/// would drop the real client's SYN-ACK among them. The generator, on that core at normal
+/// priority, gets what the client end leaves.
 fn boost_napi(lab: &Lab) -> anyhow::Result<()> {
-    for pid in intercept_ctl::lab::napi_threads(&lab.veth.a)? {
-        let p = libc::sched_param {
-            sched_priority: intercept_ctl::lab::NAPI_RT_PRIORITY,
-        };
-        // SAFETY: a valid sched_param for a thread id.
-        if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &raw const p) } != 0 {
-            bail!(
-                "SCHED_FIFO for NAPI thread {pid}: {}",
-                std::io::Error::last_os_error()
-            );
+    for dev in [&lab.veth.a, &lab.veth.b] {
+        for pid in intercept_ctl::lab::napi_threads(dev)? {
+            let p = libc::sched_param {
+                sched_priority: intercept_ctl::lab::NAPI_RT_PRIORITY,
+            };
+            // SAFETY: a valid sched_param for a thread id.
+            if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &raw const p) } != 0 {
+                bail!(
+                    "SCHED_FIFO for NAPI thread {pid}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
         }
-    }
-    for pid in intercept_ctl::lab::napi_threads(&lab.veth.b)? {
-        nice(u32::try_from(pid)?, -20)?;
     }
     Ok(())
 }
@@ -367,7 +371,7 @@ impl Rig {
         let (link, ifindex, cpu) = (self.link.clone(), self.ifindex_b, 1 % self.cpus);
         self.lab.client.spawn(move || {
             pin(cpu)?;
-            // Ahead of other work on the core, behind the client end's NAPI thread (nice -20).
+            // Ahead of other work on the core (behind the client end's NAPI thread, real-time).
             nice(0, -10)?;
             let g = Generator::new(
                 &link,
@@ -386,7 +390,8 @@ impl Rig {
     #[allow(
         clippy::cast_precision_loss,
         clippy::many_single_char_names,
-        reason = "figures for a report; d, a, r, t as in the rest of the file"
+        clippy::too_many_lines,
+        reason = "figures for a report, in the order a trial runs"
     )]
     fn trial(
         &self,
@@ -462,6 +467,16 @@ impl Rig {
             connect_p50_ms: ms(percentile(&r.connects, 50)),
             connect_p99_ms: ms(percentile(&r.connects, 99)),
             first_error: r.first_error,
+            latencies_ms: r
+                .latencies
+                .iter()
+                .map(|d| (ms(*d) * 1e3).round() / 1e3)
+                .collect(),
+            connects_ms: r
+                .connects
+                .iter()
+                .map(|d| (ms(*d) * 1e3).round() / 1e3)
+                .collect(),
             client_retrans_segs: r.retrans.retrans_segs,
             client_timeouts: r.retrans.timeouts,
             syn_acks,

@@ -70,7 +70,26 @@ fn spread(mut v: Vec<f64>) -> Option<Spread> {
     })
 }
 
+/// The `p`th percentile (nearest rank) of `v`, or `None` if empty.
+fn pct(mut v: Vec<f64>, p: usize) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[(v.len() * p).div_ceil(100).saturating_sub(1)])
+}
+
 impl Run {
+    /// The `p`th percentile of a latency over every request of every repeat of (d, rate).
+    fn pooled(&self, d: Defence, rate: u64, p: usize, f: fn(&Trial) -> &Vec<f64>) -> Option<f64> {
+        pct(
+            self.of(d, rate)
+                .flat_map(|t| f(t).iter().copied())
+                .collect(),
+            p,
+        )
+    }
+
     fn of(&self, d: Defence, rate: u64) -> impl Iterator<Item = &Trial> {
         self.trials
             .iter()
@@ -130,8 +149,8 @@ fn targets(run: &Run) -> String {
         }
         for &r in &run.rates {
             if let (Some(a), Some(b)) = (
-                med(d, r, |t| t.request_p50_ms),
-                med(k, r, |t| t.request_p50_ms),
+                run.pooled(d, r, 50, |t| &t.latencies_ms),
+                run.pooled(k, r, 50, |t| &t.latencies_ms),
             ) && b > 0.0
             {
                 let x = a / b;
@@ -184,8 +203,10 @@ fn markdown(run: &Run) -> String {
          Linux {}, {} CPUs; load average {} at the start, {} at the end (other work shares this \
          machine: compare within the run, not across runs). {} repeats of every (defence, rate) \
          trial in shuffled order (seed {:#x}), {} s floods, {} requests per trial; {:.0} s in all. \
-         Generator maximum: {:.0} SYN/s (BPF live frames, one core). Figures: median over \
-         repeats, (min-max) when they differ.\n",
+         Generator maximum: {:.0} SYN/s (BPF live frames, one core). Latency percentiles pool \
+         every request of every repeat (the per-repeat p50s' min-max in brackets); other figures: \
+         median over repeats, (min-max) when they differ. Requests run one after another, so \
+         under loss (a SYN lost waits 1 s for its retransmission) fewer are made.\n",
         run.kernel,
         run.cpus,
         run.loadavg_start,
@@ -199,8 +220,8 @@ fn markdown(run: &Run) -> String {
     );
     let _ = writeln!(
         o,
-        "| rate | defence | offered kSYN/s | success % | request p50 ms | request p99 ms | connect p50 ms | SYN-ACK k/s | server CPU ns/SYN | server NAPI % | ring drops k | client retrans |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| rate | defence | offered kSYN/s | success % (ok/made) | request p50 ms | request p99 ms | connect p50 ms | SYN-ACK k/s | server CPU ns/SYN | of which our program | server NAPI % | ring drops k | client retrans |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for &r in &run.rates {
         for &d in &run.defences {
@@ -208,18 +229,32 @@ fn markdown(run: &Run) -> String {
                 continue;
             }
             let m = |f: fn(&Trial) -> f64| run.metric(d, r, f);
+            let ok: usize = run.of(d, r).map(|t| t.requests_ok).sum();
+            let made: usize = run.of(d, r).map(|t| t.requests_attempted).sum();
+            let pooled = |p, f| {
+                run.pooled(d, r, p, f)
+                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"))
+            };
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} ({ok}/{made}) | {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 rate_name(r),
                 d.name(),
                 cell(kilo(m(|t| t.offered_rate)), 0),
                 cell(m(|t| t.success_pct), 1),
-                cell(m(|t| t.request_p50_ms), 3),
-                cell(m(|t| t.request_p99_ms), 2),
-                cell(m(|t| t.connect_p50_ms), 3),
+                pooled(50, |t| &t.latencies_ms),
+                cell(m(|t| t.request_p50_ms), 2)
+                    .split_once(' ')
+                    .map_or(String::new(), |(_, b)| format!(" {b}")),
+                pooled(99, |t| &t.latencies_ms),
+                pooled(50, |t| &t.connects_ms),
                 cell(kilo(m(|t| t.syn_acks_per_s)), 1),
                 cell(m(|t| t.cpu_ns_per_syn), 0),
+                if d.ours() {
+                    cell(m(|t| t.prog_ns_per_run), 0)
+                } else {
+                    "-".to_owned()
+                },
                 cell(m(|t| t.server_napi_util * 100.0), 0),
                 cell(kilo(m(|t| t.ring_drops as f64)), 0),
                 cell(m(|t| t.client_retrans_segs as f64), 0),
@@ -251,25 +286,25 @@ fn plot(
     path: &Path,
     title: &str,
     y_label: &str,
-    f: fn(&Trial) -> f64,
+    y_of: impl Fn(Defence, u64) -> Option<f64>,
     log_y: bool,
 ) -> anyhow::Result<()> {
-    // One point per (defence, rate): the medians of the offered rate and of the figure.
+    // One point per (defence, rate): the median offered rate and the figure (none where there is
+    // none, e.g. the latency of a defence that answered no request).
     let mut series = Vec::new();
     let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, 0.0f64);
     for &d in &run.defences {
         let mut pts = Vec::new();
         for &r in &run.rates {
-            if let (Some(x), Some(y)) = (
-                run.metric(d, r, |t| t.offered_rate / 1e3),
-                run.metric(d, r, f),
-            ) {
+            if let (Some(x), Some(y)) = (run.metric(d, r, |t| t.offered_rate / 1e3), y_of(d, r))
+                && (!log_y || y > 0.0)
+            {
                 x_max = x_max.max(x.med);
-                y_max = y_max.max(y.med);
-                if y.med > 0.0 {
-                    y_min = y_min.min(y.med);
+                y_max = y_max.max(y);
+                if y > 0.0 {
+                    y_min = y_min.min(y);
                 }
-                pts.push((x.med, y.med));
+                pts.push((x.med, y));
             }
         }
         series.push((d, pts));
@@ -337,20 +372,21 @@ pub fn write(run: &Run, dir: &Path) -> anyhow::Result<()> {
     let md = markdown(run);
     std::fs::write(dir.join("compare.md"), &md).context("write compare.md")?;
     println!("{md}");
+    let med = |f: fn(&Trial) -> f64| move |d, r| run.metric(d, r, f).map(|s| s.med);
     plot(
         run,
         &dir.join("success.svg"),
         "Legitimate requests answered",
         "success (%)",
-        |t| t.success_pct,
+        med(|t| t.success_pct),
         false,
     )?;
     plot(
         run,
         &dir.join("latency.svg"),
-        "Request latency, p50 (connect + request + echo)",
+        "Request latency, p50 over all repeats (connect + request + echo)",
         "ms (log)",
-        |t| t.request_p50_ms,
+        |d, r| run.pooled(d, r, 50, |t| &t.latencies_ms),
         true,
     )?;
     plot(
@@ -358,7 +394,7 @@ pub fn write(run: &Run, dir: &Path) -> anyhow::Result<()> {
         &dir.join("synack.svg"),
         "SYN-ACKs sent",
         "k SYN-ACK/s",
-        |t| t.syn_acks_per_s / 1e3,
+        med(|t| t.syn_acks_per_s / 1e3),
         false,
     )?;
     Ok(())
