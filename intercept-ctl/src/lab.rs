@@ -354,7 +354,22 @@ pub enum Shape {
 /// # Errors
 /// If it is not answered within `timeout`, or answered wrongly.
 pub fn request(target: SocketAddr, shape: Shape, i: usize, timeout: Duration) -> io::Result<()> {
+    request_timed(target, shape, i, timeout).map(|_| ())
+}
+
+/// [`request`], returning how long `connect()` took.
+///
+/// # Errors
+/// As [`request`].
+pub fn request_timed(
+    target: SocketAddr,
+    shape: Shape,
+    i: usize,
+    timeout: Duration,
+) -> io::Result<Duration> {
+    let start = Instant::now();
     let mut s = TcpStream::connect_timeout(&target, timeout)?;
+    let connected = start.elapsed();
     s.set_read_timeout(Some(timeout))?;
     s.set_nodelay(true)?;
     let msg = format!("request {i:>8}");
@@ -377,7 +392,7 @@ pub fn request(target: SocketAddr, shape: Shape, i: usize, timeout: Duration) ->
             "echo of {msg:?} came back as {b:?}"
         )));
     }
-    Ok(())
+    Ok(connected)
 }
 
 /// What [`Lab::requests`] measured.
@@ -385,6 +400,8 @@ pub fn request(target: SocketAddr, shape: Shape, i: usize, timeout: Duration) ->
 pub struct Requests {
     /// Per answered request: connect + request + response.
     pub latencies: Vec<Duration>,
+    /// Per answered request: how long its `connect()` took (the handshake).
+    pub connects: Vec<Duration>,
     /// Requests not answered (connect refused or timed out, no echo in time).
     pub failures: usize,
     /// The first failure, for messages.
@@ -397,8 +414,11 @@ impl Requests {
     /// Makes request `i` (see [`request`]) and records its latency or its failure.
     fn one(&mut self, target: SocketAddr, shape: Shape, i: usize, timeout: Duration) {
         let start = Instant::now();
-        match request(target, shape, i, timeout) {
-            Ok(()) => self.latencies.push(start.elapsed()),
+        match request_timed(target, shape, i, timeout) {
+            Ok(connected) => {
+                self.latencies.push(start.elapsed());
+                self.connects.push(connected);
+            }
             Err(e) => {
                 self.failures += 1;
                 self.first_error
@@ -496,7 +516,10 @@ pub fn echo_server(l: TcpListener) {
 }
 
 /// The pids of `dev`'s NAPI threads (named `napi/<dev>-<id>`; `comm` keeps 15 bytes).
-fn napi_threads(dev: &str) -> anyhow::Result<Vec<i32>> {
+///
+/// # Errors
+/// If `/proc` cannot be read.
+pub fn napi_threads(dev: &str) -> anyhow::Result<Vec<i32>> {
     let prefix = format!("napi/{dev}-");
     let prefix = &prefix[..prefix.len().min(15)];
     let mut pids = Vec::new();
@@ -514,9 +537,20 @@ fn napi_threads(dev: &str) -> anyhow::Result<Vec<i32>> {
     Ok(pids)
 }
 
-/// Gives the calling thread SCHED_FIFO priority 1: no normal thread preempts it on its core.
+/// `SCHED_FIFO` priority of the request client: above [`NAPI_RT_PRIORITY`], so a benchmark that
+/// runs the server's NAPI thread at real-time priority (as softirq work runs on a real server)
+/// still lets the client preempt it.
+const CLIENT_RT_PRIORITY: i32 = 2;
+/// `SCHED_FIFO` priority a benchmark may give the server end's NAPI thread (see
+/// [`CLIENT_RT_PRIORITY`]).
+pub const NAPI_RT_PRIORITY: i32 = 1;
+
+/// Gives the calling thread `SCHED_FIFO` priority [`CLIENT_RT_PRIORITY`]: no normal thread (nor a
+/// NAPI thread at [`NAPI_RT_PRIORITY`]) preempts it on its core.
 fn realtime() -> anyhow::Result<()> {
-    let p = libc::sched_param { sched_priority: 1 };
+    let p = libc::sched_param {
+        sched_priority: CLIENT_RT_PRIORITY,
+    };
     // SAFETY: a valid sched_param; 0 is the calling thread.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const p) } != 0 {
         return Err(io::Error::last_os_error()).context("SCHED_FIFO for the client thread");

@@ -60,6 +60,17 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The comparison with the defences users would pick instead (not part of `test`): no
+    /// protection, kernel SYN cookies, nftables synproxy, ours in intercept, auto and watch mode,
+    /// under spoofed SYN floods from zero to the generator's maximum, interleaved and repeated;
+    /// writes bench/results/compare.{json,md} and SVG plots. Needs root; about 10 minutes
+    /// (`-- --quick`: under a minute). Example: `./x compare -- --repeats 5 --seconds 6`.
+    Compare {
+        /// Extra arguments for the comparison (`--quick`, `--repeats N`, `--seconds S`,
+        /// `--rates 0,100000,max`, `--defences ...`, `--requests N`, `--out DIR`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// The soak (not part of `test`, nor of CI): intercept mode on the NIC-like lab under the
     /// heaviest mixed flood the rig sends, bounded in count and time (60 s by default), with the
     /// daemon running and a legitimate client throughout; exits non-zero if a request failed, the
@@ -401,6 +412,30 @@ fn main() -> anyhow::Result<()> {
             ];
             a.extend(args.iter().map(String::as_str));
             cargo(&a, &[])
+        }
+        Task::Compare { args } => {
+            cargo(&["build", "--release", "-p", "intercept-ctl"], &[])?;
+            let ctl = target_dir().join("release/intercept-ctl");
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let status = Command::new(env!("CARGO"))
+                .current_dir(&root)
+                .args([
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "intercept-bench",
+                    "--",
+                    "--ctl",
+                ])
+                .arg(&ctl)
+                .args(&args)
+                .status()
+                .context("run the comparison")?;
+            if !status.success() {
+                bail!("the comparison failed ({status})");
+            }
+            Ok(())
         }
         Task::Soak { args } => {
             cargo(&["build", "--release", "-p", "intercept-ctl"], &[])?;
