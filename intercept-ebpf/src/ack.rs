@@ -282,8 +282,8 @@ fn write_meta(ctx: &XdpContext, h: Handoff) -> bool {
         unsafe {
             (meta as *mut [u8; 4])
                 .add(i)
-                .write_volatile(words[i].to_ne_bytes())
-        };
+                .write_volatile(words[i].to_ne_bytes());
+        }
         i += 1;
     }
     true
