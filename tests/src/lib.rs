@@ -302,10 +302,26 @@ impl InterceptLab {
     /// On any set-up failure.
     #[must_use]
     pub fn new(port: u16) -> InterceptLab {
+        InterceptLab::attached(port, &[])
+    }
+
+    /// [`InterceptLab::new`] attached in watch mode (`attach --mode watch`), which needs no
+    /// handoff engine: watch mode's tests run on kernels without one (before 6.9).
+    ///
+    /// # Panics
+    /// On any set-up failure.
+    #[must_use]
+    pub fn watching(port: u16) -> InterceptLab {
+        InterceptLab::attached(port, &["--mode", "watch"])
+    }
+
+    fn attached(port: u16, attach_args: &[&str]) -> InterceptLab {
         let lab = intercept_ctl::lab::Lab::new().expect("lab");
         let l = InterceptLab { lab, port };
         let p = port.to_string();
-        let _ = ctl_ok(&["--netns", l.srv(), "attach", l.srv_if()]);
+        let mut attach = vec!["--netns", l.srv(), "attach", l.srv_if()];
+        attach.extend_from_slice(attach_args);
+        let _ = ctl_ok(&attach);
         let _ = ctl_ok(&[
             "--netns",
             l.lab.client.name(),

@@ -86,8 +86,7 @@ const SYN_FLOOD: FloodSpec = FloodSpec {
 #[test]
 fn half_open_connections_are_counted_exactly_and_closed_after_the_timeout() {
     require_root("half_open_connections_are_counted_exactly_and_closed_after_the_timeout");
-    let t = InterceptLab::new(PORT);
-    t.ctl(&["mode", t.srv_if(), "watch"]);
+    let t = InterceptLab::watching(PORT);
     t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", "2"]);
     let _d = Daemon::start(t.srv(), t.srv_if());
     let (l4, l6) = t.lab.listen(PORT).expect("listen");
@@ -377,8 +376,7 @@ fn sock_destroy_closes_only_the_socket_its_cookie_names() {
 #[test]
 fn a_handshake_the_controller_is_closing_never_becomes_a_connection_it_resets() {
     require_root("a_handshake_the_controller_is_closing_never_becomes_a_connection_it_resets");
-    let t = InterceptLab::new(PORT);
-    t.ctl(&["mode", t.srv_if(), "watch"]);
+    let t = InterceptLab::watching(PORT);
     t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", "1"]);
     let (l4, l6) = t.lab.listen(PORT).expect("listen");
     for l in [&l4, &l6] {
@@ -466,8 +464,7 @@ fn spoof(
 #[test]
 fn a_half_open_connection_counts_until_the_kernel_ends_it() {
     require_root("a_half_open_connection_counts_until_the_kernel_ends_it");
-    let t = InterceptLab::new(PORT);
-    t.ctl(&["mode", t.srv_if(), "watch"]);
+    let t = InterceptLab::watching(PORT);
     t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", "3"]);
     let _d = Daemon::start(t.srv(), t.srv_if());
     let (l4, l6) = t.lab.listen(PORT).expect("listen");
@@ -561,8 +558,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn a_flood_larger_than_the_table_keeps_the_count_exact() {
     require_root("a_flood_larger_than_the_table_keeps_the_count_exact");
     let _turn = flood_turn();
-    let t = InterceptLab::new(PORT);
-    t.ctl(&["mode", t.srv_if(), "watch"]);
+    let t = InterceptLab::watching(PORT);
     // Never aggressive (no displacement), and nothing times out during the flood.
     t.ctl(&[
         "thresholds",
