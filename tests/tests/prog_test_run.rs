@@ -222,3 +222,80 @@ fn verifier_cost_stays_below_its_budget() {
          adding more"
     );
 }
+
+/// The object calls no out-of-line `memset`, `memmove` or `memcpy`: older verifiers (6.1) count
+/// every call's frame, rounded up to 32 bytes, against the 512-byte stack of a call chain, and a
+/// chain that fits on 6.18 is refused there. (LLVM emits such calls for plain struct copies and
+/// zero fills of a few dozen bytes.)
+#[test]
+fn the_object_calls_no_out_of_line_mem_functions() {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let elf = object::File::parse(intercept_ctl::EBPF_OBJECT).expect("the eBPF object is ELF");
+    // Functions by (section, address).
+    let mut names = std::collections::HashMap::new();
+    for sym in elf.symbols() {
+        if let (Some(sec), Ok(name)) = (sym.section_index(), sym.name()) {
+            names.insert((sec, sym.address()), name.to_owned());
+        }
+    }
+    let mut calls = Vec::new();
+    for sec in elf.sections() {
+        let Ok(code) = sec.data() else { continue };
+        let imm_at = |off: usize| {
+            code.get(off..off + 8)
+                .filter(|i| i[0] == 0x85 && i[1] >> 4 == 1)
+                .map(|i| i64::from(i32::from_le_bytes(i[4..8].try_into().expect("4 bytes"))))
+        };
+        // Calls the linker left relocated: against a function's symbol, or against its
+        // section's symbol with the function's place in the immediate, counted in instructions
+        // from the next one.
+        let mut relocated = std::collections::HashSet::new();
+        for (off, rel) in sec.relocations() {
+            let (Ok(off), object::RelocationTarget::Symbol(idx)) =
+                (usize::try_from(off), rel.target())
+            else {
+                continue;
+            };
+            let (Some(imm), Ok(sym)) = (imm_at(off), elf.symbol_by_index(idx)) else {
+                continue;
+            };
+            relocated.insert(off);
+            let Some(target_sec) = sym.section_index() else {
+                calls.push(sym.name().unwrap_or_default().to_owned());
+                continue;
+            };
+            let addr = if sym.kind() == object::SymbolKind::Section {
+                u64::try_from((imm + 1) * 8).unwrap_or(u64::MAX)
+            } else {
+                sym.address()
+            };
+            if let Some(name) = names.get(&(target_sec, addr)) {
+                calls.push(name.clone());
+            }
+        }
+        // Calls resolved within the section: relative to the next instruction.
+        for pc in 0..code.len() / 8 {
+            let Some(imm) = imm_at(pc * 8).filter(|_| !relocated.contains(&(pc * 8))) else {
+                continue;
+            };
+            if let Some(name) = u64::try_from((pc as i64 + 1 + imm) * 8)
+                .ok()
+                .and_then(|t| names.get(&(sec.index(), t)))
+            {
+                calls.push(name.clone());
+            }
+        }
+    }
+    // The walk finds calls: the main program's to its SYN and ACK paths at least.
+    assert!(
+        calls.iter().filter(|c| c.contains("handle")).count() >= 2,
+        "the object's BPF-to-BPF calls were found: {calls:?}"
+    );
+    for name in ["memset", "memmove", "memcpy"] {
+        assert!(
+            !calls.iter().any(|c| c == name),
+            "a program of the eBPF object calls `{name}`: some copy or fill became a call (see \
+             CONTRIBUTING.md, the stack budget on 6.1)"
+        );
+    }
+}
