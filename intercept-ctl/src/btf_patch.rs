@@ -95,6 +95,60 @@ fn sections(btf: &[u8]) -> anyhow::Result<(&[u8], &[u8])> {
 /// # Errors
 /// If the blob is not BTF, or has no such struct or member, or the member is a bitfield.
 pub fn member_offset(btf: &[u8], strukt: &str, member: &str) -> anyhow::Result<u32> {
+    member_offset_uncached(btf, strukt, member)
+}
+
+/// The running kernel's BTF (`/sys/kernel/btf/vmlinux`), read once per process: `status`,
+/// `attach` and the probes ask it several things, and reading and scanning its megabytes each
+/// time made a `status` take half a second.
+#[must_use]
+pub fn vmlinux() -> Option<&'static [u8]> {
+    static VMLINUX: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    VMLINUX
+        .get_or_init(|| std::fs::read("/sys/kernel/btf/vmlinux").ok())
+        .as_deref()
+}
+
+/// Whether the kernel's BTF has a string `name` (a type's, a function's, a member's name), from
+/// the set of its strings, built once per process.
+#[must_use]
+pub fn vmlinux_names(name: &str) -> bool {
+    static NAMES: std::sync::OnceLock<std::collections::HashSet<&'static [u8]>> =
+        std::sync::OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            let Some(b) = vmlinux() else {
+                return std::collections::HashSet::new();
+            };
+            // struct btf_header: magic u16, version u8, flags u8, hdr_len u32, type_off u32,
+            // type_len u32, str_off u32, str_len u32 (include/uapi/linux/btf.h).
+            let word = |at: usize| {
+                b.get(at..at + 4)
+                    .map_or(0, |w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize)
+            };
+            let start = word(4) + word(16);
+            b.get(start..start + word(20))
+                .map(|s| s.split(|c| *c == 0).collect())
+                .unwrap_or_default()
+        })
+        .contains(name.as_bytes())
+}
+
+/// [`member_offset`] in the running kernel's BTF, remembered per process.
+#[must_use]
+pub fn vmlinux_member_offset(strukt: &'static str, member: &'static str) -> Option<u32> {
+    type Offsets = std::collections::HashMap<(&'static str, &'static str), Option<u32>>;
+    static CACHE: std::sync::Mutex<Option<Offsets>> = std::sync::Mutex::new(None);
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *cache
+        .get_or_insert_with(Offsets::new)
+        .entry((strukt, member))
+        .or_insert_with(|| member_offset_uncached(vmlinux()?, strukt, member).ok())
+}
+
+fn member_offset_uncached(btf: &[u8], strukt: &str, member: &str) -> anyhow::Result<u32> {
     let (types, strings) = sections(btf)?;
     let name = |off: u32| -> &[u8] {
         let rest = strings.get(off as usize..).unwrap_or_default();

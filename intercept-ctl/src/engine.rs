@@ -7,10 +7,10 @@ use std::fs;
 
 use crate::{errors::CtlError, pins::PinDir};
 
-/// The kfunc the `kfunc` engine calls, NUL-terminated as it stands in the kernel BTF's strings.
-const KFUNC_NAME: &[u8] = b"bpf_sk_assign_tcp_reqsk\0";
+/// The kfunc the `kfunc` engine calls.
+const KFUNC_NAME: &str = "bpf_sk_assign_tcp_reqsk";
 /// A type only kernels with TCX links (Linux >= 6.6) have.
-const TCX_NAME: &[u8] = b"tcx_link\0";
+const TCX_NAME: &str = "tcx_link";
 /// Pin (a symlink naming the engine) in the attachment's pin directory.
 pub const ENGINE_PIN: &str = "engine";
 
@@ -67,10 +67,10 @@ impl Features {
     /// Probes the running kernel.
     #[must_use]
     pub fn probe() -> Features {
-        let Ok(btf) = fs::read("/sys/kernel/btf/vmlinux") else {
+        if crate::btf_patch::vmlinux().is_none() {
             return Features::default();
-        };
-        let has = |name: &[u8]| btf.windows(name.len()).any(|w| w == name);
+        }
+        let has = crate::btf_patch::vmlinux_names;
         Features {
             btf: true,
             kfunc_bpf_sk_assign_tcp_reqsk: has(KFUNC_NAME),

@@ -159,24 +159,10 @@ pub fn probe_kernel() -> Result<crate::engine::Features, CtlError> {
     Ok(features)
 }
 
-/// The kfunc's name as it stands, NUL-terminated, in the kernel BTF's string table.
-const KFUNC_NAME: &[u8] = b"bpf_sk_assign_tcp_reqsk\0";
-
-/// The kernel's BTF, if it has any.
-fn kernel_btf() -> Option<Vec<u8>> {
-    std::fs::read("/sys/kernel/btf/vmlinux").ok()
-}
-
-/// Whether a BTF blob names `name` (a NUL-terminated string-table entry).
-fn btf_has(btf: &[u8], name: &[u8]) -> bool {
-    btf.windows(name.len()).any(|w| w == name)
-}
-
 /// What `status` reports of the kernel: the features xdp-intercept uses, probed now.
 #[must_use]
 pub fn kernel_features() -> serde_json::Value {
-    let btf = kernel_btf();
-    let has = |name: &[u8]| btf.as_deref().is_some_and(|b| btf_has(b, name));
+    let has = crate::btf_patch::vmlinux_names;
     let sysctl = |p: &str| {
         std::fs::read_to_string(p)
             .ok()
@@ -185,13 +171,13 @@ pub fn kernel_features() -> serde_json::Value {
     let features = crate::engine::Features::probe();
     serde_json::json!({
         "engines": features.engines().iter().map(|e| e.name()).collect::<Vec<_>>(),
-        "btf": btf.is_some(),
-        "kfunc_bpf_sk_assign_tcp_reqsk": has(KFUNC_NAME),
-        "tcx": has(b"tcx_link\0"),
+        "btf": crate::btf_patch::vmlinux().is_some(),
+        "kfunc_bpf_sk_assign_tcp_reqsk": features.kfunc_bpf_sk_assign_tcp_reqsk,
+        "tcx": features.tcx,
         "accept_queue_check": crate::loader::accept_queue_offsets().is_some(),
         "socket_netns_offsets": crate::loader::sock_offsets().filters_netns(),
         "request_socket_hook": crate::loader::sock_offsets().reads_request_socks()
-            && has(format!("{}\0", intercept_common::maps::REQSK_FUNCTION).as_bytes()),
+            && has(intercept_common::maps::REQSK_FUNCTION),
         "tcp_syncookies": sysctl("/proc/sys/net/ipv4/tcp_syncookies"),
         "tcp_timestamps": sysctl("/proc/sys/net/ipv4/tcp_timestamps"),
         "bpffs": crate::pins::check_bpffs().is_ok(),

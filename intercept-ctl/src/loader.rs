@@ -89,10 +89,10 @@ pub fn load_object() -> anyhow::Result<Ebpf> {
 /// cookie, from its BTF. Unknown fields are zero (see [`SockOffsets`]).
 #[must_use]
 pub fn sock_offsets() -> SockOffsets {
-    let Ok(btf) = std::fs::read("/sys/kernel/btf/vmlinux") else {
+    if crate::btf_patch::vmlinux().is_none() {
         return SockOffsets::default();
-    };
-    let at = |s, m| crate::btf_patch::member_offset(&btf, s, m).unwrap_or(0);
+    }
+    let at = |s, m| crate::btf_patch::vmlinux_member_offset(s, m).unwrap_or(0);
     SockOffsets {
         netns_cookie: crate::health::netns_cookie().unwrap_or(0),
         skc_net: at("sock_common", "skc_net"),
@@ -109,8 +109,7 @@ pub fn sock_offsets() -> SockOffsets {
 /// handshake the kernel would overflow. `None` if the BTF lacks them (the check is then off).
 #[must_use]
 pub fn accept_queue_offsets() -> Option<(u32, u32)> {
-    let btf = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
-    let at = |m| crate::btf_patch::member_offset(&btf, "sock", m).ok();
+    let at = |m| crate::btf_patch::vmlinux_member_offset("sock", m);
     Some((at("sk_ack_backlog")?, at("sk_max_ack_backlog")?))
 }
 
