@@ -128,8 +128,7 @@ pub fn vmlinux_names(name: &str) -> bool {
             };
             let start = word(4) + word(16);
             b.get(start..start + word(20))
-                .map(|s| s.split(|c| *c == 0).collect())
-                .unwrap_or_default()
+                .map_or_default(|s| s.split(|c| *c == 0).collect())
         })
         .contains(name.as_bytes())
 }
