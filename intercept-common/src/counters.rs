@@ -64,7 +64,7 @@ pub enum Counter {
     /// sender leaves for checksum offload to fill): dropped, as the kernel drops them
     /// (`TcpInCsumErrors`), but without costing it an skb each.
     SynBadChecksum,
-    /// Frames dropped (sum of the ack_* drop reasons).
+    /// Frames dropped: the sum of [`Counter::DROP_REASONS`].
     Dropped,
     /// Internal failures (a helper refused): XDP_ABORTED.
     Aborted,
@@ -143,6 +143,18 @@ pub enum Counter {
 }
 
 impl Counter {
+    /// Every reason the data path drops a frame for: each drop counts one of them and
+    /// [`Counter::Dropped`].
+    pub const DROP_REASONS: [Counter; 7] = [
+        Counter::AckBadMac,
+        Counter::SynSigned,
+        Counter::SynBadChecksum,
+        Counter::SynFragmentDropped,
+        Counter::Ipv6ChainDropped,
+        Counter::SynUnroutable,
+        Counter::ClosingDropped,
+    ];
+
     /// All counters, in map order.
     pub const ALL: [Counter; Counter::Count as usize] = [
         Counter::Packets,

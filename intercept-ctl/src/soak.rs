@@ -431,7 +431,7 @@ pub fn identities() -> Vec<Identity> {
         },
         Identity {
             lhs: Counter::Dropped,
-            rhs: vec![Counter::AckBadMac, Counter::SynSigned],
+            rhs: Counter::DROP_REASONS.to_vec(),
         },
     ]
 }
