@@ -147,6 +147,15 @@ impl Loaded {
         read_map(&arr).expect("read counters")
     }
 
+    /// The loaded XDP program `prog`.
+    fn xdp(&self, prog: &str) -> &Xdp {
+        self.ebpf
+            .program(prog)
+            .expect("program in the object")
+            .try_into()
+            .expect("an XDP program")
+    }
+
     /// Runs `prog` once on `frame`; returns (verdict, output frame).
     ///
     /// # Errors
@@ -155,12 +164,7 @@ impl Loaded {
     /// # Panics
     /// If the program is missing from the object or is not XDP.
     pub fn run(&self, prog: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
-        let p: &Xdp = self
-            .ebpf
-            .program(prog)
-            .expect("program")
-            .try_into()
-            .expect("XDP");
+        let p = self.xdp(prog);
         let mut out = vec![0u8; frame.len() + 512];
         let r = p.test_run(TestRunOptions {
             data_in: Some(frame),
@@ -188,12 +192,7 @@ impl Loaded {
         meta: &[u8],
         frame: &[u8],
     ) -> Result<(u32, Vec<u8>), ProgramError> {
-        let p: &Xdp = self
-            .ebpf
-            .program(prog)
-            .expect("program")
-            .try_into()
-            .expect("XDP");
+        let p = self.xdp(prog);
         let input = [meta, frame].concat();
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex. For a test run, `data` is where the frame starts after the metadata.
