@@ -109,28 +109,26 @@ pub fn vmlinux() -> Option<&'static [u8]> {
         .as_deref()
 }
 
-/// Whether the kernel's BTF has a string `name` (a type's, a function's, a member's name), from
-/// the set of its strings, built once per process.
+/// Whether the kernel's BTF declares a function (a kfunc, a kernel function a tracing program
+/// attaches to) named `name`: looked up by kind and name with aya's BTF parser, the BTF parsed
+/// once per process.
 #[must_use]
-pub fn vmlinux_names(name: &str) -> bool {
-    static NAMES: std::sync::OnceLock<std::collections::HashSet<&'static [u8]>> =
-        std::sync::OnceLock::new();
-    NAMES
-        .get_or_init(|| {
-            let Some(b) = vmlinux() else {
-                return std::collections::HashSet::new();
-            };
-            // struct btf_header: magic u16, version u8, flags u8, hdr_len u32, type_off u32,
-            // type_len u32, str_off u32, str_len u32 (include/uapi/linux/btf.h).
-            let word = |at: usize| {
-                b.get(at..at + 4)
-                    .map_or(0, |w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize)
-            };
-            let start = word(4) + word(16);
-            b.get(start..start + word(20))
-                .map_or_default(|s| s.split(|c| *c == 0).collect())
-        })
-        .contains(name.as_bytes())
+pub fn vmlinux_has_func(name: &str) -> bool {
+    vmlinux_has(name, aya_obj::btf::BtfKind::Func)
+}
+
+/// Whether the kernel's BTF declares a struct named `name`.
+#[must_use]
+pub fn vmlinux_has_struct(name: &str) -> bool {
+    vmlinux_has(name, aya_obj::btf::BtfKind::Struct)
+}
+
+fn vmlinux_has(name: &str, kind: aya_obj::btf::BtfKind) -> bool {
+    static PARSED: std::sync::OnceLock<Option<aya::Btf>> = std::sync::OnceLock::new();
+    PARSED
+        .get_or_init(|| aya::Btf::from_sys_fs().ok())
+        .as_ref()
+        .is_some_and(|btf| btf.id_by_type_name_kind(name, kind).is_ok())
 }
 
 /// [`member_offset`] in the running kernel's BTF, remembered per process.

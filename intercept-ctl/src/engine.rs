@@ -70,11 +70,10 @@ impl Features {
         if crate::btf_patch::vmlinux().is_none() {
             return Features::default();
         }
-        let has = crate::btf_patch::vmlinux_names;
         Features {
             btf: true,
-            kfunc_bpf_sk_assign_tcp_reqsk: has(KFUNC_NAME),
-            tcx: has(TCX_NAME),
+            kfunc_bpf_sk_assign_tcp_reqsk: crate::btf_patch::vmlinux_has_func(KFUNC_NAME),
+            tcx: crate::btf_patch::vmlinux_has_struct(TCX_NAME),
         }
     }
 

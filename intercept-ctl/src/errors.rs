@@ -162,7 +162,6 @@ pub fn probe_kernel() -> Result<crate::engine::Features, CtlError> {
 /// What `status` reports of the kernel: the features xdp-intercept uses, probed now.
 #[must_use]
 pub fn kernel_features() -> serde_json::Value {
-    let has = crate::btf_patch::vmlinux_names;
     let sysctl = |p: &str| {
         std::fs::read_to_string(p)
             .ok()
@@ -177,7 +176,7 @@ pub fn kernel_features() -> serde_json::Value {
         "accept_queue_check": crate::loader::accept_queue_offsets().is_some(),
         "socket_netns_offsets": crate::loader::sock_offsets().filters_netns(),
         "request_socket_hook": crate::loader::sock_offsets().reads_request_socks()
-            && has(intercept_common::maps::REQSK_FUNCTION),
+            && crate::btf_patch::vmlinux_has_func(intercept_common::maps::REQSK_FUNCTION),
         "tcp_syncookies": sysctl("/proc/sys/net/ipv4/tcp_syncookies"),
         "tcp_timestamps": sysctl("/proc/sys/net/ipv4/tcp_timestamps"),
         "bpffs": crate::pins::check_bpffs().is_ok(),
