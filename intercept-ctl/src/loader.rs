@@ -644,6 +644,11 @@ fn attach_request_sock_ops(ebpf: &mut Ebpf) -> anyhow::Result<FdLink> {
 /// the program to that subtree only and miss listeners elsewhere, so those are refused).
 fn cgroup2_root() -> anyhow::Result<std::path::PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
+    cgroup2_root_in(&info)
+}
+
+/// [`cgroup2_root`] in the text of a mountinfo file.
+fn cgroup2_root_in(info: &str) -> anyhow::Result<std::path::PathBuf> {
     let mut subtree = None;
     for l in info.lines() {
         // ID PARENT MAJ:MIN ROOT MOUNT-POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER-OPTIONS
@@ -866,6 +871,8 @@ impl Drop for AttachGuard {
 
 #[cfg(test)]
 mod tests {
+    use super::cgroup2_root_in;
+
     /// The record layout of `sock:inet_sock_set_state` on Linux 6.18 (tracefs `format`, fields).
     const FORMAT_6_18: &str = "name: inet_sock_set_state
 ID: 2287
@@ -883,6 +890,22 @@ format:
 \tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
 \tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
 ";
+
+    /// The cgroup v2 root is the mount whose root is `/`; a subtree alone (a cgroup namespace,
+    /// a bind mount) is refused, as a program attached there would miss other cgroups.
+    #[test]
+    fn the_cgroup_root_is_the_mount_of_its_root() {
+        let sub = "41 31 0:38 /system.slice /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw";
+        let root = "42 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw";
+        let proc = "22 1 0:21 / /proc rw - proc proc rw";
+        assert_eq!(
+            cgroup2_root_in(&format!("{proc}\n{sub}\n{root}\n")).unwrap(),
+            std::path::PathBuf::from("/sys/fs/cgroup/unified")
+        );
+        let e = cgroup2_root_in(&format!("{proc}\n{sub}\n")).unwrap_err();
+        assert!(e.to_string().contains("subtree"), "{e}");
+        assert!(cgroup2_root_in(proc).is_err());
+    }
 
     #[test]
     fn tracepoint_layout_is_checked() {

@@ -5,7 +5,9 @@ use aya_ebpf::{
 use intercept_common::{
     Counter, cookie,
     handshake::{SynRequest, build_synack, header_checksum_ok},
-    parse::{Frame, IPV4_MIN_HLEN, IPV6_HLEN, Ip, TCP_MAX_HLEN_MASK, Tcp},
+    parse::{
+        ETH_P_8021AD, ETH_P_8021Q, Frame, IPV4_MIN_HLEN, IPV6_HLEN, Ip, TCP_MAX_HLEN_MASK, Tcp,
+    },
 };
 
 use crate::{
@@ -181,8 +183,8 @@ fn next_hop(
     // to the sender. (Read from the frame here, not carried from the dissection: a value live
     // across the cookie's hashing costs the verifier states and the subprogram stack.)
     let pkt = Pkt::new(ctx);
-    match pkt.load::<2>(12) {
-        Some([0x81, 0x00] | [0x88, 0xa8]) | None => return HOP_SENDER,
+    match pkt.load::<2>(12).map(u16::from_be_bytes) {
+        Some(ETH_P_8021Q | ETH_P_8021AD) | None => return HOP_SENDER,
         Some(_) => {}
     }
     // SAFETY: all-zero is a valid lookup request.

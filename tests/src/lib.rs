@@ -53,6 +53,12 @@ pub fn ctl_bin() -> PathBuf {
         })
 }
 
+/// What a command wrote on stderr.
+#[must_use]
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// Runs intercept-ctl with `args`.
 ///
 /// # Panics
@@ -679,6 +685,46 @@ impl Drop for Daemon {
         unsafe { libc::kill(i32::try_from(self.child.id()).unwrap_or(0), libc::SIGTERM) };
         let _ = self.child.wait();
     }
+}
+
+/// `n` requests of `shape` to `target` from the lab's client (see `Lab::requests`: connect, the
+/// request right after, the echo); fails the test unless every one was answered within 2 s
+/// without a single retransmission by the client. What a legitimate client experiences, not
+/// only whether it connected.
+///
+/// # Panics
+/// As said, with the latency figures.
+#[allow(
+    clippy::must_use_candidate,
+    reason = "most callers want only its assertions"
+)]
+pub fn answered_first_time(
+    t: &InterceptLab,
+    what: &str,
+    target: std::net::SocketAddr,
+    shape: intercept_ctl::lab::Shape,
+    n: usize,
+) -> intercept_ctl::lab::Requests {
+    let r = t
+        .lab
+        .requests(target, shape, n, std::time::Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("{what}: requests to {target}: {e:#}"));
+    assert_eq!(
+        r.failures, 0,
+        "{what}, {target}, {shape:?}: {} of {n} requests unanswered within 2 s (first: {:?})",
+        r.failures, r.first_error
+    );
+    assert_eq!(
+        r.retrans,
+        intercept_ctl::lab::TcpRetrans::default(),
+        "{what}, {target}, {shape:?}: the client retransmitted (request latency median {:?}, p90 \
+         {:?}, p99 {:?}; {} of {n} over 100 ms)",
+        r.median(),
+        r.percentile(90),
+        r.percentile(99),
+        r.latencies.iter().filter(|l| l.as_millis() > 100).count()
+    );
+    r
 }
 
 /// `status --json` of the lab's server interface.

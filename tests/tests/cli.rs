@@ -1,10 +1,6 @@
 //! The real intercept-ctl binary: exit codes, stdout JSON and stderr messages for bad input.
 use intercept_ctl::netns::Netns;
-use intercept_tests::{ctl, ctl_bin, ctl_ok, require_root};
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use intercept_tests::{ctl, ctl_bin, ctl_ok, require_root, stderr};
 
 /// `status --json` without the fields that move with the clock (ages and the lookup window's
 /// countdown, in whole seconds), so two readings compare equal unless the configuration changed.

@@ -38,8 +38,7 @@ fn rig() -> InterceptLab {
     InterceptLab::echoing(PORT)
 }
 
-/// `n` requests of `shape`; fails the test unless every one was answered without a single
-/// retransmission by the client.
+/// [`intercept_tests::answered_first_time`] to the protected port of `ip`.
 fn answered_first_time(
     t: &InterceptLab,
     what: &str,
@@ -47,26 +46,7 @@ fn answered_first_time(
     shape: Shape,
     n: usize,
 ) -> Requests {
-    let r = t
-        .lab
-        .requests(addr(ip), shape, n, Duration::from_secs(2))
-        .unwrap_or_else(|e| panic!("{what}: requests to {ip}: {e:#}"));
-    assert_eq!(
-        r.failures, 0,
-        "{what}, {ip}, {shape:?}: {} of {n} requests unanswered within 2 s (first: {:?})",
-        r.failures, r.first_error
-    );
-    assert_eq!(
-        r.retrans,
-        TcpRetrans::default(),
-        "{what}, {ip}, {shape:?}: the client retransmitted (request latency median {:?}, p90 \
-         {:?}, p99 {:?}; {} of {n} over 100 ms)",
-        r.median(),
-        r.percentile(90),
-        r.percentile(99),
-        r.latencies.iter().filter(|l| l.as_millis() > 100).count()
-    );
-    r
+    intercept_tests::answered_first_time(t, what, addr(ip), shape, n)
 }
 
 #[test]

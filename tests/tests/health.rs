@@ -15,13 +15,11 @@ use intercept_ctl::{
     netns::Netns,
     pins::PinDir,
 };
-use intercept_tests::{Daemon, InterceptLab, ctl, ctl_ok, deltas, echo_server, ping, require_root};
+use intercept_tests::{
+    Daemon, InterceptLab, ctl, ctl_ok, deltas, echo_server, ping, require_root, stderr,
+};
 
 const PORT: u16 = 8080;
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// `status --json` of the server interface, whatever its exit code.
 fn status_of(t: &InterceptLab) -> (Output, serde_json::Value) {
