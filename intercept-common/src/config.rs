@@ -168,9 +168,23 @@ pub mod flags {
             "trie"
         }
     }
-    /// Bits the controller derives from the maps (not set by an operator).
-    pub const DERIVED: u32 =
-        SCOPE_PORTS | SCOPE_ANY_PORT | EXEMPT | SCOPE_HOSTS | SCOPE_LIST | EXEMPT_LIST;
+    /// The attachment's handoff engine is the kernel's own cookie (`intercept_common::kcookie`):
+    /// SYN-ACKs carry the cookie `bpf_tcp_gen_syncookie` makes, ACKs are checked with
+    /// `bpf_tcp_check_syncookie` and left to the listener. Derived from the recorded engine.
+    pub const KERNEL_COOKIE: u32 = 256;
+    /// The kernel-cookie engine's SYN-ACKs offer no SACK: `net.ipv4.tcp_sack` is 0, and the kernel
+    /// would refuse a cookie whose options ask for it. Derived from the sysctl.
+    pub const NO_SACK: u32 = 512;
+    /// Bits the controller derives from the maps, the engine and the kernel (not set by an
+    /// operator).
+    pub const DERIVED: u32 = SCOPE_PORTS
+        | SCOPE_ANY_PORT
+        | EXEMPT
+        | SCOPE_HOSTS
+        | SCOPE_LIST
+        | EXEMPT_LIST
+        | KERNEL_COOKIE
+        | NO_SACK;
 }
 
 /// The data path's configuration, one entry in [`crate::maps::CONFIG`]; written by the controller.
@@ -421,6 +435,34 @@ pub struct SockOffsets {
     pub skc_v6_rcv_saddr: u32,
 }
 const _: () = assert!(size_of::<SockOffsets>() == 32);
+
+/// Where the kernel-cookie engine reads, in a listening socket, whether it chose its own receive
+/// window: the object's global `LISTENER_OFFSETS`, set by the loader from the kernel's BTF. Such
+/// a listener's connections get a window scale of their own (see
+/// [`crate::kcookie::rcv_wscale`]), which only the kernel's own cookie SYN-ACK offers right. The
+/// engine is not offered where these are unknown (zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerOffsets {
+    /// The byte of `struct sock` holding `sk_userlocks` (a 4-bit field before Linux 6.x, a byte
+    /// after).
+    pub userlocks: u32,
+    /// `sk_userlocks`' first bit within that byte.
+    pub userlocks_shift: u32,
+    /// `tcp_sock.window_clamp` (`TCP_WINDOW_CLAMP`), a u32.
+    pub window_clamp: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<ListenerOffsets>() == 16);
+
+impl ListenerOffsets {
+    /// Whether the loader found the fields.
+    #[must_use]
+    pub const fn known(&self) -> bool {
+        self.userlocks != 0 && self.window_clamp != 0
+    }
+}
 
 impl SockOffsets {
     /// Whether the tracking programs can tell the attachment's namespace from others.
@@ -926,6 +968,7 @@ mod pod {
     unsafe impl aya::Pod for super::Proven {}
     unsafe impl aya::Pod for super::Watch {}
     unsafe impl aya::Pod for super::Info {}
+    unsafe impl aya::Pod for super::ListenerOffsets {}
     unsafe impl aya::Pod for super::ScopeList {}
     unsafe impl aya::Pod for super::PrefixList {}
     unsafe impl aya::Pod for super::SockOffsets {}

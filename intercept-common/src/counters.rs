@@ -41,7 +41,8 @@ pub enum Counter {
     AckValid,
     /// ACKs with no socket whose cookie MAC failed (forged, or older than two slots): dropped.
     AckBadMac,
-    /// ACKs whose cookie verified but whose listener is gone (TC): the kernel resets them.
+    /// ACKs whose cookie verified but whose listener is gone (TC); with the kernel-cookie
+    /// engine, protected ACKs with no socket at all: passed, and the kernel resets them.
     AckNoListener,
     /// Connections created in the listener by the kfunc (TC).
     HandedOff,
@@ -138,6 +139,17 @@ pub enum Counter {
     /// Steps of the daemon that failed (a map read, a kernel call, a rotation): each is said on
     /// its stderr, and the daemon retries; a rising count means the daemon is not doing its work.
     ControllerErrors,
+    /// Kernel-cookie engine: protected SYNs to a port with no listening socket, passed (the
+    /// kernel answers them with a RST, as without us).
+    SynNoListener,
+    /// Kernel-cookie engine: protected SYNs to a listener that sets its own receive window
+    /// (`SO_RCVBUF`, `TCP_WINDOW_CLAMP`), passed for the kernel to answer with its own cookie:
+    /// only it knows the window scale it will give the connection.
+    SynOwnWindow,
+    /// Kernel-cookie engine: protected SYNs the kernel made no cookie for
+    /// (`bpf_tcp_gen_syncookie` failed: `net.ipv4.tcp_syncookies` is not 2, or the listener's
+    /// accept queue is full), passed for the kernel to decide.
+    SynCookieRefused,
     /// Number of counters; not a counter.
     Count,
 }
@@ -207,6 +219,9 @@ impl Counter {
         Counter::SynUnroutable,
         Counter::SynAckToNextHop,
         Counter::ControllerErrors,
+        Counter::SynNoListener,
+        Counter::SynOwnWindow,
+        Counter::SynCookieRefused,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -263,6 +278,9 @@ impl Counter {
             Counter::SynUnroutable => "syn_unroutable",
             Counter::SynAckToNextHop => "syn_ack_to_next_hop",
             Counter::ControllerErrors => "controller_errors",
+            Counter::SynNoListener => "syn_no_listener",
+            Counter::SynOwnWindow => "syn_own_window",
+            Counter::SynCookieRefused => "syn_cookie_refused",
             Counter::Count => "count",
         }
     }
@@ -289,7 +307,7 @@ impl Counter {
             Counter::AckValid => "ACKs with a valid cookie",
             Counter::AckBadMac => "ACKs dropped: cookie MAC failed",
             Counter::AckNoListener => {
-                "Verified ACKs with no listener left (the kernel resets them)"
+                "ACKs with no listener (left to the kernel, which resets them)"
             }
             Counter::HandedOff => "Connections handed to the listener",
             Counter::HandoffFailed => "Handoffs the kernel refused",
@@ -327,6 +345,13 @@ impl Counter {
             Counter::SynUnroutable => "Intercept: SYN from an unroutable source, dropped",
             Counter::SynAckToNextHop => "SYN-ACKs sent to the route's next hop, not the sender",
             Counter::ControllerErrors => "Controller: daemon steps that failed (see its stderr)",
+            Counter::SynNoListener => "Kernel cookie: SYNs to a port with no listener, passed",
+            Counter::SynOwnWindow => {
+                "Kernel cookie: SYNs to a listener with its own window, left to the kernel"
+            }
+            Counter::SynCookieRefused => {
+                "Kernel cookie: SYNs the kernel made no cookie for (tcp_syncookies != 2?), passed"
+            }
             Counter::Count => "",
         }
     }

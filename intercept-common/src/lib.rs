@@ -17,6 +17,7 @@ pub mod counters;
 #[cfg(any(test, feature = "user"))]
 pub mod craft;
 pub mod handshake;
+pub mod kcookie;
 pub mod maps;
 pub mod parse;
 pub mod tcpopt;

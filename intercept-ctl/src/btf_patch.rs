@@ -145,7 +145,32 @@ pub fn vmlinux_member_offset(strukt: &'static str, member: &'static str) -> Opti
         .or_insert_with(|| member_offset_uncached(vmlinux()?, strukt, member).ok())
 }
 
+/// The bit offset of `member` in `strukt` in the kernel's BTF, bitfields too (cached as
+/// [`vmlinux_member_offset`]).
+#[must_use]
+pub fn vmlinux_member_bits(strukt: &'static str, member: &'static str) -> Option<u32> {
+    type Offsets = std::collections::HashMap<(&'static str, &'static str), Option<u32>>;
+    static CACHE: std::sync::Mutex<Option<Offsets>> = std::sync::Mutex::new(None);
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *cache
+        .get_or_insert_with(Offsets::new)
+        .entry((strukt, member))
+        .or_insert_with(|| member_bits(vmlinux()?, strukt, member).ok().map(|(b, _)| b))
+}
+
 fn member_offset_uncached(btf: &[u8], strukt: &str, member: &str) -> anyhow::Result<u32> {
+    let (bits, size) = member_bits(btf, strukt, member)?;
+    ensure!(
+        size == 0 && bits % 8 == 0,
+        "{strukt}.{member} is a bitfield"
+    );
+    Ok(bits / 8)
+}
+
+/// The bit offset and bitfield size (0: not a bitfield) of `member` in `strukt`.
+fn member_bits(btf: &[u8], strukt: &str, member: &str) -> anyhow::Result<(u32, u32)> {
     let (types, strings) = sections(btf)?;
     let name = |off: u32| -> &[u8] {
         let rest = strings.get(off as usize..).unwrap_or_default();
@@ -157,13 +182,8 @@ fn member_offset_uncached(btf: &[u8], strukt: &str, member: &str) -> anyhow::Res
         if (info >> 24) & 0x1f != KIND_STRUCT || name(u32_at(types, off)) != strukt.as_bytes() {
             continue;
         }
-        let (bits, size) = find_member(types, &offsets, &name, off, member, 0)
-            .with_context(|| format!("struct {strukt} has no member {member}"))?;
-        ensure!(
-            size == 0 && bits % 8 == 0,
-            "{strukt}.{member} is a bitfield"
-        );
-        return Ok(bits / 8);
+        return find_member(types, &offsets, &name, off, member, 0)
+            .with_context(|| format!("struct {strukt} has no member {member}"));
     }
     bail!("no struct {strukt} in BTF")
 }

@@ -294,15 +294,31 @@ impl Maps {
             .into());
         }
         c.flags = (c.flags & !flags::DERIVED) | self.derived_flags()?;
+        let pins = self.pinned.as_ref().map(|(p, _)| p.clone());
+        let pins = pins.as_ref();
+        let engine = pins.map_or(crate::engine::Engine::Kfunc, crate::engine::recorded);
+        if engine == crate::engine::Engine::KernelCookie {
+            // The kernel's cookie: the window scale and SACK the kernel itself will give the
+            // connection, whatever an operator asked for.
+            c.flags |= flags::KERNEL_COOKIE;
+            if !crate::sysctl::sack()? {
+                c.flags |= flags::NO_SACK;
+            }
+            c.wscale = crate::sysctl::kernel_wscale()?;
+        }
         let before = self.config()?;
         let (was, is) = (
             Mode::effective(&before) == Mode::Intercept,
             Mode::effective(&c) == Mode::Intercept,
         );
-        if is && !was {
-            if let Some(msg) = ensure_syncookies()? {
+        if is {
+            // On every write while intercept mode is in force, not only on the way in: a value
+            // someone changed since is set again (and said).
+            for msg in crate::sysctl::enter_intercept(pins, engine)? {
                 eprintln!("intercept-ctl: {msg}");
             }
+        }
+        if is && !was {
             let until = crate::watchctl::monotonic_ns() + REQUEST_SOCK_LIFETIME_NS;
             self.set_lookup_until(until.max(self.socket_table()?.lookup_until_ns))?;
         }
@@ -310,7 +326,13 @@ impl Maps {
             c.cookie_grace_until_ns = crate::watchctl::monotonic_ns()
                 + u64::try_from(crate::watchctl::COOKIE_GRACE.as_nanos())?;
         }
-        self.config.set(0, &c, 0).context("write CONFIG")
+        self.config.set(0, &c, 0).context("write CONFIG")?;
+        if was && !is {
+            for msg in crate::sysctl::leave_intercept(pins, engine)? {
+                eprintln!("intercept-ctl: {msg}");
+            }
+        }
+        Ok(())
     }
 
     /// Marks the socket table seeded, once [`crate::loader::seed_sockets`] has seeded it (with
@@ -656,23 +678,4 @@ pub fn mtu(iface: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("SIOCGIFMTU {iface}"))?;
     // SAFETY: the kernel filled the MTU member.
     Ok(u32::try_from(unsafe { req.ifr_ifru.ifru_mtu })?)
-}
-
-/// `net.ipv4.tcp_syncookies` of the current namespace: the kfunc handoff needs it non-zero
-/// (with 0 the kernel resets every cookie ACK). Sets it to 1 if it is 0 and says so.
-///
-/// # Errors
-/// If /proc/sys cannot be read or written.
-pub fn ensure_syncookies() -> anyhow::Result<Option<String>> {
-    let p = "/proc/sys/net/ipv4/tcp_syncookies";
-    let v = std::fs::read_to_string(p).with_context(|| format!("read {p}"))?;
-    if v.trim() == "0" {
-        std::fs::write(p, "1")
-            .with_context(|| format!("set {p} to 1 (intercept mode needs it)"))?;
-        return Ok(Some(
-            "set net.ipv4.tcp_syncookies=1 (was 0): the kernel resets cookie handshakes without it"
-                .to_owned(),
-        ));
-    }
-    Ok(None)
 }

@@ -11,6 +11,12 @@ use crate::{errors::CtlError, pins::PinDir};
 const KFUNC_NAME: &str = "bpf_sk_assign_tcp_reqsk";
 /// A type only kernels with TCX links (Linux >= 6.6) have.
 const TCX_NAME: &str = "tcx_link";
+/// The helpers the `kernel-cookie` engine calls (Linux >= 5.3; the kernel's BTF names the
+/// functions behind them).
+const GEN_SYNCOOKIE: &str = "bpf_tcp_gen_syncookie";
+const CHECK_SYNCOOKIE: &str = "bpf_tcp_check_syncookie";
+/// The helper that copies frame bytes for them (Linux >= 5.18).
+const XDP_LOAD_BYTES: &str = "bpf_xdp_load_bytes";
 /// Pin (a symlink naming the engine) in the attachment's pin directory.
 pub const ENGINE_PIN: &str = "engine";
 
@@ -22,6 +28,13 @@ pub enum Engine {
     /// hands the proven connection to the listener with the kfunc `bpf_sk_assign_tcp_reqsk`
     /// (Linux >= 6.9). Keeps every TCP option; forged ACKs never reach the kernel.
     Kfunc,
+    /// XDP answers SYNs with the kernel's own cookie, made from the listener with
+    /// `bpf_tcp_gen_syncookie`, drops ACKs that fail `bpf_tcp_check_syncookie`, and leaves valid
+    /// ones to the listener, which completes them itself (Linux >= 5.3). Needs
+    /// `net.ipv4.tcp_syncookies=2` and `net.ipv4.tcp_timestamps=2` while intercept mode is in
+    /// force (set and restored by the controller). Keeps MSS (from the kernel's table of four),
+    /// window scale and SACK when the client sends timestamps, only the MSS otherwise; no ECN.
+    KernelCookie,
     /// No handoff: watch mode, its thresholds and every counter work; intercept and auto mode
     /// are refused with what the kernel lacks.
     None,
@@ -33,6 +46,7 @@ impl Engine {
     pub const fn name(self) -> &'static str {
         match self {
             Engine::Kfunc => "kfunc",
+            Engine::KernelCookie => "kernel-cookie",
             Engine::None => "none",
         }
     }
@@ -40,6 +54,7 @@ impl Engine {
     fn from_name(s: &str) -> Option<Engine> {
         match s {
             "kfunc" => Some(Engine::Kfunc),
+            "kernel-cookie" => Some(Engine::KernelCookie),
             "none" => Some(Engine::None),
             _ => None,
         }
@@ -61,6 +76,14 @@ pub struct Features {
     pub kfunc_bpf_sk_assign_tcp_reqsk: bool,
     /// TCX links for TC programs (Linux >= 6.6).
     pub tcx: bool,
+    /// The helpers `bpf_tcp_gen_syncookie` and `bpf_tcp_check_syncookie` (Linux >= 5.3), and
+    /// the kernel's SYN cookies built in (`CONFIG_SYN_COOKIES`: `net.ipv4.tcp_syncookies`).
+    pub syncookie_helpers: bool,
+    /// The helper `bpf_xdp_load_bytes` (Linux >= 5.18).
+    pub xdp_load_bytes: bool,
+    /// Where a listening socket records its own receive window (`sock.sk_userlocks`,
+    /// `tcp_sock.window_clamp`), found in the kernel's BTF.
+    pub listener_fields: bool,
 }
 
 impl Features {
@@ -74,6 +97,11 @@ impl Features {
             btf: true,
             kfunc_bpf_sk_assign_tcp_reqsk: crate::btf_patch::vmlinux_has_func(KFUNC_NAME),
             tcx: crate::btf_patch::vmlinux_has_struct(TCX_NAME),
+            syncookie_helpers: crate::btf_patch::vmlinux_has_func(GEN_SYNCOOKIE)
+                && crate::btf_patch::vmlinux_has_func(CHECK_SYNCOOKIE)
+                && std::path::Path::new(crate::sysctl::SYNCOOKIES).exists(),
+            xdp_load_bytes: crate::btf_patch::vmlinux_has_func(XDP_LOAD_BYTES),
+            listener_fields: crate::loader::listener_offsets().known(),
         }
     }
 
@@ -83,6 +111,9 @@ impl Features {
         let mut out = Vec::new();
         if self.kfunc_bpf_sk_assign_tcp_reqsk && self.tcx {
             out.push(Engine::Kfunc);
+        }
+        if self.syncookie_helpers && self.xdp_load_bytes && self.listener_fields {
+            out.push(Engine::KernelCookie);
         }
         out.push(Engine::None);
         out
@@ -116,6 +147,20 @@ impl Features {
                 out.push("TCX links (Linux >= 6.6)");
             }
         }
+        if engine == Engine::KernelCookie {
+            if !self.syncookie_helpers {
+                out.push(
+                    "the helpers bpf_tcp_gen_syncookie and bpf_tcp_check_syncookie with SYN \
+                     cookies built in (Linux >= 5.3, CONFIG_SYN_COOKIES)",
+                );
+            }
+            if !self.xdp_load_bytes {
+                out.push("the helper bpf_xdp_load_bytes (Linux >= 5.18)");
+            }
+            if !self.listener_fields {
+                out.push("sock.sk_userlocks and tcp_sock.window_clamp in the kernel's BTF");
+            }
+        }
         if out.is_empty() {
             "nothing".to_owned()
         } else {
@@ -126,7 +171,11 @@ impl Features {
     /// Why no engine is possible here, for [`CtlError::NoHandoffEngine`].
     #[must_use]
     pub fn why_none(&self) -> String {
-        format!("the kfunc engine needs {}", self.missing(Engine::Kfunc))
+        format!(
+            "the kfunc engine needs {}; the kernel-cookie engine needs {}",
+            self.missing(Engine::Kfunc),
+            self.missing(Engine::KernelCookie)
+        )
     }
 }
 
@@ -163,19 +212,50 @@ mod tests {
             btf: true,
             kfunc_bpf_sk_assign_tcp_reqsk: true,
             tcx: true,
+            syncookie_helpers: true,
+            xdp_load_bytes: true,
+            listener_fields: true,
         };
         assert_eq!(all.choose(None).unwrap(), Engine::Kfunc);
         assert_eq!(all.choose(Some(Engine::None)).unwrap(), Engine::None);
+        assert_eq!(
+            all.choose(Some(Engine::KernelCookie)).unwrap(),
+            Engine::KernelCookie
+        );
+        // Linux 6.1: no kfunc, no TCX, the helpers.
+        let six_one = Features {
+            kfunc_bpf_sk_assign_tcp_reqsk: false,
+            tcx: false,
+            ..all
+        };
+        assert_eq!(six_one.choose(None).unwrap(), Engine::KernelCookie);
+        let e = six_one.choose(Some(Engine::Kfunc)).unwrap_err().to_string();
+        assert!(
+            e.contains("bpf_sk_assign_tcp_reqsk (Linux >= 6.9)") && e.contains("TCX"),
+            "{e}"
+        );
         let old = Features {
             btf: true,
             ..Features::default()
         };
         assert_eq!(old.choose(None).unwrap(), Engine::None);
-        let e = old.choose(Some(Engine::Kfunc)).unwrap_err().to_string();
+        let e = old
+            .choose(Some(Engine::KernelCookie))
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("bpf_sk_assign_tcp_reqsk (Linux >= 6.9)") && e.contains("TCX"),
+            e.contains("bpf_tcp_gen_syncookie") && e.contains("5.18"),
             "{e}"
         );
+        assert!(
+            old.why_none().contains("kernel-cookie"),
+            "{}",
+            old.why_none()
+        );
         assert!(!Engine::None.hands_off() && Engine::Kfunc.hands_off());
+        assert!(Engine::KernelCookie.hands_off());
+        for e in [Engine::Kfunc, Engine::KernelCookie, Engine::None] {
+            assert_eq!(Engine::from_name(e.name()), Some(e));
+        }
     }
 }

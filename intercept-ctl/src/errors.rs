@@ -99,6 +99,15 @@ pub enum CtlError {
         /// The command that protects the interface again.
         fix: String,
     },
+    /// The programs run on the interface, but a kernel setting they need is off: nothing is
+    /// protected until it is set again (the reason says how).
+    #[error("'{iface}' is attached but not protected: {reason}")]
+    NotProtected {
+        /// Interface.
+        iface: String,
+        /// What is wrong and what sets it right.
+        reason: String,
+    },
     /// A system call failed (the cause follows in the error chain).
     #[error("{what}")]
     Io {
@@ -173,12 +182,15 @@ pub fn kernel_features() -> serde_json::Value {
         "btf": crate::btf_patch::vmlinux().is_some(),
         "kfunc_bpf_sk_assign_tcp_reqsk": features.kfunc_bpf_sk_assign_tcp_reqsk,
         "tcx": features.tcx,
+        "syncookie_helpers": features.syncookie_helpers,
+        "xdp_load_bytes": features.xdp_load_bytes,
+        "listener_window_fields": features.listener_fields,
         "accept_queue_check": crate::loader::accept_queue_offsets().is_some(),
         "socket_netns_offsets": crate::loader::sock_offsets().filters_netns(),
         "request_socket_hook": crate::loader::sock_offsets().reads_request_socks()
             && crate::btf_patch::vmlinux_has_func(intercept_common::maps::REQSK_FUNCTION),
-        "tcp_syncookies": sysctl("/proc/sys/net/ipv4/tcp_syncookies"),
-        "tcp_timestamps": sysctl("/proc/sys/net/ipv4/tcp_timestamps"),
+        "tcp_syncookies": sysctl(crate::sysctl::SYNCOOKIES),
+        "tcp_timestamps": sysctl(crate::sysctl::TIMESTAMPS),
         "bpffs": crate::pins::check_bpffs().is_ok(),
     })
 }

@@ -114,6 +114,10 @@ pub enum Problem {
     /// The driver refused XDP metadata (native mode on a driver without metadata support):
     /// every proven handshake is aborted. Generic mode always has metadata.
     NoXdpMetadata,
+    /// The kernel-cookie engine is in intercept mode but a sysctl it needs has another value
+    /// (someone changed it since): every protected SYN is passed to the kernel, or our cookie
+    /// handshakes decode wrong options. The daemon sets it again.
+    KernelSettings,
 }
 
 /// The health of one attachment.
@@ -249,6 +253,15 @@ pub fn check(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
                  none completes in native mode); attach in generic mode (`--xdp-mode generic`)"
             )),
         )
+    } else if let Some(drift) = kernel_settings_drift(iface, netns, &pins) {
+        (
+            Some(Problem::KernelSettings),
+            Some(format!(
+                "the kernel-cookie engine of {iface} is in intercept mode but {drift}: protected \
+                 SYNs are left to the kernel; `intercept-ctl mode {iface} intercept` (or the \
+                 daemon) sets it again"
+            )),
+        )
     } else {
         (None, None)
     };
@@ -263,6 +276,24 @@ pub fn check(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
         same_netns,
         tc_before,
     })
+}
+
+/// What the kernel-cookie engine needs of the sysctls and does not have, while intercept mode
+/// is in force (see [`crate::sysctl`]).
+fn kernel_settings_drift(iface: &str, netns: Option<&str>, pins: &PinDir) -> Option<String> {
+    if crate::engine::recorded(pins) != crate::engine::Engine::KernelCookie {
+        return None;
+    }
+    let cfg = crate::control::Maps::open(iface, netns)
+        .ok()?
+        .config()
+        .ok()?;
+    if intercept_common::config::Mode::effective(&cfg) != intercept_common::config::Mode::Intercept
+    {
+        return None;
+    }
+    let drift = crate::sysctl::kernel_cookie_drift();
+    (!drift.is_empty()).then(|| drift.join(", "))
 }
 
 /// How many proven handshakes the driver refused metadata to, if any, on a native-mode
@@ -315,8 +346,13 @@ fn now_here(iface: &str, ifindex: Option<u32>) -> String {
 /// [`CtlError::Unhealthy`] with the reason and the command that fixes it; as [`check`].
 pub fn require_healthy(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
     let h = check(iface, netns)?;
-    if let Some(reason) = &h.reason {
-        return Err(unhealthy(iface, netns, reason));
+    match (&h.problem, &h.reason) {
+        // The verb's own configuration write sets the sysctls again (`Maps::set_config`).
+        (Some(Problem::KernelSettings), Some(reason)) => {
+            eprintln!("intercept-ctl: warning: {reason}");
+        }
+        (_, Some(reason)) => return Err(unhealthy(iface, netns, reason)),
+        _ => {}
     }
     Ok(h)
 }

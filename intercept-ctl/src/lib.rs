@@ -18,6 +18,7 @@ pub mod pins;
 pub mod soak;
 pub mod sockdiag;
 pub mod stats;
+pub mod sysctl;
 pub mod watchctl;
 
 /// The eBPF object built by aya-build from intercept-ebpf, embedded at compile time.

@@ -11,7 +11,7 @@ use aya::{
     },
 };
 use intercept_common::{
-    config::{Config, Mode, SockOffsets},
+    config::{Config, ListenerOffsets, Mode, SockOffsets},
     maps,
 };
 
@@ -79,6 +79,7 @@ pub fn load_object() -> anyhow::Result<Ebpf> {
         .override_global("SK_ACK_BACKLOG_OFFSET", &len_at, true)
         .override_global("SK_MAX_ACK_BACKLOG_OFFSET", &max_at, true)
         .override_global("SOCK_OFFSETS", &socks, true)
+        .override_global("LISTENER_OFFSETS", &listener_offsets(), true)
         .load(bytes)
         .map_err(|e| explain(e.into(), "load the eBPF object"))
 }
@@ -101,6 +102,23 @@ pub fn sock_offsets() -> SockOffsets {
         skc_num: at("sock_common", "skc_num"),
         skc_v6_daddr: at("sock_common", "skc_v6_daddr"),
         skc_v6_rcv_saddr: at("sock_common", "skc_v6_rcv_saddr"),
+    }
+}
+
+/// Where a listening socket records its own receive window, from the kernel's BTF (see
+/// [`ListenerOffsets`]); all zero if unknown.
+#[must_use]
+pub fn listener_offsets() -> ListenerOffsets {
+    let locks = crate::btf_patch::vmlinux_member_bits("sock", "sk_userlocks");
+    let clamp = crate::btf_patch::vmlinux_member_offset("tcp_sock", "window_clamp");
+    match (locks, clamp) {
+        (Some(bits), Some(clamp)) => ListenerOffsets {
+            userlocks: bits / 8,
+            userlocks_shift: bits % 8,
+            window_clamp: clamp,
+            reserved: 0,
+        },
+        _ => ListenerOffsets::default(),
     }
 }
 
@@ -801,6 +819,11 @@ pub fn detach(iface: &str, netns: Option<&str>) -> anyhow::Result<()> {
         if link.exists() {
             crate::health::detach_link(&link)?;
         }
+    }
+    // What the kernel-cookie engine changed goes back; a failure is said, and the detach goes on.
+    match crate::sysctl::restore(&pins) {
+        Ok(said) => said.iter().for_each(|m| eprintln!("intercept-ctl: {m}")),
+        Err(e) => eprintln!("intercept-ctl: warning: {e:#}"),
     }
     fs::remove_dir_all(pins.path())
         .map_err(|e| explain(anyhow::Error::new(e), "remove the pin directory"))

@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             if e.chain().any(|c| {
                 matches!(
                     c.downcast_ref::<CtlError>(),
-                    Some(CtlError::Unhealthy { .. })
+                    Some(CtlError::Unhealthy { .. } | CtlError::NotProtected { .. })
                 )
             }) {
                 ExitCode::from(3)

@@ -137,6 +137,11 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     if scope::exempt(&flow, cfg) {
         return pass(Counter::PassExempt);
     }
+    if cfg.flags & flags::KERNEL_COOKIE != 0 {
+        // Watch mode's grace period (intercept mode's ACKs go to `handle_kernel_cookie`): the
+        // listener checks its own cookies.
+        return pass(Counter::Passed);
+    }
     let Some(secrets) = SECRETS.get(0) else {
         return pass(Counter::PassNoSecret);
     };
@@ -188,6 +193,59 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     drop(match err {
         CookieError::BadMac => Counter::AckBadMac,
     })
+}
+
+/// The ACK path of the kernel-cookie engine in intercept mode: after the socket table and the
+/// exemptions, as for our own cookies, the kernel's socket table and the listener's own cookie
+/// check decide. A valid cookie passes to the listener, which completes the handshake itself; so
+/// do the client's later segments of it (its request, a FIN), which carry the same
+/// acknowledgment number and so the same cookie until the connection exists. Not inlined: a
+/// frame of its own, apart from [`handle`]'s (the helpers' tuple on top of that one would pass
+/// the 512-byte stack).
+#[inline(never)]
+pub fn handle_kernel_cookie(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
+    let pkt = Pkt::new(ctx);
+    let (cfg, flow) = match scope::in_scope(&pkt, ip, tcp) {
+        Ok(x) => x,
+        Err(verdict) => return verdict,
+    };
+    let key = FlowKey::of(&flow);
+    // SAFETY: read-only lookup.
+    if crate::track::may_hold(&key) && unsafe { SOCKETS.get(&key) }.is_some() {
+        return established(&flow, tcp, cfg);
+    }
+    if scope::exempt(&flow, cfg) {
+        return pass(Counter::PassExempt);
+    }
+    let now = crate::clock::now_ns();
+    // The client's later segments of a handshake whose first one just passed (its request
+    // split over segments, a FIN) carry the same cookie, but the kernel's check takes the
+    // client's ISN from each segment's sequence number, which has moved on: they follow that
+    // one to the listener, which has the connection by the time it reads them (see `Proven`).
+    if (tcp.payload_len > 0 || tcp.flags & tcp_flags::FIN != 0)
+        && PROVEN
+            .get(proven_slot(&key))
+            .is_some_and(|p| p.follows(&key, tcp.seq, tcp.ack_seq, now))
+    {
+        return pass(Counter::PassProven);
+    }
+    let v6 = u32::from(matches!(ip.l3, L3::V6 { .. }));
+    count(Counter::SocketLookups);
+    match crate::kcookie::check_ack(ctx, ip.l3_off as u32, tcp.off as u32, v6) {
+        crate::kcookie::VALID => {
+            let _ = lead(&key, tcp, now);
+            count(Counter::AckValid);
+            pass(Counter::Passed)
+        }
+        crate::kcookie::KERNEL_SOCKET => established(&flow, tcp, cfg),
+        // No listener: the kernel resets it, as without us.
+        crate::kcookie::NO_SOCKET => pass(Counter::AckNoListener),
+        crate::kcookie::INVALID => drop(Counter::AckBadMac),
+        _ => {
+            count(Counter::Aborted);
+            xdp_action::XDP_ABORTED
+        }
+    }
 }
 
 /// Passes a segment of an existing connection.

@@ -20,6 +20,7 @@ mod ack;
 mod clock;
 mod frame;
 mod handoff;
+mod kcookie;
 mod maps;
 mod scope;
 mod stats;
@@ -77,6 +78,9 @@ pub fn xdp_intercept(ctx: XdpContext) -> u32 {
                 && watch::closing(&ctx, &ip, &tcp) =>
         {
             drop(Counter::ClosingDropped)
+        }
+        (Mode::Intercept, TcpKind::Ack) if cfg.flags & flags::KERNEL_COOKIE != 0 => {
+            ack::handle_kernel_cookie(&ctx, &ip, &tcp)
         }
         (Mode::Intercept, TcpKind::Ack) => ack::handle(&ctx, &ip, &tcp),
         (Mode::Watch, TcpKind::Syn) => watch::syn(&ctx, &ip, &tcp),

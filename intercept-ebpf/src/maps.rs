@@ -58,6 +58,25 @@ pub struct Scratch {
     pub sa: SynAck,
     /// The route lookup for the SYN-ACK (see `synack::next_hop`).
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+    /// The headers the kernel-cookie helpers read (see `kcookie`).
+    pub kc: KcHeaders,
+}
+
+/// A copy of a segment's headers for the kernel-cookie helpers, laid out so that the socket
+/// lookup's tuple is a slice of it: the addresses end where the TCP header and its ports begin,
+/// as `struct bpf_sock_tuple` orders them (an IPv6 header fills `ip`; an IPv4 one, 20 bytes,
+/// its second half). No tuple on the stack, no zeroing.
+#[repr(C)]
+pub struct KcHeaders {
+    /// The fixed IP header: IPv6 at 0, IPv4 at [`KcHeaders::V4_AT`].
+    pub ip: [u8; 40],
+    /// The TCP header with its options.
+    pub tcp: [u8; 60],
+}
+
+impl KcHeaders {
+    /// Where an IPv4 header goes in `ip`.
+    pub const V4_AT: usize = 20;
 }
 
 /// Per-CPU scratch (see [`Scratch`]): off the 512-byte stack, and outside what the verifier

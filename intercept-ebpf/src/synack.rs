@@ -3,8 +3,11 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
 };
 use intercept_common::{
-    Counter, cookie,
+    Counter,
+    config::flags,
+    cookie,
     handshake::{SynRequest, build_synack, header_checksum_ok},
+    kcookie,
     parse::{
         ETH_P_8021AD, ETH_P_8021Q, Frame, IPV4_MIN_HLEN, IPV6_HLEN, Ip, TCP_MAX_HLEN_MASK, Tcp,
     },
@@ -72,14 +75,38 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     } else if !header_checksum_ok(&pkt, &req.flow, req.v6, tcp) {
         return drop(Counter::SynBadChecksum);
     }
-    let Some((idx, key, ts_offset)) = SECRETS.get(0).and_then(|s| s.current_key()) else {
-        return to_kernel(Counter::PassNoSecret);
-    };
-    let input = req.cookie_input(cfg, now);
-    let c = cookie::make(key, idx, ts_offset, &input);
-    // The kernel continues the connection's timestamps from our TSval (its `ts_off`).
     let sa = &mut scratch.sa;
-    build_synack(req, cfg, input.opts, c.isn, c.tsval, sa);
+    if cfg.flags & flags::KERNEL_COOKIE != 0 {
+        let rc = crate::kcookie::syn_cookie(
+            ctx,
+            ip.l3_off as u32,
+            tcp.off as u32,
+            tcp.hdr_len as u32,
+            u32::from(req.v6),
+        );
+        if rc < 0 {
+            return match rc {
+                crate::kcookie::NO_LISTENER => pass(Counter::SynNoListener),
+                crate::kcookie::NOT_LISTENER => pass(Counter::PassEstablished),
+                crate::kcookie::OWN_WINDOW => pass(Counter::SynOwnWindow),
+                crate::kcookie::REFUSED => pass(Counter::SynCookieRefused),
+                _ => aborted(),
+            };
+        }
+        // What the kernel's cookie keeps of the SYN's options.
+        let req = &mut scratch.req;
+        let (tsval, co) = kcookie::offered(req, cfg, now);
+        build_synack(req, cfg, co, rc as u32, tsval, sa);
+    } else {
+        let Some((idx, key, ts_offset)) = SECRETS.get(0).and_then(|s| s.current_key()) else {
+            return to_kernel(Counter::PassNoSecret);
+        };
+        let input = req.cookie_input(cfg, now);
+        let c = cookie::make(key, idx, ts_offset, &input);
+        // The kernel continues the connection's timestamps from our TSval (its `ts_off`).
+        build_synack(req, cfg, input.opts, c.isn, c.tsval, sa);
+    }
+    let req = &scratch.req;
     // The route back, looked up last: nothing of it stays live across the cookie's hashing,
     // whose paths it would multiply for the verifier.
     let hop = next_hop(ctx, req, &mut scratch.fib);

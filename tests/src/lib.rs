@@ -320,7 +320,12 @@ impl InterceptLab {
         InterceptLab::attached(port, &["--mode", "watch"])
     }
 
-    fn attached(port: u16, attach_args: &[&str]) -> InterceptLab {
+    /// [`InterceptLab::new`] with more arguments to `attach` (`--engine kernel-cookie`, say).
+    ///
+    /// # Panics
+    /// On any set-up failure.
+    #[must_use]
+    pub fn attached(port: u16, attach_args: &[&str]) -> InterceptLab {
         let lab = intercept_ctl::lab::Lab::new().expect("lab");
         let l = InterceptLab { lab, port };
         let p = port.to_string();
@@ -725,6 +730,94 @@ pub fn answered_first_time(
         r.latencies.iter().filter(|l| l.as_millis() > 100).count()
     );
     r
+}
+
+/// What [`flood_while_connecting`] saw.
+#[derive(Debug)]
+pub struct FloodRun {
+    /// Flood frames sent.
+    pub sent: u64,
+    /// Legitimate connections that connected and were echoed.
+    pub ok: usize,
+    /// Legitimate connections tried.
+    pub tried: usize,
+    /// The most SYN_RECV entries seen in the server's socket table meanwhile.
+    pub max_synq: usize,
+    /// The server's counters over the run.
+    pub delta: Counters,
+}
+
+/// A bounded spoofed flood of segments with `flags` to `target` (30,000 frames, 8 s at most)
+/// while a real client connects and pings, alternately over IPv4 and IPv6 to `target`'s port,
+/// until the flood ends (and at least 10 times). Panics naming `what` if a legitimate connection
+/// fails.
+///
+/// # Panics
+/// As said, or on any set-up failure.
+#[must_use]
+pub fn flood_while_connecting(
+    t: &InterceptLab,
+    target: std::net::SocketAddr,
+    flags: u8,
+    what: &str,
+) -> FloodRun {
+    use intercept_ctl::lab::{FloodSpec, SERVER_V4, SERVER_V6, flood, syn_recv_count};
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let before = t.stats();
+    let sender = t.lab.raw_sender().expect("raw sender");
+    let spec = FloodSpec {
+        target,
+        count: 30_000,
+        max_time: std::time::Duration::from_secs(8),
+        rate: 0,
+        flags,
+        payload: 0,
+    };
+    let running = Arc::new(AtomicBool::new(true));
+    let r = running.clone();
+    let flooder = std::thread::spawn(move || {
+        let n = flood(&sender, spec);
+        r.store(false, Ordering::Relaxed);
+        n
+    });
+    let (mut ok, mut max_synq, mut tried) = (0, 0, 0);
+    let start = std::time::Instant::now();
+    while (running.load(Ordering::Relaxed) || tried < 10)
+        && start.elapsed() < std::time::Duration::from_secs(20)
+    {
+        tried += 1;
+        let ip = if tried % 2 == 0 {
+            std::net::IpAddr::V4(SERVER_V4)
+        } else {
+            std::net::IpAddr::V6(SERVER_V6)
+        };
+        let to = std::net::SocketAddr::new(ip, target.port());
+        let mut c = t
+            .lab
+            .connect(to, std::time::Duration::from_secs(3))
+            .unwrap_or_else(|e| {
+                panic!("{what} flood: legitimate connection {tried} to {ip} failed: {e:#}")
+            });
+        ping(&mut c, "legit");
+        ok += 1;
+        max_synq = max_synq.max(syn_recv_count(&t.lab.server).unwrap());
+    }
+    let sent = flooder.join().unwrap().expect("flood");
+    let delta = t.stats().delta(&before);
+    eprintln!(
+        "{what} flood: {sent} frames sent, {ok}/{tried} legitimate connections, max SYN_RECV \
+         {max_synq}; {delta:?}"
+    );
+    FloodRun {
+        sent,
+        ok,
+        tried,
+        max_synq,
+        delta,
+    }
 }
 
 /// `status --json` of the lab's server interface.

@@ -3,16 +3,15 @@
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use intercept_common::{Counter::*, parse::tcp_flags};
 use intercept_ctl::lab::{Capture, FloodSpec, SERVER_V4, SERVER_V6, flood, syn_recv_count};
-use intercept_tests::{HoldAcks, InterceptLab, echo_server, ping, require_root, status};
+use intercept_tests::{
+    FloodRun, HoldAcks, InterceptLab, echo_server, flood_while_connecting, ping, require_root,
+    status,
+};
 
 const PORT: u16 = 8080;
 
@@ -178,49 +177,13 @@ fn legitimate_clients_get_through_syn_and_forged_ack_floods() {
     let t = InterceptLab::echoing(PORT);
     t.end_lookup_window();
     for (what, flags) in [("SYN", tcp_flags::SYN), ("forged ACK", tcp_flags::ACK)] {
-        let before = t.stats();
-        let sender = t.lab.raw_sender().expect("raw sender");
-        let spec = FloodSpec {
-            target: addr(IpAddr::V4(SERVER_V4)),
-            count: 30_000,
-            max_time: Duration::from_secs(8),
-            rate: 0,
-            flags,
-            payload: 0,
-        };
-        let running = Arc::new(AtomicBool::new(true));
-        let r = running.clone();
-        let flooder = std::thread::spawn(move || {
-            let n = flood(&sender, spec);
-            r.store(false, Ordering::Relaxed);
-            n
-        });
-        let (mut ok, mut max_synq, mut tried) = (0, 0, 0);
-        let start = Instant::now();
-        while (running.load(Ordering::Relaxed) || tried < 10)
-            && start.elapsed() < Duration::from_secs(20)
-        {
-            tried += 1;
-            let ip = if tried % 2 == 0 {
-                IpAddr::V4(SERVER_V4)
-            } else {
-                IpAddr::V6(SERVER_V6)
-            };
-            let mut c = t
-                .lab
-                .connect(addr(ip), Duration::from_secs(3))
-                .unwrap_or_else(|e| {
-                    panic!("{what} flood: legitimate connection {tried} to {ip} failed: {e:#}")
-                });
-            ping(&mut c, "legit");
-            ok += 1;
-            max_synq = max_synq.max(syn_recv_count(&t.lab.server).unwrap());
-        }
-        let sent = flooder.join().unwrap().expect("flood");
-        let d = t.stats().delta(&before);
-        eprintln!(
-            "{what} flood: {sent} frames sent, {ok}/{tried} legitimate connections, max SYN_RECV {max_synq}; {d:?}"
-        );
+        let FloodRun {
+            sent,
+            ok,
+            tried,
+            max_synq,
+            delta: d,
+        } = flood_while_connecting(&t, addr(IpAddr::V4(SERVER_V4)), flags, what);
         assert_eq!(ok, tried);
         assert_eq!(max_synq, 0, "the listener's SYN queue must stay empty");
         assert!(sent >= 10_000, "flood too small to mean anything: {sent}");

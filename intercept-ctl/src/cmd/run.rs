@@ -374,6 +374,16 @@ fn health_step(
             .into(),
         ));
     }
+    if h.problem == Some(Problem::KernelSettings) {
+        // The programs run; only the sysctls changed under them.
+        eprintln!("intercept-ctl: {reason}; setting them again");
+        let pins = intercept_ctl::pins::PinDir::new(ctx.netns, &a.iface);
+        let engine = intercept_ctl::engine::recorded(&pins);
+        for msg in intercept_ctl::sysctl::enter_intercept(Some(&pins), engine)? {
+            eprintln!("intercept-ctl: {msg}");
+        }
+        return Ok(Step::Healthy);
+    }
     if h.ifindex.is_none() {
         if !gone {
             eprintln!(

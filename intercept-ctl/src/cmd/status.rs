@@ -43,7 +43,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             );
         }
     }
-    let dead: Vec<(String, String)> = all
+    let dead: Vec<(String, String, bool)> = all
         .iter()
         .filter(|v| v["healthy"] == false)
         .map(|v| {
@@ -53,6 +53,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
+                v["health"]["problem"] == "kernel_settings",
             )
         })
         .collect();
@@ -71,9 +72,16 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     }
     // Printed in full above; a dead attachment also makes the exit status 3 (main), with every
     // one named on stderr.
-    let mut errors = dead
-        .iter()
-        .map(|(iface, reason)| health::unhealthy(iface, ctx.netns, reason));
+    let mut errors = dead.iter().map(|(iface, reason, settings)| {
+        if *settings {
+            intercept_ctl::errors::CtlError::NotProtected {
+                iface: iface.clone(),
+                reason: reason.clone(),
+            }
+        } else {
+            health::unhealthy(iface, ctx.netns, reason)
+        }
+    });
     let first = errors.next();
     for e in errors {
         eprintln!("intercept-ctl: error: {e}");
