@@ -155,6 +155,9 @@ pub struct Maps {
     /// Where the maps are pinned, and for which interface: writes hold its settings lock (see
     /// [`crate::lock`]). `None` for an unpinned object's maps (tests), which nothing else writes.
     pinned: Option<(PinDir, String)>,
+    /// The handoff engine of an unpinned object's maps (a pinned attachment's is recorded in its
+    /// pin directory).
+    engine: crate::engine::Engine,
 }
 
 fn open(dir: &Path, name: &str) -> anyhow::Result<MapData> {
@@ -188,6 +191,7 @@ impl Maps {
             sockets: HashMap::try_from(Map::HashMap(open(d, maps::SOCKETS)?))?,
             socket_table: Array::try_from(Map::Array(open(d, maps::SOCKET_TABLE)?))?,
             pinned: Some((pins.clone(), iface.to_owned())),
+            engine: crate::engine::recorded(&pins),
         })
     }
 
@@ -209,7 +213,14 @@ impl Maps {
             sockets: HashMap::try_from(take(maps::SOCKETS)?)?,
             socket_table: Array::try_from(take(maps::SOCKET_TABLE)?)?,
             pinned: None,
+            engine: crate::engine::Engine::Kfunc,
         })
+    }
+
+    /// Makes an unpinned object's maps configure the data path for `engine` (tests and
+    /// benchmarks drive a loaded, unattached object with either engine).
+    pub fn use_engine(&mut self, engine: crate::engine::Engine) {
+        self.engine = engine;
     }
 
     /// Takes the attachment's settings lock (see [`crate::lock`]) until the guard is dropped;
@@ -296,7 +307,7 @@ impl Maps {
         c.flags = (c.flags & !flags::DERIVED) | self.derived_flags()?;
         let pins = self.pinned.as_ref().map(|(p, _)| p.clone());
         let pins = pins.as_ref();
-        let engine = pins.map_or(crate::engine::Engine::Kfunc, crate::engine::recorded);
+        let engine = self.engine;
         if engine == crate::engine::Engine::KernelCookie {
             // The kernel's cookie: the window scale and SACK the kernel itself will give the
             // connection, whatever an operator asked for.

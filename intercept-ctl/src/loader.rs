@@ -342,6 +342,10 @@ pub fn attach_engine(
         )
     });
     if result.is_err() {
+        // What the configuration's first write changed goes back with the failed attach.
+        if let Ok(said) = crate::sysctl::restore(&pins) {
+            said.iter().for_each(|m| eprintln!("intercept-ctl: {m}"));
+        }
         let _ = fs::remove_dir_all(pins.path());
         remove_empty_parent(&pins, netns);
     }

@@ -200,13 +200,33 @@ pub fn kernel_wscale() -> anyhow::Result<u8> {
         .nth(2)
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("parse {RMEM}: {rmem:?}"))?;
-    let rmem_max: u32 = read(RMEM_MAX)?.parse().context("parse net.core.rmem_max")?;
+    let rmem_max: u32 = rmem_max()?.parse().context("parse net.core.rmem_max")?;
     let scaling = read(WINDOW_SCALING)? != "0";
     Ok(intercept_common::kcookie::rcv_wscale(
         tcp_rmem_max,
         rmem_max,
         scaling,
     ))
+}
+
+/// `net.core.rmem_max`, a global value that kernels before 6.x show only in the initial network
+/// namespace: read here, or else from a thread moved into the namespace of PID 1.
+fn rmem_max() -> anyhow::Result<String> {
+    if let Ok(v) = read(RMEM_MAX) {
+        return Ok(v);
+    }
+    std::thread::spawn(|| -> anyhow::Result<String> {
+        let ns = fs::File::open("/proc/1/ns/net").context("open /proc/1/ns/net")?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&ns),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(io::Error::from)
+        .context("enter the initial network namespace to read net.core.rmem_max")?;
+        read(RMEM_MAX)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread reading net.core.rmem_max panicked"))?
 }
 
 /// Whether this namespace's TCP offers SACK (`net.ipv4.tcp_sack`).

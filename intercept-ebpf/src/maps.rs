@@ -70,8 +70,9 @@ pub struct Scratch {
 pub struct KcHeaders {
     /// The fixed IP header: IPv6 at 0, IPv4 at [`KcHeaders::V4_AT`].
     pub ip: [u8; 40],
-    /// The TCP header with its options.
-    pub tcp: [u8; 60],
+    /// The TCP header with its options (at most 60 bytes; see `kcookie::tcp_len` for the
+    /// rest).
+    pub tcp: [u8; 80],
 }
 
 impl KcHeaders {

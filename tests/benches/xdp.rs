@@ -114,6 +114,27 @@ fn median_ns_seq(
     (median(d), median(base))
 }
 
+/// The verdict `xdp_action::XDP_TX`.
+const XDP_TX: u32 = 3;
+
+/// The sequence number (the cookie) and our TSval of a SYN-ACK frame (Ethernet, IPv4 without
+/// options, TCP).
+fn synack_cookie(f: &[u8]) -> (u32, u32) {
+    let tcp = 14 + 20;
+    let seq = u32::from_be_bytes(f[tcp + 4..tcp + 8].try_into().unwrap());
+    let end = tcp + usize::from(f[tcp + 12] >> 4) * 4;
+    let mut i = tcp + 20;
+    while i < end {
+        match f[i] {
+            0 => break,
+            1 => i += 1,
+            8 => return (seq, u32::from_be_bytes(f[i + 2..i + 6].try_into().unwrap())),
+            _ => i += usize::from(f[i + 1]).max(2),
+        }
+    }
+    (seq, 0)
+}
+
 fn main() {
     require_root("the XDP benchmark");
     let ns = Netns::new("bench").expect("netns");
@@ -271,6 +292,42 @@ fn main() {
         let (w_ack, b2) = median_ns_seq(&obj, PROG_XDP, Some(&syns2), &acks);
         println!("{:<34} {:>8.0}   (median of {RUNS}; baseline {b1:.0} ns)", "watch: SYN of a new handshake", w_syn - b1);
         println!("{:<34} {:>8.0}   (median of {RUNS}; baseline {b2:.0} ns)", "watch: ACK of a tracked handshake", w_ack - b2);
+
+        // The kernel-cookie engine (the handoff of kernels before 6.9) on the same frames: the
+        // SYN-ACK carries the listener's own cookie, the ACK is checked by the kernel's helper.
+        cfg.mode = intercept_common::config::Mode::Intercept as u32;
+        maps.use_engine(intercept_ctl::engine::Engine::KernelCookie);
+        maps.set_config(&cfg).unwrap();
+        let (verdict, synack) = obj.run(PROG_XDP, &linux_syn).expect("SYN");
+        assert_eq!(verdict, XDP_TX, "the kernel-cookie engine answers the SYN");
+        let (cookie, tsval) = synack_cookie(&synack);
+        let mut kc_ack = TcpSegment::new(c, s, 40000, 8080, tcp_flags::ACK);
+        kc_ack.seq = 78;
+        kc_ack.ack_seq = cookie.wrapping_add(1);
+        kc_ack.options = vec![1, 1, 8, 10, 0, 0, 0, 9];
+        kc_ack.options.extend_from_slice(&tsval.to_be_bytes());
+        let kc_valid = tcp_frame(&l, &kc_ack);
+        let mut kc_req = kc_ack.clone();
+        kc_req.seq = 78 + 100;
+        kc_req.flags |= tcp_flags::PSH;
+        kc_req.payload = vec![0x61; 100];
+        let kc_following = tcp_frame(&l, &kc_req);
+        kc_ack.ack_seq ^= 0x8000_0000;
+        let kc_forged = tcp_frame(&l, &kc_ack);
+        let kc_frames: [Case; 5] = [
+            ("SYN, Linux options (XDP_TX)", one(&linux_syn), None),
+            ("valid cookie ACK (pass)", one(&kc_valid), None),
+            ("request following it (pass)", one(&kc_following), None),
+            ("forged ACK (drop)", one(&kc_forged), None),
+            ("established data segment (pass)", one(&established), None),
+        ];
+        let _ = obj.run(PROG_XDP, &kc_valid);
+        let kc = run(cases(&kc_frames));
+        println!("kernel-cookie engine (same scope; net ns, lowest and highest round):");
+        for (i, (what, _, _)) in kc_frames.iter().enumerate() {
+            let (lo, hi) = spread(&kc, i + 1);
+            println!("{what:<34} {lo:>8.0} {hi:>9.0}");
+        }
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e));

@@ -331,6 +331,12 @@ impl InterceptLab {
         let p = port.to_string();
         let mut attach = vec!["--netns", l.srv(), "attach", l.srv_if()];
         attach.extend_from_slice(attach_args);
+        let engine = test_engine();
+        if let Some(e) = &engine
+            && !attach_args.contains(&"--engine")
+        {
+            attach.extend_from_slice(&["--engine", e]);
+        }
         let _ = ctl_ok(&attach);
         let _ = ctl_ok(&[
             "--netns",
@@ -730,6 +736,29 @@ pub fn answered_first_time(
         r.latencies.iter().filter(|l| l.as_millis() > 100).count()
     );
     r
+}
+
+/// The handoff engine the labs attach with when a test names none: `INTERCEPT_TEST_ENGINE`
+/// (`kfunc`, `kernel-cookie`), else the best the kernel has. `./x test` runs the intercept-mode
+/// tests once more with `kernel-cookie`, the engine of kernels before 6.9.
+#[must_use]
+pub fn test_engine() -> Option<String> {
+    std::env::var("INTERCEPT_TEST_ENGINE")
+        .ok()
+        .filter(|e| !e.is_empty())
+}
+
+/// Whether the labs of this run use the kernel-cookie engine (forced, or the best the kernel
+/// has): it counts no handoff of its own (`handed_off`), the listener completes the handshake.
+#[must_use]
+pub fn kernel_cookie_engine() -> bool {
+    test_engine().map_or_else(
+        || {
+            intercept_ctl::engine::Features::probe().engines()[0]
+                == intercept_ctl::engine::Engine::KernelCookie
+        },
+        |e| e == "kernel-cookie",
+    )
 }
 
 /// What [`flood_while_connecting`] saw.

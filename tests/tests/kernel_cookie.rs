@@ -322,6 +322,13 @@ fn kernel_cookie_engine_sets_and_restores_its_sysctls() {
          flight"
     );
     t.ctl(&["mode", t.srv_if(), "intercept"]);
+    // Our window scale is the kernel's, computed from its sysctls: an operator's is refused.
+    let o = ctl(&["--netns", t.srv(), "synack", t.srv_if(), "--wscale", "3"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("window scale the kernel itself"),
+        "{}",
+        stderr(&o)
+    );
     let o = ctl(&["--netns", t.srv(), "detach", t.srv_if()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(

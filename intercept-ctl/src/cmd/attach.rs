@@ -20,7 +20,9 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub mode: Option<super::mode::ModeArg>,
     /// Handoff engine (default: the best this kernel offers; `status` lists them): `kfunc`
-    /// (Linux >= 6.9) or `none` (watch mode only). Example: `--engine none`.
+    /// (Linux >= 6.9), `kernel-cookie` (the kernel's own cookie, Linux >= 5.18; sets
+    /// tcp_syncookies=2 and tcp_timestamps=2 in intercept mode) or `none` (watch mode only).
+    /// Example: `--engine kernel-cookie`.
     #[arg(long, value_enum)]
     pub engine: Option<intercept_ctl::engine::Engine>,
     /// Apply this configuration file (validated whole before anything is attached).

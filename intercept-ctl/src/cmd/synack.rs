@@ -48,6 +48,17 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     if changes {
         super::require_healthy(ctx, &a.iface)?;
     }
+    let pins = intercept_ctl::pins::PinDir::new(ctx.netns, &a.iface);
+    let kernel_cookie =
+        intercept_ctl::engine::recorded(&pins) == intercept_ctl::engine::Engine::KernelCookie;
+    if kernel_cookie && (a.wscale.is_some() || a.ecn == Some(OnOff::On)) {
+        anyhow::bail!(
+            "the kernel-cookie engine of {} advertises the window scale the kernel itself will \
+             give the connection (from net.ipv4.tcp_rmem and net.core.rmem_max) and never \
+             negotiates ECN: --wscale and --ecn on cannot apply (change those sysctls instead)",
+            a.iface
+        );
+    }
     let mut m = Maps::open(&a.iface, ctx.netns)?;
     let c = m.update_config(|c| {
         c.mss_v4 = a.mss_v4.unwrap_or(c.mss_v4);
@@ -63,7 +74,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     })?;
     let v = serde_json::json!({
         "interface": a.iface, "mss_v4": c.mss_v4, "mss_v6": c.mss_v6, "window": c.window,
-        "wscale": c.wscale, "ttl": c.ttl, "ecn": c.flags & flags::ECN != 0,
+        "wscale": c.wscale, "ttl": c.ttl, "ecn": c.flags & flags::ECN != 0 && !kernel_cookie,
     });
     if ctx.json {
         print_json(&v);
