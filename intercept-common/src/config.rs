@@ -116,6 +116,8 @@ pub mod tcp_state {
     pub const FIN_WAIT1: u8 = 4;
     /// FIN_WAIT2.
     pub const FIN_WAIT2: u8 = 5;
+    /// TIME_WAIT.
+    pub const TIME_WAIT: u8 = 6;
     /// CLOSE.
     pub const CLOSE: u8 = 7;
     /// LISTEN.

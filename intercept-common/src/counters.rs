@@ -44,7 +44,8 @@ pub enum Counter {
     /// ACKs whose cookie verified but whose listener is gone (TC); with the kernel-cookie
     /// engine, protected ACKs with no socket at all: passed, and the kernel resets them.
     AckNoListener,
-    /// Connections created in the listener by the kfunc (TC).
+    /// Connections created in the listener by the kfunc (TC); with the kernel-cookie engine,
+    /// ACKs with a valid cookie passed to the listener, which creates the connection itself.
     HandedOff,
     /// Valid ACKs the kernel refused to turn into a connection (TC).
     HandoffFailed,

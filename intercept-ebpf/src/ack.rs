@@ -137,11 +137,6 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     if scope::exempt(&flow, cfg) {
         return pass(Counter::PassExempt);
     }
-    if cfg.flags & flags::KERNEL_COOKIE != 0 {
-        // Watch mode's grace period (intercept mode's ACKs go to `handle_kernel_cookie`): the
-        // listener checks its own cookies.
-        return pass(Counter::Passed);
-    }
     let Some(secrets) = SECRETS.get(0) else {
         return pass(Counter::PassNoSecret);
     };
@@ -201,9 +196,10 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
 /// do the client's later segments of it (its request, a FIN), which carry the same
 /// acknowledgment number and so the same cookie until the connection exists. Not inlined: a
 /// frame of its own, apart from [`handle`]'s (the helpers' tuple on top of that one would pass
-/// the 512-byte stack).
+/// the 512-byte stack). `strict`: intercept mode; otherwise watch mode's grace period after
+/// it, where a cookie that fails passes (the kernel is in charge), and a valid one is counted.
 #[inline(never)]
-pub fn handle_kernel_cookie(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
+pub fn handle_kernel_cookie(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     let pkt = Pkt::new(ctx);
     let (cfg, flow) = match scope::in_scope(&pkt, ip, tcp) {
         Ok(x) => x,
@@ -230,17 +226,20 @@ pub fn handle_kernel_cookie(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         return pass(Counter::PassProven);
     }
     let v6 = u32::from(matches!(ip.l3, L3::V6 { .. }));
-    count(Counter::SocketLookups);
     match crate::kcookie::check_ack(ctx, ip.l3_off as u32, tcp.off as u32, v6) {
         crate::kcookie::VALID => {
             let _ = lead(&key, tcp, now);
             count(Counter::AckValid);
+            // Handed to the listener, which creates the connection itself.
+            count(Counter::HandedOff);
             pass(Counter::Passed)
         }
         crate::kcookie::KERNEL_SOCKET => established(&flow, tcp, cfg),
+        crate::kcookie::TIME_WAIT => pass(Counter::PassTimeWait),
         // No listener: the kernel resets it, as without us.
         crate::kcookie::NO_SOCKET => pass(Counter::AckNoListener),
-        crate::kcookie::INVALID => drop(Counter::AckBadMac),
+        crate::kcookie::INVALID if strict => drop(Counter::AckBadMac),
+        crate::kcookie::INVALID => pass(Counter::Passed),
         _ => {
             count(Counter::Aborted);
             xdp_action::XDP_ABORTED

@@ -56,6 +56,8 @@ pub const VALID: i64 = 0;
 pub const KERNEL_SOCKET: i64 = 1;
 /// [`check_ack`]: no socket at all.
 pub const NO_SOCKET: i64 = 2;
+/// [`check_ack`]: a time-wait socket holds the flow (a connection the server closed first).
+pub const TIME_WAIT: i64 = 4;
 /// [`check_ack`]: a listener holds the flow and the cookie is not valid.
 pub const INVALID: i64 = 3;
 
@@ -92,7 +94,8 @@ pub fn syn_cookie(ctx: &XdpContext, l3: u32, l4: u32, th_len: u32, v6: u32) -> i
 }
 
 /// Checks the cookie of the ACK whose IP header is at `l3` and TCP header at `l4` against the
-/// flow's socket: one of [`VALID`], [`KERNEL_SOCKET`], [`NO_SOCKET`], [`INVALID`], [`FAILED`].
+/// flow's socket: one of [`VALID`], [`KERNEL_SOCKET`], [`TIME_WAIT`], [`NO_SOCKET`],
+/// [`INVALID`], [`FAILED`].
 /// Inlined into the ACK path's own subprogram (`ack::handle_kernel_cookie`).
 #[inline(always)]
 pub fn check_ack(ctx: &XdpContext, l3: u32, l4: u32, v6: u32) -> i64 {
@@ -104,9 +107,14 @@ pub fn check_ack(ctx: &XdpContext, l3: u32, l4: u32, v6: u32) -> i64 {
         return NO_SOCKET;
     }
     // SAFETY: sk is a valid, referenced socket until released below.
-    if unsafe { (*sk).state } != u32::from(tcp_state::LISTEN) {
+    let state = unsafe { (*sk).state };
+    if state != u32::from(tcp_state::LISTEN) {
         unsafe { bpf_sk_release(sk.cast()) };
-        return KERNEL_SOCKET;
+        return if state == u32::from(tcp_state::TIME_WAIT) {
+            TIME_WAIT
+        } else {
+            KERNEL_SOCKET
+        };
     }
     let (iph, ip_len) = ip_header(h, v6);
     // SAFETY: as in `syn_cookie`; the helper reads the fixed TCP header only.

@@ -80,11 +80,14 @@ pub fn xdp_intercept(ctx: XdpContext) -> u32 {
             drop(Counter::ClosingDropped)
         }
         (Mode::Intercept, TcpKind::Ack) if cfg.flags & flags::KERNEL_COOKIE != 0 => {
-            ack::handle_kernel_cookie(&ctx, &ip, &tcp)
+            ack::handle_kernel_cookie(&ctx, &ip, &tcp, true)
         }
         (Mode::Intercept, TcpKind::Ack) => ack::handle(&ctx, &ip, &tcp),
         (Mode::Watch, TcpKind::Syn) => watch::syn(&ctx, &ip, &tcp),
         (Mode::Watch, TcpKind::Ack | TcpKind::Rst) => match watch::segment(&ctx, &ip, &tcp) {
+            watch::VERIFY_COOKIE if cfg.flags & flags::KERNEL_COOKIE != 0 => {
+                ack::handle_kernel_cookie(&ctx, &ip, &tcp, false)
+            }
             watch::VERIFY_COOKIE => ack::handle_grace(&ctx, &ip, &tcp),
             verdict => verdict,
         },

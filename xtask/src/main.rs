@@ -102,6 +102,64 @@ enum Task {
     },
 }
 
+/// The tests `./x test` runs a second time with the kernel-cookie engine (name filters): every
+/// end-to-end test of intercept and auto mode whose lab takes the engine it is given.
+const KERNEL_COOKIE_TESTS: [&str; 20] = [
+    "every_first_request",
+    "a_request_whose_handshake",
+    "watch_and_auto_modes",
+    "request_latency_is_within",
+    "a_full_accept_queue",
+    "a_flood_switches_auto",
+    "auto_switching_to_intercept",
+    "handshakes_in_flight",
+    "connections_opened_before",
+    "syns_padded",
+    "syn_with_data",
+    "data_after_the_server",
+    "a_syn_reusing",
+    "fragmented_and",
+    "clients_leaving",
+    "syn_acks_take",
+    "asymmetric_routing",
+    "a_connection_only_in",
+    "live_changes",
+    "protection_survives",
+];
+
+/// The tests `./x test` runs on Linux 6.1 under QEMU (name filters).
+const VM_CI_TESTS: [&str; 2] = ["kernel_cookie_engine", "without_a_handoff_engine"];
+
+/// `./x vm-test`: the test binaries, built here, run with `args` in a guest booting `kernel`.
+fn vm_test(kernel: vm::Kernel, memory: u32, timeout: u64, args: &[String]) -> anyhow::Result<()> {
+    let tests = build_test_binaries()?;
+    let ctl = target_dir().join("debug/intercept-ctl");
+    let ctl = std::fs::canonicalize(&ctl).with_context(|| ctl.display().to_string())?;
+    let opts = vm::Options {
+        kernel,
+        memory_mib: memory,
+        timeout: std::time::Duration::from_secs(timeout),
+        tests: &tests,
+        args,
+        ctl: &ctl,
+    };
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let started = std::time::Instant::now();
+    let target = std::fs::canonicalize(target_dir())?;
+    let code = vm::run_tests(&target, &opts, &mut |line| {
+        println!("{line}");
+        tally(line, &mut passed, &mut failed, &mut ignored);
+    })?;
+    println!(
+        "\nvm-test ({kernel:?}, {:.0} s): {passed} passed, {failed} failed, {ignored} skipped",
+        started.elapsed().as_secs_f64()
+    );
+    if code != 0 || failed > 0 {
+        bail!("tests in the guest failed (exit status {code})");
+    }
+    Ok(())
+}
+
 /// The fuzz targets (`fuzz/fuzz_targets/<name>.rs`).
 const FUZZ_TARGETS: [&str; 5] = ["dissect", "tcpopt", "synack", "config", "cookie"];
 
@@ -119,11 +177,12 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()> {
 
 /// Runs `cargo test`, echoing its output, then prints one closing line totalling every test
 /// binary's `test result:` line.
-fn test_with_total(args: &[&str], ctl: &str) -> anyhow::Result<()> {
+fn test_with_total(args: &[&str], ctl: &str, envs: &[(&str, &str)]) -> anyhow::Result<()> {
     use std::io::{BufRead as _, BufReader};
     let mut child = Command::new(env!("CARGO"))
         .args(args)
         .env("INTERCEPT_CTL", ctl)
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("run cargo test")?;
@@ -346,42 +405,29 @@ fn main() -> anyhow::Result<()> {
             if !args.is_empty() {
                 a.push("--");
                 a.extend(args.iter().map(String::as_str));
+                return test_with_total(&a, ctl, &[]);
             }
-            test_with_total(&a, ctl)
+            test_with_total(&a, ctl, &[])?;
+            // The end-to-end tests of intercept and auto mode once more with the engine of
+            // kernels before 6.9, forced on this kernel.
+            println!(
+                "\nagain with the kernel-cookie engine (INTERCEPT_TEST_ENGINE=kernel-cookie):"
+            );
+            let mut a = vec!["test", "-p", "intercept-tests", "--tests", "--"];
+            a.extend(KERNEL_COOKIE_TESTS);
+            test_with_total(&a, ctl, &[("INTERCEPT_TEST_ENGINE", "kernel-cookie")])?;
+            // And on the kernel most servers run, under QEMU: the engine probe, the refusals, and
+            // the kernel-cookie engine end to end (about 5 minutes with TCG).
+            println!("\non Debian 12's Linux 6.1 under QEMU:");
+            let subset = VM_CI_TESTS.map(str::to_owned);
+            vm_test(vm::Kernel::Debian61, 2048, 1200, &subset)
         }
         Task::VmTest {
             kernel,
             memory,
             timeout,
             args,
-        } => {
-            let tests = build_test_binaries()?;
-            let ctl = target_dir().join("debug/intercept-ctl");
-            let ctl = std::fs::canonicalize(&ctl).with_context(|| ctl.display().to_string())?;
-            let opts = vm::Options {
-                kernel,
-                memory_mib: memory,
-                timeout: std::time::Duration::from_secs(timeout),
-                tests: &tests,
-                args: &args,
-                ctl: &ctl,
-            };
-            let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
-            let started = std::time::Instant::now();
-            let target = std::fs::canonicalize(target_dir())?;
-            let code = vm::run_tests(&target, &opts, &mut |line| {
-                println!("{line}");
-                tally(line, &mut passed, &mut failed, &mut ignored);
-            })?;
-            println!(
-                "\nvm-test ({kernel:?}, {:.0} s): {passed} passed, {failed} failed, {ignored} skipped",
-                started.elapsed().as_secs_f64()
-            );
-            if code != 0 || failed > 0 {
-                bail!("tests in the guest failed (exit status {code})");
-            }
-            Ok(())
-        }
+        } => vm_test(kernel, memory, timeout, &args),
         Task::Run { iface, args } => {
             cargo(&["build", "--release", "-p", "intercept-ctl"], &[])?;
             let ctl = target_dir().join("release/intercept-ctl");
