@@ -344,7 +344,9 @@ pub fn attach_engine(
     if result.is_err() {
         // What the configuration's first write changed goes back with the failed attach.
         if let Ok(said) = crate::sysctl::restore(&pins) {
-            said.iter().for_each(|m| eprintln!("intercept-ctl: {m}"));
+            for m in &said {
+                eprintln!("intercept-ctl: {m}");
+            }
         }
         let _ = fs::remove_dir_all(pins.path());
         remove_empty_parent(&pins, netns);
@@ -826,7 +828,11 @@ pub fn detach(iface: &str, netns: Option<&str>) -> anyhow::Result<()> {
     }
     // What the kernel-cookie engine changed goes back; a failure is said, and the detach goes on.
     match crate::sysctl::restore(&pins) {
-        Ok(said) => said.iter().for_each(|m| eprintln!("intercept-ctl: {m}")),
+        Ok(said) => {
+            for m in &said {
+                eprintln!("intercept-ctl: {m}");
+            }
+        }
         Err(e) => eprintln!("intercept-ctl: warning: {e:#}"),
     }
     fs::remove_dir_all(pins.path())
