@@ -1207,7 +1207,17 @@ fn asymmetric_routing_syn_on_another_link_ack_on_ours_connects() {
             .map(|p| p.id())
             .collect()
     };
-    let ids = reqsk();
+    // Ours only: tests running alongside load programs of the same name.
+    let pin = intercept_ctl::pins::PinDir::new(Some(t.srv()), t.srv_if())
+        .path()
+        .join(intercept_ctl::loader::REQSK_LINK_PIN);
+    let ours = aya::programs::links::FdLink::from(
+        aya::programs::links::PinnedLink::from_pin(&pin).expect("the request-socket link"),
+    )
+    .info()
+    .expect("link info")
+    .program_id();
+    let ids: Vec<u32> = reqsk().into_iter().filter(|id| *id == ours).collect();
     assert!(!ids.is_empty(), "the request-socket program is loaded");
     t.ctl(&["detach", t.srv_if()]);
     let deadline = Instant::now() + Duration::from_secs(3);
