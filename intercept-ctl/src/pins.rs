@@ -64,6 +64,31 @@ impl PinDir {
     pub fn is_attached(&self) -> bool {
         self.link().exists()
     }
+
+    /// The directory shared by every attachment of this one's network namespace (`ROOT`, or
+    /// `ROOT/netns-<ns>`): where what concerns the whole namespace is pinned.
+    #[must_use]
+    pub fn namespace_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(&self.path)
+    }
+
+    /// The other attachments pinned in this one's network namespace: (interface, its pin
+    /// directory).
+    #[must_use]
+    pub fn others(&self) -> Vec<(String, PinDir)> {
+        let Ok(dir) = std::fs::read_dir(self.namespace_dir()) else {
+            return Vec::new();
+        };
+        dir.filter_map(Result::ok)
+            .filter(|e| e.path() != self.path && e.path().join("link_xdp").exists())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    PinDir { path: e.path() },
+                )
+            })
+            .collect()
+    }
 }
 
 /// Checks that /sys/fs/bpf is a mounted bpffs.

@@ -31,7 +31,9 @@ const RMEM_MAX: &str = "/proc/sys/net/core/rmem_max";
 const WINDOW_SCALING: &str = "/proc/sys/net/ipv4/tcp_window_scaling";
 const SACK: &str = "/proc/sys/net/ipv4/tcp_sack";
 /// Pin (a symlink whose target lists the values found before the kernel-cookie engine changed
-/// them, `tcp_syncookies=1,tcp_timestamps=1`) in the attachment's pin directory: what is restored.
+/// them, `tcp_syncookies=1,tcp_timestamps=1`) in the directory of the namespace's attachments
+/// ([`PinDir::namespace_dir`]): what is restored once no attachment there needs the values.
+/// One per namespace, as the sysctls are: a second attachment saves nothing over it.
 pub const SAVED_PIN: &str = "sysctl_saved";
 
 /// A sysctl's value, trimmed.
@@ -101,10 +103,16 @@ pub fn leave_intercept(pins: Option<&PinDir>, engine: Engine) -> anyhow::Result<
     if engine != Engine::KernelCookie {
         return Ok(Vec::new());
     }
-    let Some(saved) = pins.and_then(saved) else {
+    let Some(pins) = pins else {
+        return Ok(Vec::new());
+    };
+    let Some(saved) = saved(pins) else {
         return Ok(Vec::new());
     };
     let mut said = Vec::new();
+    if others_need(pins).0 {
+        return Ok(said);
+    }
     if let Some((_, was)) = saved.iter().find(|(p, _)| *p == SYNCOOKIES) {
         // Cookie handshakes still in flight need a non-zero value.
         let to = if was == "0" { "1" } else { was.as_str() };
@@ -116,8 +124,9 @@ pub fn leave_intercept(pins: Option<&PinDir>, engine: Engine) -> anyhow::Result<
     Ok(said)
 }
 
-/// At detach: restores every value the kernel-cookie engine changed and forgets them; returns
-/// what was changed.
+/// At detach of the attachment at `pins`: restores the values the kernel-cookie engine changed
+/// that no other attachment of the namespace still needs, and forgets them once none needs any;
+/// returns what was changed.
 ///
 /// # Errors
 /// A sysctl cannot be written.
@@ -125,14 +134,38 @@ pub fn restore(pins: &PinDir) -> anyhow::Result<Vec<String>> {
     let Some(saved) = saved(pins) else {
         return Ok(Vec::new());
     };
+    // A detach after the namespace was deleted runs in another one, whose sysctls these are not.
+    let theirs = crate::health::Record::read(pins).map(|r| r.netns_cookie);
+    if theirs.is_some() && theirs != crate::health::netns_cookie().ok() {
+        if pins.others().is_empty() {
+            let _ = fs::remove_file(pins.namespace_dir().join(SAVED_PIN));
+        }
+        return Ok(Vec::new());
+    }
+    let (intercepting, engine_users) = others_need(pins);
     let mut said = Vec::new();
     for (path, was) in &saved {
-        if read(path)? != *was {
-            write(path, was, "detach")?;
-            said.push(format!("restored {}={was}", name(path)));
+        // tcp_syncookies=2 while another attachment intercepts; tcp_timestamps=2 while another
+        // uses the engine at all (see the module docs).
+        let needed = if *path == SYNCOOKIES {
+            intercepting
+        } else {
+            engine_users
+        };
+        let to = if *path == SYNCOOKIES && was == "0" && engine_users {
+            "1"
+        } else {
+            was.as_str()
+        };
+        if !needed && read(path)? != to {
+            write(path, to, "detach")?;
+            said.push(format!("restored {}={to}", name(path)));
         }
     }
-    match fs::remove_file(pins.path().join(SAVED_PIN)) {
+    if engine_users {
+        return Ok(said);
+    }
+    match fs::remove_file(pins.namespace_dir().join(SAVED_PIN)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             return Err(e).context("forget the saved sysctls");
         }
@@ -141,9 +174,35 @@ pub fn restore(pins: &PinDir) -> anyhow::Result<Vec<String>> {
     Ok(said)
 }
 
+/// Whether other attachments of `pins`' namespace need the kernel-cookie engine's sysctls:
+/// (one of them is in intercept mode with the engine, one of them has the engine).
+fn others_need(pins: &PinDir) -> (bool, bool) {
+    let mut out = (false, false);
+    for (iface, other) in pins.others() {
+        if crate::engine::recorded(&other) != Engine::KernelCookie {
+            continue;
+        }
+        out.1 = true;
+        // The namespace's name, if any, is the directory's (`netns-<ns>`).
+        let netns = pins
+            .namespace_dir()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("netns-"));
+        let intercepting = crate::control::Maps::open(&iface, netns)
+            .and_then(|m| m.config())
+            .is_ok_and(|c| {
+                intercept_common::config::Mode::effective(&c)
+                    == intercept_common::config::Mode::Intercept
+            });
+        out.0 |= intercepting;
+    }
+    out
+}
+
 /// Records `values` unless values are recorded already (the first change is what is restored).
 fn save(pins: &PinDir, values: &[(&str, String)]) -> anyhow::Result<()> {
-    let at = pins.path().join(SAVED_PIN);
+    let at = pins.namespace_dir().join(SAVED_PIN);
     if fs::symlink_metadata(&at).is_ok() {
         return Ok(());
     }
@@ -158,7 +217,7 @@ fn save(pins: &PinDir, values: &[(&str, String)]) -> anyhow::Result<()> {
 
 /// The values recorded at `pins`, as (path, value).
 fn saved(pins: &PinDir) -> Option<Vec<(&'static str, String)>> {
-    let text = fs::read_link(pins.path().join(SAVED_PIN)).ok()?;
+    let text = fs::read_link(pins.namespace_dir().join(SAVED_PIN)).ok()?;
     let text = text.to_string_lossy();
     let mut out = Vec::new();
     for item in text.split(',') {

@@ -329,11 +329,25 @@ fn kernel_cookie_engine_sets_and_restores_its_sysctls() {
         "{}",
         stderr(&o)
     );
+    // A second attachment of the engine in the namespace: the sysctls are the namespace's, so
+    // they stay while either needs them, and only the last detach restores them.
+    t.lab
+        .server
+        .ip(&["link", "add", "kc1", "type", "veth", "peer", "name", "kc2"])
+        .expect("a second interface");
+    t.ctl(&["attach", "kc1", "--engine", "kernel-cookie"]);
     let o = ctl(&["--netns", t.srv(), "detach", t.srv_if()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         sysctls(&t),
+        ("2".into(), "2".into()),
+        "kept for the other attachment"
+    );
+    let o = ctl(&["--netns", t.srv(), "detach", "kc1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        sysctls(&t),
         ("1".into(), "1".into()),
-        "both restored at detach"
+        "both restored at the last detach"
     );
 }

@@ -22,6 +22,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         let dir = pins.path().parent().expect("pin dir has a parent");
         let mut names: Vec<String> = std::fs::read_dir(dir).map_or_default(|d| {
             d.filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| !n.starts_with("netns-"))
                 .collect()
