@@ -738,6 +738,25 @@ pub fn answered_first_time(
     r
 }
 
+/// How much slower than this machine the tests run: `INTERCEPT_TEST_TIME_SCALE` (an integer; 1
+/// if unset), which `./x vm-test` sets to 5 in a guest emulated without KVM, where everything
+/// (a `status` call, a flood's sending) takes several times longer. Only the tests' own waiting
+/// limits scale, never a timeout of the product under test.
+#[must_use]
+pub fn time_scale() -> u32 {
+    std::env::var("INTERCEPT_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
+/// `d` times [`time_scale`].
+#[must_use]
+pub fn scaled(d: std::time::Duration) -> std::time::Duration {
+    d * time_scale()
+}
+
 /// The handoff engine the labs attach with when a test names none: `INTERCEPT_TEST_ENGINE`
 /// (`kfunc`, `kernel-cookie`), else the best the kernel has. `./x test` runs the intercept-mode
 /// tests once more with `kernel-cookie`, the engine of kernels before 6.9.

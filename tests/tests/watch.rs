@@ -42,6 +42,7 @@ fn flood_turn() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let limit = intercept_tests::scaled(limit);
     let start = Instant::now();
     while start.elapsed() < limit {
         if f() {
@@ -585,7 +586,7 @@ fn a_flood_larger_than_the_table_keeps_the_count_exact() {
         FloodSpec {
             target: SocketAddr::new(IpAddr::V4(SERVER_V4), PORT),
             count: 80_000,
-            max_time: Duration::from_secs(18),
+            max_time: intercept_tests::scaled(Duration::from_secs(18)),
             rate: 10_000,
             flags: tcp_flags::SYN,
             payload: 0,

@@ -11,6 +11,9 @@ for m in $(cat /mods/order); do
     insmod /mods/$m.ko || echo "vm-init: insmod $m failed"
 done
 run=$(sed -n 's/.*intercept\.run=\([^ ]*\).*/\1/p' /proc/cmdline)
+# How much slower than the host the tests run (5 under TCG): their waiting limits scale by it.
+INTERCEPT_TEST_TIME_SCALE=$(sed -n 's/.*intercept\.time_scale=\([0-9]*\).*/\1/p' /proc/cmdline)
+export INTERCEPT_TEST_TIME_SCALE
 mods=$(sed -n 's/.*intercept\.modules=\([^ ]*\).*/\1/p' /proc/cmdline)
 fail() { echo "vm-init: failed: $*"; echo "VM-EXIT-STATUS=125"; poweroff -f; }
 # The virtio device may still be probing: retry for a few seconds.

@@ -29,6 +29,10 @@ const INIT: &str = include_str!("vm-init.sh");
 const UP_MARK: &str = "vm-init: up: ";
 /// What `/init` prints last: the tests' exit status follows.
 const EXIT_MARK: &str = "VM-EXIT-STATUS=";
+/// How much slower the tests run under TCG than on the host, for their waiting limits
+/// (`INTERCEPT_TEST_TIME_SCALE` in the guest; see `intercept_tests::time_scale`).
+const TCG_TIME_SCALE: u32 = 5;
+
 /// How long a KVM guest may take to reach `/init` before TCG is used instead.
 const KVM_BOOT_SECONDS: u64 = 15;
 /// Modules the initramfs loads (with what they depend on) to mount the host's root; absent ones
@@ -397,9 +401,11 @@ fn boot_once(
     }
     let mem = format!("{}M", opts.memory_mib);
     let append = format!(
-        "console=ttyS0 panic=-1 quiet intercept.run={} intercept.modules={}",
+        "console=ttyS0 panic=-1 quiet intercept.run={} intercept.modules={} \
+         intercept.time_scale={}",
         script.display(),
-        boot.modules.display()
+        boot.modules.display(),
+        if kvm { 1 } else { TCG_TIME_SCALE }
     );
     let mut qemu = Command::new("qemu-system-x86_64");
     if kvm {
