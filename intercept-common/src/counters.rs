@@ -138,6 +138,11 @@ pub enum Counter {
     /// Steps of the daemon that failed (a map read, a kernel call, a rotation): each is said on
     /// its stderr, and the daemon retries; a rising count means the daemon is not doing its work.
     ControllerErrors,
+    /// Rare-event lines of the data path (a refused handoff or socket-table insert, an aborted
+    /// verdict) not logged because their CPU had already logged
+    /// [`crate::maps::LOG_LINES_PER_SECOND`] that second; the event itself is counted by its
+    /// own counter either way.
+    LogSuppressed,
     /// Number of counters; not a counter.
     Count,
 }
@@ -207,6 +212,7 @@ impl Counter {
         Counter::SynUnroutable,
         Counter::SynAckToNextHop,
         Counter::ControllerErrors,
+        Counter::LogSuppressed,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -263,6 +269,7 @@ impl Counter {
             Counter::SynUnroutable => "syn_unroutable",
             Counter::SynAckToNextHop => "syn_ack_to_next_hop",
             Counter::ControllerErrors => "controller_errors",
+            Counter::LogSuppressed => "log_suppressed",
             Counter::Count => "count",
         }
     }
@@ -327,6 +334,7 @@ impl Counter {
             Counter::SynUnroutable => "Intercept: SYN from an unroutable source, dropped",
             Counter::SynAckToNextHop => "SYN-ACKs sent to the route's next hop, not the sender",
             Counter::ControllerErrors => "Controller: daemon steps that failed (see its stderr)",
+            Counter::LogSuppressed => "Data-path log lines of rare events cut by the rate limit",
             Counter::Count => "",
         }
     }
