@@ -151,6 +151,11 @@ pub enum Counter {
     /// (`bpf_tcp_gen_syncookie` failed: `net.ipv4.tcp_syncookies` is not 2, or the listener's
     /// accept queue is full), passed for the kernel to decide.
     SynCookieRefused,
+    /// Rare-event lines of the data path (a refused handoff or socket-table insert, an aborted
+    /// verdict) not logged because their CPU had already logged
+    /// [`crate::maps::LOG_LINES_PER_SECOND`] that second; the event itself is counted by its
+    /// own counter either way.
+    LogSuppressed,
     /// Number of counters; not a counter.
     Count,
 }
@@ -223,6 +228,7 @@ impl Counter {
         Counter::SynNoListener,
         Counter::SynOwnWindow,
         Counter::SynCookieRefused,
+        Counter::LogSuppressed,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -282,6 +288,7 @@ impl Counter {
             Counter::SynNoListener => "syn_no_listener",
             Counter::SynOwnWindow => "syn_own_window",
             Counter::SynCookieRefused => "syn_cookie_refused",
+            Counter::LogSuppressed => "log_suppressed",
             Counter::Count => "count",
         }
     }
@@ -353,6 +360,7 @@ impl Counter {
             Counter::SynCookieRefused => {
                 "Kernel cookie: SYNs the kernel made no cookie for (tcp_syncookies != 2?), passed"
             }
+            Counter::LogSuppressed => "Data-path log lines of rare events cut by the rate limit",
             Counter::Count => "",
         }
     }

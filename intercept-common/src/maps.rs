@@ -13,6 +13,17 @@ pub const COUNTERS_CONTROLLER: u32 = 1;
 /// One entry of [`COUNTERS`].
 pub type CounterBlock = [u64; crate::Counter::Count as usize];
 
+/// `PerCpuArray<[u64; 2]>` of one entry: each CPU's budget of rare-event log lines (the second it
+/// is for, the lines logged in it); the data path's own, pinned with the rest only to be seen.
+pub const LOG_BUDGET: &str = "LOG_BUDGET";
+/// Lines of rare events (a refused handoff or socket-table insert, an aborted verdict) each CPU
+/// logs through aya-log in one second at most; the rest are counted (`log_suppressed`), so a
+/// flood of failures cannot flood the daemon's log.
+pub const LOG_LINES_PER_SECOND: u64 = 10;
+/// The ring buffer aya-log's eBPF side writes its records to (`aya_log_ebpf`'s `AYA_LOGS`),
+/// which the daemon drains into its log.
+pub const LOG_RING: &str = "AYA_LOGS";
+
 /// Name of the main XDP program in the object.
 pub const PROG_XDP: &str = "xdp_intercept";
 /// Name of the pass-through XDP program (for the peer of a veth carrying XDP_TX traffic, and as

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod btf_patch;
 pub mod config;
 pub mod control;
+pub mod datalog;
 pub mod engine;
 pub mod errors;
 pub mod faults;

@@ -60,11 +60,20 @@ impl From<AttachMode> for XdpMode {
     }
 }
 
-/// Loads the embedded object (programs not yet loaded into the kernel).
+/// Loads the embedded object (programs not yet loaded into the kernel), its log at this
+/// process's level ([`crate::datalog::level`]).
 ///
 /// # Errors
 /// If the kernel lacks BTF/BPF or refuses the object.
 pub fn load_object() -> anyhow::Result<Ebpf> {
+    load_object_logging(crate::datalog::level())
+}
+
+/// [`load_object`] with the data path's log at `level`.
+///
+/// # Errors
+/// As [`load_object`].
+pub fn load_object_logging(level: crate::datalog::LogLevel) -> anyhow::Result<Ebpf> {
     let features = probe_kernel()?;
     let patched =
         crate::btf_patch::patch_object(EBPF_OBJECT, features.kfunc_bpf_sk_assign_tcp_reqsk)
@@ -80,6 +89,7 @@ pub fn load_object() -> anyhow::Result<Ebpf> {
         .override_global("SK_MAX_ACK_BACKLOG_OFFSET", &max_at, true)
         .override_global("SOCK_OFFSETS", &socks, true)
         .override_global("LISTENER_OFFSETS", &listener_offsets(), true)
+        .override_global(aya_log::LEVEL, &level.ebpf(), true)
         .load(bytes)
         .map_err(|e| explain(e.into(), "load the eBPF object"))
 }

@@ -11,22 +11,23 @@
 //! a new request socket of the same 4-tuple is not the one checked. The cookie does not tell a
 //! request socket from the connection it becomes: `inet_csk_clone_lock` gives the child the
 //! request's cookie (see `Watcher` for how the data path keeps that from happening meanwhile).
-use std::{
-    io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-};
+use std::{io, net::IpAddr, os::fd::OwnedFd};
 
 use anyhow::{Context as _, bail};
-use intercept_common::{config::FlowKey, cookie::is_mapped};
+use intercept_common::{
+    config::FlowKey,
+    cookie::{is_mapped, words_of},
+};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NetlinkSerializable,
+};
+use netlink_packet_sock_diag::{
+    SockDiagDestroy, SockDiagMessage,
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
+};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, netlink};
 
-const NETLINK_SOCK_DIAG: i32 = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const SOCK_DESTROY: u16 = 21;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_DONE: u16 = 3;
 /// TCP states whose sockets the socket table holds (bits by include/net/tcp_states.h): all but
 /// TIME_WAIT (a minisock; its end fires no state change), CLOSE, LISTEN and NEW_SYN_RECV
 /// (request sockets, covered by the controller's lookup window instead).
@@ -38,6 +39,8 @@ const TCP_TIME_WAIT: u32 = 6;
 use intercept_common::config::tcp_state::LISTEN as TCP_LISTEN;
 /// `INET_DIAG_NOCOOKIE` (include/uapi/linux/inet_diag.h): match a socket by 4-tuple alone.
 const NO_COOKIE: u64 = u64::MAX;
+/// Every state, as the single-socket requests ask (the kernel ignores states there).
+const ALL_STATES: u32 = u32::MAX;
 
 /// One TCP socket as sock_diag reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,28 +53,9 @@ pub struct SockState {
     pub cookie: u64,
 }
 
-/// `struct inet_diag_req_v2` after an `nlmsghdr`.
-#[repr(C)]
-struct Request {
-    nl_len: u32,
-    nl_type: u16,
-    nl_flags: u16,
-    nl_seq: u32,
-    nl_pid: u32,
-    family: u8,
-    protocol: u8,
-    ext: u8,
-    pad: u8,
-    states: u32,
-    sport: u16,
-    dport: u16,
-    src: [u32; 4],
-    dst: [u32; 4],
-    ifindex: u32,
-    cookie: [u32; 2],
-}
-
-/// A NETLINK_SOCK_DIAG socket in the current network namespace.
+/// A NETLINK_SOCK_DIAG socket in the current network namespace. The messages are
+/// netlink-packet-sock-diag's (`inet_diag_req_v2`, `inet_diag_msg`, and SOCK_DESTROY's request,
+/// which is an `inet_diag_req_v2` under another message type).
 pub struct SockDiag {
     fd: OwnedFd,
     seq: u32,
@@ -83,98 +67,99 @@ impl SockDiag {
     /// # Errors
     /// If the socket cannot be created.
     pub fn open() -> anyhow::Result<SockDiag> {
-        // SAFETY: plain socket(2); owned right away.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_SOCK_DIAG,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error()).context("socket(NETLINK_SOCK_DIAG)");
-        }
-        Ok(SockDiag {
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
-            seq: 0,
-        })
+        let fd = rustix::net::socket_with(
+            AddressFamily::NETLINK,
+            SocketType::RAW,
+            SocketFlags::CLOEXEC,
+            Some(netlink::SOCK_DIAG),
+        )
+        .context("socket(NETLINK_SOCK_DIAG)")?;
+        Ok(SockDiag { fd, seq: 0 })
     }
 
-    /// A request for `family` sockets in `states`, any addresses (the caller fills them in).
-    fn base(&mut self, family: i32, ty: u16, flags: u16, states: u32) -> Request {
-        self.seq = self.seq.wrapping_add(1);
-        Request {
-            nl_len: u32::try_from(size_of::<Request>()).expect("small"),
-            nl_type: ty,
-            nl_flags: flags,
-            nl_seq: self.seq,
-            nl_pid: 0,
-            family: family as u8,
+    /// A request for TCP sockets of `family` in `states`, any addresses.
+    fn base(family: u8, states: u32) -> InetRequest {
+        InetRequest {
+            family,
             protocol: libc::IPPROTO_TCP as u8,
-            ext: 0,
-            pad: 0,
-            states,
-            sport: 0,
-            dport: 0,
-            src: [0; 4],
-            dst: [0; 4],
-            ifindex: 0,
-            cookie: cookie_words(NO_COOKIE),
+            extensions: ExtensionFlags::empty(),
+            // Bits as given, even those the crate names no flag for.
+            states: StateFlags::from_bits_retain(states),
+            socket_id: SocketId {
+                cookie: cookie_bytes(NO_COOKIE),
+                ..if family == libc::AF_INET as u8 {
+                    SocketId::new_v4()
+                } else {
+                    SocketId::new_v6()
+                }
+            },
         }
     }
 
     /// The server-side socket of a client flow, as the server sees it (local = server), and
     /// only the one with `cookie` unless it is [`NO_COOKIE`].
-    fn request(&mut self, key: &FlowKey, ty: u16, flags: u16, cookie: u64) -> Request {
+    fn request(key: &FlowKey, cookie: u64) -> InetRequest {
         let v4 = is_mapped(&key.saddr) && is_mapped(&key.daddr);
-        let addr = |a: &[u32; 4]| {
+        let addr = |a: &[u32; 4]| -> IpAddr {
             if v4 {
-                [a[3].to_be(), 0, 0, 0]
+                IpAddr::V4(a[3].into())
             } else {
-                [a[0].to_be(), a[1].to_be(), a[2].to_be(), a[3].to_be()]
+                let b: [u8; 16] = std::array::from_fn(|i| a[i / 4].to_be_bytes()[i % 4]);
+                IpAddr::V6(b.into())
             }
         };
-        let family = if v4 { libc::AF_INET } else { libc::AF_INET6 };
-        Request {
-            sport: key.dport.to_be(),
-            dport: key.sport.to_be(),
-            src: addr(&key.daddr),
-            dst: addr(&key.saddr),
-            cookie: cookie_words(cookie),
-            ..self.base(family, ty, flags, u32::MAX)
+        let family = if v4 { libc::AF_INET } else { libc::AF_INET6 } as u8;
+        InetRequest {
+            socket_id: SocketId {
+                source_port: key.dport,
+                destination_port: key.sport,
+                source_address: addr(&key.daddr),
+                destination_address: addr(&key.saddr),
+                interface_id: 0,
+                cookie: cookie_bytes(cookie),
+            },
+            ..Self::base(family, ALL_STATES)
         }
     }
 
-    fn send(&self, req: &Request) -> anyhow::Result<()> {
-        // SAFETY: req is a plain repr(C) struct of its declared length.
-        let n = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                std::ptr::from_ref(req).cast(),
-                size_of::<Request>(),
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error()).context("send to sock_diag");
-        }
+    /// Sends `msg` as one netlink message with `flags`.
+    fn send<M: NetlinkSerializable>(&mut self, flags: u16, msg: M) -> anyhow::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        rustix::net::send(&self.fd, &buf, SendFlags::empty()).context("send to sock_diag")?;
         Ok(())
     }
 
-    fn recv(&self, size: usize) -> anyhow::Result<Vec<u8>> {
+    /// The netlink messages of one datagram of at most `size` bytes.
+    fn recv(&self, size: usize) -> anyhow::Result<Vec<NetlinkMessage<SockDiagMessage>>> {
         let mut buf = vec![0u8; size];
-        // SAFETY: buffer valid for its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error()).context("recv from sock_diag");
+        let (n, _) = rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty())
+            .context("recv from sock_diag")?;
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < n {
+            let m = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[at..n])
+                .map_err(|e| anyhow::anyhow!("malformed sock_diag message: {e}"))?;
+            let len = m.header.length as usize;
+            out.push(m);
+            at += len.next_multiple_of(4);
         }
-        buf.truncate(usize::try_from(n)?);
-        Ok(buf)
+        Ok(out)
     }
 
-    fn exchange(&mut self, req: &Request) -> anyhow::Result<Vec<u8>> {
-        self.send(req)?;
-        self.recv(8192)
+    /// The first message of the reply to the request just sent (one datagram).
+    fn reply(&self) -> anyhow::Result<NetlinkPayload<SockDiagMessage>> {
+        self.recv(8192)?
+            .into_iter()
+            .next()
+            .map(|m| m.payload)
+            .context("empty sock_diag reply")
     }
 
     /// The server's socket for this client flow, if it has one of its own: its state and cookie.
@@ -183,34 +168,22 @@ impl SockDiag {
     ///
     /// # Errors
     /// On a netlink failure other than "no such socket".
-    ///
-    /// # Panics
-    /// If the netlink reply is shorter than the header it announces.
     pub fn state(&mut self, key: &FlowKey) -> anyhow::Result<Option<SockState>> {
-        let req = self.request(key, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, NO_COOKIE);
-        let buf = self.exchange(&req)?;
-        if buf.len() < 16 {
-            bail!("short sock_diag reply");
-        }
-        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
-        if ty == NLMSG_ERROR {
-            let err = i32::from_ne_bytes(buf[16..20].try_into()?);
-            if err == -libc::ENOENT {
-                return Ok(None);
+        self.send(
+            NLM_F_REQUEST,
+            SockDiagMessage::InetRequest(Self::request(key, NO_COOKIE)),
+        )?;
+        match self.reply()? {
+            NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => Ok(None),
+            NetlinkPayload::Error(e) => bail!("sock_diag: {}", e.to_io()),
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                Ok((r.header.state != TCP_LISTEN).then(|| SockState {
+                    state: r.header.state,
+                    cookie: cookie_of(r.header.socket_id.cookie),
+                }))
             }
-            bail!("sock_diag: {}", io::Error::from_raw_os_error(-err));
+            other => bail!("unexpected sock_diag reply: {other:?}"),
         }
-        // struct inet_diag_msg after the nlmsghdr: family, state, timer, retrans, then
-        // inet_diag_sockid (sport, dport, src[4], dst[4], if, cookie[2]: the cookie at 44).
-        let msg = buf.get(16..16 + 52).context("short inet_diag_msg")?;
-        let word = |o: usize| u32::from_ne_bytes(msg[o..o + 4].try_into().expect("4 bytes"));
-        if msg[1] == TCP_LISTEN {
-            return Ok(None);
-        }
-        Ok(Some(SockState {
-            state: msg[1],
-            cookie: u64::from(word(44)) | u64::from(word(48)) << 32,
-        }))
     }
 
     /// The cookie of the server's socket for this client flow if it is half-open (SYN_RECV).
@@ -246,36 +219,21 @@ impl SockDiag {
     /// state of include/net/tcp_states.h).
     fn flows_in(&mut self, states: u32) -> anyhow::Result<Vec<FlowKey>> {
         let mut out = Vec::new();
-        for family in [libc::AF_INET, libc::AF_INET6] {
-            let req = self.base(
-                family,
-                SOCK_DIAG_BY_FAMILY,
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            self.send(
                 NLM_F_REQUEST | NLM_F_DUMP,
-                states,
-            );
-            self.send(&req)?;
+                SockDiagMessage::InetRequest(Self::base(family, states)),
+            )?;
             'recv: loop {
-                let buf = self.recv(1 << 16)?;
-                let mut at = 0;
-                while at + 16 <= buf.len() {
-                    let len = u32::from_ne_bytes(buf[at..at + 4].try_into()?) as usize;
-                    let ty = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-                    if len < 16 || at + len > buf.len() {
-                        bail!("malformed sock_diag dump message");
-                    }
-                    match ty {
-                        NLMSG_DONE => break 'recv,
-                        NLMSG_ERROR => {
-                            let err = i32::from_ne_bytes(buf[at + 16..at + 20].try_into()?);
-                            bail!("sock_diag dump: {}", io::Error::from_raw_os_error(-err));
+                for m in self.recv(1 << 16)? {
+                    match m.payload {
+                        NetlinkPayload::Done(_) => break 'recv,
+                        NetlinkPayload::Error(e) => bail!("sock_diag dump: {}", e.to_io()),
+                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                            out.push(flow_of(&r));
                         }
-                        _ => {
-                            if let Some(k) = flow_of_msg(&buf[at + 16..at + len]) {
-                                out.push(k);
-                            }
-                        }
+                        _ => {}
                     }
-                    at += len.next_multiple_of(4);
                 }
             }
         }
@@ -288,20 +246,21 @@ impl SockDiag {
     /// # Errors
     /// On a netlink failure other than "no such socket".
     pub fn destroy(&mut self, key: &FlowKey, cookie: u64) -> anyhow::Result<bool> {
-        let req = self.request(key, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, cookie);
-        let buf = self.exchange(&req)?;
-        if buf.len() >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == NLMSG_ERROR {
-            let err = i32::from_ne_bytes(buf[16..20].try_into()?);
-            return match err {
-                0 => Ok(true),
-                e if e == -libc::ENOENT || e == -libc::ESTALE => Ok(false),
-                e if e == -libc::EOPNOTSUPP => bail!(
-                    "SOCK_DESTROY is not supported: the kernel needs CONFIG_INET_DIAG_DESTROY"
-                ),
-                e => bail!("SOCK_DESTROY: {}", io::Error::from_raw_os_error(-e)),
-            };
+        self.send(
+            NLM_F_REQUEST | NLM_F_ACK,
+            SockDiagDestroy::new(SockDiagMessage::InetRequest(Self::request(key, cookie))),
+        )?;
+        let NetlinkPayload::Error(e) = self.reply()? else {
+            bail!("unexpected sock_diag reply to SOCK_DESTROY")
+        };
+        match e.raw_code() {
+            0 => Ok(true),
+            e if e == -libc::ENOENT || e == -libc::ESTALE => Ok(false),
+            e if e == -libc::EOPNOTSUPP => {
+                bail!("SOCK_DESTROY is not supported: the kernel needs CONFIG_INET_DIAG_DESTROY")
+            }
+            e => bail!("SOCK_DESTROY: {}", io::Error::from_raw_os_error(-e)),
         }
-        bail!("unexpected sock_diag reply to SOCK_DESTROY")
     }
 
     /// Closes the flow's server socket only if it is still half-open (SYN_RECV), by the cookie
@@ -318,45 +277,47 @@ impl SockDiag {
     }
 }
 
-/// `idiag_cookie` words of a cookie (`sock_diag_save_cookie`: low word first, host order).
-fn cookie_words(cookie: u64) -> [u32; 2] {
-    [cookie as u32, (cookie >> 32) as u32]
+/// `idiag_cookie` of a cookie: two host-order words, the low one first
+/// (`sock_diag_save_cookie`).
+fn cookie_bytes(cookie: u64) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&(cookie as u32).to_ne_bytes());
+    b[4..].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+    b
 }
 
-/// The inbound flow of one `struct inet_diag_msg` (family, state, timer, retrans, then
-/// `inet_diag_sockid`: sport, dport, src[4], dst[4] in network order).
-fn flow_of_msg(m: &[u8]) -> Option<FlowKey> {
-    if m.len() < 4 + 4 + 32 {
-        return None;
+/// The cookie of an `idiag_cookie` (see [`cookie_bytes`]).
+fn cookie_of(b: [u8; 8]) -> u64 {
+    let word = |i: usize| u64::from(u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]));
+    word(0) | word(4) << 32
+}
+
+/// The inbound flow (remote -> local) of one socket of a dump.
+fn flow_of(r: &InetResponse) -> FlowKey {
+    let id = &r.header.socket_id;
+    FlowKey {
+        saddr: words_of(id.destination_address),
+        daddr: words_of(id.source_address),
+        sport: id.destination_port,
+        dport: id.source_port,
     }
-    let be16 = |o: usize| u16::from_be_bytes([m[o], m[o + 1]]);
-    let addr = |o: usize| -> [u32; 4] {
-        let w = intercept_common::cookie::words(m[o..o + 16].try_into().expect("16 bytes"));
-        // An IPv4 socket reports its address in the first word.
-        if i32::from(m[0]) == libc::AF_INET {
-            intercept_common::cookie::mapped(w[0])
-        } else {
-            w
-        }
-    };
-    Some(FlowKey {
-        saddr: addr(24),
-        daddr: addr(8),
-        sport: be16(6),
-        dport: be16(4),
-    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{NO_COOKIE, cookie_words};
+    use super::{NO_COOKIE, cookie_bytes, cookie_of};
 
     #[test]
     fn cookie_words_are_low_word_first() {
+        let b = cookie_bytes(0x1122_3344_5566_7788);
         assert_eq!(
-            cookie_words(0x1122_3344_5566_7788),
+            [
+                u32::from_ne_bytes(b[..4].try_into().unwrap()),
+                u32::from_ne_bytes(b[4..].try_into().unwrap())
+            ],
             [0x5566_7788, 0x1122_3344]
         );
-        assert_eq!(cookie_words(NO_COOKIE), [u32::MAX, u32::MAX]);
+        assert_eq!(cookie_of(b), 0x1122_3344_5566_7788);
+        assert_eq!(cookie_bytes(NO_COOKIE), [0xff; 8]);
     }
 }

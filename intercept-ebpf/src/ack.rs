@@ -1,7 +1,7 @@
 //! ACK path: an ACK to a protected destination either belongs to an existing socket (passed), or
 //! completes one of our cookie handshakes (verified here, handed to TC in metadata), or is dropped.
 use aya_ebpf::{
-    bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple, xdp_action},
+    bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
     helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_adjust_meta},
     programs::XdpContext,
 };
@@ -370,8 +370,7 @@ fn handoff(
             }
         }
         count(Counter::MetaUnsupported);
-        count(Counter::Aborted);
-        return xdp_action::XDP_ABORTED;
+        return crate::stats::aborted(crate::events::Abort::NoMetadata, 0);
     }
     count(Counter::AckValid);
     pass(Counter::Passed)

@@ -1,12 +1,13 @@
 //! The one bounds-check primitive of the data path: every packet read and write goes through
-//! [`Pkt::load`] / [`Pkt::store`], which check `data + off + N <= data_end` first. The same type
+//! [`Frame::read`] (typed headers or bytes) / [`Pkt::store`], which check
+//! `data + off + size <= data_end` first. The same type
 //! serves XDP and TC (both expose direct packet access with data/data_end).
 use aya_ebpf::{
     EbpfContext as _,
     bindings::__sk_buff,
     programs::{TcContext, XdpContext},
 };
-use intercept_common::parse::Frame;
+use intercept_common::parse::{Frame, Wire};
 
 /// A context with direct packet access.
 pub trait Bounds {
@@ -122,14 +123,15 @@ impl<C: Bounds> Frame for Pkt<'_, C> {
     }
 
     #[inline(always)]
-    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+    fn read<T: Wire>(&self, off: usize) -> Option<T> {
         let start = self.ctx.start();
-        // Compared as packet pointers (not as `off + N > len`): the verifier only learns a
+        // Compared as packet pointers (not as `off + size > len`): the verifier only learns a
         // packet range from a comparison of a packet pointer against data_end.
-        if start + off + N > self.ctx.end() {
+        if start + off + size_of::<T>() > self.ctx.end() {
             return None;
         }
-        // SAFETY: the N bytes at start+off lie inside [data, data_end), checked just above.
-        Some(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
+        // SAFETY: the bytes at start+off lie inside [data, data_end), checked just above; any
+        // bytes are a valid T (`Wire`).
+        Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
     }
 }

@@ -21,6 +21,7 @@ use intercept_common::{
 
 use crate::{
     ack::tuple_of,
+    events::rare,
     frame::Pkt,
     maps::{CONFIG, PROVEN},
     stats::count,
@@ -150,8 +151,50 @@ pub fn handle(ctx: &TcContext) -> i32 {
     } else {
         settle(slot, proven_state::REFUSED);
         count(Counter::HandoffFailed);
+        let (client, port) = (ipv6(&key.saddr), key.sport);
+        if tsk.is_null() {
+            rare!(
+                warn,
+                ctx,
+                "handoff refused: the listener of port {} is not a full TCP socket \
+                 (bpf_skc_to_tcp_sock); client [{:i}]:{}",
+                key.dport,
+                client,
+                port
+            );
+        } else {
+            // -EINVAL from `bpf_sk_assign_tcp_reqsk` (net/core/filter.c) most often means the
+            // listener's namespace turned off an option the cookie carries (tcp_sack,
+            // tcp_window_scaling, tcp_timestamps) or the listener is MPTCP.
+            rare!(
+                warn,
+                ctx,
+                "handoff refused: bpf_sk_assign_tcp_reqsk returned {} for port {}; client \
+                 [{:i}]:{}",
+                rc,
+                key.dport,
+                client,
+                port
+            );
+        }
     }
     NEXT
+}
+
+/// An address of a flow key (IPv4 ones IPv4-mapped), for a log line.
+#[inline(always)]
+fn ipv6(w: &[u32; 4]) -> core::net::Ipv6Addr {
+    let hi = |w: u32| (w >> 16) as u16;
+    core::net::Ipv6Addr::new(
+        hi(w[0]),
+        w[0] as u16,
+        hi(w[1]),
+        w[1] as u16,
+        hi(w[2]),
+        w[2] as u16,
+        hi(w[3]),
+        w[3] as u16,
+    )
 }
 
 /// Records what became of a handshake's handoff in its slot, for the segments following it.

@@ -18,6 +18,7 @@
 
 mod ack;
 mod clock;
+mod events;
 mod frame;
 mod handoff;
 mod kcookie;
@@ -69,7 +70,7 @@ pub fn xdp_intercept(ctx: XdpContext) -> u32 {
         }
         return pass(Counter::Passed);
     };
-    match (Mode::effective(cfg), classify(tcp.flags)) {
+    let verdict = match (Mode::effective(cfg), classify(tcp.flags)) {
         (Mode::Intercept, TcpKind::Syn) => synack::handle(&ctx, &ip, &tcp),
         // Watch mode's handshakes still tracked or being closed (a switch to intercept mode
         // leaves them to the kernel): an ACK of one being closed is dropped as in watch mode.
@@ -95,7 +96,11 @@ pub fn xdp_intercept(ctx: XdpContext) -> u32 {
             watch::segment(&ctx, &ip, &tcp)
         }
         _ => pass(Counter::Passed),
+    };
+    if verdict == xdp_action::XDP_ABORTED {
+        events::log_abort(&ctx);
     }
+    verdict
 }
 
 /// TC ingress: completes handshakes the XDP program verified (see `handoff`).
@@ -141,7 +146,7 @@ pub fn seed_socket(ctx: XdpContext) -> u32 {
     };
     // SAFETY: FlowKey is plain integers; every bit pattern is valid.
     let key: FlowKey = unsafe { core::mem::transmute(b) };
-    track::insert(&key);
+    track::insert(&ctx, &key);
     xdp_action::XDP_DROP
 }
 

@@ -48,3 +48,13 @@ pub fn drop(reason: Counter) -> u32 {
     count(Counter::Dropped);
     xdp_action::XDP_DROP
 }
+
+/// Records why the packet is aborted (see `events::abort`; `rc` the kernel's return code, 0 if
+/// no kernel call failed) and counts `Aborted`; returns XDP_ABORTED. Only for internal failures:
+/// the entry point logs each one.
+#[inline(always)]
+pub fn aborted(why: crate::events::Abort, rc: i64) -> u32 {
+    crate::events::abort(why, rc);
+    count(Counter::Aborted);
+    xdp_action::XDP_ABORTED
+}

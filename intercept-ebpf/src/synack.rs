@@ -14,10 +14,11 @@ use intercept_common::{
 };
 
 use crate::{
+    events::Abort,
     frame::Pkt,
     maps::{CONFIG, SCRATCH, SECRETS},
     scope,
-    stats::{count, drop, pass},
+    stats::{aborted, count, drop, pass},
 };
 
 /// Handles a SYN (no ACK, no RST) in intercept mode. Not inlined: a BPF-to-BPF call keeps its
@@ -32,7 +33,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     };
     let pkt = Pkt::new(ctx);
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return aborted();
+        return aborted(Abort::SynAckWrite, 0);
     };
     // SAFETY: this CPU's scratch slot; nothing else runs on this CPU while we use it.
     let scratch = unsafe { &mut *scratch };
@@ -126,8 +127,9 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     };
     if delta != 0 {
         // SAFETY: ctx is the program's own context.
-        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-            return aborted();
+        let rc = unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) };
+        if rc != 0 {
+            return aborted(Abort::AdjustTail, rc);
         }
     }
     // Packet pointers changed: a fresh view re-reads data/data_end.
@@ -149,7 +151,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         }
     }
     if pkt.store(0, &eth).is_none() {
-        return aborted();
+        return aborted(Abort::SynAckWrite, 0);
     }
     let ok = if req.v6 {
         pkt.store_words::<10>(l3, &sa.ip).is_some()
@@ -158,7 +160,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         pkt.store_words::<5>(l3, &h).is_some()
     };
     if !ok {
-        return aborted();
+        return aborted(Abort::SynAckWrite, 0);
     }
     let toff = l3 + ip_len;
     // One fixed-size copy per possible length: the verifier needs a constant size for each store
@@ -172,7 +174,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         _ => false,
     };
     if !ok {
-        return aborted();
+        return aborted(Abort::SynAckWrite, 0);
     }
     count(Counter::SynAckSent);
     xdp_action::XDP_TX
@@ -280,10 +282,4 @@ fn store_prefix<const N: usize>(pkt: &Pkt<XdpContext>, off: usize, src: &[u32; 1
 fn to_kernel(reason: Counter) -> u32 {
     crate::track::kernel_handshake(crate::clock::now_ns());
     pass(reason)
-}
-
-#[inline(always)]
-fn aborted() -> u32 {
-    count(Counter::Aborted);
-    xdp_action::XDP_ABORTED
 }

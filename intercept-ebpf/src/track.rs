@@ -8,6 +8,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_NOEXIST, BPF_SOCK_OPS_TIMEOUT_INIT},
     helpers::{bpf_probe_read_kernel, generated::bpf_get_netns_cookie},
     programs::{SockOpsContext, TracePointContext},
@@ -21,8 +22,9 @@ use intercept_common::{
     maps::trace_field,
 };
 
-use crate::maps::{
-    CONFIG, PROVEN, SOCKET_FILTER, SOCKET_TABLE, SOCKETS, TIME_WAIT, TIME_WAIT_FILTER,
+use crate::{
+    events::rare,
+    maps::{CONFIG, PROVEN, SOCKET_FILTER, SOCKET_TABLE, SOCKETS, TIME_WAIT, TIME_WAIT_FILTER},
 };
 
 /// The attachment's namespace and the kernel's field offsets (see
@@ -93,6 +95,12 @@ pub fn handle(ctx: &TracePointContext) {
         ))
     };
     let Some((sk, proto, old, state, local_port, remote_port, local, remote)) = read() else {
+        rare!(
+            warn,
+            ctx,
+            "socket table: a state change's record could not be read; the table is no longer \
+             authoritative"
+        );
         refused();
         return;
     };
@@ -105,6 +113,12 @@ pub fn handle(ctx: &TracePointContext) {
         Some(true) => {}
         Some(false) => return,
         None => {
+            rare!(
+                warn,
+                ctx,
+                "socket table: a socket's namespace could not be read (bpf_probe_read_kernel); \
+                 the table is no longer authoritative"
+            );
             refused();
             return;
         }
@@ -129,7 +143,7 @@ pub fn handle(ctx: &TracePointContext) {
             kernel_holds(&key, now + TIME_WAIT_NS);
         }
     } else {
-        insert(&key);
+        insert(ctx, &key);
         // The connection exists: a handoff of this flow in flight is complete, and from now on
         // the table passes its segments.
         settled(&key);
@@ -300,9 +314,10 @@ fn bucket(key: &FlowKey) -> Option<*mut u64> {
 }
 
 /// Adds a flow (a no-op if present). The bucket is counted before the flow is inserted, so a
-/// reader never sees the flow without its bucket's count.
+/// reader never sees the flow without its bucket's count. `ctx` is the running program's, for
+/// the log.
 #[inline(always)]
-pub fn insert(key: &FlowKey) {
+pub fn insert<C: EbpfContext>(ctx: &C, key: &FlowKey) {
     let Some(b) = bucket(key) else {
         refused();
         return;
@@ -315,6 +330,15 @@ pub fn insert(key: &FlowKey) {
             // SAFETY: as above.
             unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, u64::MAX) };
             if e != -EEXIST {
+                // -E2BIG: the table is full (`SOCKET_ENTRIES`); -ENOMEM: the kernel could not
+                // allocate the entry.
+                rare!(
+                    warn,
+                    ctx,
+                    "socket table: the kernel refused a flow ({}); the table is no longer \
+                     authoritative",
+                    e
+                );
                 refused();
             }
         }

@@ -223,6 +223,50 @@ fn verifier_cost_stays_below_its_budget() {
     );
 }
 
+/// The data path's log level is fixed at load, and a level turned off costs nothing: the
+/// verifier, which sees the level (read-only data), walks none of the logging code and removes
+/// it, so with the log off the main program costs it less and both it and the TC program are
+/// smaller in the kernel than with the log at `warn`.
+#[test]
+fn a_log_level_turned_off_is_removed_by_the_verifier() {
+    use intercept_ctl::datalog::LogLevel;
+    require_root("a_log_level_turned_off_is_removed_by_the_verifier");
+    // (instructions verified of the XDP program, bytes translated of the XDP and TC programs)
+    let cost = |level| {
+        let mut obj = intercept_ctl::loader::load_object_logging(level).expect("load object");
+        let xdp: &mut aya::programs::Xdp = obj
+            .program_mut(PROG_XDP)
+            .expect("XDP program")
+            .try_into()
+            .expect("XDP");
+        xdp.load().expect("load the XDP program");
+        let info = xdp.info().expect("program info");
+        let (verified, xdp_size) = (
+            info.verified_instruction_count()
+                .expect("verification cost"),
+            info.size_translated().expect("translated size"),
+        );
+        let tc: &mut aya::programs::SchedClassifier = obj
+            .program_mut(intercept_common::maps::PROG_TC)
+            .expect("tc program")
+            .try_into()
+            .expect("classifier");
+        tc.load().expect("load the TC program");
+        let tc_size = tc
+            .info()
+            .expect("program info")
+            .size_translated()
+            .expect("translated size");
+        (verified, xdp_size, tc_size)
+    };
+    let (off, on) = (cost(LogLevel::Off), cost(LogLevel::Warn));
+    println!("log off: {off:?}; log at warn: {on:?} (verified, XDP bytes, TC bytes)");
+    assert!(
+        off.0 < on.0 && off.1 < on.1 && off.2 < on.2,
+        "with the log off the verifier still walks or keeps logging code: off {off:?}, warn {on:?}"
+    );
+}
+
 /// The object calls no out-of-line `memset`, `memmove` or `memcpy`: older verifiers (6.1) count
 /// every call's frame, rounded up to 32 bytes, against the 512-byte stack of a call chain, and a
 /// chain that fits on 6.18 is refused there. (LLVM emits such calls for plain struct copies and

@@ -28,9 +28,15 @@ pub struct Args {
     /// Apply this configuration file (validated whole before anything is attached).
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
+    /// What the data path logs for `run` to drain into its log, fixed for this attachment: error
+    /// (aborted verdicts), warn (also refused handoffs and socket-table inserts), or off (the
+    /// verifier removes the code). Example: `--log-level error`.
+    #[arg(long, value_enum, default_value = "warn")]
+    pub log_level: intercept_ctl::datalog::LogLevel,
 }
 
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
+    intercept_ctl::datalog::set_level(a.log_level);
     if a.xdp_mode == AttachMode::Generic {
         eprintln!(
             "intercept-ctl: warning: generic XDP runs after the kernel allocated the skb; it \

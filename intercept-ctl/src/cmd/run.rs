@@ -36,6 +36,12 @@ pub struct Args {
     /// Serve Prometheus metrics over HTTP at this address (overrides the file's metrics.listen).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// What the data path logs when this run attaches (an adopted attachment keeps its own):
+    /// error (aborted verdicts), warn (also refused handoffs and socket-table inserts), or off.
+    /// Its lines come on stderr, naming the interface, at most 10 a second per CPU; the number
+    /// cut is said. Example: `--log-level error`.
+    #[arg(long, value_enum, default_value = "warn")]
+    pub log_level: intercept_ctl::datalog::LogLevel,
 }
 
 /// Counters shown in the live view, in order.
@@ -124,6 +130,7 @@ pub fn print_live(ctx: &Ctx, t: f64, now: &Counters, prev: &Counters, dt: f64) {
 /// connections, thresholds, auto mode), once a second check the attachment's health (see
 /// [`health_step`]) and print counters, until the time is up or SIGINT/SIGTERM arrives.
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
+    intercept_ctl::datalog::set_level(a.log_level);
     let mut settings = a
         .config
         .as_deref()
@@ -179,6 +186,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         let mut trouble = Trouble::default();
         // The attachment the watcher and the live view read: another `attach` may replace it.
         let mut followed = pinned_program(&pins);
+        let mut _drain = drain_log(&a.iface, followed);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -226,6 +234,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                             let Some(w) = trouble.check("opening the new attachment", Watcher::open(&a.iface, ctx.netns)) else { continue };
                             let Some(l) = trouble.check("reading counters", read_pinned(&a.iface, ctx.netns)) else { continue };
                             (watcher, live, followed) = (w, Live::new(l), now);
+                            _drain = drain_log(&a.iface, followed);
                         }
                     }
                     // Nothing to watch or rotate on maps nothing reads.
@@ -240,6 +249,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                         // Fresh counters: rates start again from them.
                         let Some(l) = trouble.check("reading counters", read_pinned(&a.iface, ctx.netns)) else { continue };
                         (watcher, live, followed) = (w, Live::new(l), Some(att.program_id));
+                        _drain = drain_log(&a.iface, followed);
                     }
                 }
             }
@@ -269,6 +279,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
             if live.due()
                 && let Some(now) = trouble.check("reading counters", read_pinned(&a.iface, ctx.netns))
             {
+                say_log_cut(&a.iface, &now, live.counters());
                 live.update(ctx, now, a.quiet);
             }
         }
@@ -281,6 +292,31 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         eprintln!("intercept-ctl: protection left running on {}", a.iface);
     }
     result
+}
+
+/// Drains the data path's log of the attachment whose XDP program is `program` into stderr (see
+/// [`intercept_ctl::datalog`]); says so, and goes on without, if it cannot.
+fn drain_log(iface: &str, program: Option<u32>) -> Option<intercept_ctl::datalog::Drain> {
+    let id = program?;
+    intercept_ctl::datalog::Drain::start(iface, id)
+        .inspect_err(|e| {
+            eprintln!("intercept-ctl: {iface}: the data path's log is not shown: {e:#}");
+        })
+        .ok()
+}
+
+/// Says how many lines the data path's log lost to its rate limit since the last reading.
+fn say_log_cut(iface: &str, now: &Counters, before: &Counters) {
+    let cut = now
+        .get(Counter::LogSuppressed)
+        .saturating_sub(before.get(Counter::LogSuppressed));
+    if cut > 0 {
+        eprintln!(
+            "intercept-ctl: {iface}: {cut} more data-path log lines cut by the rate limit ({} a \
+             second per CPU)",
+            intercept_ctl::datalog::LOG_LINES_PER_SECOND
+        );
+    }
 }
 
 /// The id of the XDP program pinned in `pins`, if any.
