@@ -151,6 +151,10 @@ pub enum Counter {
     /// (`bpf_tcp_gen_syncookie` failed: `net.ipv4.tcp_syncookies` is not 2, or the listener's
     /// accept queue is full), passed for the kernel to decide.
     SynCookieRefused,
+    /// Kernel-cookie engine: ACKs whose cookie the kernel's helper could not check (an error
+    /// other than "not a cookie of this listener", e.g. IPv6 cookies where IPv6 is a module):
+    /// passed, and the listener checks them itself. A rising count means forged ACKs reach it.
+    AckCookieUnchecked,
     /// Rare-event lines of the data path (a refused handoff or socket-table insert, an aborted
     /// verdict) not logged because their CPU had already logged
     /// [`crate::maps::LOG_LINES_PER_SECOND`] that second; the event itself is counted by its
@@ -228,6 +232,7 @@ impl Counter {
         Counter::SynNoListener,
         Counter::SynOwnWindow,
         Counter::SynCookieRefused,
+        Counter::AckCookieUnchecked,
         Counter::LogSuppressed,
     ];
 
@@ -288,6 +293,7 @@ impl Counter {
             Counter::SynNoListener => "syn_no_listener",
             Counter::SynOwnWindow => "syn_own_window",
             Counter::SynCookieRefused => "syn_cookie_refused",
+            Counter::AckCookieUnchecked => "ack_cookie_unchecked",
             Counter::LogSuppressed => "log_suppressed",
             Counter::Count => "count",
         }
@@ -359,6 +365,9 @@ impl Counter {
             }
             Counter::SynCookieRefused => {
                 "Kernel cookie: SYNs the kernel made no cookie for (tcp_syncookies != 2?), passed"
+            }
+            Counter::AckCookieUnchecked => {
+                "Kernel cookie: ACKs the kernel's helper could not check, left to the listener"
             }
             Counter::LogSuppressed => "Data-path log lines of rare events cut by the rate limit",
             Counter::Count => "",

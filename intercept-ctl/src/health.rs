@@ -292,7 +292,7 @@ fn kernel_settings_drift(iface: &str, netns: Option<&str>, pins: &PinDir) -> Opt
     {
         return None;
     }
-    let drift = crate::sysctl::kernel_cookie_drift();
+    let drift = crate::sysctl::kernel_cookie_drift(&cfg);
     (!drift.is_empty()).then(|| drift.join(", "))
 }
 

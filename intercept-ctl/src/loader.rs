@@ -836,18 +836,22 @@ pub fn detach(iface: &str, netns: Option<&str>) -> anyhow::Result<()> {
             crate::health::detach_link(&link)?;
         }
     }
-    // What the kernel-cookie engine changed goes back; a failure is said, and the detach goes on.
-    match crate::sysctl::restore(&pins) {
+    // What the kernel-cookie engine changed goes back, and the pins go, under the namespace's
+    // lock; a failure to restore is said, and the detach goes on.
+    let remove = || {
+        fs::remove_dir_all(pins.path())
+            .map_err(|e| explain(anyhow::Error::new(e), "remove the pin directory"))
+            .with_context(|| format!("remove {}", pins.path().display()))
+    };
+    match crate::sysctl::restore_then(&pins, remove) {
         Ok(said) => {
             for m in &said {
                 eprintln!("intercept-ctl: {m}");
             }
         }
+        Err(e) if pins.path().exists() => return Err(e),
         Err(e) => eprintln!("intercept-ctl: warning: {e:#}"),
     }
-    fs::remove_dir_all(pins.path())
-        .map_err(|e| explain(anyhow::Error::new(e), "remove the pin directory"))
-        .with_context(|| format!("remove {}", pins.path().display()))?;
     remove_empty_parent(&pins, netns);
     Ok(())
 }

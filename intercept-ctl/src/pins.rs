@@ -72,15 +72,27 @@ impl PinDir {
         self.path.parent().unwrap_or(&self.path)
     }
 
-    /// The other attachments pinned in this one's network namespace: (interface, its pin
-    /// directory).
+    /// [`PinDir::namespace_dir`] as a directory to lock (see [`crate::lock::settings`]): what
+    /// the namespace's attachments share is changed under its lock.
+    #[must_use]
+    pub fn namespace(&self) -> PinDir {
+        PinDir {
+            path: self.namespace_dir().to_path_buf(),
+        }
+    }
+
+    /// The other attachments of this one's network namespace, made or being made (their engine
+    /// is recorded before anything else is configured): (interface, its pin directory).
     #[must_use]
     pub fn others(&self) -> Vec<(String, PinDir)> {
         let Ok(dir) = std::fs::read_dir(self.namespace_dir()) else {
             return Vec::new();
         };
         dir.filter_map(Result::ok)
-            .filter(|e| e.path() != self.path && e.path().join("link_xdp").exists())
+            .filter(|e| {
+                e.path() != self.path
+                    && std::fs::symlink_metadata(e.path().join(crate::engine::ENGINE_PIN)).is_ok()
+            })
             .map(|e| {
                 (
                     e.file_name().to_string_lossy().into_owned(),

@@ -75,6 +75,7 @@ pub fn enter_intercept(pins: Option<&PinDir>, engine: Engine) -> anyhow::Result<
         }
         return Ok(said);
     }
+    let _ns = pins.map(namespace_lock).transpose()?;
     let before: Vec<(&str, String)> = KERNEL_COOKIE_NEEDS
         .iter()
         .map(|(p, _)| Ok((*p, read(p)?)))
@@ -106,11 +107,12 @@ pub fn leave_intercept(pins: Option<&PinDir>, engine: Engine) -> anyhow::Result<
     let Some(pins) = pins else {
         return Ok(Vec::new());
     };
+    let _ns = namespace_lock(pins)?;
     let Some(saved) = saved(pins) else {
         return Ok(Vec::new());
     };
     let mut said = Vec::new();
-    if others_need(pins).0 {
+    if others_need(pins).intercepting {
         return Ok(said);
     }
     if let Some((_, was)) = saved.iter().find(|(p, _)| *p == SYNCOOKIES) {
@@ -131,6 +133,32 @@ pub fn leave_intercept(pins: Option<&PinDir>, engine: Engine) -> anyhow::Result<
 /// # Errors
 /// A sysctl cannot be written.
 pub fn restore(pins: &PinDir) -> anyhow::Result<Vec<String>> {
+    let _ns = namespace_lock(pins)?;
+    restore_locked(pins)
+}
+
+/// [`restore`], then `forget` (the removal of the attachment's pin directory), both under the
+/// namespace's lock: a concurrent detach of another attachment then sees this one either still
+/// there or gone, never half gone.
+///
+/// # Errors
+/// A sysctl cannot be written, or `forget` fails.
+pub fn restore_then(
+    pins: &PinDir,
+    forget: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<String>> {
+    let _ns = namespace_lock(pins)?;
+    let said = restore_locked(pins);
+    forget()?;
+    said
+}
+
+/// The lock of the namespace's shared settings.
+fn namespace_lock(pins: &PinDir) -> anyhow::Result<crate::lock::Settings> {
+    crate::lock::settings(&pins.namespace(), "the namespace's sysctls")
+}
+
+fn restore_locked(pins: &PinDir) -> anyhow::Result<Vec<String>> {
     let Some(saved) = saved(pins) else {
         return Ok(Vec::new());
     };
@@ -142,17 +170,23 @@ pub fn restore(pins: &PinDir) -> anyhow::Result<Vec<String>> {
         }
         return Ok(Vec::new());
     }
-    let (intercepting, engine_users) = others_need(pins);
+    let Others {
+        intercepting,
+        engine_users,
+        any_intercepting,
+    } = others_need(pins);
     let mut said = Vec::new();
     for (path, was) in &saved {
-        // tcp_syncookies=2 while another attachment intercepts; tcp_timestamps=2 while another
-        // uses the engine at all (see the module docs).
+        // tcp_syncookies=2 while another attachment of the engine intercepts; tcp_timestamps=2
+        // while another uses the engine at all (see the module docs).
         let needed = if *path == SYNCOOKIES {
             intercepting
         } else {
             engine_users
         };
-        let to = if *path == SYNCOOKIES && was == "0" && engine_users {
+        // Never 0 while any attachment intercepts, whatever its engine: the kernel would reset
+        // its cookie handshakes.
+        let to = if *path == SYNCOOKIES && was == "0" && (engine_users || any_intercepting) {
             "1"
         } else {
             was.as_str()
@@ -174,15 +208,23 @@ pub fn restore(pins: &PinDir) -> anyhow::Result<Vec<String>> {
     Ok(said)
 }
 
-/// Whether other attachments of `pins`' namespace need the kernel-cookie engine's sysctls:
-/// (one of them is in intercept mode with the engine, one of them has the engine).
-fn others_need(pins: &PinDir) -> (bool, bool) {
-    let mut out = (false, false);
+/// What the other attachments of a namespace need of its sysctls.
+#[derive(Debug, Default)]
+struct Others {
+    /// One of them is in intercept mode with the kernel-cookie engine.
+    intercepting: bool,
+    /// One of them has the kernel-cookie engine.
+    engine_users: bool,
+    /// One of them is in intercept mode, with any engine.
+    any_intercepting: bool,
+}
+
+/// What the other attachments of `pins`' namespace need of its sysctls.
+fn others_need(pins: &PinDir) -> Others {
+    let mut out = Others::default();
     for (iface, other) in pins.others() {
-        if crate::engine::recorded(&other) != Engine::KernelCookie {
-            continue;
-        }
-        out.1 = true;
+        let kernel_cookie = crate::engine::recorded(&other) == Engine::KernelCookie;
+        out.engine_users |= kernel_cookie;
         // The namespace's name, if any, is the directory's (`netns-<ns>`).
         let netns = pins
             .namespace_dir()
@@ -195,7 +237,8 @@ fn others_need(pins: &PinDir) -> (bool, bool) {
                 intercept_common::config::Mode::effective(&c)
                     == intercept_common::config::Mode::Intercept
             });
-        out.0 |= intercepting;
+        out.any_intercepting |= intercepting;
+        out.intercepting |= intercepting && kernel_cookie;
     }
     out
 }
@@ -211,8 +254,11 @@ fn save(pins: &PinDir, values: &[(&str, String)]) -> anyhow::Result<()> {
         .map(|(p, v)| format!("{}={v}", p.rsplit('/').next().unwrap_or(p)))
         .collect::<Vec<_>>()
         .join(",");
-    std::os::unix::fs::symlink(text, &at)
-        .with_context(|| format!("record the sysctls at {}", at.display()))
+    match std::os::unix::fs::symlink(text, &at) {
+        // Another attachment's first change is what is restored.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        r => r.with_context(|| format!("record the sysctls at {}", at.display())),
+    }
 }
 
 /// The values recorded at `pins`, as (path, value).
@@ -235,16 +281,38 @@ fn saved(pins: &PinDir) -> Option<Vec<(&'static str, String)>> {
 }
 
 /// What the kernel-cookie engine found wrong with the settings in force, for `status`: each
-/// sysctl that does not have the value intercept mode needs.
+/// sysctl that does not have the value intercept mode needs, and what the SYN-ACKs of `cfg`
+/// offer that the kernel would not decode from the ACK as offered (its window scale or SACK
+/// changed since the configuration was written).
 #[must_use]
-pub fn kernel_cookie_drift() -> Vec<String> {
-    KERNEL_COOKIE_NEEDS
+pub fn kernel_cookie_drift(cfg: &intercept_common::config::Config) -> Vec<String> {
+    use intercept_common::config::flags;
+    let mut out: Vec<String> = KERNEL_COOKIE_NEEDS
         .iter()
         .filter_map(|(p, want)| {
             let is = read(p).unwrap_or_else(|_| "unreadable".to_owned());
             (is != *want).then(|| format!("{}={is} (needs {want})", name(p)))
         })
-        .collect()
+        .collect();
+    match kernel_wscale() {
+        Ok(w) if w != cfg.wscale => out.push(format!(
+            "the SYN-ACKs offer window scale {} where the kernel now gives {} (net.ipv4.tcp_rmem, \
+             net.core.rmem_max, net.ipv4.tcp_window_scaling changed)",
+            cfg.wscale, w
+        )),
+        Ok(_) => {}
+        Err(e) => out.push(format!("the kernel's window scale is unknown: {e:#}")),
+    }
+    if let Ok(sack) = sack()
+        && sack == (cfg.flags & flags::NO_SACK != 0)
+    {
+        out.push(format!(
+            "the SYN-ACKs {} SACK where net.ipv4.tcp_sack is now {}",
+            if sack { "refuse" } else { "offer" },
+            u8::from(sack)
+        ));
+    }
+    out
 }
 
 /// The window scale the kernel gives connections it completes from a cookie (see

@@ -240,10 +240,8 @@ pub fn handle_kernel_cookie(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) 
         crate::kcookie::NO_SOCKET => pass(Counter::AckNoListener),
         crate::kcookie::INVALID if strict => drop(Counter::AckBadMac),
         crate::kcookie::INVALID => pass(Counter::Passed),
-        _ => {
-            count(Counter::Aborted);
-            xdp_action::XDP_ABORTED
-        }
+        crate::kcookie::UNCHECKED => pass(Counter::AckCookieUnchecked),
+        _ => crate::stats::aborted(crate::events::Abort::KernelCookieCopy, 0),
     }
 }
 

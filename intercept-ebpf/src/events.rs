@@ -78,6 +78,9 @@ pub enum Abort {
     /// `bpf_xdp_adjust_meta` refused room for a verified ACK's handoff metadata (a driver
     /// without XDP metadata support; `meta_unsupported`).
     NoMetadata,
+    /// The kernel-cookie engine could not copy a segment's headers for the kernel's cookie
+    /// helpers (`bpf_xdp_load_bytes`).
+    KernelCookieCopy,
 }
 
 /// Per CPU, the last [`Abort`] recorded and the kernel's return code with it: written where the
@@ -130,6 +133,12 @@ pub fn log_abort(ctx: &XdpContext) {
             ctx,
             "XDP_ABORTED: no XDP metadata for a verified ACK's handoff (bpf_xdp_adjust_meta \
              refused; a driver without metadata support needs generic mode)"
+        );
+    } else if why == Abort::KernelCookieCopy as i64 {
+        rare!(
+            error,
+            ctx,
+            "XDP_ABORTED: bpf_xdp_load_bytes failed copying headers for the kernel's cookie"
         );
     } else if why == Abort::SynAckWrite as i64 {
         rare!(

@@ -58,6 +58,13 @@ pub const KERNEL_SOCKET: i64 = 1;
 pub const NO_SOCKET: i64 = 2;
 /// [`check_ack`]: a time-wait socket holds the flow (a connection the server closed first).
 pub const TIME_WAIT: i64 = 4;
+/// [`check_ack`]: the kernel's helper could not check the cookie (an error other than "no such
+/// cookie": IPv6 cookies of a kernel whose IPv6 is a module, say): the listener checks it.
+pub const UNCHECKED: i64 = 5;
+
+/// `-ENOENT`: what `bpf_tcp_check_syncookie` answers for a cookie that is not the listener's
+/// (or a listener that issued none in two minutes).
+const ENOENT: i64 = -2;
 /// [`check_ack`]: a listener holds the flow and the cookie is not valid.
 pub const INVALID: i64 = 3;
 
@@ -95,7 +102,7 @@ pub fn syn_cookie(ctx: &XdpContext, l3: u32, l4: u32, th_len: u32, v6: u32) -> i
 
 /// Checks the cookie of the ACK whose IP header is at `l3` and TCP header at `l4` against the
 /// flow's socket: one of [`VALID`], [`KERNEL_SOCKET`], [`TIME_WAIT`], [`NO_SOCKET`],
-/// [`INVALID`], [`FAILED`].
+/// [`INVALID`], [`UNCHECKED`], [`FAILED`].
 /// Inlined into the ACK path's own subprogram (`ack::handle_kernel_cookie`).
 #[inline(always)]
 pub fn check_ack(ctx: &XdpContext, l3: u32, l4: u32, v6: u32) -> i64 {
@@ -128,7 +135,11 @@ pub fn check_ack(ctx: &XdpContext, l3: u32, l4: u32, v6: u32) -> i64 {
         )
     };
     unsafe { bpf_sk_release(sk.cast()) };
-    if rc == 0 { VALID } else { INVALID }
+    match rc {
+        0 => VALID,
+        ENOENT => INVALID,
+        _ => UNCHECKED,
+    }
 }
 
 /// Copies the IP header (its fixed part) and `th_len` bytes of TCP header into scratch memory.

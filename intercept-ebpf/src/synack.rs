@@ -91,7 +91,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
                 crate::kcookie::NOT_LISTENER => pass(Counter::PassEstablished),
                 crate::kcookie::OWN_WINDOW => pass(Counter::SynOwnWindow),
                 crate::kcookie::REFUSED => pass(Counter::SynCookieRefused),
-                _ => aborted(),
+                _ => aborted(Abort::KernelCookieCopy, 0),
             };
         }
         // What the kernel's cookie keeps of the SYN's options.

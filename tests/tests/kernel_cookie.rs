@@ -231,6 +231,13 @@ fn kernel_cookie_engine_leaves_a_listener_with_its_own_window_to_the_kernel() {
     }
     let d = t.stats().delta(&before);
     assert_eq!(d.get(SynOwnWindow), 2, "{d:?}");
+    let st = status(&t);
+    assert!(
+        st["limitations"].as_array().is_some_and(|l| l
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("own receive window")))),
+        "status says those SYNs cost the kernel: {st}"
+    );
     assert_eq!(d.get(SynAckSent), 0, "{d:?}");
     assert_eq!(
         syn_recv_count(&t.lab.server).unwrap(),
@@ -314,6 +321,33 @@ fn kernel_cookie_engine_sets_and_restores_its_sysctls() {
     // Any configuration write in intercept mode sets it again.
     t.ctl(&["mode", t.srv_if(), "intercept"]);
     assert_eq!(status(&t)["healthy"], true);
+    // The window scale the kernel gives connections changes with tcp_rmem: the SYN-ACKs'
+    // would no longer match, and status says so until a write recomputes it.
+    let rmem = t
+        .lab
+        .server
+        .exec("sysctl", &["-n", "net.ipv4.tcp_rmem"])
+        .expect("sysctl");
+    let mut r: Vec<&str> = rmem.split_whitespace().collect();
+    r[2] = "67108864";
+    set("net.ipv4.tcp_rmem", &r.join(" "));
+    let o = ctl(&["--netns", t.srv(), "--json", "status", t.srv_if()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status JSON");
+    assert!(
+        st["health"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("window scale")),
+        "{st}"
+    );
+    t.ctl(&["mode", t.srv_if(), "intercept"]);
+    let st = status(&t);
+    assert_eq!(st["healthy"], true, "{st}");
+    assert_eq!(
+        st["synack"]["wscale"], 11,
+        "64 MiB in 16 bits: scale 11: {st}"
+    );
+    assert_eq!(st["ecn"], false, "the engine never negotiates ECN: {st}");
     t.ctl(&["mode", t.srv_if(), "watch"]);
     assert_eq!(
         sysctls(&t),

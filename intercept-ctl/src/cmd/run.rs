@@ -412,12 +412,10 @@ fn health_step(
     }
     if h.problem == Some(Problem::KernelSettings) {
         // The programs run; only the sysctls changed under them.
-        eprintln!("intercept-ctl: {reason}; setting them again");
-        let pins = intercept_ctl::pins::PinDir::new(ctx.netns, &a.iface);
-        let engine = intercept_ctl::engine::recorded(&pins);
-        for msg in intercept_ctl::sysctl::enter_intercept(Some(&pins), engine)? {
-            eprintln!("intercept-ctl: {msg}");
-        }
+        // A configuration write, under the settings lock, in the mode in force then: it sets
+        // the sysctls again and recomputes what the SYN-ACKs offer (`Maps::set_config`).
+        eprintln!("intercept-ctl: {reason}; setting it right");
+        intercept_ctl::control::Maps::open(&a.iface, ctx.netns)?.update_config(|_| {})?;
         return Ok(Step::Healthy);
     }
     if h.ifindex.is_none() {

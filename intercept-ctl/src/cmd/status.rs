@@ -121,7 +121,7 @@ fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
         "engine": intercept_ctl::engine::recorded(&pins).name(),
         "mode": Mode::from_u32(c.mode).name(),
         "active_mode": Mode::effective(&c).name(),
-        "ecn": c.flags & flags::ECN != 0,
+        "ecn": c.flags & flags::ECN != 0 && c.flags & flags::KERNEL_COOKIE == 0,
         "scope_entries": scope.len(),
         "scope_flags": { "ports": c.flags & flags::SCOPE_PORTS != 0, "any_port": c.flags & flags::SCOPE_ANY_PORT != 0, "exempt": c.flags & flags::EXEMPT != 0 },
         "scope_lookup": flags::scope_lookup(c.flags),
@@ -155,6 +155,26 @@ fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
             "last_cause": cause_name(w.last_cause),
         },
         "controller_running": intercept_ctl::daemon_running(iface, ctx.netns),
-        "limitations": loader::limitations(&pins),
+        "limitations": limitations(&pins, iface, ctx.netns),
     }))
+}
+
+/// What the kernel keeps the attachment from doing ([`loader::limitations`]), and what its
+/// counters show it could not do: SYNs the kernel-cookie engine left to the kernel because their
+/// listener chose its own receive window.
+fn limitations(pins: &PinDir, iface: &str, netns: Option<&str>) -> Vec<String> {
+    let mut out = loader::limitations(pins);
+    if intercept_ctl::engine::recorded(pins) == intercept_ctl::engine::Engine::KernelCookie
+        && let Ok(c) = intercept_ctl::stats::read_pinned(iface, netns)
+        && c.get(intercept_common::Counter::SynOwnWindow) > 0
+    {
+        out.push(format!(
+            "{} protected SYNs went to listeners that set their own receive window (SO_RCVBUF, \
+             TCP_WINDOW_CLAMP), whose window scale only the kernel knows: the kernel answered \
+             them with its own cookies (no SYN queue, but an skb and its softirq time each); the \
+             kfunc engine (Linux >= 6.9) answers them in XDP",
+            c.get(intercept_common::Counter::SynOwnWindow)
+        ));
+    }
+    out
 }
