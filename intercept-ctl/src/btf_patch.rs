@@ -131,33 +131,32 @@ fn vmlinux_has(name: &str, kind: aya_obj::btf::BtfKind) -> bool {
         .is_some_and(|btf| btf.id_by_type_name_kind(name, kind).is_ok())
 }
 
+/// `member` of `strukt` in the running kernel's BTF: its bit offset and bitfield size (0: not a
+/// bitfield), remembered per process.
+fn vmlinux_member(strukt: &'static str, member: &'static str) -> Option<(u32, u32)> {
+    type Members = std::collections::HashMap<(&'static str, &'static str), Option<(u32, u32)>>;
+    static CACHE: std::sync::Mutex<Option<Members>> = std::sync::Mutex::new(None);
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *cache
+        .get_or_insert_with(Members::new)
+        .entry((strukt, member))
+        .or_insert_with(|| member_bits(vmlinux()?, strukt, member).ok())
+}
+
 /// [`member_offset`] in the running kernel's BTF, remembered per process.
 #[must_use]
 pub fn vmlinux_member_offset(strukt: &'static str, member: &'static str) -> Option<u32> {
-    type Offsets = std::collections::HashMap<(&'static str, &'static str), Option<u32>>;
-    static CACHE: std::sync::Mutex<Option<Offsets>> = std::sync::Mutex::new(None);
-    let mut cache = CACHE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    *cache
-        .get_or_insert_with(Offsets::new)
-        .entry((strukt, member))
-        .or_insert_with(|| member_offset_uncached(vmlinux()?, strukt, member).ok())
+    vmlinux_member(strukt, member)
+        .filter(|&(bits, size)| size == 0 && bits % 8 == 0)
+        .map(|(bits, _)| bits / 8)
 }
 
-/// The bit offset of `member` in `strukt` in the kernel's BTF, bitfields too (cached as
-/// [`vmlinux_member_offset`]).
+/// The bit offset of `member` in `strukt` in the kernel's BTF, bitfields too.
 #[must_use]
 pub fn vmlinux_member_bits(strukt: &'static str, member: &'static str) -> Option<u32> {
-    type Offsets = std::collections::HashMap<(&'static str, &'static str), Option<u32>>;
-    static CACHE: std::sync::Mutex<Option<Offsets>> = std::sync::Mutex::new(None);
-    let mut cache = CACHE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    *cache
-        .get_or_insert_with(Offsets::new)
-        .entry((strukt, member))
-        .or_insert_with(|| member_bits(vmlinux()?, strukt, member).ok().map(|(b, _)| b))
+    vmlinux_member(strukt, member).map(|(bits, _)| bits)
 }
 
 fn member_offset_uncached(btf: &[u8], strukt: &str, member: &str) -> anyhow::Result<u32> {

@@ -117,6 +117,28 @@ pub fn handle_grace(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     verify(ctx, ip, tcp, false)
 }
 
+/// What every ACK path does first: the scope (out of it: passed), the socket table (a flow it
+/// holds: passed as established), the exempt sources (passed). The rest goes on with its
+/// configuration, flow and key, or ends with the verdict.
+#[inline(always)]
+fn admit(
+    pkt: &Pkt<XdpContext>,
+    ip: &Ip,
+    tcp: &Tcp,
+) -> Result<(&'static Config, Flow, FlowKey), u32> {
+    let (cfg, flow) = scope::in_scope(pkt, ip, tcp)?;
+    // The filter first: a zero bucket proves the flow absent without hashing it.
+    let key = FlowKey::of(&flow);
+    // SAFETY: read-only lookup.
+    if crate::track::may_hold(&key) && unsafe { SOCKETS.get(&key) }.is_some() {
+        return Err(established(&flow, tcp, cfg));
+    }
+    if scope::exempt(&flow, cfg) {
+        return Err(pass(Counter::PassExempt));
+    }
+    Ok((cfg, flow, key))
+}
+
 /// The ACK path; `strict` drops what fails (intercept mode), otherwise it passes.
 #[inline(always)]
 fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
@@ -124,19 +146,10 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     // subprogram to scalars, and past five arguments it spills to a stack the kernel does not
     // have ("R11 is invalid"). An array lookup is inlined by the verifier and costs next to nothing.
     let pkt = Pkt::new(ctx);
-    let (cfg, flow) = match scope::in_scope(&pkt, ip, tcp) {
+    let (cfg, flow, key) = match admit(&pkt, ip, tcp) {
         Ok(x) => x,
         Err(verdict) => return verdict,
     };
-    // The filter first: a zero bucket proves the flow absent without hashing it.
-    let key = FlowKey::of(&flow);
-    // SAFETY: read-only lookup.
-    if crate::track::may_hold(&key) && unsafe { SOCKETS.get(&key) }.is_some() {
-        return established(&flow, tcp, cfg);
-    }
-    if scope::exempt(&flow, cfg) {
-        return pass(Counter::PassExempt);
-    }
     let Some(secrets) = SECRETS.get(0) else {
         return pass(Counter::PassNoSecret);
     };
@@ -201,18 +214,10 @@ fn verify(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
 #[inline(never)]
 pub fn handle_kernel_cookie(ctx: &XdpContext, ip: &Ip, tcp: &Tcp, strict: bool) -> u32 {
     let pkt = Pkt::new(ctx);
-    let (cfg, flow) = match scope::in_scope(&pkt, ip, tcp) {
+    let (cfg, flow, key) = match admit(&pkt, ip, tcp) {
         Ok(x) => x,
         Err(verdict) => return verdict,
     };
-    let key = FlowKey::of(&flow);
-    // SAFETY: read-only lookup.
-    if crate::track::may_hold(&key) && unsafe { SOCKETS.get(&key) }.is_some() {
-        return established(&flow, tcp, cfg);
-    }
-    if scope::exempt(&flow, cfg) {
-        return pass(Counter::PassExempt);
-    }
     let now = crate::clock::now_ns();
     // The client's later segments of a handshake whose first one just passed (its request
     // split over segments, a FIN) carry the same cookie, but the kernel's check takes the

@@ -197,6 +197,7 @@ fn legitimate_clients_get_through_syn_and_forged_ack_floods() {
                 d.get(SynAckSent) >= sent + ok as u64,
                 "flood and legitimate SYNs all answered: {d:?}"
             );
+            assert_eq!(d.get(SynCookieRefused), 0, "{d:?}");
         } else {
             // Forged ACKs: dropped as bad MAC, never handed off (a 2^-24 chance per frame of a
             // lucky guess is tolerated once).

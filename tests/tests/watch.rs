@@ -60,7 +60,7 @@ fn lab_thresholds(t: &InterceptLab) {
         "thresholds",
         t.srv_if(),
         "--watch-timeout",
-        "4",
+        &secs(4),
         "--max-incomplete-high",
         "50",
         "--max-incomplete-low",
@@ -70,8 +70,15 @@ fn lab_thresholds(t: &InterceptLab) {
         "--one-minute-low",
         "100",
         "--rate-window",
-        "3",
+        &secs(3),
     ]);
+}
+
+/// `n` seconds times the tests' time scale (see `intercept_tests::time_scale`), for the
+/// timeouts a test configures: what it observes before they expire takes that much longer
+/// under emulation.
+fn secs(n: u32) -> String {
+    (n * intercept_tests::time_scale()).to_string()
 }
 
 /// A bounded flood that makes the lab aggressive: 3000 spoofed SYNs at 1000/s.
@@ -88,7 +95,7 @@ const SYN_FLOOD: FloodSpec = FloodSpec {
 fn half_open_connections_are_counted_exactly_and_closed_after_the_timeout() {
     require_root("half_open_connections_are_counted_exactly_and_closed_after_the_timeout");
     let t = InterceptLab::watching(PORT);
-    t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", "2"]);
+    t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", &secs(2)]);
     let _d = Daemon::start(t.srv(), t.srv_if());
     let (l4, l6) = t.lab.listen(PORT).expect("listen");
     echo_server(l4);
@@ -466,7 +473,7 @@ fn spoof(
 fn a_half_open_connection_counts_until_the_kernel_ends_it() {
     require_root("a_half_open_connection_counts_until_the_kernel_ends_it");
     let t = InterceptLab::watching(PORT);
-    t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", "3"]);
+    t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", &secs(3)]);
     let _d = Daemon::start(t.srv(), t.srv_if());
     let (l4, l6) = t.lab.listen(PORT).expect("listen");
     echo_server(l4);

@@ -104,8 +104,9 @@ enum Task {
 
 /// The tests `./x test` runs a second time with the kernel-cookie engine (name filters): every
 /// end-to-end test of intercept and auto mode whose lab takes the engine it is given.
-const KERNEL_COOKIE_TESTS: [&str; 20] = [
+const KERNEL_COOKIE_TESTS: [&str; 21] = [
     "every_first_request",
+    "legitimate_clients_get_through",
     "a_request_whose_handshake",
     "watch_and_auto_modes",
     "request_latency_is_within",
@@ -128,7 +129,11 @@ const KERNEL_COOKIE_TESTS: [&str; 20] = [
 ];
 
 /// The tests `./x test` runs on Linux 6.1 under QEMU (name filters).
-const VM_CI_TESTS: [&str; 2] = ["kernel_cookie_engine", "without_a_handoff_engine"];
+const VM_CI_TESTS: [&str; 3] = [
+    "kernel_cookie_engine",
+    "without_a_handoff_engine",
+    "legitimate_clients_get_through",
+];
 
 /// `./x vm-test`: the test binaries, built here, run with `args` in a guest booting `kernel`.
 fn vm_test(kernel: vm::Kernel, memory: u32, timeout: u64, args: &[String]) -> anyhow::Result<()> {
