@@ -129,10 +129,12 @@ const KERNEL_COOKIE_TESTS: [&str; 21] = [
 ];
 
 /// The tests `./x test` runs on Linux 6.1 under QEMU (name filters).
-const VM_CI_TESTS: [&str; 3] = [
+const VM_CI_TESTS: [&str; 5] = [
     "kernel_cookie_engine",
     "without_a_handoff_engine",
     "legitimate_clients_get_through",
+    "a_flood_switches_auto",
+    "half_open_connections_are_counted",
 ];
 
 /// `./x vm-test`: the test binaries, built here, run with `args` in a guest booting `kernel`.
@@ -421,8 +423,9 @@ fn main() -> anyhow::Result<()> {
             let mut a = vec!["test", "-p", "intercept-tests", "--tests", "--"];
             a.extend(KERNEL_COOKIE_TESTS);
             test_with_total(&a, ctl, &[("INTERCEPT_TEST_ENGINE", "kernel-cookie")])?;
-            // And on the kernel most servers run, under QEMU: the engine probe, the refusals, and
-            // the kernel-cookie engine end to end (about 5 minutes with TCG).
+            // And on the kernel most servers run, under QEMU: the engine probe, the refusals, the
+            // kernel-cookie engine end to end, a flood, auto switching and watch mode's timeouts
+            // (about 7 minutes with TCG).
             println!("\non Debian 12's Linux 6.1 under QEMU:");
             let subset = VM_CI_TESTS.map(str::to_owned);
             vm_test(vm::Kernel::Debian61, 2048, 1200, &subset)
