@@ -94,8 +94,10 @@ const SYN_FLOOD: FloodSpec = FloodSpec {
 #[test]
 fn half_open_connections_are_counted_exactly_and_closed_after_the_timeout() {
     require_root("half_open_connections_are_counted_exactly_and_closed_after_the_timeout");
+    // Not alongside a flood: what it counts must be seen before the timeout closes it.
+    let _turn = flood_turn();
     let t = InterceptLab::watching(PORT);
-    t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", &secs(2)]);
+    t.ctl(&["thresholds", t.srv_if(), "--watch-timeout", &secs(3)]);
     let _d = Daemon::start(t.srv(), t.srv_if());
     let (l4, l6) = t.lab.listen(PORT).expect("listen");
     echo_server(l4);
@@ -154,7 +156,7 @@ fn half_open_connections_are_counted_exactly_and_closed_after_the_timeout() {
         "{conns}"
     );
     assert_eq!(conns["connections"][0]["state"], "SYNRCVD");
-    // After the (2 s) watch timeout the controller closes them on the server.
+    // After the (3 s) watch timeout the controller closes them on the server.
     wait_for(
         "SYN_RECV entries closed after the timeout",
         Duration::from_secs(5),
