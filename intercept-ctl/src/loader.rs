@@ -419,6 +419,7 @@ fn attach_and_pin(
         crate::engine::record(pins, engine)?;
         configure(iface, netns, initial, mode)?;
         crate::faults::kill_point("attach:configured");
+        crate::faults::fail_point("attach:configure")?;
         if engine == Engine::Kfunc {
             attach_tc_handoff(ebpf, iface, ifindex, pins)?;
         }

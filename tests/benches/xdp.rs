@@ -117,22 +117,18 @@ fn median_ns_seq(
 /// The verdict `xdp_action::XDP_TX`.
 const XDP_TX: u32 = 3;
 
-/// The sequence number (the cookie) and our TSval of a SYN-ACK frame (Ethernet, IPv4 without
-/// options, TCP).
+/// The sequence number (the cookie) and our TSval of a SYN-ACK frame, read with the project's
+/// dissector and option walk.
 fn synack_cookie(f: &[u8]) -> (u32, u32) {
-    let tcp = 14 + 20;
-    let seq = u32::from_be_bytes(f[tcp + 4..tcp + 8].try_into().unwrap());
-    let end = tcp + usize::from(f[tcp + 12] >> 4) * 4;
-    let mut i = tcp + 20;
-    while i < end {
-        match f[i] {
-            0 => break,
-            1 => i += 1,
-            8 => return (seq, u32::from_be_bytes(f[i + 2..i + 6].try_into().unwrap())),
-            _ => i += usize::from(f[i + 1]).max(2),
-        }
-    }
-    (seq, 0)
+    use intercept_common::parse::{Dissected, L4, dissect};
+    let Ok(Dissected::Ip(ip)) = dissect(f) else {
+        panic!("the SYN-ACK does not dissect");
+    };
+    let L4::Tcp(tcp) = ip.l4 else {
+        panic!("the SYN-ACK is not TCP");
+    };
+    let tsval = intercept_common::tcpopt::timestamps(f, tcp.off, tcp.hdr_len).map_or(0, |t| t.0);
+    (tcp.seq, tsval)
 }
 
 fn main() {

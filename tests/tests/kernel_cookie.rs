@@ -352,3 +352,43 @@ fn kernel_cookie_engine_sets_and_restores_its_sysctls() {
         "both restored at the last detach"
     );
 }
+
+/// An attach that fails after its configuration set the sysctls (here by fault injection, as a
+/// refused program would) puts them back: nothing is attached, so nothing needs them.
+#[test]
+fn a_failed_attach_of_the_kernel_cookie_engine_restores_its_sysctls() {
+    require_root("a_failed_attach_of_the_kernel_cookie_engine_restores_its_sysctls");
+    let t = InterceptLab::attached(PORT + 4, &["--engine", "kernel-cookie", "--mode", "watch"]);
+    let _ = ctl(&["--netns", t.srv(), "detach", t.srv_if()]);
+    assert_eq!(
+        sysctls(&t),
+        ("1".into(), "1".into()),
+        "the namespace's defaults"
+    );
+    let o = std::process::Command::new(intercept_tests::ctl_bin())
+        .args([
+            "--netns",
+            t.srv(),
+            "attach",
+            t.srv_if(),
+            "--engine",
+            "kernel-cookie",
+        ])
+        .env(intercept_ctl::faults::VAR, "attach:configure")
+        .output()
+        .expect("run intercept-ctl");
+    let said = stderr(&o);
+    assert!(
+        !o.status.success() && said.contains("fault injection: attach:configure failed"),
+        "{said}"
+    );
+    assert!(
+        said.contains("set net.ipv4.tcp_syncookies=2") && said.contains("restored"),
+        "the change and its undoing are said: {said}"
+    );
+    assert_eq!(
+        sysctls(&t),
+        ("1".into(), "1".into()),
+        "restored after the failed attach"
+    );
+}
