@@ -177,6 +177,10 @@ pub mod flags {
     /// The kernel-cookie engine's SYN-ACKs offer no SACK: `net.ipv4.tcp_sack` is 0, and the kernel
     /// would refuse a cookie whose options ask for it. Derived from the sysctl.
     pub const NO_SACK: u32 = 512;
+    /// The attachment is a gateway's (`attach --gateway`): its program is `xdp_gateway`, which
+    /// splices proven connections to servers behind this box (see `crate::splice`). Derived
+    /// from the recorded engine.
+    pub const GATEWAY: u32 = 1024;
     /// Bits the controller derives from the maps, the engine and the kernel (not set by an
     /// operator).
     pub const DERIVED: u32 = SCOPE_PORTS
@@ -186,7 +190,8 @@ pub mod flags {
         | SCOPE_LIST
         | EXEMPT_LIST
         | KERNEL_COOKIE
-        | NO_SACK;
+        | NO_SACK
+        | GATEWAY;
 }
 
 /// The data path's configuration, one entry in [`crate::maps::CONFIG`]; written by the controller.
@@ -563,8 +568,13 @@ pub struct HalfOpen {
     /// drops the client's ACKs and FINs of it (see [`CLOSE_GRACE_NS`]). Written by the
     /// controller only.
     pub closing: u32,
+    /// Gateway mode: the server's ISN, once its SYN-ACK went through (the box resets a timed-out
+    /// handshake on the client with it).
+    pub server_isn: u32,
+    /// Gateway mode: nonzero once the server's SYN-ACK went through.
+    pub answered: u32,
 }
-const _: () = assert!(size_of::<HalfOpen>() == 24);
+const _: () = assert!(size_of::<HalfOpen>() == 32);
 
 /// Slots of the per-CPU insertion ring that finds the oldest / a random half-open connection.
 pub const RING_SLOTS: usize = 256;
@@ -967,6 +977,8 @@ mod pod {
     unsafe impl aya::Pod for crate::cookie::Secrets {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::HalfOpen {}
+    unsafe impl aya::Pod for crate::splice::Splice {}
+    unsafe impl aya::Pod for crate::splice::Held {}
     unsafe impl aya::Pod for super::Proven {}
     unsafe impl aya::Pod for super::Watch {}
     unsafe impl aya::Pod for super::Info {}

@@ -160,6 +160,44 @@ pub enum Counter {
     /// [`crate::maps::LOG_LINES_PER_SECOND`] that second; the event itself is counted by its
     /// own counter either way.
     LogSuppressed,
+    /// Gateway mode: ACKs whose cookie verified, turned into the SYN of the connection to the server
+    /// (the client's ISN and the options the cookie kept); also the SYN sent again when the
+    /// client's data retransmission finds the server silent.
+    GwSynSent,
+    /// Gateway mode: servers' SYN-ACKs turned into the handshake's ACK (or the held data segment)
+    /// and sent back to the server: the splice is open. Never reaches the client.
+    GwOpened,
+    /// Gateway mode: segments of open splices translated (sequence, acknowledgment, SACK,
+    /// timestamps, window) and forwarded, either way.
+    GwSpliced,
+    /// Gateway mode: the client's first data segment, arriving before the server answered, held
+    /// (`HELD`) to be replayed in place of the server's SYN-ACK.
+    GwHeld,
+    /// Gateway mode: held data segments sent to the server as its handshake's ACK.
+    GwHeldReplayed,
+    /// Gateway mode: client data segments arriving before the server answered that could not be
+    /// held (a second one, larger than `HELD_MAX`, `HELD` full, or no room to replay it):
+    /// dropped, and the client sends them again (about 200 ms later).
+    GwHeldLost,
+    /// Gateway mode: ACKs whose cookie verified while the splice table (`SPLICE`) was full: the
+    /// client's connection is refused with a RST (nothing reaches the server).
+    GwTableFull,
+    /// Gateway mode: RSTs from the server forwarded (translated) to the client: a refused
+    /// connection (no listener) or a reset one.
+    GwServerReset,
+    /// Gateway mode: connections the gateway did not open, learned from a server's segment
+    /// (opened before the attachment, in watch mode, or by an exempt client): forwarded
+    /// untranslated, their client's segments passed in intercept mode.
+    GwLearned,
+    /// Gateway mode: segments forwarded by XDP redirect to a gateway interface after the route
+    /// lookup; the rest of what the gateway forwards goes through the kernel's forwarding path.
+    GwRedirected,
+    /// Gateway mode: splice entries freed by the controller: closed and lingered, idle, or never
+    /// answered by the server.
+    GwFreed,
+    /// Gateway watch mode: RSTs the controller sent for timed-out half-open handshakes through
+    /// the box (one to the server, one to the client, per handshake).
+    GwWatchReset,
     /// Number of counters; not a counter.
     Count,
 }
@@ -167,7 +205,7 @@ pub enum Counter {
 impl Counter {
     /// Every reason the data path drops a frame for: each drop counts one of them and
     /// [`Counter::Dropped`].
-    pub const DROP_REASONS: [Counter; 7] = [
+    pub const DROP_REASONS: [Counter; 8] = [
         Counter::AckBadMac,
         Counter::SynSigned,
         Counter::SynBadChecksum,
@@ -175,6 +213,7 @@ impl Counter {
         Counter::Ipv6ChainDropped,
         Counter::SynUnroutable,
         Counter::ClosingDropped,
+        Counter::GwHeldLost,
     ];
 
     /// All counters, in map order.
@@ -234,6 +273,18 @@ impl Counter {
         Counter::SynCookieRefused,
         Counter::AckCookieUnchecked,
         Counter::LogSuppressed,
+        Counter::GwSynSent,
+        Counter::GwOpened,
+        Counter::GwSpliced,
+        Counter::GwHeld,
+        Counter::GwHeldReplayed,
+        Counter::GwHeldLost,
+        Counter::GwTableFull,
+        Counter::GwServerReset,
+        Counter::GwLearned,
+        Counter::GwRedirected,
+        Counter::GwFreed,
+        Counter::GwWatchReset,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -295,6 +346,18 @@ impl Counter {
             Counter::SynCookieRefused => "syn_cookie_refused",
             Counter::AckCookieUnchecked => "ack_cookie_unchecked",
             Counter::LogSuppressed => "log_suppressed",
+            Counter::GwSynSent => "gw_syn_sent",
+            Counter::GwOpened => "gw_opened",
+            Counter::GwSpliced => "gw_spliced",
+            Counter::GwHeld => "gw_held",
+            Counter::GwHeldReplayed => "gw_held_replayed",
+            Counter::GwHeldLost => "gw_held_lost",
+            Counter::GwTableFull => "gw_table_full",
+            Counter::GwServerReset => "gw_server_reset",
+            Counter::GwLearned => "gw_learned",
+            Counter::GwRedirected => "gw_redirected",
+            Counter::GwFreed => "gw_freed",
+            Counter::GwWatchReset => "gw_watch_reset",
             Counter::Count => "count",
         }
     }
@@ -370,6 +433,30 @@ impl Counter {
                 "Kernel cookie: ACKs the kernel's helper could not check, left to the listener"
             }
             Counter::LogSuppressed => "Data-path log lines of rare events cut by the rate limit",
+            Counter::GwSynSent => {
+                "Gateway: proven clients' connections opened to the server (our SYN sent)"
+            }
+            Counter::GwOpened => "Gateway: server SYN-ACKs completed by the gateway (splice open)",
+            Counter::GwSpliced => "Gateway: segments translated and forwarded",
+            Counter::GwHeld => "Gateway: client data segments held until the server answered",
+            Counter::GwHeldReplayed => "Gateway: held data segments replayed to the server",
+            Counter::GwHeldLost => {
+                "Gateway: client data before the server answered left to retransmission"
+            }
+            Counter::GwTableFull => {
+                "Gateway: proven clients refused with a RST, the splice table full"
+            }
+            Counter::GwServerReset => {
+                "Gateway: server RSTs forwarded to the client (refused or reset)"
+            }
+            Counter::GwLearned => {
+                "Gateway: flows learned from the server side, forwarded untranslated"
+            }
+            Counter::GwRedirected => "Gateway: segments redirected in XDP after a FIB lookup",
+            Counter::GwFreed => {
+                "Gateway: splices freed by the controller (closed, idle, unanswered)"
+            }
+            Counter::GwWatchReset => "Gateway watch: RSTs sent for timed-out half-open handshakes",
             Counter::Count => "",
         }
     }

@@ -20,6 +20,7 @@ pub mod handshake;
 pub mod kcookie;
 pub mod maps;
 pub mod parse;
+pub mod splice;
 pub mod tcpopt;
 
 pub use counters::Counter;

@@ -47,6 +47,33 @@ pub const EXEMPT: &str = "EXEMPT";
 /// `Array<PrefixList>` of one entry: EXEMPT while it holds few prefixes (see
 /// `flags::EXEMPT_LIST`); written by the controller.
 pub const EXEMPT_LIST: &str = "EXEMPT_LIST";
+/// Name of the gateway's XDP program (`attach --gateway`), attached to the client-facing and
+/// the server-facing interface with the same maps.
+pub const PROG_GATEWAY: &str = "xdp_gateway";
+/// `HashMap<FlowKey, Splice>`: the gateway's spliced connections, keyed client to server (see
+/// [`crate::splice`]). Inserted and updated by the data path; deleted by the controller only
+/// (see [`crate::splice::idle_verdict`]). Preallocated: an insert into the full table fails
+/// and the client's connection is refused with a RST (`gw_table_full`).
+pub const SPLICE: &str = "SPLICE";
+/// Capacity of [`SPLICE`] (56-byte values, about 6 MiB preallocated).
+pub const SPLICE_ENTRIES: u32 = 65_536;
+/// `HashMap<FlowKey, Held>`: each proven client's first data segment while its server has not
+/// answered (see [`crate::splice::Held`]); written and deleted by the data path. Allocated as
+/// used: it holds entries only for the round trip to the server.
+pub const HELD: &str = "HELD";
+/// Capacity of [`HELD`]: a segment finding it full is left to the client's retransmission
+/// (`gw_held_lost`).
+pub const HELD_ENTRIES: u32 = 4_096;
+/// `HashMap<u32, u32>`: ifindex -> [`crate::splice::ROLE_CLIENT`] or
+/// [`crate::splice::ROLE_SERVER`] for the gateway's interfaces; written by the controller.
+pub const GW_ROLE: &str = "GW_ROLE";
+/// `DevMapHash` of the gateway's interfaces (ifindex -> ifindex): the egress interfaces the
+/// data path redirects spliced segments to after its own route lookup (`bpf_fib_lookup`);
+/// written by the controller. A route out of any other interface, or a neighbour not yet
+/// resolved, leaves the segment to the kernel's forwarding path.
+pub const GW_PORTS: &str = "GW_PORTS";
+/// Capacity of [`GW_ROLE`] and [`GW_PORTS`].
+pub const GW_PORTS_ENTRIES: u32 = 64;
 /// Name of the TC ingress program that completes verified handshakes.
 pub const PROG_TC: &str = "tc_handoff";
 /// Entries of the SCOPE and EXEMPT tries.
@@ -58,7 +85,7 @@ pub const SCOPE_ENTRIES: u32 = 4096;
 /// timed-out ones closing, removal once it closed them or the kernel dropped the request socket
 /// after an RST).
 pub const HALF_OPEN: &str = "HALF_OPEN";
-/// Capacity of [`HALF_OPEN`] (preallocated, 24-byte values: about 7 MiB). A SYN finding it full
+/// Capacity of [`HALF_OPEN`] (preallocated, 32-byte values: about 8 MiB). A SYN finding it full
 /// evicts the oldest of its CPU's recent handshakes (`half_open_evicted`), or is not tracked
 /// (`half_open_table_full`), so the half-open count stays what the table holds.
 pub const HALF_OPEN_ENTRIES: u32 = 65_536;

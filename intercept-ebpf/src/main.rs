@@ -20,6 +20,7 @@ mod ack;
 mod clock;
 mod events;
 mod frame;
+mod gateway;
 mod handoff;
 mod kcookie;
 mod maps;
@@ -101,6 +102,13 @@ pub fn xdp_intercept(ctx: XdpContext) -> u32 {
         events::log_abort(&ctx);
     }
     verdict
+}
+
+/// Gateway mode: the same protection for servers behind this box, attached to its
+/// client-facing and server-facing interfaces (see `gateway`).
+#[xdp]
+pub fn xdp_gateway(ctx: XdpContext) -> u32 {
+    gateway::handle(&ctx)
 }
 
 /// TC ingress: completes handshakes the XDP program verified (see `handoff`).

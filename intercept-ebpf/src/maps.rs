@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use intercept_common::{
     config::{
@@ -13,9 +13,11 @@ use intercept_common::{
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
     maps::{
-        CLOSING_ENTRIES, CounterBlock, HALF_OPEN_ENTRIES, PROVEN_SLOTS, SCOPE_ENTRIES,
-        SOCKET_BUCKETS, SOCKET_ENTRIES, TIME_WAIT_BUCKETS, TIME_WAIT_ENTRIES,
+        CLOSING_ENTRIES, CounterBlock, GW_PORTS_ENTRIES, HALF_OPEN_ENTRIES, HELD_ENTRIES,
+        PROVEN_SLOTS, SCOPE_ENTRIES, SOCKET_BUCKETS, SOCKET_ENTRIES, SPLICE_ENTRIES,
+        TIME_WAIT_BUCKETS, TIME_WAIT_ENTRIES,
     },
+    splice::{Held, Splice},
 };
 
 /// Per-CPU counters, indexed by [`Counter`]; written here, summed by the controller.
@@ -148,3 +150,21 @@ pub static TIME_WAIT: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(TI
 /// Per bucket, the latest expiry of the [`TIME_WAIT`] flows in it.
 #[map(name = "TIME_WAIT_FILTER")]
 pub static TIME_WAIT_FILTER: Array<u64> = Array::with_max_entries(TIME_WAIT_BUCKETS, 0);
+
+/// The gateway's spliced connections (see `intercept_common::maps::SPLICE`).
+#[map(name = "SPLICE")]
+pub static SPLICE: HashMap<FlowKey, Splice> = HashMap::with_max_entries(SPLICE_ENTRIES, 0);
+
+/// Proven clients' first data segments waiting for their server (see
+/// `intercept_common::maps::HELD`).
+#[map(name = "HELD")]
+pub static HELD: HashMap<FlowKey, Held> =
+    HashMap::with_max_entries(HELD_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The gateway's interfaces and their roles (see `intercept_common::maps::GW_ROLE`).
+#[map(name = "GW_ROLE")]
+pub static GW_ROLE: HashMap<u32, u32> = HashMap::with_max_entries(GW_PORTS_ENTRIES, 0);
+
+/// The gateway's interfaces as redirect targets (see `intercept_common::maps::GW_PORTS`).
+#[map(name = "GW_PORTS")]
+pub static GW_PORTS: DevMapHash = DevMapHash::with_max_entries(GW_PORTS_ENTRIES, 0);

@@ -531,6 +531,7 @@ impl Target {
                 syns: 1,
                 resets: 0,
                 closing: u32::from(i % 3 == 2),
+                ..HalfOpen::default()
             };
             self.half_open.insert(&k, &e, 0).expect("HALF_OPEN insert");
             model.half_open.insert(k, e);

@@ -1,0 +1,307 @@
+//! Gateway mode: the state of a spliced connection and the arithmetic of the splice, written
+//! once for the data path (`intercept-ebpf`'s `gateway` module) and the controller, and tested
+//! here on the host.
+//!
+//! In gateway mode the box forwards between clients and the servers `scope` names. A client's
+//! SYN is answered with a cookie SYN-ACK (sequence number `k`), as in host mode; its ACK, once
+//! the cookie verifies, becomes the SYN of the connection to the server, with the client's own
+//! ISN `c` and the options the cookie carried. The server answers with its ISN `s`; its SYN-ACK
+//! is turned into the handshake's ACK and sent back to it, and never reaches the client. From
+//! then on both halves are one connection whose numbers differ only on the server's side:
+//!
+//! - the server's sequence numbers are `k`'s plus `seq_delta = s - k`: subtracted from the
+//!   server's sequence numbers, added to the client's acknowledgment numbers and the SACK
+//!   blocks it sends (which acknowledge the server's data);
+//! - the server's timestamp clock is ours plus `ts_delta`'s complement: the client saw our
+//!   TSval in the SYN-ACK, so `ts_delta = our_tsval - server_tsval` is added to the server's
+//!   TSvals and subtracted from the TSecrs the client echoes; the client's TSvals reach the
+//!   server unchanged (its SYN carried the client's clock);
+//! - the server's advertised windows are scaled by its window scale, the client reads them by
+//!   ours: rescaled when the two differ ([`rescale_window`]).
+//!
+//! The client's sequence numbers are the same on both sides (the server's SYN carried `c`), so
+//! nothing of the client's data needs translating: the server's acknowledgments and SACK blocks
+//! pass as they are.
+use crate::{checksum, config::FlowKey};
+
+/// [`Splice::state`]: our SYN went to the server, whose SYN-ACK has not come back.
+pub const SYN_SENT: u32 = 1;
+/// [`Splice::state`]: the server answered; segments are translated both ways.
+pub const OPEN: u32 = 2;
+/// [`Splice::state`]: a flow the gateway did not open (learned from the server's side: a
+/// connection older than the attachment, an exempt client's, one completed in watch mode):
+/// forwarded untranslated, and its client's segments pass in intercept mode.
+pub const PASSTHROUGH: u32 = 3;
+/// [`Splice::state`]: ended by a RST from either side, or by both FINs; kept (translated as
+/// before) for [`LINGER_NS`] so late segments still find their numbers, then freed.
+pub const CLOSED: u32 = 4;
+
+/// Bits of [`Splice::flags`].
+pub mod splice_flags {
+    /// Timestamps are on: the client sent them (the cookie says so) and so did the server.
+    pub const TS: u32 = 1;
+    /// The client's FIN went through.
+    pub const CLIENT_FIN: u32 = 2;
+    /// The server's FIN went through.
+    pub const SERVER_FIN: u32 = 4;
+    /// A data segment of the client waits in `HELD` for the server's SYN-ACK.
+    pub const HELD: u32 = 8;
+    /// The server answered without timestamps though the client uses them: the client's TS
+    /// options still reach it (it ignores them), the server's segments carry none.
+    pub const SERVER_NO_TS: u32 = 16;
+}
+
+/// A spliced connection ([`crate::maps::SPLICE`], keyed by the client-to-server [`FlowKey`]).
+/// Created by the data path when a cookie verifies (or when it learns a flow from the server's
+/// side); its numbers are written by the data path only; the controller only reads it and
+/// deletes it once idle, closed or never answered (see [`idle_verdict`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Splice {
+    /// [`SYN_SENT`], [`OPEN`], [`PASSTHROUGH`] or [`CLOSED`].
+    pub state: u32,
+    /// [`splice_flags`] bits.
+    pub flags: u32,
+    /// Monotonic time (ns) the entry was created.
+    pub created_ns: u64,
+    /// Monotonic time (ns) of the latest segment either way (written without a lock; a torn or
+    /// stale value only delays the idle sweep).
+    pub last_ns: u64,
+    /// The client's ISN (`c`), the SYN to the server's.
+    pub client_isn: u32,
+    /// Our cookie SYN-ACK's ISN (`k`).
+    pub cookie_isn: u32,
+    /// `s - k` once [`OPEN`].
+    pub seq_delta: u32,
+    /// `our_tsval - server_tsval` once [`OPEN`] with timestamps.
+    pub ts_delta: u32,
+    /// The TSval our SYN-ACK carried (the client's first TSecr), to compute `ts_delta`.
+    pub our_tsval: u32,
+    /// The client's TSval of its handshake ACK, sent on our SYN to the server.
+    pub client_tsval: u32,
+    /// The MSS our SYN to the server offers (the client's, as the cookie kept it).
+    pub mss: u16,
+    /// The client's window scale (`WSCALE_NONE` if it sent none).
+    pub client_wscale: u8,
+    /// The window scale our SYN-ACK gave the client (`WSCALE_NONE` if none).
+    pub our_wscale: u8,
+    /// The server's window scale (`WSCALE_NONE` if it sent none).
+    pub server_wscale: u8,
+    /// 1 if the client sent SACK-permitted (and so our SYN to the server does).
+    pub sack: u8,
+    /// Padding.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Splice>() == 56);
+
+/// Largest client data segment the gateway holds while the server has not answered (the MSS of
+/// a 1500-byte MTU over IPv4); a larger one is left to the client to send again.
+pub const HELD_MAX: usize = 1460;
+/// Largest held frame: IPv6 header, a TCP header with the longest options, [`HELD_MAX`].
+pub const HELD_FRAME_MAX: usize = 40 + 60 + HELD_MAX;
+
+/// The client's first data segment while the server has not answered yet
+/// ([`crate::maps::HELD`]): its IP packet as it arrived, replayed in place of the server's
+/// SYN-ACK, so the server's handshake completes with the client's request and the client
+/// retransmits nothing.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Held {
+    /// Bytes of `frame` in use (the IP packet, from its IP header).
+    pub len: u32,
+    /// The sequence number of its first byte.
+    pub seq: u32,
+    /// The IP packet.
+    pub frame: [u8; HELD_FRAME_MAX],
+}
+const _: () = assert!(size_of::<Held>() == 8 + HELD_FRAME_MAX);
+
+/// [`crate::maps::GW_ROLE`] value of an interface facing clients: protected SYNs are answered
+/// there, and segments to protected destinations translated.
+pub const ROLE_CLIENT: u32 = 1;
+/// [`crate::maps::GW_ROLE`] value of an interface facing the servers: segments from protected
+/// destinations are translated, the servers' SYN-ACKs completed. Only frames arriving here are
+/// trusted to come from a server.
+pub const ROLE_SERVER: u32 = 2;
+
+/// How long an entry lives without a segment either way once [`OPEN`] or [`PASSTHROUGH`]
+/// (conntrack's established timeout is five days; ours is bounded by the table, so an hour).
+pub const IDLE_NS: u64 = 3_600 * 1_000_000_000;
+/// How long a [`SYN_SENT`] entry waits for the server's SYN-ACK (the client's data
+/// retransmissions send the SYN again meanwhile).
+pub const SYN_SENT_NS: u64 = 30 * 1_000_000_000;
+/// How long a [`CLOSED`] entry stays, for late segments (retransmitted FINs, their ACKs).
+pub const LINGER_NS: u64 = 10 * 1_000_000_000;
+
+/// Whether the controller frees `s` at `now_ns`: closed and lingered, never answered, or idle.
+#[must_use]
+pub fn idle_verdict(s: &Splice, now_ns: u64) -> bool {
+    let quiet = now_ns.saturating_sub(s.last_ns.max(s.created_ns));
+    match s.state {
+        SYN_SENT => quiet > SYN_SENT_NS,
+        CLOSED => quiet > LINGER_NS,
+        _ => quiet > IDLE_NS,
+    }
+}
+
+/// The key of a segment travelling from server to client: the flow as the client sent it.
+#[inline(always)]
+#[must_use]
+pub const fn client_key(server_side: &FlowKey) -> FlowKey {
+    FlowKey {
+        saddr: server_side.daddr,
+        daddr: server_side.saddr,
+        sport: server_side.dport,
+        dport: server_side.sport,
+    }
+}
+
+/// A TCP window field advertised under window scale `from` (`WSCALE_NONE`: unscaled) as read
+/// under `to`: the same number of bytes, rounded down, at most 65,535 units.
+#[inline(always)]
+#[must_use]
+pub const fn rescale_window(win: u16, from: u8, to: u8) -> u16 {
+    let from = if from > crate::cookie::WSCALE_MAX {
+        0
+    } else {
+        from
+    };
+    let to = if to > crate::cookie::WSCALE_MAX {
+        0
+    } else {
+        to
+    };
+    if from == to {
+        return win;
+    }
+    let bytes = (win as u64) << from;
+    let units = bytes >> to;
+    if units > 0xffff { 0xffff } else { units as u16 }
+}
+
+/// The checksum field after a 32-bit field at byte offset `off` of the summed data changed from
+/// `old` to `new` (RFC 1624). An odd offset puts the field's bytes across 16-bit words one byte
+/// later, which byte-swaps its contribution to the sum.
+#[inline(always)]
+#[must_use]
+pub const fn update32(check: u16, old: u32, new: u32, off: usize) -> u16 {
+    if off & 1 == 0 {
+        let c = checksum::update16(check, (old >> 16) as u16, (new >> 16) as u16);
+        checksum::update16(c, old as u16, new as u16)
+    } else {
+        // The delta of the byte-swapped words, byte-swapped back.
+        let acc = checksum::add_u16(
+            checksum::add_u16(
+                checksum::add_u16(checksum::add_u16(0, !(old >> 16) as u16), !old as u16),
+                (new >> 16) as u16,
+            ),
+            new as u16,
+        );
+        let delta = checksum::fold(acc).swap_bytes();
+        !checksum::fold(checksum::add_u16(!check as u32, delta))
+    }
+}
+
+/// [`update32`] for a 16-bit field.
+#[inline(always)]
+#[must_use]
+pub const fn update16_at(check: u16, old: u16, new: u16, off: usize) -> u16 {
+    if off & 1 == 0 {
+        checksum::update16(check, old, new)
+    } else {
+        checksum::update16(check, old.swap_bytes(), new.swap_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::{add_bytes, finish};
+
+    fn sum(b: &[u8]) -> u16 {
+        finish(add_bytes(0, b))
+    }
+
+    fn same(a: u16, b: u16) -> bool {
+        a == b || (a | b) == 0xffff && (a & b) == 0
+    }
+
+    proptest::proptest! {
+        /// An incremental update of a 32-bit field, at an even or odd offset, gives the
+        /// checksum computed afresh.
+        #[test]
+        fn update32_matches_recompute(mut data in proptest::collection::vec(proptest::num::u8::ANY, 8..80), off in 0usize..76, new in proptest::num::u32::ANY) {
+            if data.len() % 2 == 1 { data.push(0); }
+            let off = off % (data.len() - 3);
+            let before = sum(&data);
+            let old = u32::from_be_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]]);
+            data[off..off + 4].copy_from_slice(&new.to_be_bytes());
+            proptest::prop_assert!(same(update32(before, old, new, off), sum(&data)));
+        }
+
+        #[test]
+        fn update16_at_matches_recompute(mut data in proptest::collection::vec(proptest::num::u8::ANY, 4..80), off in 0usize..78, new in proptest::num::u16::ANY) {
+            if data.len() % 2 == 1 { data.push(0); }
+            let off = off % (data.len() - 1);
+            let before = sum(&data);
+            let old = u16::from_be_bytes([data[off], data[off + 1]]);
+            data[off..off + 2].copy_from_slice(&new.to_be_bytes());
+            proptest::prop_assert!(same(update16_at(before, old, new, off), sum(&data)));
+        }
+
+        /// A rescaled window never offers more bytes than the original, and loses less than one
+        /// unit of the new scale unless it saturates.
+        #[test]
+        fn rescaled_windows_round_down(win in proptest::num::u16::ANY, from in 0u8..15, to in 0u8..15) {
+            let out = rescale_window(win, from, to);
+            let bytes = u64::from(win) << from;
+            let got = u64::from(out) << to;
+            proptest::prop_assert!(got <= bytes);
+            proptest::prop_assert!(out == 0xffff || bytes - got < 1u64 << to);
+        }
+    }
+
+    #[test]
+    fn windows_without_scaling_are_unscaled() {
+        let none = crate::cookie::WSCALE_NONE;
+        assert_eq!(rescale_window(1000, none, none), 1000);
+        assert_eq!(rescale_window(1000, 7, 7), 1000);
+        assert_eq!(rescale_window(1000, none, 2), 250);
+        assert_eq!(rescale_window(1000, 7, 9), 250);
+        assert_eq!(rescale_window(1000, 9, 7), 4000);
+        assert_eq!(rescale_window(0xffff, 14, 0), 0xffff);
+    }
+
+    #[test]
+    fn the_sweep_frees_by_state() {
+        let s = |state, last_ns| Splice {
+            state,
+            last_ns,
+            created_ns: 1,
+            ..Splice::default()
+        };
+        let now = 100 * 1_000_000_000_u64 + IDLE_NS;
+        assert!(idle_verdict(&s(SYN_SENT, now - SYN_SENT_NS - 1), now));
+        assert!(!idle_verdict(&s(SYN_SENT, now - SYN_SENT_NS + 1), now));
+        assert!(idle_verdict(&s(CLOSED, now - LINGER_NS - 1), now));
+        assert!(!idle_verdict(&s(OPEN, now - LINGER_NS - 1), now));
+        assert!(idle_verdict(&s(OPEN, now - IDLE_NS - 1), now));
+        assert!(!idle_verdict(&s(PASSTHROUGH, now - 1), now));
+    }
+
+    #[test]
+    fn the_client_key_swaps_ends() {
+        let k = FlowKey {
+            saddr: [0, 0, 0xffff, 1],
+            daddr: [0, 0, 0xffff, 2],
+            sport: 80,
+            dport: 40000,
+        };
+        let c = client_key(&k);
+        assert_eq!(
+            (c.saddr, c.daddr, c.sport, c.dport),
+            (k.daddr, k.saddr, 40000, 80)
+        );
+        assert_eq!(client_key(&c), k);
+    }
+}
