@@ -198,6 +198,9 @@ pub enum Counter {
     /// Gateway watch mode: RSTs the controller sent for timed-out half-open handshakes through
     /// the box (one to the server, one to the client, per handshake).
     GwWatchReset,
+    /// Gateway mode: SYN-ACKs from a server that do not acknowledge the SYN the gateway sent for
+    /// that flow (or arrive with no splice waiting for one): dropped.
+    GwSynAckMismatch,
     /// Number of counters; not a counter.
     Count,
 }
@@ -205,7 +208,7 @@ pub enum Counter {
 impl Counter {
     /// Every reason the data path drops a frame for: each drop counts one of them and
     /// [`Counter::Dropped`].
-    pub const DROP_REASONS: [Counter; 8] = [
+    pub const DROP_REASONS: [Counter; 9] = [
         Counter::AckBadMac,
         Counter::SynSigned,
         Counter::SynBadChecksum,
@@ -214,6 +217,7 @@ impl Counter {
         Counter::SynUnroutable,
         Counter::ClosingDropped,
         Counter::GwHeldLost,
+        Counter::GwSynAckMismatch,
     ];
 
     /// All counters, in map order.
@@ -285,6 +289,7 @@ impl Counter {
         Counter::GwRedirected,
         Counter::GwFreed,
         Counter::GwWatchReset,
+        Counter::GwSynAckMismatch,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -358,6 +363,7 @@ impl Counter {
             Counter::GwRedirected => "gw_redirected",
             Counter::GwFreed => "gw_freed",
             Counter::GwWatchReset => "gw_watch_reset",
+            Counter::GwSynAckMismatch => "gw_syn_ack_mismatch",
             Counter::Count => "count",
         }
     }
@@ -457,6 +463,7 @@ impl Counter {
                 "Gateway: splices freed by the controller (closed, idle, unanswered)"
             }
             Counter::GwWatchReset => "Gateway watch: RSTs sent for timed-out half-open handshakes",
+            Counter::GwSynAckMismatch => "Gateway: server SYN-ACKs not acknowledging our SYN, dropped",
             Counter::Count => "",
         }
     }

@@ -22,7 +22,13 @@
 //! The client's sequence numbers are the same on both sides (the server's SYN carried `c`), so
 //! nothing of the client's data needs translating: the server's acknowledgments and SACK blocks
 //! pass as they are.
-use crate::{checksum, config::FlowKey};
+use crate::{
+    checksum::{self, add_words, fold64},
+    config::FlowKey,
+    cookie::{Flow, WSCALE_NONE},
+    handshake::{SynAck, pseudo_words},
+    parse::{IPPROTO_TCP, tcp_flags},
+};
 
 /// [`Splice::state`]: our SYN went to the server, whose SYN-ACK has not come back.
 pub const SYN_SENT: u32 = 1;
@@ -89,8 +95,9 @@ pub struct Splice {
     pub server_wscale: u8,
     /// 1 if the client sent SACK-permitted (and so our SYN to the server does).
     pub sack: u8,
-    /// Padding.
-    pub _pad: [u8; 2],
+    /// The window field of the client's handshake ACK (scaled by its window scale), for the
+    /// ACK the gateway sends the server on its behalf.
+    pub client_window: u16,
 }
 const _: () = assert!(size_of::<Splice>() == 56);
 
@@ -213,6 +220,145 @@ pub const fn update16_at(check: u16, old: u16, new: u16, off: usize) -> u16 {
     }
 }
 
+/// Builds into `out` the SYN the gateway sends the server for a proven client (`flow`, client
+/// to server): the client's ISN, the MSS, window scale and SACK-permitted the cookie kept, and
+/// the client's own TSval if it uses timestamps; `window` the SYN's (unscaled) window. Options
+/// at fixed places, NOP-padded: MSS, SACK-permitted + timestamps, NOP + window scale (40
+/// bytes), or without timestamps MSS, NOP NOP SACK-permitted, NOP + window scale (32 bytes).
+#[inline(always)]
+pub fn build_syn(flow: &Flow, v6: bool, e: &Splice, window: u16, ttl: u8, out: &mut SynAck) {
+    let ts = e.flags & splice_flags::TS != 0;
+    let sack = e.sack != 0;
+    let nops = 0x0101_0101;
+    let ws = if e.client_wscale == WSCALE_NONE {
+        nops
+    } else {
+        u32::from_be_bytes([1, 3, 3, e.client_wscale])
+    };
+    let (w6, w7, w8, w9, len) = if ts {
+        let head = if sack { 0x0402_080a } else { 0x0101_080a };
+        (head, e.client_tsval, 0, ws, 40)
+    } else {
+        let w6 = if sack { 0x0101_0402 } else { nops };
+        (w6, ws, 0, 0, 32)
+    };
+    let tcp = [
+        u32::from(flow.sport) << 16 | u32::from(flow.dport),
+        e.client_isn,
+        0,
+        (len / 4) << 28 | u32::from(tcp_flags::SYN) << 16 | u32::from(window),
+        0,
+        0x0204_0000 | u32::from(e.mss),
+        w6,
+        w7,
+        w8,
+        w9,
+    ];
+    finish_segment(flow, v6, tcp, len, ttl, out);
+}
+
+/// Builds into `out` the ACK that completes the server's handshake on the client's behalf
+/// (`flow`, client to server): the server's ISN `server_isn` acknowledged, with the client's
+/// handshake TSval and the server's `server_tsval` echoed when timestamps are on.
+#[inline(always)]
+pub fn build_ack(
+    flow: &Flow,
+    v6: bool,
+    e: &Splice,
+    server_isn: u32,
+    server_tsval: u32,
+    ttl: u8,
+    out: &mut SynAck,
+) {
+    let ts = e.flags & splice_flags::TS != 0;
+    let window = client_window_for_server(e, e.client_window);
+    let len = if ts { 32 } else { 20 };
+    let tcp = [
+        u32::from(flow.sport) << 16 | u32::from(flow.dport),
+        e.client_isn.wrapping_add(1),
+        server_isn.wrapping_add(1),
+        (len / 4) << 28 | u32::from(tcp_flags::ACK) << 16 | u32::from(window),
+        0,
+        if ts { 0x0101_080a } else { 0 },
+        if ts { e.client_tsval } else { 0 },
+        if ts { server_tsval } else { 0 },
+        0,
+        0,
+    ];
+    finish_segment(flow, v6, tcp, len, ttl, out);
+}
+
+/// Builds into `out` a bare RST with sequence number `seq` from `flow.saddr` to `flow.daddr`
+/// (the gateway refusing a proven client when the splice table is full: `flow` is then the
+/// server-to-client direction).
+#[inline(always)]
+pub fn build_rst(flow: &Flow, v6: bool, seq: u32, ttl: u8, out: &mut SynAck) {
+    let tcp = [
+        u32::from(flow.sport) << 16 | u32::from(flow.dport),
+        seq,
+        0,
+        5 << 28 | u32::from(tcp_flags::RST) << 16,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    finish_segment(flow, v6, tcp, 20, ttl, out);
+}
+
+/// The client's window field as the server must read it: unchanged, unless the server refused
+/// window scaling that the client uses (then the client's scaled window is sent unscaled).
+#[inline(always)]
+#[must_use]
+pub const fn client_window_for_server(e: &Splice, win: u16) -> u16 {
+    if e.server_wscale == WSCALE_NONE && e.client_wscale != WSCALE_NONE && e.state != SYN_SENT {
+        rescale_window(win, e.client_wscale, WSCALE_NONE)
+    } else {
+        win
+    }
+}
+
+/// The IP header and TCP checksum of a segment from the client (`flow.saddr`) to the server,
+/// whose TCP header words (checksum zero, words past `len` zero) are `tcp`.
+#[inline(always)]
+fn finish_segment(flow: &Flow, v6: bool, mut tcp: [u32; 10], len: u32, ttl: u8, out: &mut SynAck) {
+    let ttl = u32::from(ttl);
+    let proto = u32::from(IPPROTO_TCP);
+    let acc = pseudo_words(&flow.saddr, &flow.daddr, v6, len);
+    tcp[4] = u32::from(!fold64(add_words(acc, &tcp))) << 16;
+    out.tcp = tcp;
+    out.tcp_len = len as usize;
+    if v6 {
+        let (s, d) = (&flow.saddr, &flow.daddr);
+        out.ip = [
+            0x6000_0000,
+            len << 16 | proto << 8 | ttl,
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            d[0],
+            d[1],
+            d[2],
+            d[3],
+        ];
+        out.ip_len = 40;
+    } else {
+        let mut ip = [
+            0x4500_0000 | (20 + len),
+            0x0000_4000,
+            ttl << 24 | proto << 16,
+            flow.saddr[3],
+            flow.daddr[3],
+        ];
+        ip[2] |= u32::from(!fold64(add_words(0, &ip)));
+        out.ip = [ip[0], ip[1], ip[2], ip[3], ip[4], 0, 0, 0, 0, 0];
+        out.ip_len = 20;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +433,155 @@ mod tests {
         assert!(!idle_verdict(&s(OPEN, now - LINGER_NS - 1), now));
         assert!(idle_verdict(&s(OPEN, now - IDLE_NS - 1), now));
         assert!(!idle_verdict(&s(PASSTHROUGH, now - 1), now));
+    }
+
+    fn splice_of(ts: bool, sack: bool, ws: u8) -> Splice {
+        Splice {
+            state: SYN_SENT,
+            flags: if ts { splice_flags::TS } else { 0 },
+            client_isn: 0xffff_fff0,
+            cookie_isn: 0x1234_5678,
+            client_tsval: 0xaabb_ccdd,
+            mss: 1460,
+            client_wscale: ws,
+            our_wscale: 7,
+            server_wscale: WSCALE_NONE,
+            sack: u8::from(sack),
+            client_window: 502,
+            ..Splice::default()
+        }
+    }
+
+    fn frame_of(out: &SynAck) -> Vec<u8> {
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        if out.ip_len == 40 {
+            f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        }
+        for w in &out.ip[..out.ip_len / 4] {
+            f.extend_from_slice(&w.to_be_bytes());
+        }
+        for w in &out.tcp[..out.tcp_len / 4] {
+            f.extend_from_slice(&w.to_be_bytes());
+        }
+        f
+    }
+
+    /// The SYN to the server parses as the kernel would read it: the client's ISN, the cookie's
+    /// options, correct checksums, for both families and every option combination.
+    #[test]
+    fn the_syn_to_the_server_carries_the_clients_handshake() {
+        use crate::parse::{Dissected, L4, dissect};
+        let flows = [
+            Flow::v4(0xc612_0a02, 0xc612_1402, 40000, 80),
+            Flow {
+                saddr: [0x2001_0db8, 0x10, 0, 2],
+                daddr: [0x2001_0db8, 0x20, 0, 2],
+                sport: 40000,
+                dport: 80,
+            },
+        ];
+        for (i, flow) in flows.iter().enumerate() {
+            let v6 = i == 1;
+            for (ts, sack, ws) in [
+                (true, true, 7),
+                (false, true, 7),
+                (true, false, WSCALE_NONE),
+                (false, false, WSCALE_NONE),
+            ] {
+                let e = splice_of(ts, sack, ws);
+                let mut out = SynAck {
+                    ip: [0; 10],
+                    ip_len: 0,
+                    tcp: [0; 10],
+                    tcp_len: 0,
+                };
+                build_syn(flow, v6, &e, 64240, 64, &mut out);
+                let f = frame_of(&out);
+                let Ok(Dissected::Ip(ip)) = dissect(&f[..]) else {
+                    panic!("not IP")
+                };
+                let L4::Tcp(tcp) = ip.l4 else {
+                    panic!("not TCP")
+                };
+                assert_eq!(
+                    (tcp.seq, tcp.ack_seq, tcp.flags, tcp.window),
+                    (e.client_isn, 0, tcp_flags::SYN, 64240)
+                );
+                let o = crate::tcpopt::parse(&f[..], tcp.off, tcp.hdr_len);
+                assert_eq!(
+                    (o.mss, o.sack_perm, o.ts_ok, o.wscale),
+                    (1460, sack, ts, ws)
+                );
+                if ts {
+                    assert_eq!((o.tsval, o.tsecr), (e.client_tsval, 0));
+                }
+                let seg = &f[tcp.off..];
+                let src = crate::cookie::ip_of(&flow.saddr);
+                let dst = crate::cookie::ip_of(&flow.daddr);
+                let pseudo = match (src, dst) {
+                    (core::net::IpAddr::V4(s), core::net::IpAddr::V4(d)) => {
+                        checksum::pseudo_v4(s.octets(), d.octets(), 6, seg.len() as u16)
+                    }
+                    (core::net::IpAddr::V6(s), core::net::IpAddr::V6(d)) => {
+                        checksum::pseudo_v6(&s.octets(), &d.octets(), 6, seg.len() as u32)
+                    }
+                    _ => unreachable!(),
+                };
+                assert!(checksum::verifies(pseudo, seg), "TCP checksum");
+                if !v6 {
+                    assert!(checksum::verifies(0, &f[14..34]), "IP checksum");
+                }
+            }
+        }
+    }
+
+    /// The ACK to the server acknowledges its ISN, echoes its TSval, and sends the client's
+    /// window unscaled when the server refused scaling.
+    #[test]
+    fn the_ack_to_the_server_completes_its_handshake() {
+        use crate::parse::{Dissected, L4, dissect};
+        let flow = Flow::v4(0xc612_0a02, 0xc612_1402, 40000, 80);
+        let mut e = splice_of(true, true, 7);
+        e.state = OPEN;
+        let mut out = SynAck {
+            ip: [0; 10],
+            ip_len: 0,
+            tcp: [0; 10],
+            tcp_len: 0,
+        };
+        build_ack(&flow, false, &e, 0x9000_0000, 0x0102_0304, 64, &mut out);
+        let f = frame_of(&out);
+        let Ok(Dissected::Ip(ip)) = dissect(&f[..]) else {
+            panic!("not IP")
+        };
+        let L4::Tcp(tcp) = ip.l4 else {
+            panic!("not TCP")
+        };
+        assert_eq!(
+            (tcp.seq, tcp.ack_seq, tcp.flags),
+            (e.client_isn.wrapping_add(1), 0x9000_0001, tcp_flags::ACK)
+        );
+        assert_eq!(tcp.window, 502 << 7, "unscaled for the server");
+        let o = crate::tcpopt::parse(&f[..], tcp.off, tcp.hdr_len);
+        assert_eq!((o.tsval, o.tsecr), (e.client_tsval, 0x0102_0304));
+        e.client_window = 600;
+        assert_eq!(client_window_for_server(&e, 600), 0xffff, "saturated");
+        e.server_wscale = 7;
+        build_ack(&flow, false, &e, 0x9000_0000, 0x0102_0304, 64, &mut out);
+        let f = frame_of(&out);
+        let Ok(Dissected::Ip(ip)) = dissect(&f[..]) else {
+            panic!("not IP")
+        };
+        let L4::Tcp(tcp) = ip.l4 else {
+            panic!("not TCP")
+        };
+        assert_eq!(tcp.window, 600);
+        let seg = &f[tcp.off..];
+        assert!(checksum::verifies(
+            checksum::pseudo_v4([198, 18, 10, 2], [198, 18, 20, 2], 6, seg.len() as u16),
+            seg
+        ));
     }
 
     #[test]

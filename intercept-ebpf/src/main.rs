@@ -167,7 +167,7 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 
 /// Counts the frame's layers.
 #[inline(always)]
-fn account(d: &Result<Dissected, Malformed>) {
+pub(crate) fn account(d: &Result<Dissected, Malformed>) {
     match d {
         Err(_) => count(Counter::Malformed),
         Ok(Dissected::NotIp { vlans, .. }) => {
