@@ -463,7 +463,9 @@ impl Counter {
                 "Gateway: splices freed by the controller (closed, idle, unanswered)"
             }
             Counter::GwWatchReset => "Gateway watch: RSTs sent for timed-out half-open handshakes",
-            Counter::GwSynAckMismatch => "Gateway: server SYN-ACKs not acknowledging our SYN, dropped",
+            Counter::GwSynAckMismatch => {
+                "Gateway: server SYN-ACKs not acknowledging our SYN, dropped"
+            }
             Counter::Count => "",
         }
     }

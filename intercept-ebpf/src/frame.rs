@@ -60,6 +60,19 @@ impl<'a, C: Bounds> Pkt<'a, C> {
         Pkt { ctx }
     }
 
+    /// A pointer to the `N` bytes at `off`, checked to lie inside the frame; `None` if they do
+    /// not. Reads and writes at constant offsets below `N` from it need no further check: the
+    /// pointer compared is the pointer returned (opaque to LLVM, which otherwise recomputes it
+    /// in another register the verifier knows no range for).
+    #[inline(always)]
+    pub fn span<const N: usize>(&self, off: usize) -> Option<*mut u8> {
+        let p = core::hint::black_box(self.ctx.start() + off);
+        if p + N > self.ctx.end() {
+            return None;
+        }
+        Some(p as *mut u8)
+    }
+
     /// Writes `bytes` at `off`; `None` if they do not fit.
     #[inline(always)]
     pub fn store<const N: usize>(&self, off: usize, bytes: &[u8; N]) -> Option<()> {

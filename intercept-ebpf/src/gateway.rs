@@ -1,11 +1,1082 @@
-//! Gateway mode (see `intercept_common::splice`).
-use aya_ebpf::programs::XdpContext;
-use intercept_common::Counter;
+//! Gateway mode: the protection of servers behind this box (see `intercept_common::splice` for
+//! the splice and its numbers). One program on the client-facing and the server-facing
+//! interfaces; `GW_ROLE` says which a frame arrived on, and only frames arriving on a
+//! server-facing one are taken to come from a server.
+//!
+//! Client side: protected SYNs are answered with cookies (intercept) or tracked (watch), as in
+//! host mode; a verified cookie ACK becomes the SYN to the server; segments of a splice are
+//! translated and forwarded. Server side: the server's SYN-ACK becomes the handshake's ACK (or
+//! the client's held first data segment) and goes back to the server; everything else of a
+//! splice is translated and forwarded to the client. Forwarding: the kernel's route lookup
+//! (`bpf_fib_lookup`), then an XDP redirect when the route leaves through one of the gateway's
+//! interfaces and its neighbour is known; otherwise the kernel forwards.
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup as FibLookup, xdp_action},
+    helpers::generated::{
+        bpf_fib_lookup, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+    },
+    macros::map,
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
+use intercept_common::{
+    Counter,
+    config::{FlowKey, Mode, flags},
+    cookie::{self, Flow, WSCALE_NONE, slot_of},
+    handshake::{SynAck, flow_of},
+    parse::{
+        Dissected, ETH_HLEN, Frame, IPV4_MIN_HLEN, IPV6_HLEN, Ip, L3, L4, TCP_MAX_HLEN_MASK,
+        TcpKind, classify, dissect, tcp_flags,
+    },
+    splice::{
+        self, CLOSED, HELD_FRAME_MAX, Held, OPEN, PASSTHROUGH, ROLE_SERVER, SYN_SENT, Splice,
+        splice_flags, update16_at, update32,
+    },
+    tcpopt,
+};
 
-use crate::stats::pass;
+use crate::{
+    events::Abort,
+    frame::Pkt,
+    maps::{CONFIG, GW_PORTS, GW_ROLE, HALF_OPEN, HELD, SECRETS, SPLICE},
+    scope,
+    stats::{aborted, count, drop, pass},
+};
+
+/// Per-CPU scratch of the gateway: what is built or copied here is too large for the stack.
+pub struct GwScratch {
+    /// A segment the gateway builds (SYN, ACK, RST).
+    seg: SynAck,
+    /// A route lookup.
+    fib: FibLookup,
+    /// A client data segment being held.
+    held: Held,
+    /// A splice entry being created.
+    entry: Splice,
+    /// A server's SYN-ACK options (see [`server_options`]).
+    opts: tcpopt::TcpOptions,
+}
+
+/// See [`GwScratch`].
+#[map(name = "GW_SCRATCH")]
+static GW_SCRATCH: PerCpuArray<GwScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// `-EEXIST`: inserting an existing key with `BPF_NOEXIST`.
+const EEXIST: i32 = -17;
 
 /// Entry of `xdp_gateway`.
 #[inline(always)]
-pub fn handle(_ctx: &XdpContext) -> u32 {
-    pass(Counter::Passed)
+pub fn handle(ctx: &XdpContext) -> u32 {
+    count(Counter::Packets);
+    let d = dissect(&Pkt::new(ctx));
+    crate::account(&d);
+    let (Ok(Dissected::Ip(ip)), Some(cfg)) = (d, CONFIG.get(0)) else {
+        return pass(Counter::Passed);
+    };
+    let mode = Mode::effective(cfg);
+    let L4::Tcp(tcp) = ip.l4 else {
+        // As in host mode: nothing a server behind us could reassemble into a SYN passes.
+        if mode == Mode::Intercept {
+            if ip.l4 == L4::SynFragment {
+                return drop(Counter::SynFragmentDropped);
+            }
+            if ip.l4.unwalked_chain() {
+                return drop(Counter::Ipv6ChainDropped);
+            }
+        }
+        return pass(Counter::Passed);
+    };
+    // SAFETY: ctx is the program's own context.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: read-only lookup.
+    if unsafe { GW_ROLE.get(&ingress) }.is_some_and(|r| *r == ROLE_SERVER) {
+        return server_side(ctx, &ip, &tcp);
+    }
+    match (mode, classify(tcp.flags)) {
+        (Mode::Intercept, TcpKind::Syn) => crate::synack::handle_own_cookie(ctx, &ip, &tcp),
+        (Mode::Watch, TcpKind::Syn) => crate::watch::syn(ctx, &ip, &tcp),
+        (_, TcpKind::Syn | TcpKind::SynAck) => pass(Counter::Passed),
+        _ => client_side(ctx, &ip, &tcp),
+    }
+}
+
+/// A segment from a client (not a SYN): a splice's is translated (or held, while the server
+/// has not answered); a watched handshake's completes it; otherwise a valid cookie opens the
+/// connection to the server, and in intercept mode anything else is dropped.
+#[inline(never)]
+fn client_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
+    let pkt = Pkt::new(ctx);
+    let Some(flow) = flow_of(&pkt, ip, tcp) else {
+        return pass(Counter::Malformed);
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return pass(Counter::Passed);
+    };
+    match judge(&flow) {
+        OUT_OF_SCOPE => return pass(Counter::Passed),
+        EXEMPT => return pass(Counter::PassExempt),
+        _ => {}
+    }
+    let key = FlowKey::of(&flow);
+    let now = crate::clock::now_ns();
+    if let Some(e) = SPLICE.get_ptr_mut(&key) {
+        // SAFETY: a valid map value; only this flow's segments write it (see `Splice`).
+        let e = unsafe { &mut *e };
+        e.last_ns = now;
+        return match e.state {
+            SYN_SENT => pending(ctx, ip, tcp, e),
+            PASSTHROUGH => {
+                if tcp.flags & tcp_flags::RST != 0 {
+                    e.state = CLOSED;
+                }
+                forward(ctx, ip.l3_off)
+            }
+            _ => {
+                if !client_to_server(ctx, tcp, e) {
+                    return pass(Counter::Malformed);
+                }
+                count(Counter::GwSpliced);
+                forward(ctx, ip.l3_off)
+            }
+        };
+    }
+    let mode = Mode::effective(cfg);
+    if (mode == Mode::Watch || cfg.flags & flags::TRACKING != 0)
+        && let Some(h) = HALF_OPEN.get_ptr_mut(&key)
+    {
+        // SAFETY: a valid map value.
+        let h = unsafe { &*h };
+        if tcp.flags & tcp_flags::RST != 0 {
+            let _ = HALF_OPEN.remove(&key);
+            return pass(Counter::HalfOpenAborted);
+        }
+        if h.answered != 0 && tcp.ack_seq == h.server_isn.wrapping_add(1) {
+            // The handshake completed through the box: no longer half-open, and its
+            // connection passes in intercept mode too.
+            let _ = HALF_OPEN.remove(&key);
+            count(Counter::HalfOpenCompleted);
+            learn(&key, now);
+        }
+        return pass(Counter::Passed);
+    }
+    if tcp.flags & tcp_flags::RST != 0 {
+        // Nothing of ours to reset; the server judges it as without us.
+        return pass(Counter::Passed);
+    }
+    let strict = mode == Mode::Intercept;
+    let Some(secrets) = SECRETS.get(0) else {
+        return pass(Counter::PassNoSecret);
+    };
+    let ts = tcpopt::timestamps(&pkt, tcp.off, tcp.hdr_len);
+    match cookie::check(
+        secrets,
+        &flow,
+        tcp.seq.wrapping_sub(1),
+        tcp.ack_seq.wrapping_sub(1),
+        ts.map(|(_, tsecr)| tsecr),
+        slot_of(now),
+    ) {
+        Ok(co) => {
+            count(Counter::AckValid);
+            let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
+                return aborted(Abort::SynAckWrite, 0);
+            };
+            // SAFETY: this CPU's scratch.
+            let e = unsafe { &mut (*s).entry };
+            let v6 = matches!(ip.l3, L3::V6 { .. });
+            let (tsval, tsecr, ts_flag) = match ts {
+                Some((v, e)) => (v, e, splice_flags::TS),
+                None => (0, 0, 0),
+            };
+            e.state = SYN_SENT;
+            e.flags = ts_flag;
+            e.created_ns = now;
+            e.last_ns = now;
+            e.client_isn = tcp.seq.wrapping_sub(1);
+            e.cookie_isn = tcp.ack_seq.wrapping_sub(1);
+            e.seq_delta = 0;
+            e.ts_delta = 0;
+            e.our_tsval = tsecr;
+            e.client_tsval = tsval;
+            e.mss = co.mss(v6);
+            e.client_wscale = co.wscale;
+            e.our_wscale = if co.wscale == WSCALE_NONE {
+                WSCALE_NONE
+            } else if cfg.wscale > cookie::WSCALE_MAX {
+                cookie::WSCALE_MAX
+            } else {
+                cfg.wscale
+            };
+            e.server_wscale = WSCALE_NONE;
+            e.sack = u8::from(co.sack);
+            e.client_window = tcp.window;
+            open(ctx, ip, tcp)
+        }
+        Err(_) if strict => drop(Counter::AckBadMac),
+        Err(_) => pass(Counter::Passed),
+    }
+}
+
+/// A proven client: its splice (staged in the scratch entry) is created, its data (if the ACK
+/// carries any) held, and the ACK becomes the SYN to the server. A full table refuses the
+/// client with a RST.
+#[inline(never)]
+fn open(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
+    let pkt = Pkt::new(ctx);
+    let Some(flow) = flow_of(&pkt, ip, tcp) else {
+        return pass(Counter::Malformed);
+    };
+    let key = FlowKey::of(&flow);
+    let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
+        return aborted(Abort::SynAckWrite, 0);
+    };
+    // SAFETY: this CPU's scratch.
+    let s = unsafe { &mut *s };
+    match SPLICE.insert(&key, &s.entry, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        // Another CPU opened it with the same ACK's duplicate: that one sends the SYN.
+        Err(e) if e == EEXIST => return drop(Counter::GwHeldLost),
+        Err(_) => return refuse(ctx, ip, &flow, tcp.ack_seq),
+    }
+    if tcp.payload_len > 0 {
+        hold(ctx, ip, tcp, &key);
+    }
+    let Some(e) = SPLICE.get_ptr_mut(&key) else {
+        return aborted(Abort::SynAckWrite, 0);
+    };
+    // SAFETY: a valid map value.
+    to_syn(ctx, ip, tcp, unsafe { &*e })
+}
+
+/// A client segment while the server has not answered: the first data segment is held, a
+/// retransmission of it sends the SYN again (ours may have been lost), anything else waits for
+/// the client's retransmission.
+#[inline(always)]
+fn pending(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &mut Splice) -> u32 {
+    if tcp.flags & tcp_flags::RST != 0 {
+        e.state = CLOSED;
+        return forward(ctx, ip.l3_off);
+    }
+    if tcp.payload_len == 0 {
+        return drop(Counter::GwHeldLost);
+    }
+    let pkt = Pkt::new(ctx);
+    let Some(flow) = flow_of(&pkt, ip, tcp) else {
+        return pass(Counter::Malformed);
+    };
+    let key = FlowKey::of(&flow);
+    // SAFETY: read-only lookup.
+    match unsafe { HELD.get(&key) } {
+        None => {
+            if hold(ctx, ip, tcp, &key) {
+                e.flags |= splice_flags::HELD;
+                xdp_action::XDP_DROP
+            } else {
+                drop(Counter::GwHeldLost)
+            }
+        }
+        Some(h) if h.seq == tcp.seq => to_syn(ctx, ip, tcp, e),
+        Some(_) => drop(Counter::GwHeldLost),
+    }
+}
+
+/// Copies the client's data segment (its IP packet) into `HELD`; false if it cannot.
+#[inline(always)]
+fn hold(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, key: &FlowKey) -> bool {
+    let len = match ip.l3 {
+        L3::V4 { total_len, .. } => total_len,
+        L3::V6 { payload_len } => IPV6_HLEN + payload_len,
+    };
+    let ip_hlen = match ip.l3 {
+        L3::V4 { hdr_len, .. } => hdr_len,
+        L3::V6 { .. } => IPV6_HLEN,
+    };
+    // Replayed, it is found again by its IP header alone (no extension headers).
+    if len > HELD_FRAME_MAX || len < IPV4_MIN_HLEN || tcp.off != ip.l3_off + ip_hlen {
+        return false;
+    }
+    let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch.
+    let h = unsafe { &mut (*s).held };
+    h.len = len as u32;
+    h.seq = tcp.seq;
+    // SAFETY: `len` is within the frame buffer (checked above); the helper checks the packet.
+    let rc = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            ip.l3_off as u32,
+            h.frame.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
+    if rc != 0 || HELD.insert(key, h, u64::from(BPF_NOEXIST)).is_err() {
+        return false;
+    }
+    count(Counter::GwHeld);
+    if let Some(e) = SPLICE.get_ptr_mut(key) {
+        // SAFETY: a valid map value.
+        unsafe { (*e).flags |= splice_flags::HELD };
+    }
+    true
+}
+
+/// Turns the client's segment into the SYN to the server and forwards it.
+#[inline(never)]
+fn to_syn(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &Splice) -> u32 {
+    let pkt = Pkt::new(ctx);
+    let Some(flow) = flow_of(&pkt, ip, tcp) else {
+        return pass(Counter::Malformed);
+    };
+    let v6 = matches!(ip.l3, L3::V6 { .. });
+    let ttl = pkt.u8_at(ip.l3_off + if v6 { 7 } else { 8 }).unwrap_or(64);
+    let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
+        return aborted(Abort::SynAckWrite, 0);
+    };
+    // SAFETY: this CPU's scratch.
+    let seg = unsafe { &mut (*s).seg };
+    let window = splice::rescale_window(tcp.window, e.client_wscale, WSCALE_NONE);
+    splice::build_syn(&flow, v6, e, window, ttl, seg);
+    if !write_segment(ctx, ip.l3_off, seg, false) {
+        return aborted(Abort::SynAckWrite, 0);
+    }
+    count(Counter::GwSynSent);
+    forward(ctx, ip.l3_off)
+}
+
+/// Refuses a proven client whose splice the full table has no room for: its ACK becomes a RST
+/// back to it.
+#[inline(always)]
+fn refuse(ctx: &XdpContext, ip: &Ip, flow: &Flow, ack_seq: u32) -> u32 {
+    let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
+        return aborted(Abort::SynAckWrite, 0);
+    };
+    // SAFETY: this CPU's scratch.
+    let seg = unsafe { &mut (*s).seg };
+    let back = Flow {
+        saddr: flow.daddr,
+        daddr: flow.saddr,
+        sport: flow.dport,
+        dport: flow.sport,
+    };
+    splice::build_rst(&back, matches!(ip.l3, L3::V6 { .. }), ack_seq, 64, seg);
+    if !write_segment(ctx, ip.l3_off, seg, true) {
+        return aborted(Abort::SynAckWrite, 0);
+    }
+    count(Counter::GwTableFull);
+    xdp_action::XDP_TX
+}
+
+/// A segment from a server (arrived on a server-facing interface).
+#[inline(never)]
+fn server_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
+    let pkt = Pkt::new(ctx);
+    let Some(from_server) = flow_of(&pkt, ip, tcp) else {
+        return pass(Counter::Malformed);
+    };
+    let flow = Flow {
+        saddr: from_server.daddr,
+        daddr: from_server.saddr,
+        sport: from_server.dport,
+        dport: from_server.sport,
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return pass(Counter::Passed);
+    };
+    if judge(&flow) == OUT_OF_SCOPE {
+        return pass(Counter::Passed);
+    }
+    let key = FlowKey::of(&flow);
+    let now = crate::clock::now_ns();
+    let kind = classify(tcp.flags);
+    let Some(e) = SPLICE.get_ptr_mut(&key) else {
+        if kind == TcpKind::SynAck
+            && let Some(h) = HALF_OPEN.get_ptr_mut(&key)
+        {
+            // A watched handshake: the box resets it with these numbers if it times out.
+            // SAFETY: a valid map value.
+            unsafe {
+                (*h).server_isn = tcp.seq;
+                (*h).answered = 1;
+            }
+            return pass(Counter::Passed);
+        }
+        if matches!(kind, TcpKind::SynAck | TcpKind::Ack) {
+            // A connection the gateway did not open: from now on it is known.
+            learn(&key, now);
+        }
+        return pass(Counter::Passed);
+    };
+    // SAFETY: a valid map value; only this flow's segments write it.
+    let e = unsafe { &mut *e };
+    e.last_ns = now;
+    match (e.state, kind) {
+        (PASSTHROUGH, _) => {
+            if kind == TcpKind::Rst {
+                e.state = CLOSED;
+            }
+            forward(ctx, ip.l3_off)
+        }
+        (_, TcpKind::SynAck) => complete(ctx, ip, tcp, e),
+        (SYN_SENT, TcpKind::Rst) => {
+            // The server refused the connection (no listener): the client, which believes
+            // it open, is reset at the sequence number it expects.
+            e.state = CLOSED;
+            let seq = e.cookie_isn.wrapping_add(1);
+            let Some(h) = pkt.span::<20>(tcp.off) else {
+                return pass(Counter::Malformed);
+            };
+            // SAFETY: the fixed header is inside the frame (the span).
+            unsafe {
+                let check = get16(h, 16);
+                let flags_word = get16(h, 12);
+                let new_flags = flags_word & !u16::from(tcp_flags::ACK);
+                let c = update32(check, tcp.seq, seq, 4);
+                let c = update32(c, tcp.ack_seq, 0, 8);
+                let c = update16_at(c, flags_word, new_flags, 12);
+                put32(h, 4, seq);
+                put32(h, 8, 0);
+                put16(h, 12, new_flags);
+                put16(h, 16, c);
+            }
+            count(Counter::GwServerReset);
+            forward(ctx, ip.l3_off)
+        }
+        (SYN_SENT, _) => drop(Counter::GwSynAckMismatch),
+        _ => {
+            if kind == TcpKind::Rst {
+                count(Counter::GwServerReset);
+            }
+            if !server_to_client(ctx, tcp, e) {
+                return pass(Counter::Malformed);
+            }
+            count(Counter::GwSpliced);
+            forward(ctx, ip.l3_off)
+        }
+    }
+}
+
+/// [`judge`]: the flow's destination is not protected.
+const OUT_OF_SCOPE: u32 = 0;
+/// [`judge`]: protected.
+const PROTECTED: u32 = 1;
+/// [`judge`]: protected, but the source is exempt.
+const EXEMPT: u32 = 2;
+
+/// Whether `flow` (client to server) is protected and its client exempt. Not inlined: the
+/// lookups' many paths end here, in one verdict, instead of multiplying everything after them
+/// for the verifier.
+#[inline(never)]
+fn judge(flow: &Flow) -> u32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return OUT_OF_SCOPE;
+    };
+    if !scope::protected(flow, cfg) {
+        OUT_OF_SCOPE
+    } else if scope::exempt(flow, cfg) {
+        EXEMPT
+    } else {
+        PROTECTED
+    }
+}
+
+/// The options of a server's SYN-ACK, walked in a frame of their own and returned through the
+/// scratch map (see [`judge`] for why).
+#[inline(never)]
+fn server_options(ctx: &XdpContext, tcp_off: usize, hdr_len: usize) -> u32 {
+    let o = tcpopt::parse(&Pkt::new(ctx), tcp_off, hdr_len);
+    if let Some(s) = GW_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch.
+        unsafe { (*s).opts = o };
+    }
+    0
+}
+
+/// Records a connection the gateway did not open, to be forwarded untranslated.
+#[inline(always)]
+fn learn(key: &FlowKey, now: u64) {
+    let e = Splice {
+        state: PASSTHROUGH,
+        created_ns: now,
+        last_ns: now,
+        client_wscale: WSCALE_NONE,
+        our_wscale: WSCALE_NONE,
+        server_wscale: WSCALE_NONE,
+        ..Splice::default()
+    };
+    if SPLICE.insert(key, &e, u64::from(BPF_NOEXIST)).is_ok() {
+        count(Counter::GwLearned);
+    }
+}
+
+/// The server's SYN-ACK: the splice opens (its numbers recorded the first time), and the
+/// SYN-ACK becomes the client's held data segment, or the handshake's ACK, sent back to the
+/// server. It never reaches the client.
+#[inline(never)]
+fn complete(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &mut Splice) -> u32 {
+    if tcp.ack_seq != e.client_isn.wrapping_add(1) {
+        return drop(Counter::GwSynAckMismatch);
+    }
+    let pkt = Pkt::new(ctx);
+    let _ = server_options(ctx, tcp.off, tcp.hdr_len);
+    let o = match GW_SCRATCH.get(0) {
+        Some(s) => s.opts,
+        None => return aborted(Abort::SynAckWrite, 0),
+    };
+    if e.state == SYN_SENT {
+        e.seq_delta = tcp.seq.wrapping_sub(e.cookie_isn);
+        e.server_wscale = if e.client_wscale == WSCALE_NONE {
+            WSCALE_NONE
+        } else {
+            o.wscale
+        };
+        if e.flags & splice_flags::TS != 0 {
+            if o.ts_ok {
+                e.ts_delta = e.our_tsval.wrapping_sub(o.tsval);
+            } else {
+                e.flags |= splice_flags::SERVER_NO_TS;
+            }
+        }
+        e.state = OPEN;
+        count(Counter::GwOpened);
+    }
+    let Some(flow) = flow_of(&pkt, ip, tcp) else {
+        return pass(Counter::Malformed);
+    };
+    let to_server = Flow {
+        saddr: flow.daddr,
+        daddr: flow.saddr,
+        sport: flow.dport,
+        dport: flow.sport,
+    };
+    let key = FlowKey::of(&to_server);
+    if e.flags & splice_flags::HELD != 0 {
+        e.flags &= !splice_flags::HELD;
+        let verdict = replay(ctx, ip.l3_off, &key, e);
+        let _ = HELD.remove(&key);
+        if verdict == xdp_action::XDP_TX {
+            count(Counter::GwHeldReplayed);
+            return verdict;
+        }
+        count(Counter::GwHeldLost);
+    }
+    let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
+        return aborted(Abort::SynAckWrite, 0);
+    };
+    // SAFETY: this CPU's scratch.
+    let seg = unsafe { &mut (*s).seg };
+    let ts = e.flags & splice_flags::TS != 0 && e.flags & splice_flags::SERVER_NO_TS == 0;
+    let server_tsval = if ts { o.tsval } else { 0 };
+    let mut e2 = *e;
+    if !ts {
+        e2.flags &= !splice_flags::TS;
+    }
+    splice::build_ack(
+        &to_server,
+        matches!(ip.l3, L3::V6 { .. }),
+        &e2,
+        tcp.seq,
+        server_tsval,
+        64,
+        seg,
+    );
+    if !write_segment(ctx, ip.l3_off, seg, true) {
+        return aborted(Abort::SynAckWrite, 0);
+    }
+    xdp_action::XDP_TX
+}
+
+/// Replaces the frame's IP packet with the held one of `key`, translated for the server, to go
+/// back where the frame came from. XDP_TX, or XDP_DROP if it could not (then the caller sends
+/// the ACK instead, and the client retransmits its data).
+#[inline(never)]
+fn replay(ctx: &XdpContext, l3_off: usize, key: &FlowKey, e: &Splice) -> u32 {
+    let Some(h) = HELD.get_ptr(key) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: a valid map value.
+    let h = unsafe { &*h };
+    let len = h.len as usize;
+    if len > HELD_FRAME_MAX || len < IPV4_MIN_HLEN || l3_off > 64 {
+        return xdp_action::XDP_DROP;
+    }
+    let pkt = Pkt::new(ctx);
+    let Some(macs) = pkt.load::<12>(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let delta = (l3_off + len) as i32 - pkt.len() as i32;
+    // SAFETY: ctx is the program's own context.
+    if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: `len` bytes of the held frame; the helper checks the packet's bounds.
+    let rc = unsafe {
+        bpf_xdp_store_bytes(
+            ctx.ctx,
+            l3_off as u32,
+            h.frame.as_ptr().cast_mut().cast(),
+            len as u32,
+        )
+    };
+    if rc != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    let pkt = Pkt::new(ctx);
+    if !swap_macs(&pkt, &macs) {
+        return xdp_action::XDP_DROP;
+    }
+    // The held packet's TCP header follows its IP header (see `hold`).
+    let Some(h) = pkt.span::<20>(l3_off) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: 20 bytes of the IP header are inside the frame (the span).
+    let first = unsafe { *h };
+    let (l3, ip_len) = if first >> 4 == 6 {
+        (L3::V6 { payload_len: 0 }, IPV6_HLEN)
+    } else {
+        (
+            L3::V4 {
+                hdr_len: IPV4_MIN_HLEN,
+                total_len: 0,
+            },
+            usize::from(first & 0xf) * 4,
+        )
+    };
+    let toff = l3_off + (ip_len & 0x3c);
+    let Some(t) = pkt.span::<20>(toff) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: the fixed TCP header is inside the frame (the span).
+    let tcp = unsafe {
+        intercept_common::parse::Tcp {
+            off: toff,
+            hdr_len: usize::from(*t.add(12) >> 4) * 4,
+            payload_len: 0,
+            sport: get16(t, 0),
+            dport: get16(t, 2),
+            seq: get32(t, 4),
+            ack_seq: get32(t, 8),
+            flags: *t.add(13),
+            window: get16(t, 14),
+        }
+    };
+    let mut e = *e;
+    if !client_to_server(ctx, &tcp, &mut e) || !decrement_ttl(&pkt, l3_off, &l3) {
+        return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_TX
+}
+
+/// Translates a client's segment for the server in place (acknowledgment and SACK blocks into
+/// the server's sequence space, the TSecr into its clock, the window when the server refused
+/// scaling), with the checksum updated incrementally; false if the frame is too short.
+#[inline(never)]
+fn client_to_server(ctx: &XdpContext, tcp: &intercept_common::parse::Tcp, e: &mut Splice) -> bool {
+    let pkt = Pkt::new(ctx);
+    let Some(h) = pkt.span::<20>(tcp.off) else {
+        return false;
+    };
+    // SAFETY: the 20 bytes of the fixed header are inside the frame (the span).
+    let mut check = unsafe { get16(h, 16) };
+    if tcp.flags & tcp_flags::ACK != 0 && e.seq_delta != 0 {
+        let ack = tcp.ack_seq.wrapping_add(e.seq_delta);
+        check = update32(check, tcp.ack_seq, ack, 8);
+        // SAFETY: as above.
+        unsafe { put32(h, 8, ack) };
+    }
+    let win = splice::client_window_for_server(e, tcp.window);
+    if win != tcp.window {
+        check = update16_at(check, tcp.window, win, 14);
+        // SAFETY: as above.
+        unsafe { put16(h, 14, win) };
+    }
+    if tcp.hdr_len > 20 {
+        let ts = e.flags & splice_flags::TS != 0 && e.flags & splice_flags::SERVER_NO_TS == 0;
+        check = fix_options(
+            ctx,
+            (tcp.off as u32 & 0xffff) | (tcp.hdr_len as u32 & 0xff) << 16 | 6 << 24,
+            if ts { 0u32.wrapping_sub(e.ts_delta) } else { 0 },
+            e.seq_delta,
+            u32::from(check),
+        ) as u16;
+    }
+    if tcp.flags & tcp_flags::FIN != 0 {
+        e.flags |= splice_flags::CLIENT_FIN;
+    }
+    if tcp.flags & tcp_flags::RST != 0
+        || e.flags & (splice_flags::CLIENT_FIN | splice_flags::SERVER_FIN)
+            == splice_flags::CLIENT_FIN | splice_flags::SERVER_FIN
+    {
+        e.state = CLOSED;
+    }
+    let Some(h) = pkt.span::<20>(tcp.off) else {
+        return false;
+    };
+    // SAFETY: as above.
+    unsafe { put16(h, 16, check) };
+    true
+}
+
+/// Translates a server's segment for the client in place (sequence number into ours, TSval
+/// into our clock, window into our scale).
+#[inline(never)]
+fn server_to_client(ctx: &XdpContext, tcp: &intercept_common::parse::Tcp, e: &mut Splice) -> bool {
+    let pkt = Pkt::new(ctx);
+    let Some(h) = pkt.span::<20>(tcp.off) else {
+        return false;
+    };
+    // SAFETY: the 20 bytes of the fixed header are inside the frame (the span).
+    let mut check = unsafe { get16(h, 16) };
+    if e.seq_delta != 0 {
+        let seq = tcp.seq.wrapping_sub(e.seq_delta);
+        check = update32(check, tcp.seq, seq, 4);
+        // SAFETY: as above.
+        unsafe { put32(h, 4, seq) };
+    }
+    let win = splice::rescale_window(tcp.window, e.server_wscale, e.our_wscale);
+    if win != tcp.window {
+        check = update16_at(check, tcp.window, win, 14);
+        // SAFETY: as above.
+        unsafe { put16(h, 14, win) };
+    }
+    if tcp.hdr_len > 20 && e.ts_delta != 0 {
+        check = fix_options(
+            ctx,
+            (tcp.off as u32 & 0xffff) | (tcp.hdr_len as u32 & 0xff) << 16 | 2 << 24,
+            e.ts_delta,
+            0,
+            u32::from(check),
+        ) as u16;
+    }
+    if tcp.flags & tcp_flags::FIN != 0 {
+        e.flags |= splice_flags::SERVER_FIN;
+    }
+    if tcp.flags & tcp_flags::RST != 0
+        || e.flags & (splice_flags::CLIENT_FIN | splice_flags::SERVER_FIN)
+            == splice_flags::CLIENT_FIN | splice_flags::SERVER_FIN
+    {
+        e.state = CLOSED;
+    }
+    let Some(h) = pkt.span::<20>(tcp.off) else {
+        return false;
+    };
+    // SAFETY: as above.
+    unsafe { put16(h, 16, check) };
+    true
+}
+
+/// Walks the options: adds `ts_add` to the timestamps option's word at `ts_at` (2: TSval, 6:
+/// TSecr; nothing if `ts_add` is 0) and `sack_add` to every SACK block edge; returns the
+/// checksum updated for each change. `at` packs the TCP header's offset (low 16 bits), its
+/// length (next 8) and `ts_at` (top 8). Not inlined: one copy of the walk, verified on its own
+/// frame, not once per translation that inlines it.
+#[inline(never)]
+fn fix_options(ctx: &XdpContext, at: u32, ts_add: u32, sack_add: u32, check: u32) -> u32 {
+    let pkt = Pkt::new(ctx);
+    let tcp_off = (at & 0xffff) as usize;
+    let hdr_len = ((at >> 16) & 0xff) as usize;
+    let ts_at = if at >> 24 == 2 { 2 } else { 6 };
+    let mut check = check as u16;
+    let hdr_len = if hdr_len > 60 { 60 } else { hdr_len };
+    let mut rel = 20;
+    let mut n = 0;
+    while n < tcpopt::MAX_OPTIONS {
+        n += 1;
+        if rel >= hdr_len {
+            break;
+        }
+        // Kind and length in one read: a one-byte read's bounds check compiles to a comparison
+        // the verifier learns no range from (`pkt < pkt_end` at offset 0). A NOP in the last
+        // byte of a header without payload ends the walk one byte early, which changes nothing.
+        let Some([kind, len]) = pkt.load::<2>(tcp_off + rel) else {
+            break;
+        };
+        if kind == 0 {
+            break;
+        }
+        if kind == 1 {
+            rel = launder(rel + 1);
+            continue;
+        }
+        let len = usize::from(len);
+        if len < 2 || rel + len > hdr_len {
+            break;
+        }
+        if kind == 8 && len == 10 && ts_add != 0 {
+            if let Some(o) = pkt.span::<10>(tcp_off + rel) {
+                // SAFETY: the option's 10 bytes are inside the frame (the span).
+                let v = unsafe { get32(o, ts_at) };
+                // An echoed zero is "no timestamp to echo", not ours to translate.
+                if !(ts_at == 6 && v == 0) {
+                    let new = v.wrapping_add(ts_add);
+                    // SAFETY: as above.
+                    unsafe { put32(o, ts_at, new) };
+                    check = update32(check, v, new, rel + ts_at);
+                }
+            }
+        } else if kind == 5 && sack_add != 0 {
+            let mut b = 0;
+            while b < 4 {
+                if 2 + 8 * b + 8 > len {
+                    break;
+                }
+                let at = rel + 2 + 8 * b;
+                if let Some(o) = pkt.span::<8>(tcp_off + at) {
+                    // SAFETY: the block's 8 bytes are inside the frame (the span).
+                    let (l, r) = unsafe { (get32(o, 0), get32(o, 4)) };
+                    let (nl, nr) = (l.wrapping_add(sack_add), r.wrapping_add(sack_add));
+                    // SAFETY: as above.
+                    unsafe {
+                        put32(o, 0, nl);
+                        put32(o, 4, nr);
+                    }
+                    check = update32(check, l, nl, at);
+                    check = update32(check, r, nr, at + 4);
+                }
+                b += 1;
+            }
+        }
+        rel = launder(rel + len);
+    }
+    u32::from(check)
+}
+
+/// The big-endian u32 at `p + at`.
+///
+/// # Safety
+/// `p + at .. p + at + 4` lies inside a span of the frame.
+#[inline(always)]
+unsafe fn get32(p: *mut u8, at: usize) -> u32 {
+    // SAFETY: the caller's.
+    u32::from_be(unsafe { core::ptr::read_unaligned(p.add(at).cast::<u32>()) })
+}
+
+/// Writes `v` big-endian at `p + at`.
+///
+/// # Safety
+/// As [`get32`].
+#[inline(always)]
+unsafe fn put32(p: *mut u8, at: usize, v: u32) {
+    // SAFETY: the caller's.
+    unsafe { core::ptr::write_unaligned(p.add(at).cast::<u32>(), v.to_be()) };
+}
+
+/// The big-endian u16 at `p + at`.
+///
+/// # Safety
+/// `p + at .. p + at + 2` lies inside a span of the frame.
+#[inline(always)]
+unsafe fn get16(p: *mut u8, at: usize) -> u16 {
+    // SAFETY: the caller's.
+    u16::from_be(unsafe { core::ptr::read_unaligned(p.add(at).cast::<u16>()) })
+}
+
+/// Writes `v` big-endian at `p + at`.
+///
+/// # Safety
+/// As [`get16`].
+#[inline(always)]
+unsafe fn put16(p: *mut u8, at: usize, v: u16) {
+    // SAFETY: the caller's.
+    unsafe { core::ptr::write_unaligned(p.add(at).cast::<u16>(), v.to_be()) };
+}
+
+/// See `tcpopt::launder`: the same shape of offset at the top of every hop.
+#[inline(always)]
+fn launder(rel: usize) -> usize {
+    core::hint::black_box(rel) & 0x3f
+}
+
+/// Forwards a (translated) segment: an XDP redirect when the kernel's route leaves through one
+/// of the gateway's interfaces and its neighbour is resolved, otherwise the kernel's forwarding
+/// path (which also answers what needs an ICMP: TTL exceeded, too big).
+#[inline(never)]
+fn forward(ctx: &XdpContext, l3_off: usize) -> u32 {
+    let pkt = Pkt::new(ctx);
+    if l3_off != ETH_HLEN {
+        // Tagged: the kernel knows the VLAN devices.
+        return pass(Counter::Passed);
+    }
+    let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
+        return pass(Counter::Passed);
+    };
+    // SAFETY: this CPU's scratch.
+    let p = unsafe { &mut (*s).fib };
+    let words = (&raw mut *p).cast::<u32>();
+    let mut i = 0;
+    while i < size_of::<FibLookup>() / 4 {
+        // SAFETY: within the request in map memory.
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
+    }
+    p.l4_protocol = 6;
+    let Some(h) = pkt.span::<20>(ETH_HLEN) else {
+        return pass(Counter::Passed);
+    };
+    // SAFETY: 20 bytes of the IP header are inside the frame (the span).
+    let v6 = unsafe { *h } >> 4 == 6;
+    if v6 {
+        let Some(h) = pkt.span::<IPV6_HLEN>(ETH_HLEN) else {
+            return pass(Counter::Passed);
+        };
+        p.family = 10;
+        // SAFETY: the 40 bytes of the IPv6 header are inside the frame (the span); the
+        // addresses are copied as they are, in network order.
+        unsafe {
+            p.__bindgen_anon_1.tot_len = (get16(h, 4).wrapping_add(IPV6_HLEN as u16)).to_be();
+            let a = h.add(8).cast::<[u32; 4]>().read_unaligned();
+            let b = h.add(24).cast::<[u32; 4]>().read_unaligned();
+            p.__bindgen_anon_3.ipv6_src = a;
+            p.__bindgen_anon_4.ipv6_dst = b;
+        }
+    } else {
+        p.family = 2;
+        // SAFETY: as above, 20 bytes.
+        unsafe {
+            p.__bindgen_anon_1.tot_len = get16(h, 2).to_be();
+            p.__bindgen_anon_3.ipv4_src = h.add(12).cast::<u32>().read_unaligned();
+            p.__bindgen_anon_4.ipv4_dst = h.add(16).cast::<u32>().read_unaligned();
+        }
+    }
+    // SAFETY: ctx is the program's own context.
+    p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: the request lives in map memory for the call.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &raw mut *p,
+            size_of::<FibLookup>() as i32,
+            0,
+        )
+    };
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return pass(Counter::Passed);
+    }
+    let out = p.ifindex;
+    if GW_PORTS.get(out).is_none() {
+        return pass(Counter::Passed);
+    }
+    let l3 = if v6 {
+        L3::V6 { payload_len: 0 }
+    } else {
+        L3::V4 {
+            hdr_len: IPV4_MIN_HLEN,
+            total_len: 0,
+        }
+    };
+    if !decrement_ttl(&pkt, ETH_HLEN, &l3) {
+        return pass(Counter::Passed);
+    }
+    // SAFETY: on success the helper wrote the MACs over the request's mark.
+    let macs = unsafe { p.__bindgen_anon_6.__bindgen_anon_2 };
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&macs.dmac);
+    eth[6..].copy_from_slice(&macs.smac);
+    if pkt.store(0, &eth).is_none() {
+        return aborted(Abort::SynAckWrite, 0);
+    }
+    match GW_PORTS.redirect(out, 0) {
+        Ok(action) => {
+            count(Counter::GwRedirected);
+            action
+        }
+        Err(_) => aborted(Abort::SynAckWrite, 0),
+    }
+}
+
+/// Decrements the TTL (hop limit) as forwarding does, the IPv4 checksum with it; false if the
+/// packet must not be forwarded by us (TTL at 1: the kernel answers with an ICMP).
+#[inline(always)]
+fn decrement_ttl(pkt: &Pkt<XdpContext>, l3_off: usize, l3: &L3) -> bool {
+    let Some(h) = pkt.span::<20>(l3_off) else {
+        return false;
+    };
+    let at = if matches!(l3, L3::V6 { .. }) { 7 } else { 8 };
+    // SAFETY: 20 bytes of the IP header are inside the frame (the span).
+    let ttl = unsafe { *h.add(at) };
+    if ttl <= 1 {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { *h.add(at) = ttl - 1 };
+    if let L3::V4 { .. } = l3 {
+        // The TTL shares its 16-bit word with the protocol, which does not change.
+        // SAFETY: as above.
+        unsafe {
+            let c = get16(h, 10);
+            let c = intercept_common::checksum::update16(
+                c,
+                u16::from(ttl) << 8,
+                u16::from(ttl - 1) << 8,
+            );
+            put16(h, 10, c);
+        }
+    }
+    true
+}
+
+/// Writes the Ethernet source as destination and destination as source, from `macs` (the
+/// frame's first 12 bytes as they arrived).
+#[inline(always)]
+fn swap_macs(pkt: &Pkt<XdpContext>, macs: &[u8; 12]) -> bool {
+    let mut eth = [0u8; 12];
+    let mut i = 0;
+    while i < 6 {
+        eth[i] = macs[i + 6];
+        eth[i + 6] = macs[i];
+        i += 1;
+    }
+    pkt.store(0, &eth).is_some()
+}
+
+/// Makes the frame `seg` (IP and TCP headers, no payload) after its first `l3_off` bytes,
+/// resizing it; `reply`: swap the Ethernet addresses (the frame goes back where it came from).
+#[inline(always)]
+fn write_segment(ctx: &XdpContext, l3_off: usize, seg: &SynAck, reply: bool) -> bool {
+    let pkt = Pkt::new(ctx);
+    let ip_len = if seg.ip_len == IPV6_HLEN {
+        IPV6_HLEN
+    } else {
+        IPV4_MIN_HLEN
+    };
+    let tcp_len = seg.tcp_len & TCP_MAX_HLEN_MASK;
+    if l3_off > 64 {
+        return false;
+    }
+    let Some(macs) = pkt.load::<12>(0) else {
+        return false;
+    };
+    let delta = (l3_off + ip_len + tcp_len) as i32 - pkt.len() as i32;
+    // SAFETY: ctx is the program's own context.
+    if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return false;
+    }
+    let pkt = Pkt::new(ctx);
+    if reply && !swap_macs(&pkt, &macs) {
+        return false;
+    }
+    let ok = if ip_len == IPV6_HLEN {
+        pkt.store_words::<10>(l3_off, &seg.ip).is_some()
+    } else {
+        let h = [seg.ip[0], seg.ip[1], seg.ip[2], seg.ip[3], seg.ip[4]];
+        pkt.store_words::<5>(l3_off, &h).is_some()
+    };
+    if !ok {
+        return false;
+    }
+    let toff = l3_off + ip_len;
+    match tcp_len {
+        40 => store_prefix::<10>(&pkt, toff, &seg.tcp),
+        32 => store_prefix::<8>(&pkt, toff, &seg.tcp),
+        20 => store_prefix::<5>(&pkt, toff, &seg.tcp),
+        _ => false,
+    }
+}
+
+/// Stores the first `N` words of `src` at `off`.
+#[inline(always)]
+fn store_prefix<const N: usize>(pkt: &Pkt<XdpContext>, off: usize, src: &[u32; 10]) -> bool {
+    let w: [u32; N] = core::array::from_fn(|i| src[i]);
+    pkt.store_words(off, &w).is_some()
 }

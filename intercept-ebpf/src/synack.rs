@@ -25,6 +25,19 @@ use crate::{
 /// stack frame apart from the ACK path's ("BPF stack limit is exceeded" when both share one).
 #[inline(never)]
 pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
+    answer::<true>(ctx, ip, tcp)
+}
+
+/// [`handle`] for the gateway, which has no listener: our own cookies only (the kernel-cookie
+/// engine's branch compiled out, and with it its cost to the verifier).
+#[inline(never)]
+pub fn handle_own_cookie(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
+    answer::<false>(ctx, ip, tcp)
+}
+
+/// The SYN path; `KERNEL_COOKIE`: whether the kernel-cookie engine may be configured.
+#[inline(always)]
+fn answer<const KERNEL_COOKIE: bool>(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
     // Config is fetched here, not passed: LLVM promotes pointer arguments of a subprogram to
     // scalars, and past five arguments it spills to a stack the kernel does not have ("R11 is
     // invalid"). An array lookup is inlined by the verifier and costs next to nothing.
@@ -77,7 +90,7 @@ pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
         return drop(Counter::SynBadChecksum);
     }
     let sa = &mut scratch.sa;
-    if cfg.flags & flags::KERNEL_COOKIE != 0 {
+    if KERNEL_COOKIE && cfg.flags & flags::KERNEL_COOKIE != 0 {
         let rc = crate::kcookie::syn_cookie(
             ctx,
             ip.l3_off as u32,

@@ -1,0 +1,483 @@
+//! The gateway's data path on real packets (BPF_PROG_TEST_RUN of the real `xdp_gateway`): a
+//! client's handshake answered with a cookie, its ACK turned into the SYN to the server, its
+//! early data held and replayed in place of the server's SYN-ACK, and every number of the
+//! splice translated both ways with checksums that verify. The server's frames arrive on an
+//! interface marked server-facing (`GW_ROLE`).
+use std::net::IpAddr;
+
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use intercept_common::{
+    Counter,
+    checksum::{pseudo_v4, pseudo_v6, verifies},
+    config::FlowKey,
+    cookie::Flow,
+    craft::{Link, TcpSegment, linux_syn_options, tcp_frame},
+    maps::{GW_ROLE, PROG_GATEWAY, SPLICE},
+    parse::{Dissected, L3, L4, Tcp, dissect, tcp_flags},
+    splice::{OPEN, ROLE_SERVER, SYN_SENT, Splice},
+    tcpopt,
+};
+use intercept_tests::{Loaded, configure_intercept, deltas, require_root};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+/// The interface the server's frames arrive on in these runs (loopback: it exists in every
+/// namespace, and the test run needs a real device for an ingress index).
+const SERVER_SIDE: u32 = 1;
+
+struct Gw {
+    obj: Loaded,
+}
+
+impl Gw {
+    fn new() -> Gw {
+        let mut obj = Loaded::new(&[PROG_GATEWAY]);
+        let _maps = configure_intercept(&mut obj);
+        let mut roles: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(obj.ebpf.map_mut(GW_ROLE).expect("GW_ROLE")).expect("hash");
+        roles.insert(&SERVER_SIDE, &ROLE_SERVER, 0).expect("role");
+        Gw { obj }
+    }
+
+    /// Runs the program on `frame` arriving on `ingress` (0: a client-facing interface).
+    fn run(&self, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
+        let p: &Xdp = self
+            .obj
+            .ebpf
+            .program(PROG_GATEWAY)
+            .expect("program")
+            .try_into()
+            .expect("XDP");
+        let md: [u32; 6] = [0, u32::try_from(frame.len()).unwrap(), 0, ingress, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut out = vec![0u8; frame.len() + 2048];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: (ingress != 0).then_some(&ctx[..]),
+                ..TestRunOptions::default()
+            })
+            .expect("test run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn splice(&self, flow: &Flow) -> Option<Splice> {
+        let m: HashMap<&MapData, FlowKey, Splice> =
+            HashMap::try_from(self.obj.ebpf.map(SPLICE).expect("SPLICE")).expect("hash");
+        m.get(&FlowKey::of(flow), 0).ok()
+    }
+}
+
+/// A parsed output frame.
+struct Seg {
+    tcp: Tcp,
+    v6: bool,
+    ttl: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    opts: tcpopt::TcpOptions,
+    payload: Vec<u8>,
+    sack: Vec<u32>,
+}
+
+fn parse(f: &[u8]) -> Seg {
+    let Ok(Dissected::Ip(ip)) = dissect(f) else {
+        panic!("not IP: {f:02x?}")
+    };
+    let L4::Tcp(tcp) = ip.l4 else {
+        panic!("not TCP")
+    };
+    let v6 = matches!(ip.l3, L3::V6 { .. });
+    let o = ip.l3_off;
+    let (src, dst, ttl) = if v6 {
+        let s: [u8; 16] = f[o + 8..o + 24].try_into().unwrap();
+        let d: [u8; 16] = f[o + 24..o + 40].try_into().unwrap();
+        (IpAddr::from(s), IpAddr::from(d), f[o + 7])
+    } else {
+        assert!(verifies(0, &f[o..o + 20]), "IPv4 header checksum");
+        let s: [u8; 4] = f[o + 12..o + 16].try_into().unwrap();
+        let d: [u8; 4] = f[o + 16..o + 20].try_into().unwrap();
+        (IpAddr::from(s), IpAddr::from(d), f[o + 8])
+    };
+    let seg = &f[tcp.off..tcp.off + tcp.hdr_len + tcp.payload_len];
+    let pseudo = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo_v4(s.octets(), d.octets(), 6, u16::try_from(seg.len()).unwrap())
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => pseudo_v6(
+            &s.octets(),
+            &d.octets(),
+            6,
+            u32::try_from(seg.len()).unwrap(),
+        ),
+        _ => unreachable!(),
+    };
+    assert!(verifies(pseudo, seg), "TCP checksum of {seg:02x?}");
+    let opts = tcpopt::parse(f, tcp.off, tcp.hdr_len);
+    // SACK blocks, by hand.
+    let mut sack = Vec::new();
+    let mut i = 20;
+    while i < tcp.hdr_len {
+        match seg[i] {
+            0 => break,
+            1 => i += 1,
+            k => {
+                let l = usize::from(seg[i + 1]);
+                if k == 5 {
+                    for b in (i + 2..i + l).step_by(4) {
+                        sack.push(u32::from_be_bytes(seg[b..b + 4].try_into().unwrap()));
+                    }
+                }
+                i += l;
+            }
+        }
+    }
+    Seg {
+        tcp,
+        v6,
+        ttl,
+        src,
+        dst,
+        opts,
+        payload: seg[tcp.hdr_len..].to_vec(),
+        sack,
+    }
+}
+
+fn ts(tsval: u32, tsecr: u32) -> Vec<u8> {
+    let mut o = vec![1, 1, 8, 10];
+    o.extend_from_slice(&tsval.to_be_bytes());
+    o.extend_from_slice(&tsecr.to_be_bytes());
+    o
+}
+
+fn seg(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+) -> TcpSegment {
+    TcpSegment {
+        seq,
+        ack_seq: ack,
+        ..TcpSegment::new(src, dst, sport, dport, flags)
+    }
+}
+
+fn frame(s: &TcpSegment) -> Vec<u8> {
+    tcp_frame(&Link::default(), s)
+}
+
+/// One client's whole splice, for a family: the cookie handshake, the SYN to the server, the
+/// held request replayed as the server's handshake ACK, and the numbers of both directions.
+fn splice_one(gw: &Gw, client: IpAddr, server: IpAddr, sport: u16) {
+    let c_isn = 0xffff_ff00_u32;
+    let mut syn = seg(client, server, sport, 80, tcp_flags::SYN, c_isn, 0);
+    syn.options = linux_syn_options(1460, 5000, 7);
+    let (v, out) = gw.run(&frame(&syn), 0);
+    assert_eq!(v, XDP_TX, "the SYN is answered");
+    let sa = parse(&out);
+    assert_eq!(sa.tcp.flags, tcp_flags::SYN | tcp_flags::ACK);
+    let (k, our_ts) = (sa.tcp.seq, sa.opts.tsval);
+
+    let before = gw.obj.counters();
+    let mut ack = seg(
+        client,
+        server,
+        sport,
+        80,
+        tcp_flags::ACK,
+        c_isn + 1,
+        k.wrapping_add(1),
+    );
+    ack.options = ts(5001, our_ts);
+    ack.window = 502;
+    let (v, out) = gw.run(&frame(&ack), 0);
+    assert_eq!(
+        v, XDP_PASS,
+        "the SYN to the server goes to the kernel to forward here"
+    );
+    let s = parse(&out);
+    assert_eq!((s.src, s.dst, s.ttl), (client, server, 64));
+    assert_eq!(
+        (s.tcp.flags, s.tcp.seq, s.tcp.ack_seq),
+        (tcp_flags::SYN, c_isn, 0)
+    );
+    assert!(
+        s.opts.mss > 1000 && s.opts.mss <= 1460,
+        "MSS {}",
+        s.opts.mss
+    );
+    assert_eq!(
+        (s.opts.wscale, s.opts.sack_perm, s.opts.tsval, s.opts.tsecr),
+        (7, true, 5001, 0)
+    );
+    let d = deltas(&before, &gw.obj.counters());
+    assert!(
+        d.contains(&(Counter::AckValid, 1)) && d.contains(&(Counter::GwSynSent, 1)),
+        "{d:?}"
+    );
+    let flow = Flow {
+        saddr: intercept_common::cookie::words_of(client),
+        daddr: intercept_common::cookie::words_of(server),
+        sport,
+        dport: 80,
+    };
+    assert_eq!(gw.splice(&flow).expect("splice").state, SYN_SENT);
+
+    // The request, before the server answered: held.
+    let mut req = seg(
+        client,
+        server,
+        sport,
+        80,
+        tcp_flags::ACK | tcp_flags::PSH,
+        c_isn + 1,
+        k.wrapping_add(1),
+    );
+    req.options = ts(5002, our_ts);
+    req.payload = b"GET / HTTP/1.0\r\n\r\n".to_vec();
+    let before = gw.obj.counters();
+    let (v, _) = gw.run(&frame(&req), 0);
+    assert_eq!(v, XDP_DROP, "held");
+    assert!(deltas(&before, &gw.obj.counters()).contains(&(Counter::GwHeld, 1)));
+
+    // The server's SYN-ACK comes back as the held request, to the server.
+    let s_isn = 0x7000_0000_u32;
+    let mut sa = seg(
+        server,
+        client,
+        80,
+        sport,
+        tcp_flags::SYN | tcp_flags::ACK,
+        s_isn,
+        c_isn + 1,
+    );
+    let mut o = vec![2, 4, 0x05, 0xb4, 4, 2, 8, 10];
+    o.extend_from_slice(&9000u32.to_be_bytes());
+    o.extend_from_slice(&5001u32.to_be_bytes());
+    o.extend_from_slice(&[1, 3, 3, 9]);
+    sa.options = o;
+    let before = gw.obj.counters();
+    let (v, out) = gw.run(&frame(&sa), SERVER_SIDE);
+    assert_eq!(v, XDP_TX, "the SYN-ACK goes back to the server");
+    let d = deltas(&before, &gw.obj.counters());
+    assert!(
+        d.contains(&(Counter::GwOpened, 1)) && d.contains(&(Counter::GwHeldReplayed, 1)),
+        "{d:?}"
+    );
+    let r = parse(&out);
+    assert_eq!(
+        &out[..6],
+        &Link::default().src,
+        "back to the SYN-ACK's sender"
+    );
+    assert_eq!((r.src, r.dst, r.ttl), (client, server, 63));
+    assert_eq!((r.tcp.seq, r.tcp.ack_seq), (c_isn + 1, s_isn + 1));
+    assert_eq!(
+        (r.opts.tsval, r.opts.tsecr),
+        (5002, 9000),
+        "TSecr in the server's clock"
+    );
+    assert_eq!(r.payload, req.payload);
+    let e = gw.splice(&flow).expect("splice");
+    assert_eq!(
+        (e.state, e.seq_delta, e.server_wscale),
+        (OPEN, s_isn.wrapping_sub(k), 9)
+    );
+
+    // The server's response: our sequence space, our clock, our window scale.
+    let mut resp = seg(
+        server,
+        client,
+        80,
+        sport,
+        tcp_flags::ACK | tcp_flags::PSH,
+        s_isn + 1,
+        c_isn + 1 + 18,
+    );
+    resp.options = ts(9010, 5002);
+    resp.window = 100;
+    resp.payload = b"HTTP/1.0 200 OK\r\n\r\n".to_vec();
+    let (v, out) = gw.run(&frame(&resp), SERVER_SIDE);
+    assert_eq!(v, XDP_PASS);
+    let r = parse(&out);
+    assert_eq!((r.src, r.dst), (server, client));
+    assert_eq!(
+        (r.tcp.seq, r.tcp.ack_seq),
+        (k.wrapping_add(1), c_isn + 1 + 18)
+    );
+    assert_eq!(
+        (r.opts.tsval, r.opts.tsecr),
+        (our_ts.wrapping_add(10), 5002)
+    );
+    assert_eq!(r.tcp.window, 400, "100 << 9 >> 7");
+    assert_eq!(r.payload, resp.payload);
+
+    // The client's ACK with a SACK block: the server's numbers.
+    let mut sack = seg(
+        client,
+        server,
+        sport,
+        80,
+        tcp_flags::ACK,
+        c_isn + 19,
+        k.wrapping_add(20),
+    );
+    let mut o = ts(5003, our_ts.wrapping_add(10));
+    o.extend_from_slice(&[1, 1, 5, 10]);
+    o.extend_from_slice(&k.wrapping_add(100).to_be_bytes());
+    o.extend_from_slice(&k.wrapping_add(200).to_be_bytes());
+    sack.options = o;
+    let (v, out) = gw.run(&frame(&sack), 0);
+    assert_eq!(v, XDP_PASS);
+    let r = parse(&out);
+    assert_eq!(r.tcp.ack_seq, s_isn + 20);
+    assert_eq!((r.opts.tsval, r.opts.tsecr), (5003, 9010));
+    assert_eq!(r.sack, vec![s_isn + 100, s_isn + 200]);
+    assert_eq!(r.v6, client.is_ipv6());
+}
+
+#[test]
+fn a_splice_translates_every_number_both_ways() {
+    require_root("a_splice_translates_every_number_both_ways");
+    let gw = Gw::new();
+    splice_one(
+        &gw,
+        "198.18.0.2".parse().unwrap(),
+        "198.18.0.1".parse().unwrap(),
+        40000,
+    );
+    splice_one(
+        &gw,
+        "2001:db8::2".parse().unwrap(),
+        "2001:db8::1".parse().unwrap(),
+        40001,
+    );
+}
+
+#[test]
+fn forged_acks_and_refusals_reach_no_server() {
+    require_root("forged_acks_and_refusals_reach_no_server");
+    let gw = Gw::new();
+    let (client, server): (IpAddr, IpAddr) =
+        ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
+    // A forged ACK: dropped, no splice.
+    let before = gw.obj.counters();
+    let mut ack = seg(client, server, 41000, 80, tcp_flags::ACK, 1, 0x1234_5678);
+    ack.options = ts(1, 2);
+    assert_eq!(gw.run(&frame(&ack), 0).0, XDP_DROP);
+    assert!(deltas(&before, &gw.obj.counters()).contains(&(Counter::AckBadMac, 1)));
+    // A SYN-ACK from the client side is no server's.
+    let sa = seg(
+        server,
+        client,
+        80,
+        41000,
+        tcp_flags::SYN | tcp_flags::ACK,
+        5,
+        2,
+    );
+    assert_eq!(gw.run(&frame(&sa), 0).0, XDP_PASS);
+
+    // A proven client whose server refuses (RST): the client is reset at the number it expects.
+    let mut syn = seg(client, server, 41001, 80, tcp_flags::SYN, 100, 0);
+    syn.options = linux_syn_options(1460, 7000, 7);
+    let (_, out) = gw.run(&frame(&syn), 0);
+    let k = parse(&out).tcp.seq;
+    let tsv = parse(&out).opts.tsval;
+    let mut ack = seg(
+        client,
+        server,
+        41001,
+        80,
+        tcp_flags::ACK,
+        101,
+        k.wrapping_add(1),
+    );
+    ack.options = ts(7001, tsv);
+    assert_eq!(gw.run(&frame(&ack), 0).0, XDP_PASS);
+    let rst = seg(
+        server,
+        client,
+        80,
+        41001,
+        tcp_flags::RST | tcp_flags::ACK,
+        0,
+        101,
+    );
+    let before = gw.obj.counters();
+    let (v, out) = gw.run(&frame(&rst), SERVER_SIDE);
+    assert_eq!(v, XDP_PASS);
+    assert!(deltas(&before, &gw.obj.counters()).contains(&(Counter::GwServerReset, 1)));
+    let r = parse(&out);
+    assert_eq!(
+        (r.tcp.flags, r.tcp.seq),
+        (tcp_flags::RST, k.wrapping_add(1))
+    );
+    // A SYN-ACK that does not acknowledge our SYN: dropped.
+    let mut syn = seg(client, server, 41002, 80, tcp_flags::SYN, 200, 0);
+    syn.options = linux_syn_options(1460, 7000, 7);
+    let (_, out) = gw.run(&frame(&syn), 0);
+    let k = parse(&out).tcp.seq;
+    let tsv = parse(&out).opts.tsval;
+    let mut ack = seg(
+        client,
+        server,
+        41002,
+        80,
+        tcp_flags::ACK,
+        201,
+        k.wrapping_add(1),
+    );
+    ack.options = ts(7001, tsv);
+    assert_eq!(gw.run(&frame(&ack), 0).0, XDP_PASS);
+    let bad = seg(
+        server,
+        client,
+        80,
+        41002,
+        tcp_flags::SYN | tcp_flags::ACK,
+        9,
+        999,
+    );
+    assert_eq!(gw.run(&frame(&bad), SERVER_SIDE).0, XDP_DROP);
+    // Without held data, the SYN-ACK becomes the handshake's ACK to the server.
+    let mut good = seg(
+        server,
+        client,
+        80,
+        41002,
+        tcp_flags::SYN | tcp_flags::ACK,
+        9,
+        201,
+    );
+    good.options = {
+        let mut o = vec![2, 4, 0x05, 0xb4, 4, 2, 8, 10];
+        o.extend_from_slice(&3u32.to_be_bytes());
+        o.extend_from_slice(&7001u32.to_be_bytes());
+        o.extend_from_slice(&[1, 3, 3, 7]);
+        o
+    };
+    let (v, out) = gw.run(&frame(&good), SERVER_SIDE);
+    assert_eq!(v, XDP_TX);
+    let r = parse(&out);
+    assert_eq!(
+        (r.src, r.dst, r.tcp.flags),
+        (client, server, tcp_flags::ACK)
+    );
+    assert_eq!(
+        (r.tcp.seq, r.tcp.ack_seq, r.opts.tsval, r.opts.tsecr),
+        (201, 10, 7001, 3)
+    );
+    assert!(r.payload.is_empty());
+}
