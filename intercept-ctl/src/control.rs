@@ -308,6 +308,9 @@ impl Maps {
         let pins = self.pinned.as_ref().map(|(p, _)| p.clone());
         let pins = pins.as_ref();
         let engine = self.engine;
+        if engine.is_gateway() {
+            c.flags |= flags::GATEWAY;
+        }
         if engine == crate::engine::Engine::KernelCookie {
             // The kernel's cookie: the window scale and SACK the kernel itself will give the
             // connection, whatever an operator asked for.

@@ -2,7 +2,9 @@
 //!
 //! Chosen at attach by probing the running kernel (its BTF: what it can do, never its version
 //! string), recorded in the pin directory, shown by `status`, and forced with `attach --engine`
-//! (tests force `none` to see a kernel without any engine on any kernel).
+//! (tests force `none` to see a kernel without any engine on any kernel). A gateway
+//! (`attach --gateway`) has an engine of its own, `splice`: it hands a proven handshake to a
+//! server behind the box, not to a local listener.
 use std::fs;
 
 use crate::{errors::CtlError, pins::PinDir};
@@ -38,6 +40,11 @@ pub enum Engine {
     /// No handoff: watch mode, its thresholds and every counter work; intercept and auto mode
     /// are refused with what the kernel lacks.
     None,
+    /// Gateway mode only (`attach CLIENT_IFACE --gateway SERVER_IFACE`): XDP answers SYNs with
+    /// its own cookie on the client-facing interface and, once the ACK proves it, opens the
+    /// connection to the server behind this box itself and splices the two (see
+    /// `intercept_common::splice`). No local listener, no TC program, no sysctl changed.
+    Splice,
 }
 
 impl Engine {
@@ -48,6 +55,7 @@ impl Engine {
             Engine::Kfunc => "kfunc",
             Engine::KernelCookie => "kernel-cookie",
             Engine::None => "none",
+            Engine::Splice => "splice",
         }
     }
 
@@ -56,14 +64,43 @@ impl Engine {
             "kfunc" => Some(Engine::Kfunc),
             "kernel-cookie" => Some(Engine::KernelCookie),
             "none" => Some(Engine::None),
+            "splice" => Some(Engine::Splice),
             _ => None,
         }
     }
 
-    /// Whether this engine can complete handshakes (intercept and auto mode need one).
+    /// Whether this engine can complete handshakes (intercept and auto mode need one). The
+    /// splice engine completes them with the server itself.
     #[must_use]
     pub const fn hands_off(self) -> bool {
         !matches!(self, Engine::None)
+    }
+
+    /// Whether this is a gateway's engine (its attachment spans two interfaces, has no local
+    /// listener, and changes no sysctl).
+    #[must_use]
+    pub const fn is_gateway(self) -> bool {
+        matches!(self, Engine::Splice)
+    }
+}
+
+/// The engine of an attachment from `attach`'s arguments: `splice` for a gateway (forced by
+/// `--gateway`, which takes no other engine), else the best this kernel offers or the one forced.
+///
+/// # Errors
+/// [`CtlError::GatewayEngine`] for `--gateway` with another `--engine`;
+/// [`CtlError::SpliceWithoutGateway`] for `--engine splice` without `--gateway`; as
+/// [`Features::choose`].
+pub fn for_attach(
+    features: &Features,
+    forced: Option<Engine>,
+    gateway: bool,
+) -> Result<Engine, CtlError> {
+    match (gateway, forced) {
+        (true, None | Some(Engine::Splice)) => Ok(Engine::Splice),
+        (true, Some(e)) => Err(CtlError::GatewayEngine { engine: e.name() }),
+        (false, Some(Engine::Splice)) => Err(CtlError::SpliceWithoutGateway),
+        (false, forced) => features.choose(forced),
     }
 }
 
@@ -254,8 +291,40 @@ mod tests {
         );
         assert!(!Engine::None.hands_off() && Engine::Kfunc.hands_off());
         assert!(Engine::KernelCookie.hands_off());
-        for e in [Engine::Kfunc, Engine::KernelCookie, Engine::None] {
+        for e in [
+            Engine::Kfunc,
+            Engine::KernelCookie,
+            Engine::None,
+            Engine::Splice,
+        ] {
             assert_eq!(Engine::from_name(e.name()), Some(e));
         }
+        assert!(!all.engines().contains(&Engine::Splice), "a gateway's only");
+    }
+
+    /// `--gateway` forces the splice engine and takes no other; `--engine splice` needs it.
+    #[test]
+    fn the_splice_engine_goes_with_the_gateway() {
+        let none = Features::default();
+        assert_eq!(for_attach(&none, None, true).unwrap(), Engine::Splice);
+        assert_eq!(
+            for_attach(&none, Some(Engine::Splice), true).unwrap(),
+            Engine::Splice
+        );
+        for other in [Engine::Kfunc, Engine::KernelCookie, Engine::None] {
+            let e = for_attach(&none, Some(other), true)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("--gateway") && e.contains(other.name()) && e.contains("splice"),
+                "{e}"
+            );
+        }
+        let e = for_attach(&none, Some(Engine::Splice), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--gateway SERVER_IFACE"), "{e}");
+        assert_eq!(for_attach(&none, None, false).unwrap(), Engine::None);
+        assert!(Engine::Splice.hands_off() && Engine::Splice.is_gateway());
     }
 }

@@ -86,6 +86,56 @@ pub enum CtlError {
         /// What the kernel lacks.
         missing: String,
     },
+    /// `attach --gateway` with an `--engine` other than `splice`.
+    #[error(
+        "a gateway (`--gateway`) hands proven connections to the servers behind it with the \
+         splice engine; the {engine} engine hands them to local listeners and cannot run on a \
+         gateway: drop `--engine {engine}` (or say `--engine splice`)"
+    )]
+    GatewayEngine {
+        /// The engine asked for.
+        engine: &'static str,
+    },
+    /// `attach --engine splice` without `--gateway`.
+    #[error(
+        "the splice engine is a gateway's: name the server-facing interface with `--gateway \
+         SERVER_IFACE` (e.g. `intercept-ctl attach eth0 --gateway eth1`), or choose another \
+         engine for a host's own listeners"
+    )]
+    SpliceWithoutGateway,
+    /// `attach --gateway` naming the client-facing interface again.
+    #[error(
+        "'{iface}' cannot face both the clients and the servers: `--gateway` names the \
+         server-facing interface, another one than '{iface}'"
+    )]
+    GatewaySameInterface {
+        /// Interface named twice.
+        iface: String,
+    },
+    /// `attach --gateway` where the kernel forwards no IP traffic.
+    #[error(
+        "this network namespace{ns} forwards no IP packets, so a gateway would reach no server: \
+         set {sysctls} (e.g. `sysctl -w {example}`), then attach again"
+    )]
+    ForwardingOff {
+        /// " (netns X)" or "".
+        ns: String,
+        /// The sysctls to set, `name=1` joined with " and ".
+        sysctls: String,
+        /// The first of them, for the example.
+        example: String,
+    },
+    /// `attach --gateway` naming a server-facing interface that has an attachment of its own.
+    #[error(
+        "'{iface}' has an attachment of its own (pinned at {pin}); run `intercept-ctl detach \
+         {iface}` before using it as a gateway's server-facing interface"
+    )]
+    ServerInterfaceAttached {
+        /// The server-facing interface.
+        iface: String,
+        /// Its pin directory.
+        pin: String,
+    },
     /// The pinned attachment no longer protects its interface (see [`crate::health`]).
     #[error(
         "the attachment of '{iface}' is dead: {reason}. Nothing protects {iface}: run `{fix}` \

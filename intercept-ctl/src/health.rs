@@ -7,6 +7,8 @@
 //! link's device (`BPF_OBJ_GET_INFO_BY_FD` on the link: ifindex 0 once the device is gone)
 //! against the interface's current index, the TC link's likewise, and the network namespace
 //! the attachment was made in (its cookie, recorded at attach) against the one we are in now.
+//! A gateway's attachment is checked on both its interfaces: its server-facing XDP link must be
+//! on the interface of the recorded name too.
 use std::{
     ffi::CString,
     fs, io,
@@ -114,6 +116,18 @@ pub enum Problem {
     /// The driver refused XDP metadata (native mode on a driver without metadata support):
     /// every proven handshake is aborted. Generic mode always has metadata.
     NoXdpMetadata,
+    /// A gateway's server-facing interface was deleted: the kernel detached its XDP link, so
+    /// the servers' answers are not completed nor translated.
+    ServerLinkDetached,
+    /// A gateway's server-facing XDP link is alive but no interface of the recorded name
+    /// exists here.
+    NoServerInterface,
+    /// The interface of the gateway's server-facing name is not the device its XDP link is on
+    /// (deleted and re-created, or renamed and replaced).
+    OtherServerInterface,
+    /// A gateway's namespace forwards no IP packets any more (`net.ipv4.ip_forward` and
+    /// `net.ipv6.conf.all.forwarding` are off): no server is reachable through it.
+    ForwardingOff,
     /// The kernel-cookie engine is in intercept mode but a sysctl it needs has another value
     /// (someone changed it since): every protected SYN is passed to the kernel, or our cookie
     /// handshakes decode wrong options. The daemon sets it again.
@@ -141,6 +155,78 @@ pub struct Health {
     pub same_netns: Option<bool>,
     /// The programs before the TC handoff in the interface's TCX ingress chain (names).
     pub tc_before: Vec<String>,
+    /// A gateway's server-facing interface (`None`: a host's attachment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerHealth>,
+}
+
+/// The server-facing half of a gateway's attachment, from the kernel's view.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerHealth {
+    /// Its name, as recorded at attach.
+    pub interface: String,
+    /// Its index at attach.
+    pub attached_ifindex: u32,
+    /// The index of the interface of that name now (`None`: no such interface).
+    pub ifindex: Option<u32>,
+    /// The device of the pinned server-facing XDP link, per the kernel (0: detached).
+    pub link_ifindex: u32,
+}
+
+/// The server-facing half of the gateway attachment at `pins`, if it is one.
+fn server_health(pins: &PinDir, netns: Option<&str>) -> Result<Option<ServerHealth>, CtlError> {
+    let Some(rec) = crate::gateway::ServerIface::read(pins) else {
+        return Ok(None);
+    };
+    let link = pins.path().join(crate::gateway::SERVER_LINK_PIN);
+    // Pinned before the client-facing link: a complete attachment has it.
+    let link_ifindex = if link.exists() {
+        link_ifindex_of(&link)?
+    } else {
+        0
+    };
+    Ok(Some(ServerHealth {
+        ifindex: crate::loader::ifindex(&rec.name, netns).ok(),
+        interface: rec.name,
+        attached_ifindex: rec.ifindex,
+        link_ifindex,
+    }))
+}
+
+/// Why the server-facing half `s` does not work, if it does not.
+fn server_problem(s: &ServerHealth) -> Option<(Problem, String)> {
+    let name = &s.interface;
+    if s.link_ifindex == 0 {
+        Some((
+            Problem::ServerLinkDetached,
+            format!(
+                "the gateway's server-facing interface {name} was deleted (the kernel detached \
+                 its XDP link): servers' answers are neither completed nor translated{}",
+                now_here(name, s.ifindex)
+            ),
+        ))
+    } else if s.ifindex.is_none() {
+        Some((
+            Problem::NoServerInterface,
+            format!(
+                "no interface {name} here: the gateway's server-facing XDP link is on ifindex \
+                 {}, which has another name or namespace now",
+                s.link_ifindex
+            ),
+        ))
+    } else if s.ifindex != Some(s.link_ifindex) {
+        Some((
+            Problem::OtherServerInterface,
+            format!(
+                "the gateway's server-facing interface {name} is ifindex {}, but its XDP link \
+                 is on ifindex {} (renamed and replaced)",
+                s.ifindex.unwrap_or(0),
+                s.link_ifindex
+            ),
+        ))
+    } else {
+        None
+    }
 }
 
 /// Checks the attachment pinned for `iface` against the kernel. Call it from the namespace the
@@ -192,6 +278,9 @@ pub fn check(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
         Some(r) => Some(r.netns_cookie == netns_cookie()?),
         None => None,
     };
+    let server = server_health(&pins, netns)?;
+    let server_problem = server.as_ref().and_then(server_problem);
+    let forwarding = server.as_ref().map(|_| crate::sysctl::forwarding());
     let ns_name = netns.map_or_else(String::new, |n| format!(" {n}"));
     let (problem, reason) = if let Some(gone) = netns.and_then(netns_renamed) {
         (Some(Problem::NetnsRenamed), Some(gone))
@@ -229,6 +318,8 @@ pub fn check(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
                 ifindex.unwrap_or(0)
             )),
         )
+    } else if let Some((p, why)) = server_problem {
+        (Some(p), Some(why))
     } else if tc_link_ifindex.is_some_and(|t| t != link_ifindex) {
         (
             Some(Problem::TcDetached),
@@ -253,6 +344,15 @@ pub fn check(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
                  none completes in native mode); attach in generic mode (`--xdp-mode generic`)"
             )),
         )
+    } else if let Some(f) = forwarding.filter(|f| f.none) {
+        (
+            Some(Problem::ForwardingOff),
+            Some(format!(
+                "the gateway of {iface} reaches no server: this namespace forwards no IP packets; \
+                 set {}",
+                f.off.join(" and ")
+            )),
+        )
     } else if let Some(drift) = kernel_settings_drift(iface, netns, &pins) {
         (
             Some(Problem::KernelSettings),
@@ -275,6 +375,7 @@ pub fn check(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
         attached_ifindex: record.map(|r| r.ifindex),
         same_netns,
         tc_before,
+        server,
     })
 }
 
@@ -347,8 +448,9 @@ fn now_here(iface: &str, ifindex: Option<u32>) -> String {
 pub fn require_healthy(iface: &str, netns: Option<&str>) -> Result<Health, CtlError> {
     let h = check(iface, netns)?;
     match (&h.problem, &h.reason) {
-        // The verb's own configuration write sets the sysctls again (`Maps::set_config`).
-        (Some(Problem::KernelSettings), Some(reason)) => {
+        // The verb's own configuration write sets the sysctls again (`Maps::set_config`); an
+        // operator's forwarding is theirs to turn on again: the maps still work.
+        (Some(Problem::KernelSettings | Problem::ForwardingOff), Some(reason)) => {
             eprintln!("intercept-ctl: warning: {reason}");
         }
         (_, Some(reason)) => return Err(unhealthy(iface, netns, reason)),
@@ -367,12 +469,15 @@ pub fn unhealthy(iface: &str, netns: Option<&str>, reason: &str) -> CtlError {
     }
 }
 
-/// `intercept-ctl [--netns NS ]attach IFACE`.
+/// `intercept-ctl [--netns NS ]attach IFACE[ --gateway SERVER_IFACE]` (a gateway's attachment
+/// is made again with its recorded server-facing interface).
 #[must_use]
 pub fn fix_command(iface: &str, netns: Option<&str>) -> String {
+    let gateway = crate::gateway::ServerIface::read(&PinDir::new(netns, iface))
+        .map_or_default(|s| format!(" --gateway {}", s.name));
     match netns {
-        Some(ns) => format!("intercept-ctl --netns {ns} attach {iface}"),
-        None => format!("intercept-ctl attach {iface}"),
+        Some(ns) => format!("intercept-ctl --netns {ns} attach {iface}{gateway}"),
+        None => format!("intercept-ctl attach {iface}{gateway}"),
     }
 }
 

@@ -165,6 +165,13 @@ pub struct Attached {
     pub interface: String,
     /// Interface index.
     pub ifindex: u32,
+    /// A gateway's server-facing interface (`attach --gateway`), attached to with the same
+    /// program and maps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_interface: Option<String>,
+    /// Its index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_ifindex: Option<u32>,
     /// Program attached.
     pub program: String,
     /// Kernel program id.
@@ -233,6 +240,13 @@ fn clear_dead(iface: &str, netns: Option<&str>, pins: &PinDir) -> anyhow::Result
 }
 
 fn remove_pins(pins: &PinDir) -> anyhow::Result<()> {
+    // A dead gateway attachment may still run on one of its interfaces (the other one was
+    // deleted): off it now, or the new attachment would find the device busy.
+    for link in link_pins(pins) {
+        if let Err(e) = crate::health::detach_link(&link) {
+            eprintln!("intercept-ctl: warning: {e}");
+        }
+    }
     fs::remove_dir_all(pins.path())
         .map_err(|e| explain(anyhow::Error::new(e), "remove the dead attachment's pins"))
         .with_context(|| format!("remove {}", pins.path().display()))
@@ -324,10 +338,99 @@ pub fn attach_engine(
     initial: Mode,
     engine: Option<Engine>,
 ) -> anyhow::Result<Attached> {
+    attach_full(iface, None, netns, program, mode, initial, engine)
+}
+
+/// Attaches a gateway (issue 13): the `xdp_gateway` program, loaded once, on the client-facing
+/// interface `client` and the server-facing interface `server` with the same maps, pinned under
+/// `client`'s pin directory (the server-facing link as [`crate::gateway::SERVER_LINK_PIN`]),
+/// with the interface roles written first and the splice engine recorded. Nothing of a host's
+/// handoff (TC program, socket table, sysctls): the servers behind the box complete the
+/// handshakes.
+///
+/// # Errors
+/// As [`attach`]; [`CtlError::GatewaySameInterface`], [`CtlError::ForwardingOff`],
+/// [`CtlError::ServerInterfaceAttached`], or an unknown server-facing interface.
+pub fn attach_gateway(
+    client: &str,
+    server: &str,
+    netns: Option<&str>,
+    mode: AttachMode,
+    initial: Mode,
+) -> anyhow::Result<Attached> {
+    attach_full(
+        client,
+        Some(server),
+        netns,
+        Program::Intercept,
+        mode,
+        initial,
+        Some(Engine::Splice),
+    )
+}
+
+/// Checks what a gateway needs of its server-facing interface and of the namespace.
+fn check_gateway(
+    client: &str,
+    client_ifindex: u32,
+    server: &str,
+    netns: Option<&str>,
+) -> anyhow::Result<crate::gateway::ServerIface> {
+    if server == client {
+        return Err(CtlError::GatewaySameInterface {
+            iface: client.to_owned(),
+        }
+        .into());
+    }
+    let server_ifindex = ifindex(server, netns)
+        .map_err(anyhow::Error::from)
+        .context("the server-facing interface (--gateway)")?;
+    if server_ifindex == client_ifindex {
+        return Err(CtlError::GatewaySameInterface {
+            iface: client.to_owned(),
+        }
+        .into());
+    }
+    let own = PinDir::new(netns, server);
+    if own.path().exists() {
+        return Err(CtlError::ServerInterfaceAttached {
+            iface: server.to_owned(),
+            pin: own.path().display().to_string(),
+        }
+        .into());
+    }
+    let fwd = crate::sysctl::forwarding();
+    if fwd.none {
+        return Err(CtlError::ForwardingOff {
+            ns: netns.map_or_default(|n| format!(" ({n})")),
+            example: fwd.off.first().cloned().unwrap_or_default(),
+            sysctls: fwd.off.join(" and "),
+        }
+        .into());
+    }
+    Ok(crate::gateway::ServerIface {
+        name: server.to_owned(),
+        ifindex: server_ifindex,
+    })
+}
+
+/// [`attach_engine`], or with `server` a gateway's ([`attach_gateway`]).
+fn attach_full(
+    iface: &str,
+    server: Option<&str>,
+    netns: Option<&str>,
+    program: Program,
+    mode: AttachMode,
+    initial: Mode,
+    engine: Option<Engine>,
+) -> anyhow::Result<Attached> {
     let ifindex = ifindex(iface, netns)?;
+    let engine = crate::engine::for_attach(&probe_kernel()?, engine, server.is_some())?;
+    let server = server
+        .map(|s| check_gateway(iface, ifindex, s, netns))
+        .transpose()?;
     check_bpffs()?;
     let pins = PinDir::new(netns, iface);
-    let engine = probe_kernel()?.choose(engine)?;
     // Loading first: it needs no pins, and is where missing privileges show best.
     let mut ebpf = load_object()?;
     let _lock = lock_attaches()?;
@@ -344,11 +447,21 @@ pub fn attach_engine(
             ifindex,
             netns_cookie,
         }
-        .write(&pins)
+        .write(&pins)?;
+        server.as_ref().map_or(Ok(()), |s| s.write(&pins))
     });
     let result = record.map_err(anyhow::Error::from).and_then(|()| {
         attach_and_pin(
-            &mut ebpf, iface, netns, ifindex, program, mode, initial, engine, &pins,
+            &mut ebpf,
+            iface,
+            netns,
+            ifindex,
+            program,
+            mode,
+            initial,
+            engine,
+            &pins,
+            server.as_ref(),
         )
     });
     if result.is_err() {
@@ -371,7 +484,14 @@ pub fn attach_engine(
         limitations,
         interface: iface.to_owned(),
         ifindex,
-        program: program.name().to_owned(),
+        server_interface: server.as_ref().map(|s| s.name.clone()),
+        server_ifindex: server.as_ref().map(|s| s.ifindex),
+        program: if server.is_some() {
+            maps::PROG_GATEWAY
+        } else {
+            program.name()
+        }
+        .to_owned(),
         program_id,
         verified_insns,
         engine: (program == Program::Intercept).then(|| engine.name()),
@@ -402,6 +522,7 @@ fn attach_and_pin(
     initial: Mode,
     engine: Engine,
     pins: &PinDir,
+    server: Option<&crate::gateway::ServerIface>,
 ) -> anyhow::Result<(u32, Option<u32>)> {
     for (name, map) in ebpf.maps() {
         // Compiler-made maps (.rodata, .bss...) stay unpinned: bpffs refuses names with a dot
@@ -414,6 +535,14 @@ fn attach_and_pin(
             .with_context(|| format!("pin map {name}"))?;
     }
     crate::faults::kill_point("attach:maps-pinned");
+    if let Some(server) = server {
+        crate::engine::record(pins, engine)?;
+        configure(iface, netns, initial, mode)?;
+        crate::gateway::write_roles(pins, ifindex, server.ifindex)?;
+        crate::faults::kill_point("attach:configured");
+        crate::faults::fail_point("attach:configure")?;
+        return attach_gateway_links(ebpf, iface, ifindex, server, mode, pins);
+    }
     if program == Program::Intercept {
         // What the configuration's first write checks the initial mode against.
         crate::engine::record(pins, engine)?;
@@ -473,6 +602,49 @@ fn attach_and_pin(
     // Until its link is pinned, the XDP program lives only as long as this process.
     crate::faults::kill_point("attach:xdp-attached");
     link.pin(pins.link()).context("pin the XDP link")?;
+    crate::faults::kill_point("attach:pinned");
+    Ok((program_id, verified))
+}
+
+/// Loads `xdp_gateway` and attaches it to the server-facing interface, then the client-facing
+/// one, pinning each link (the client-facing one last: it marks the attachment complete).
+fn attach_gateway_links(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    ifindex: u32,
+    server: &crate::gateway::ServerIface,
+    mode: AttachMode,
+    pins: &PinDir,
+) -> anyhow::Result<(u32, Option<u32>)> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(maps::PROG_GATEWAY)
+        .with_context(|| format!("program {} missing from the object", maps::PROG_GATEWAY))?
+        .try_into()?;
+    prog.load()
+        .map_err(|e| explain(e.into(), "load the gateway's XDP program"))?;
+    let info = prog.info()?;
+    let (program_id, verified) = (info.id(), info.verified_instruction_count());
+    prog.pin(pins.prog()).context("pin the program")?;
+    for (dev, index, pin) in [
+        (
+            server.name.as_str(),
+            server.ifindex,
+            pins.path().join(crate::gateway::SERVER_LINK_PIN),
+        ),
+        (iface, ifindex, pins.link()),
+    ] {
+        let link_id = prog
+            .attach(index, mode.into())
+            .map_err(|e| explain(e.into(), &format!("attach XDP to {dev}")))
+            .with_context(|| format!("attach XDP ({mode:?}) to {dev}"))?;
+        let link: FdLink = prog
+            .take_link(link_id)?
+            .try_into()
+            .context("the kernel attached XDP without a bpf_link (kernel < 5.9?); cannot pin it")?;
+        crate::faults::kill_point("attach:xdp-attached");
+        link.pin(&pin)
+            .with_context(|| format!("pin the XDP link of {dev}"))?;
+    }
     crate::faults::kill_point("attach:pinned");
     Ok((program_id, verified))
 }
@@ -713,6 +885,11 @@ fn cgroup2_root_in(info: &str) -> anyhow::Result<std::path::PathBuf> {
 #[must_use]
 pub fn limitations(pins: &PinDir) -> Vec<String> {
     let mut out = Vec::new();
+    if crate::engine::recorded(pins).is_gateway() {
+        // No socket table, no request sockets: only forwarding matters.
+        out.extend(crate::sysctl::forwarding().limitation());
+        return out;
+    }
     if fs::symlink_metadata(pins.path().join(NETNS_FILTER_PIN)).is_err() {
         out.push(
             "the socket table takes sockets of every network namespace of the host (the \
@@ -830,12 +1007,10 @@ pub fn detach(iface: &str, netns: Option<&str>) -> anyhow::Result<()> {
         }
         .into());
     }
-    // Off the interface now, then the pins (removing the last reference to a link detaches it
+    // Off the interfaces now, then the pins (removing the last reference to a link detaches it
     // too, but only a moment later).
-    for link in [pins.link(), pins.path().join("link_tc")] {
-        if link.exists() {
-            crate::health::detach_link(&link)?;
-        }
+    for link in link_pins(&pins) {
+        crate::health::detach_link(&link)?;
     }
     // What the kernel-cookie engine changed goes back, and the pins go, under the namespace's
     // lock; a failure to restore is said, and the detach goes on.
@@ -855,6 +1030,19 @@ pub fn detach(iface: &str, netns: Option<&str>) -> anyhow::Result<()> {
     }
     remove_empty_parent(&pins, netns);
     Ok(())
+}
+
+/// The pinned links that put programs on interfaces: XDP (and a gateway's server-facing XDP
+/// link) and the TC handoff, those present.
+fn link_pins(pins: &PinDir) -> Vec<std::path::PathBuf> {
+    [
+        pins.link(),
+        pins.path().join(crate::gateway::SERVER_LINK_PIN),
+        pins.path().join("link_tc"),
+    ]
+    .into_iter()
+    .filter(|l| l.exists())
+    .collect()
 }
 
 /// Removes the per-namespace parent of a pin directory once it is empty (remove_dir refuses a
@@ -903,6 +1091,42 @@ impl AttachGuard {
         .expect("attach thread")?;
         Ok(AttachGuard {
             iface: iface.to_owned(),
+            netns: netns.map(str::to_owned),
+            info,
+        })
+    }
+}
+
+impl AttachGuard {
+    /// A gateway's attachment ([`attach_gateway`]) of `client` and `server` in `netns`, in
+    /// intercept mode, detached when dropped.
+    ///
+    /// # Errors
+    /// As [`attach_gateway`].
+    ///
+    /// # Panics
+    /// If a thread in the namespace panics.
+    pub fn gateway(
+        client: &str,
+        server: &str,
+        netns: Option<&str>,
+        mode: AttachMode,
+    ) -> anyhow::Result<AttachGuard> {
+        let (c, s, n) = (
+            client.to_owned(),
+            server.to_owned(),
+            netns.map(str::to_owned),
+        );
+        let info = std::thread::spawn(move || {
+            if let Some(ns) = &n {
+                crate::netns::enter(ns)?;
+            }
+            attach_gateway(&c, &s, n.as_deref(), mode, Mode::Intercept)
+        })
+        .join()
+        .expect("attach thread")?;
+        Ok(AttachGuard {
+            iface: client.to_owned(),
             netns: netns.map(str::to_owned),
             info,
         })

@@ -16,6 +16,8 @@
 //!   `intercept_common::kcookie`). Its cost: a client can read the host's millisecond clock
 //!   (its uptime) from the timestamps of every connection. Kept until detach, so that no
 //!   handshake in flight at a switch to watch mode decodes wrong options.
+//! - The splice engine (a gateway): nothing is changed (no local listener answers a cookie); IP
+//!   forwarding must be on, which `attach --gateway` checks and never sets ([`forwarding`]).
 use std::{fs, io};
 
 use anyhow::Context as _;
@@ -26,6 +28,10 @@ use crate::{engine::Engine, pins::PinDir};
 pub const SYNCOOKIES: &str = "/proc/sys/net/ipv4/tcp_syncookies";
 /// `net.ipv4.tcp_timestamps`.
 pub const TIMESTAMPS: &str = "/proc/sys/net/ipv4/tcp_timestamps";
+/// `net.ipv4.ip_forward`.
+pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// `net.ipv6.conf.all.forwarding` (absent when IPv6 is off).
+pub const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 const RMEM: &str = "/proc/sys/net/ipv4/tcp_rmem";
 const RMEM_MAX: &str = "/proc/sys/net/core/rmem_max";
 const WINDOW_SCALING: &str = "/proc/sys/net/ipv4/tcp_window_scaling";
@@ -65,6 +71,10 @@ const KERNEL_COOKIE_NEEDS: [(&str, &str); 2] = [(SYNCOOKIES, "2"), (TIMESTAMPS, 
 /// A sysctl cannot be read or written, or the old values cannot be recorded.
 pub fn enter_intercept(pins: Option<&PinDir>, engine: Engine) -> anyhow::Result<Vec<String>> {
     let mut said = Vec::new();
+    if engine.is_gateway() {
+        // No local listener: the servers behind the gateway complete the handshakes.
+        return Ok(said);
+    }
     if engine != Engine::KernelCookie {
         if read(SYNCOOKIES)? == "0" {
             write(SYNCOOKIES, "1", "intercept mode needs it")?;
@@ -223,6 +233,10 @@ struct Others {
 fn others_need(pins: &PinDir) -> Others {
     let mut out = Others::default();
     for (iface, other) in pins.others() {
+        // A gateway's intercept mode needs nothing of this namespace's TCP settings.
+        if crate::engine::recorded(&other).is_gateway() {
+            continue;
+        }
         let kernel_cookie = crate::engine::recorded(&other) == Engine::KernelCookie;
         out.engine_users |= kernel_cookie;
         // The namespace's name, if any, is the directory's (`netns-<ns>`).
@@ -241,6 +255,59 @@ fn others_need(pins: &PinDir) -> Others {
         out.intercepting |= intercepting && kernel_cookie;
     }
     out
+}
+
+/// Whether this namespace forwards IP packets, per family: the forwarding sysctls that are off
+/// (as `name=1`, what to set), and whether that leaves no family forwarded. IPv6 forwarding
+/// counts only where IPv6 exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarding {
+    /// The sysctls that are off, as the setting that turns each on (`net.ipv4.ip_forward=1`).
+    pub off: Vec<String>,
+    /// No family is forwarded: a gateway would reach no server.
+    pub none: bool,
+}
+
+impl Forwarding {
+    /// The verdict for the values of [`IP_FORWARD`] and [`IPV6_FORWARDING`] (`None`: absent).
+    #[must_use]
+    pub fn of(v4: Option<&str>, v6: Option<&str>) -> Forwarding {
+        let mut off = Vec::new();
+        let mut on = 0;
+        for (path, v) in [(IP_FORWARD, v4), (IPV6_FORWARDING, v6)] {
+            match v {
+                Some("0") => off.push(format!("{}=1", name(path))),
+                Some(_) => on += 1,
+                None => {}
+            }
+        }
+        Forwarding { none: on == 0, off }
+    }
+
+    /// A sentence for `status` and `attach` when one family is not forwarded.
+    #[must_use]
+    pub fn limitation(&self) -> Option<String> {
+        (!self.none && !self.off.is_empty()).then(|| {
+            format!(
+                "{} is off: servers of that address family behind the gateway are unreachable \
+                 (set {})",
+                self.off
+                    .iter()
+                    .map(|o| o.trim_end_matches("=1"))
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                self.off.join(" and ")
+            )
+        })
+    }
+}
+
+/// [`Forwarding`] of the calling thread's network namespace.
+#[must_use]
+pub fn forwarding() -> Forwarding {
+    let v4 = read(IP_FORWARD).ok();
+    let v6 = read(IPV6_FORWARDING).ok();
+    Forwarding::of(v4.as_deref(), v6.as_deref())
 }
 
 /// Records `values` unless values are recorded already (the first change is what is restored).
@@ -370,5 +437,26 @@ mod tests {
     fn names_are_the_sysctl_names() {
         assert_eq!(super::name(super::SYNCOOKIES), "net.ipv4.tcp_syncookies");
         assert_eq!(super::name(super::RMEM_MAX), "net.core.rmem_max");
+    }
+
+    /// A gateway is refused only when no family is forwarded; one family off is a limitation
+    /// naming its sysctl; IPv6 absent counts for nothing.
+    #[test]
+    fn forwarding_names_what_to_set() {
+        use super::Forwarding;
+        let both = Forwarding::of(Some("0"), Some("0"));
+        assert!(both.none);
+        assert_eq!(
+            both.off,
+            ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]
+        );
+        assert!(Forwarding::of(Some("0"), None).none);
+        let v6_off = Forwarding::of(Some("1"), Some("0"));
+        assert!(!v6_off.none);
+        let l = v6_off.limitation().expect("a limitation");
+        assert!(l.contains("net.ipv6.conf.all.forwarding=1"), "{l}");
+        let on = Forwarding::of(Some("1"), Some("1"));
+        assert!(!on.none && on.off.is_empty() && on.limitation().is_none());
+        assert_eq!(Forwarding::of(Some("1"), None).limitation(), None);
     }
 }

@@ -4,6 +4,12 @@
 //! client sent an RST, derive the exact half-open count and the one-minute request rate from the
 //! per-CPU counters, evaluate the thresholds with hysteresis, switch `auto` between watch and
 //! intercept, and write the state back for `status`.
+//!
+//! On a gateway (`attach --gateway`) the servers are not local, so there is no socket to
+//! destroy: a handshake past the timeout (or marked closing, or displaced while still tracked) is
+//! ended by two resets the controller sends over the wire, one to each end
+//! ([`crate::gateway::resets`]), and once a second the idle spliced connections are freed
+//! ([`crate::gateway::sweep`]).
 use std::{collections::VecDeque, time::Duration};
 
 use anyhow::Context as _;
@@ -167,7 +173,31 @@ pub struct Tick {
     pub marked: u64,
     /// Displaced or evicted connections closed on the server.
     pub victims_closed: u64,
+    /// Gateway: resets sent this tick (two per handshake ended).
+    pub resets_sent: u64,
+    /// Gateway: resets that failed this tick (said on stderr, counted in `controller_errors`;
+    /// their handshakes stay tracked and are tried again next tick).
+    pub reset_failures: u64,
+    /// Gateway: idle spliced connections freed this tick.
+    pub freed: u64,
 }
+
+/// The gateway's part of a [`Watcher`].
+struct Gateway {
+    splice: HashMap<MapData, FlowKey, intercept_common::splice::Splice>,
+    sender: crate::gateway::RawSender,
+    /// When the splice table was last swept.
+    last_sweep: u64,
+    /// When a failure to reset was last said, and how many since.
+    said: Option<(u64, u64)>,
+    /// When victims that could not be reset were last said, and how many since.
+    unknown_said: (u64, u64),
+}
+
+/// How often the gateway's splice table is swept (its timeouts are 10 s and more).
+const SWEEP_EVERY_NS: u64 = 1_000_000_000;
+/// How often a lasting failure to send resets is said again (each failure is counted).
+const SAY_EVERY_NS: u64 = 10_000_000_000;
 
 /// The watch-mode controller of one attachment.
 pub struct Watcher {
@@ -183,6 +213,8 @@ pub struct Watcher {
     closing_since: std::collections::HashMap<FlowKey, u64>,
     /// Since when this controller has seen the CLOSING gate open without a break.
     gate_since: Option<u64>,
+    /// A gateway's attachment: resets instead of `SOCK_DESTROY`, and the splice sweep.
+    gateway: Option<Gateway>,
 }
 
 impl Watcher {
@@ -199,7 +231,19 @@ impl Watcher {
     /// # Errors
     /// If the attachment or sock_diag cannot be opened.
     pub fn open(iface: &str, netns: Option<&str>) -> anyhow::Result<Watcher> {
+        let gateway = if crate::engine::recorded(&PinDir::new(netns, iface)).is_gateway() {
+            Some(Gateway {
+                splice: crate::gateway::open_splice(iface, netns)?,
+                sender: crate::gateway::RawSender::default(),
+                last_sweep: 0,
+                said: None,
+                unknown_said: (0, 0),
+            })
+        } else {
+            None
+        };
         Ok(Watcher {
+            gateway,
             maps: Maps::open(iface, netns)?,
             wmaps: WatchMaps::open(iface, netns)?,
             diag: SockDiag::open()?,
@@ -217,6 +261,10 @@ impl Watcher {
     pub fn tick(&mut self) -> anyhow::Result<Tick> {
         let now = monotonic_ns();
         let mut t = Tick::default();
+        if self.gateway.is_some() {
+            let tracked = self.gateway_tick(now, &mut t)?;
+            return self.evaluate(now, t, tracked);
+        }
         // Closing happens in two steps, at least `CLOSE_GRACE_NS` apart: first the handshake is
         // marked closing (the data path marks the victims it queues in CLOSING; this tick marks
         // those timed out), after which the data path drops the client's ACKs of it; then it is
@@ -289,6 +337,15 @@ impl Watcher {
         self.wmaps.bump(Counter::HalfOpenGone, gone)?;
         self.wmaps.bump(Counter::HalfOpenAborted, aborted)?;
         t.timed_out = timed_out;
+        self.evaluate(now, t, !entries.is_empty())
+    }
+
+    /// The end of every tick: the half-open count and request rate from the counters, the
+    /// thresholds, auto mode's switch, and the state written back (`tracked`: the table held
+    /// entries at this tick's walk).
+    fn evaluate(&mut self, now: u64, mut t: Tick, tracked: bool) -> anyhow::Result<Tick> {
+        let w = self.wmaps.watch()?;
+        let aggressive = self.maps.config()?.aggressive != 0;
         // Exact counts from the counters; the request rate over the window from samples of the
         // protected-SYN counter (which both modes advance).
         let c = self.wmaps.counters()?;
@@ -340,7 +397,7 @@ impl Watcher {
             }
             cfg_changed = true;
         }
-        let tracking = !entries.is_empty() || t.half_open > 0;
+        let tracking = tracked || t.half_open > 0;
         if tracking != (cfg.flags & flags::TRACKING != 0) {
             cfg.flags ^= flags::TRACKING;
             cfg_changed = true;
@@ -385,6 +442,96 @@ impl Watcher {
             let _ = self.wmaps.closing.remove(&key);
         }
         Ok(())
+    }
+
+    /// A gateway's tick: ends the handshakes past the timeout, marked closing, or queued as
+    /// victims with two resets each (see [`crate::gateway::resets`]) and untracks them; frees
+    /// idle spliced connections once a second.
+    /// Returns whether the half-open table held entries.
+    fn gateway_tick(&mut self, now: u64, t: &mut Tick) -> anyhow::Result<bool> {
+        let w = self.wmaps.watch()?;
+        let aggressive = self.maps.config()?.aggressive != 0;
+        let timeout_ns = u64::from(w.timeout_ms) * 1_000_000 / if aggressive { 2 } else { 1 };
+        let entries: Vec<(FlowKey, HalfOpen)> = crate::batch::entries(self.wmaps.half_open.map())?;
+        let mut ended = Vec::new();
+        for (key, e) in &entries {
+            if e.closing != 0 || now.saturating_sub(e.first_seen_ns) >= timeout_ns {
+                ended.push((*key, *e, Counter::HalfOpenTimedOut));
+            }
+        }
+        // Victims the data path queued: reset only if their numbers are still tracked (see
+        // `intercept_common::maps::CLOSING`); no grace, as no ACK can complete a handshake both
+        // of whose ends were reset.
+        let queued: Vec<(FlowKey, u64)> = crate::batch::entries(self.wmaps.closing.map())?;
+        let mut unknown = 0;
+        for (key, _) in &queued {
+            match self.wmaps.half_open.get(key, 0) {
+                Ok(e) if !ended.iter().any(|(k, _, _)| k == key) => {
+                    ended.push((*key, e, Counter::HalfOpenDropped));
+                }
+                Ok(_) => {}
+                Err(_) => unknown += 1,
+            }
+            let _ = self.wmaps.closing.remove(key);
+        }
+        if queued.is_empty() && self.wmaps.closing_gate.get(&0, 0)? != 0 {
+            self.set_gate(0)?;
+        }
+        let gw = self.gateway.as_mut().expect("a gateway's tick");
+        let (mut timed_out, mut dropped, mut first_err) = (0, 0, None);
+        for (key, e, counter) in ended {
+            match crate::gateway::send_resets(&mut gw.sender, &key, &e) {
+                Ok(n) => t.resets_sent += n,
+                Err((n, err)) => {
+                    t.resets_sent += n;
+                    t.reset_failures += 1;
+                    first_err.get_or_insert(err);
+                    // Still tracked: tried again next tick.
+                    continue;
+                }
+            }
+            if self.wmaps.half_open.remove(&key).is_ok() {
+                if counter == Counter::HalfOpenTimedOut {
+                    timed_out += 1;
+                } else {
+                    dropped += 1;
+                }
+            }
+        }
+        if let Some(err) = first_err {
+            let (since, n) = gw.said.get_or_insert((0, 0));
+            *n += t.reset_failures;
+            if *since == 0 || now.saturating_sub(*since) >= SAY_EVERY_NS {
+                eprintln!(
+                    "intercept-ctl: error: {n} timed-out handshakes could not be reset (they stay \
+                     tracked and are tried again): {err:#}"
+                );
+                gw.said = Some((now, 0));
+            }
+        }
+        gw.unknown_said.1 += unknown;
+        let (since, n) = gw.unknown_said;
+        if n > 0 && (since == 0 || now.saturating_sub(since) >= SAY_EVERY_NS) {
+            eprintln!(
+                "intercept-ctl: warning: {n} displaced handshakes were untracked before their \
+                 numbers could be read: not reset by the gateway (their servers drop them at \
+                 their own SYN-ACK timeout)"
+            );
+            gw.unknown_said = (now, 0);
+        }
+        t.timed_out = timed_out;
+        t.victims_closed = dropped;
+        if now.saturating_sub(gw.last_sweep) >= SWEEP_EVERY_NS {
+            gw.last_sweep = now;
+            t.freed = crate::gateway::sweep(&mut gw.splice, now)?;
+        }
+        self.wmaps.bump(Counter::HalfOpenTimedOut, timed_out)?;
+        self.wmaps.bump(Counter::HalfOpenDropped, dropped)?;
+        self.wmaps.bump(Counter::GwWatchReset, t.resets_sent)?;
+        self.wmaps
+            .bump(Counter::ControllerErrors, t.reset_failures)?;
+        self.wmaps.bump(Counter::GwFreed, t.freed)?;
+        Ok(!entries.is_empty())
     }
 
     fn set_gate(&mut self, v: u64) -> anyhow::Result<()> {

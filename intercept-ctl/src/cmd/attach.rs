@@ -5,8 +5,14 @@ use super::{Ctx, print_json};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Interface to protect.
+    /// Interface to protect (with --gateway: the one facing the clients).
     pub iface: String,
+    /// Gateway mode: protect servers behind this box, reached through SERVER_IFACE, as a
+    /// router's TCP intercept does. The XDP program runs on both interfaces; a proven client's
+    /// connection is opened to its server by the box and spliced (the `splice` engine). Needs IP
+    /// forwarding on. Example: `intercept-ctl attach eth0 --gateway eth1`.
+    #[arg(long, value_name = "SERVER_IFACE")]
+    pub gateway: Option<String>,
     /// XDP mode: native (in the driver, default) or generic (slow fallback for drivers without
     /// native XDP).
     #[arg(long, value_enum, default_value = "native")]
@@ -21,7 +27,8 @@ pub struct Args {
     pub mode: Option<super::mode::ModeArg>,
     /// Handoff engine (default: the best this kernel offers; `status` lists them): `kfunc`
     /// (Linux >= 6.9), `kernel-cookie` (the kernel's own cookie, Linux >= 5.18; sets
-    /// tcp_syncookies=2 and tcp_timestamps=2 in intercept mode) or `none` (watch mode only).
+    /// tcp_syncookies=2 and tcp_timestamps=2 in intercept mode), `none` (watch mode only) or
+    /// `splice` (a gateway's, forced by --gateway).
     /// Example: `--engine kernel-cookie`.
     #[arg(long, value_enum)]
     pub engine: Option<intercept_ctl::engine::Engine>,
@@ -49,9 +56,24 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         .map(intercept_ctl::config::load)
         .transpose()?;
     let initial = a.mode.map_or(Mode::Intercept, Mode::from);
-    let att = loader::attach_engine(
-        &a.iface, ctx.netns, a.program, a.xdp_mode, initial, a.engine,
-    )?;
+    let att = match &a.gateway {
+        Some(server) => {
+            anyhow::ensure!(
+                a.program == Program::Intercept,
+                "--gateway attaches the gateway's own program: drop `--program pass`"
+            );
+            // Refused with what to do if another engine is named.
+            intercept_ctl::engine::for_attach(
+                &intercept_ctl::engine::Features::default(),
+                a.engine,
+                true,
+            )?;
+            loader::attach_gateway(&a.iface, server, ctx.netns, a.xdp_mode, initial)?
+        }
+        None => loader::attach_engine(
+            &a.iface, ctx.netns, a.program, a.xdp_mode, initial, a.engine,
+        )?,
+    };
     for l in &att.limitations {
         eprintln!("intercept-ctl: warning: {}: {l}", a.iface);
     }
@@ -94,10 +116,13 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         print_json(&serde_json::to_value(&att)?);
     } else {
         println!(
-            "attached {} (id {}) to {} ({} XDP{}), pinned at {}",
+            "attached {} (id {}) to {}{} ({} XDP{}), pinned at {}",
             att.program,
             att.program_id,
             att.interface,
+            att.server_interface
+                .as_ref()
+                .map_or_default(|s| format!(" and {s} (facing the servers)")),
             att.xdp_mode,
             att.engine
                 .map_or_default(|e| format!(", handoff engine {e}")),

@@ -15,8 +15,14 @@ use super::{Ctx, print_json};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Interface to protect.
+    /// Interface to protect (with --gateway: the one facing the clients).
     pub iface: String,
+    /// Gateway mode (see `attach --gateway`): when this run attaches, it attaches a gateway
+    /// with this server-facing interface. An attached gateway is adopted without it. Each tick
+    /// also frees idle spliced connections; watch-mode timeouts reset both ends over the wire.
+    /// Example: `intercept-ctl run eth0 --gateway eth1`.
+    #[arg(long, value_name = "SERVER_IFACE")]
+    pub gateway: Option<String>,
     /// XDP mode.
     #[arg(long, value_enum, default_value = "native")]
     pub xdp_mode: AttachMode,
@@ -145,7 +151,16 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     // whoever attached before, so it is left running like an adopted one.
     let mut ours = None;
     if !pins.is_attached() {
-        let att = loader::attach(&a.iface, ctx.netns, Program::Intercept, a.xdp_mode)?;
+        let att = match &a.gateway {
+            Some(server) => loader::attach_gateway(
+                &a.iface,
+                server,
+                ctx.netns,
+                a.xdp_mode,
+                intercept_common::config::Mode::Intercept,
+            )?,
+            None => loader::attach(&a.iface, ctx.netns, Program::Intercept, a.xdp_mode)?,
+        };
         eprintln!(
             "intercept-ctl: attached to {} (program id {})",
             att.interface, att.program_id
@@ -154,7 +169,8 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     } else if let h = health::check(&a.iface, ctx.netns)?
         && let Some(reason) = h.reason.clone()
     {
-        reattach(ctx, a, reattach_mode(a, &h), &reason)?;
+        let server = h.server.as_ref().map(|s| s.interface.clone());
+        reattach(ctx, a, reattach_mode(a, &h), server.as_deref(), &reason)?;
     } else {
         eprintln!(
             "intercept-ctl: adopting the protection already attached to {}",
@@ -410,6 +426,13 @@ fn health_step(
             .into(),
         ));
     }
+    if h.problem == Some(Problem::ForwardingOff) {
+        // The operator's to set again: the programs and maps work meanwhile.
+        if !gone {
+            eprintln!("intercept-ctl: {reason}");
+        }
+        return Ok(Step::Gone);
+    }
     if h.problem == Some(Problem::KernelSettings) {
         // The programs run; only the sysctls changed under them.
         // A configuration write, under the settings lock, in the mode in force then: it sets
@@ -418,17 +441,23 @@ fn health_step(
         intercept_ctl::control::Maps::open(&a.iface, ctx.netns)?.update_config(|_| {})?;
         return Ok(Step::Healthy);
     }
-    if h.ifindex.is_none() {
+    let server_gone = h.server.as_ref().is_some_and(|s| s.ifindex.is_none());
+    if h.ifindex.is_none() || server_gone {
+        let missing = if h.ifindex.is_none() {
+            a.iface.clone()
+        } else {
+            h.server.as_ref().map_or_default(|s| s.interface.clone())
+        };
         if !gone {
             eprintln!(
-                "intercept-ctl: {reason}: {} is gone and nothing is protected; re-attaching \
-                 when it returns",
-                a.iface
+                "intercept-ctl: {reason}: {missing} is gone and nothing is protected; \
+                 re-attaching when it returns"
             );
         }
         return Ok(Step::Gone);
     }
-    let att = match reattach(ctx, a, reattach_mode(a, &h), &reason) {
+    let server = h.server.as_ref().map(|s| s.interface.as_str());
+    let att = match reattach(ctx, a, reattach_mode(a, &h), server, &reason) {
         Ok(att) => att,
         // Another command re-attached first (the attach lock made this one wait for it): the
         // caller follows that attachment.
@@ -472,14 +501,25 @@ fn reattach(
     ctx: &Ctx,
     a: &Args,
     mode: AttachMode,
+    server: Option<&str>,
     reason: &str,
 ) -> anyhow::Result<loader::Attached> {
     eprintln!(
         "intercept-ctl: the attachment of {} is dead ({reason}); re-attaching",
         a.iface
     );
-    let att = loader::attach(&a.iface, ctx.netns, Program::Intercept, mode)
-        .with_context(|| format!("re-attach to {}", a.iface))?;
+    let att = match server {
+        // A gateway stays a gateway, with the server-facing interface it had.
+        Some(server) => loader::attach_gateway(
+            &a.iface,
+            server,
+            ctx.netns,
+            mode,
+            intercept_common::config::Mode::Intercept,
+        ),
+        None => loader::attach(&a.iface, ctx.netns, Program::Intercept, mode),
+    }
+    .with_context(|| format!("re-attach to {}", a.iface))?;
     if let Some(s) = &att.previous_settings {
         intercept_ctl::config::apply(&a.iface, ctx.netns, s)
             .context("restore the dead attachment's settings on the new attachment")?;

@@ -54,7 +54,8 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
-                v["health"]["problem"] == "kernel_settings",
+                v["health"]["problem"] == "kernel_settings"
+                    || v["health"]["problem"] == "forwarding_off",
             )
         })
         .collect();
@@ -154,8 +155,33 @@ fn one(ctx: &Ctx, iface: &str) -> anyhow::Result<serde_json::Value> {
             "last_transition_s_ago": if w.last_transition_ns == 0 { serde_json::Value::Null } else { serde_json::json!(monotonic_ns().saturating_sub(w.last_transition_ns) as f64 / 1e9) },
             "last_cause": cause_name(w.last_cause),
         },
+        "gateway": gateway(&pins, iface, ctx.netns, &health)?,
         "controller_running": intercept_ctl::daemon_running(iface, ctx.netns),
         "limitations": limitations(&pins, iface, ctx.netns),
+    }))
+}
+
+/// A gateway's side of the status (`null` for a host's attachment): its server-facing
+/// interface and link, and its spliced connections by state.
+fn gateway(
+    pins: &PinDir,
+    iface: &str,
+    netns: Option<&str>,
+    health: &health::Health,
+) -> anyhow::Result<serde_json::Value> {
+    let Some(server) = intercept_ctl::gateway::ServerIface::read(pins) else {
+        return Ok(serde_json::Value::Null);
+    };
+    let splice = intercept_ctl::gateway::open_splice(iface, netns)?;
+    let by_state = intercept_ctl::gateway::count_by_state(&splice)?;
+    let fwd = intercept_ctl::sysctl::forwarding();
+    Ok(serde_json::json!({
+        "server_interface": server.name,
+        "server_ifindex": server.ifindex,
+        "server_link_attached": health.server.as_ref().is_some_and(|s| s.link_ifindex != 0 && s.ifindex == Some(s.link_ifindex)),
+        "splice_entries": by_state.values().sum::<u64>(),
+        "splice_by_state": by_state,
+        "forwarding_off": fwd.off,
     }))
 }
 

@@ -1,0 +1,414 @@
+//! The controller's half of gateway mode (`attach CLIENT_IFACE --gateway SERVER_IFACE`): what
+//! the attachment records of its server-facing interface, the interface roles it writes, the
+//! sweep that frees idle spliced connections (the controller is the only deleter of
+//! `intercept_common::maps::SPLICE`), and the resets watch mode sends for timed-out handshakes,
+//! whose server is not local (no `SOCK_DESTROY`: the gateway resets both ends over the wire).
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{IpAddr, SocketAddr},
+    os::fd::OwnedFd,
+};
+
+use anyhow::Context as _;
+use aya::maps::{DevMapHash, HashMap, IterableMap as _, Map, MapData};
+use intercept_common::{
+    config::{FlowKey, HalfOpen},
+    cookie::ip_of,
+    craft::{TcpSegment, tcp_packet},
+    maps,
+    parse::tcp_flags,
+    splice::{self, ROLE_CLIENT, ROLE_SERVER, Splice},
+};
+
+use crate::{
+    errors::{CtlError, explain},
+    pins::PinDir,
+};
+
+/// Pin of the XDP link on the server-facing interface (the client-facing one is
+/// [`PinDir::link`], pinned last: it marks the attachment complete).
+pub const SERVER_LINK_PIN: &str = "link_server";
+/// Pin (a symlink `name=IFACE ifindex=N`) recording the server-facing interface at attach.
+pub const SERVER_PIN: &str = "server";
+
+/// The server-facing interface of a gateway attachment, as recorded at attach.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServerIface {
+    /// Its name.
+    pub name: String,
+    /// Its index at attach.
+    pub ifindex: u32,
+}
+
+impl ServerIface {
+    fn encode(&self) -> String {
+        format!("name={} ifindex={}", self.name, self.ifindex)
+    }
+
+    fn decode(s: &str) -> Option<ServerIface> {
+        let (mut name, mut ifindex) = (None, None);
+        for kv in s.split_whitespace() {
+            match kv.split_once('=')? {
+                ("name", v) if !v.is_empty() => name = Some(v.to_owned()),
+                ("ifindex", v) => ifindex = v.parse().ok(),
+                _ => {}
+            }
+        }
+        Some(ServerIface {
+            name: name?,
+            ifindex: ifindex?,
+        })
+    }
+
+    /// Records it in `pins` (before the client-facing link is pinned).
+    ///
+    /// # Errors
+    /// [`CtlError::Io`] if the symlink cannot be made.
+    pub fn write(&self, pins: &PinDir) -> Result<(), CtlError> {
+        let path = pins.path().join(SERVER_PIN);
+        std::os::unix::fs::symlink(self.encode(), &path).map_err(|source| CtlError::Io {
+            what: format!("record the server-facing interface at {}", path.display()),
+            source,
+        })
+    }
+
+    /// The server-facing interface recorded in `pins`; `None` for a host's attachment.
+    #[must_use]
+    pub fn read(pins: &PinDir) -> Option<ServerIface> {
+        let target = fs::read_link(pins.path().join(SERVER_PIN)).ok()?;
+        ServerIface::decode(&target.to_string_lossy())
+    }
+}
+
+/// Writes the interface roles (`GW_ROLE`) and redirect targets (`GW_PORTS`) of a gateway into
+/// the maps pinned at `pins`, before any of its XDP links exists.
+///
+/// # Errors
+/// A map cannot be opened or written.
+pub fn write_roles(pins: &PinDir, client: u32, server: u32) -> anyhow::Result<()> {
+    let open = |name: &str| {
+        MapData::from_pin(pins.map(name)).map_err(|e| explain(e.into(), &format!("open {name}")))
+    };
+    let mut roles: HashMap<MapData, u32, u32> =
+        HashMap::try_from(Map::HashMap(open(maps::GW_ROLE)?))?;
+    roles
+        .insert(&client, &ROLE_CLIENT, 0)
+        .context("write GW_ROLE (client-facing)")?;
+    roles
+        .insert(&server, &ROLE_SERVER, 0)
+        .context("write GW_ROLE (server-facing)")?;
+    let mut ports = DevMapHash::try_from(Map::DevMapHash(open(maps::GW_PORTS)?))?;
+    for i in [client, server] {
+        ports
+            .insert(i, i, None, 0)
+            .with_context(|| format!("write GW_PORTS (ifindex {i})"))?;
+    }
+    Ok(())
+}
+
+/// Opens the pinned `SPLICE` map of the attachment of `iface`.
+///
+/// # Errors
+/// [`CtlError::NotAttached`] if it has none (not a gateway's, or nothing attached).
+pub fn open_splice(
+    iface: &str,
+    netns: Option<&str>,
+) -> anyhow::Result<HashMap<MapData, FlowKey, Splice>> {
+    let pins = PinDir::new(netns, iface);
+    let path = pins.map(maps::SPLICE);
+    if !path.exists() {
+        return Err(CtlError::NotAttached {
+            iface: iface.to_owned(),
+            pin: pins.path().display().to_string(),
+        }
+        .into());
+    }
+    let data = MapData::from_pin(&path).map_err(|e| explain(e.into(), "open map SPLICE"))?;
+    Ok(HashMap::try_from(Map::HashMap(data))?)
+}
+
+/// Frees the entries of `splice` that [`splice::idle_verdict`] gives up at `now_ns` (the data
+/// path's clock: `CLOCK_MONOTONIC`, see [`crate::watchctl::monotonic_ns`]); returns how many it
+/// deleted. Each entry is read again right before its deletion, so one a segment refreshed since
+/// the walk stays.
+///
+/// # Errors
+/// bpf() failure.
+pub fn sweep(splice: &mut HashMap<MapData, FlowKey, Splice>, now_ns: u64) -> anyhow::Result<u64> {
+    let entries: Vec<(FlowKey, Splice)> = crate::batch::entries(splice.map())?;
+    let mut freed = 0;
+    for (key, s) in entries {
+        if !splice::idle_verdict(&s, now_ns) {
+            continue;
+        }
+        let again = match splice.get(&key, 0) {
+            Ok(v) => v,
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e).context("read SPLICE"),
+        };
+        if splice::idle_verdict(&again, now_ns) && splice.remove(&key).is_ok() {
+            freed += 1;
+        }
+    }
+    Ok(freed)
+}
+
+/// [`sweep`] of the attachment of `iface` now, counted in `gw_freed` (tests, and one-shot use);
+/// the daemon sweeps on its own ticks.
+///
+/// # Errors
+/// Not a gateway's attachment, or bpf() failure.
+pub fn sweep_pinned(iface: &str, netns: Option<&str>) -> anyhow::Result<u64> {
+    let mut splice = open_splice(iface, netns)?;
+    let freed = sweep(&mut splice, crate::watchctl::monotonic_ns())?;
+    crate::watchctl::WatchMaps::open(iface, netns)?
+        .bump(intercept_common::Counter::GwFreed, freed)?;
+    Ok(freed)
+}
+
+/// The name of a [`Splice::state`] for `status`.
+#[must_use]
+pub const fn state_name(state: u32) -> &'static str {
+    match state {
+        splice::SYN_SENT => "syn_sent",
+        splice::OPEN => "open",
+        splice::PASSTHROUGH => "passthrough",
+        splice::CLOSED => "closed",
+        _ => "unknown",
+    }
+}
+
+/// The entries of `splice` by state name (every state present, zeros included).
+///
+/// # Errors
+/// bpf() failure.
+pub fn count_by_state(
+    splice: &HashMap<MapData, FlowKey, Splice>,
+) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+    let mut out: BTreeMap<&'static str, u64> = [
+        splice::SYN_SENT,
+        splice::OPEN,
+        splice::PASSTHROUGH,
+        splice::CLOSED,
+    ]
+    .into_iter()
+    .map(|s| (state_name(s), 0))
+    .collect();
+    for (_, s) in crate::batch::entries::<FlowKey, Splice>(splice.map())? {
+        *out.entry(state_name(s.state)).or_default() += 1;
+    }
+    Ok(out)
+}
+
+/// The two resets that end a half-open handshake tracked at `key` (client to server) on a
+/// gateway, for segments nobody on this box holds a socket of:
+///
+/// - to the server, as from the client: RST with `seq = isn + 1`, the `rcv_nxt` of the server's
+///   request socket, which `tcp_check_req` (`net/ipv4/tcp_minisocks.c`) accepts as in window
+///   and answers by dropping the request;
+/// - to the client, as from the server: RST|ACK acknowledging the client's SYN (`ack = isn +
+///   1`), which a client in SYN-SENT accepts whatever its sequence number (RFC 9293 3.10.7.3),
+///   with `seq = server_isn + 1` once the server answered, the client's `rcv_nxt` if the
+///   SYN-ACK reached it (RFC 5961 section 3 asks for that exact value), else 0.
+#[must_use]
+pub fn resets(key: &FlowKey, e: &HalfOpen) -> [TcpSegment; 2] {
+    let (client, server) = (ip_of(&key.saddr), ip_of(&key.daddr));
+    let mut to_server = TcpSegment::new(client, server, key.sport, key.dport, tcp_flags::RST);
+    to_server.seq = e.isn.wrapping_add(1);
+    to_server.window = 0;
+    let mut to_client = TcpSegment::new(
+        server,
+        client,
+        key.dport,
+        key.sport,
+        tcp_flags::RST | tcp_flags::ACK,
+    );
+    to_client.seq = if e.answered != 0 {
+        e.server_isn.wrapping_add(1)
+    } else {
+        0
+    };
+    to_client.ack_seq = e.isn.wrapping_add(1);
+    to_client.window = 0;
+    [to_server, to_client]
+}
+
+/// Raw IP sockets of the calling thread's network namespace that send whole IP packets (the
+/// header included: `IPPROTO_RAW` implies `IP_HDRINCL` for IPv4 and IPv6 alike on Linux), so a
+/// reset leaves with the address of the end it stands for. Opened on first use per family.
+#[derive(Debug, Default)]
+pub struct RawSender {
+    v4: Option<OwnedFd>,
+    v6: Option<OwnedFd>,
+}
+
+impl RawSender {
+    /// Sends `seg` as an IP packet to its destination.
+    ///
+    /// # Errors
+    /// The socket cannot be opened (no `CAP_NET_RAW`) or the kernel refuses the packet (no
+    /// route to its destination, ...).
+    pub fn send(&mut self, seg: &TcpSegment) -> anyhow::Result<()> {
+        use rustix::net::{AddressFamily, SendFlags, SocketType, ipproto, sendto, socket};
+        let packet = tcp_packet(seg);
+        let (slot, family) = match seg.dst {
+            IpAddr::V4(_) => (&mut self.v4, AddressFamily::INET),
+            IpAddr::V6(_) => (&mut self.v6, AddressFamily::INET6),
+        };
+        let fd = match slot {
+            Some(fd) => fd,
+            None => slot.insert(
+                socket(family, SocketType::RAW, Some(ipproto::RAW))
+                    .map_err(std::io::Error::from)
+                    .map_err(|e| explain(e.into(), "open a raw IP socket to send resets"))?,
+            ),
+        };
+        // The port of a raw socket's destination must be 0 for IPv6 (or the protocol number).
+        let to = SocketAddr::new(seg.dst, 0);
+        sendto(&*fd, &packet, SendFlags::empty(), &to)
+            .map_err(std::io::Error::from)
+            .with_context(|| {
+                format!(
+                    "send a reset {}:{} -> {}:{}",
+                    seg.src, seg.sport, seg.dst, seg.dport
+                )
+            })?;
+        Ok(())
+    }
+}
+
+/// Sends the [`resets`] of the handshake at `key`; returns how many left (2, or fewer with the
+/// error of the first failure).
+///
+/// # Errors
+/// The first send that failed, with how many were sent before it.
+pub fn send_resets(
+    sender: &mut RawSender,
+    key: &FlowKey,
+    e: &HalfOpen,
+) -> Result<u64, (u64, anyhow::Error)> {
+    let mut sent = 0;
+    for seg in resets(key, e) {
+        if let Err(err) = sender.send(&seg) {
+            return Err((sent, err));
+        }
+        sent += 1;
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use intercept_common::cookie::words_of;
+
+    fn key(c: &str, s: &str) -> FlowKey {
+        FlowKey {
+            saddr: words_of(c.parse().unwrap()),
+            daddr: words_of(s.parse().unwrap()),
+            sport: 40_000,
+            dport: 80,
+        }
+    }
+
+    /// The server's request socket expects the client's ISN + 1; the client's SYN-SENT socket
+    /// an acknowledgment of its SYN, and, once the server answered, the server's ISN + 1.
+    #[test]
+    fn resets_carry_the_numbers_each_end_accepts() {
+        let k = key("198.18.0.10", "198.18.1.2");
+        let e = HalfOpen {
+            isn: u32::MAX,
+            server_isn: 1_000,
+            answered: 1,
+            ..HalfOpen::default()
+        };
+        let [s, c] = resets(&k, &e);
+        assert_eq!(
+            (s.src, s.dst, s.sport, s.dport),
+            (
+                "198.18.0.10".parse::<IpAddr>().unwrap(),
+                "198.18.1.2".parse::<IpAddr>().unwrap(),
+                40_000,
+                80
+            )
+        );
+        assert_eq!((s.flags, s.seq, s.ack_seq), (tcp_flags::RST, 0, 0));
+        assert_eq!((c.src, c.dst, c.sport, c.dport), (s.dst, s.src, 80, 40_000));
+        assert_eq!(
+            (c.flags, c.seq, c.ack_seq),
+            (tcp_flags::RST | tcp_flags::ACK, 1_001, 0)
+        );
+        let unanswered = resets(
+            &k,
+            &HalfOpen {
+                answered: 0,
+                isn: 7,
+                ..e
+            },
+        );
+        assert_eq!((unanswered[1].seq, unanswered[1].ack_seq), (0, 8));
+        assert_eq!(unanswered[0].seq, 8);
+    }
+
+    /// The packets themselves: the IP header of the right family and the TCP numbers in place,
+    /// with checksums that verify.
+    #[test]
+    fn reset_packets_are_well_formed() {
+        use intercept_common::checksum::{add_bytes, finish, pseudo_v4, pseudo_v6};
+        for (c, s) in [
+            ("198.18.0.10", "198.18.1.2"),
+            ("2001:db8::10", "2001:db8:1::2"),
+        ] {
+            let k = key(c, s);
+            let e = HalfOpen {
+                isn: 0x1234_5678,
+                server_isn: 0x9abc_def0,
+                answered: 1,
+                ..HalfOpen::default()
+            };
+            for seg in resets(&k, &e) {
+                let p = tcp_packet(&seg);
+                let (hl, acc) = match (seg.src, seg.dst) {
+                    (IpAddr::V4(a), IpAddr::V4(b)) => {
+                        assert_eq!(p[0], 0x45, "IPv4 header");
+                        assert_eq!(finish(add_bytes(0, &p[..20])), 0, "IPv4 header checksum");
+                        (20, pseudo_v4(a.octets(), b.octets(), 6, 20))
+                    }
+                    (IpAddr::V6(a), IpAddr::V6(b)) => {
+                        assert_eq!(p[0] >> 4, 6, "IPv6 header");
+                        (40, pseudo_v6(&a.octets(), &b.octets(), 6, 20))
+                    }
+                    _ => unreachable!(),
+                };
+                let t = &p[hl..];
+                assert_eq!(t.len(), 20, "no options, no payload");
+                assert_eq!(finish(add_bytes(acc, t)), 0, "TCP checksum of {seg:?}");
+                assert_eq!(u32::from_be_bytes(t[4..8].try_into().unwrap()), seg.seq);
+                assert_eq!(
+                    u32::from_be_bytes(t[8..12].try_into().unwrap()),
+                    seg.ack_seq
+                );
+                assert_eq!(t[13], seg.flags);
+            }
+        }
+    }
+
+    #[test]
+    fn the_server_record_round_trips() {
+        let r = ServerIface {
+            name: "eth1".to_owned(),
+            ifindex: 9,
+        };
+        assert_eq!(ServerIface::decode(&r.encode()), Some(r));
+        assert_eq!(ServerIface::decode("name= ifindex=3"), None);
+        assert_eq!(ServerIface::decode("ifindex=3"), None);
+    }
+
+    #[test]
+    fn states_have_names() {
+        assert_eq!(state_name(splice::OPEN), "open");
+        assert_eq!(state_name(splice::SYN_SENT), "syn_sent");
+        assert_eq!(state_name(99), "unknown");
+    }
+}
