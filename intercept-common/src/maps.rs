@@ -50,6 +50,42 @@ pub const EXEMPT_LIST: &str = "EXEMPT_LIST";
 /// Name of the gateway's XDP program (`attach --gateway`), attached to the client-facing and
 /// the server-facing interface with the same maps.
 pub const PROG_GATEWAY: &str = "xdp_gateway";
+/// `ProgramArray` of the gateway's stages, tail-called from [`PROG_GATEWAY`] (each verified on
+/// its own, with its own budget): index [`GW_STAGE_SYN`] answers a protected SYN,
+/// [`GW_STAGE_CLIENT`] a client's other segments, [`GW_STAGE_SERVER`] a server's,
+/// [`GW_STAGE_FORWARD`] forwards a translated segment, [`GW_STAGE_COOKIE`] checks the cookie of
+/// a client's segment of no splice, [`GW_STAGE_OPEN`] opens a proven client's connection to
+/// its server, [`GW_STAGE_COMPLETE`] completes the server's handshake and [`GW_STAGE_REPLAY`]
+/// replays the client's held data to it. Filled by the controller before the
+/// links exist; a stage missing at run time aborts the frame (`aborted`).
+pub const GW_PROGS: &str = "GW_PROGS";
+/// The programs of [`GW_PROGS`], by index.
+pub const GW_STAGES: [&str; 8] = [
+    "gw_syn",
+    "gw_client",
+    "gw_server",
+    "gw_forward",
+    "gw_open",
+    "gw_cookie",
+    "gw_complete",
+    "gw_replay",
+];
+/// [`GW_PROGS`] index of `gw_syn`.
+pub const GW_STAGE_SYN: u32 = 0;
+/// [`GW_PROGS`] index of `gw_client`.
+pub const GW_STAGE_CLIENT: u32 = 1;
+/// [`GW_PROGS`] index of `gw_server`.
+pub const GW_STAGE_SERVER: u32 = 2;
+/// [`GW_PROGS`] index of `gw_forward`.
+pub const GW_STAGE_FORWARD: u32 = 3;
+/// [`GW_PROGS`] index of `gw_open`.
+pub const GW_STAGE_OPEN: u32 = 4;
+/// [`GW_PROGS`] index of `gw_cookie`.
+pub const GW_STAGE_COOKIE: u32 = 5;
+/// [`GW_PROGS`] index of `gw_complete`.
+pub const GW_STAGE_COMPLETE: u32 = 6;
+/// [`GW_PROGS`] index of `gw_replay`.
+pub const GW_STAGE_REPLAY: u32 = 7;
 /// `HashMap<FlowKey, Splice>`: the gateway's spliced connections, keyed client to server (see
 /// [`crate::splice`]). Inserted and updated by the data path; deleted by the controller only
 /// (see [`crate::splice::idle_verdict`]). Preallocated: an insert into the full table fails

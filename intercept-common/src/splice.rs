@@ -259,7 +259,8 @@ pub fn build_syn(flow: &Flow, v6: bool, e: &Splice, window: u16, ttl: u8, out: &
 
 /// Builds into `out` the ACK that completes the server's handshake on the client's behalf
 /// (`flow`, client to server): the server's ISN `server_isn` acknowledged, with the client's
-/// handshake TSval and the server's `server_tsval` echoed when timestamps are on.
+/// handshake TSval and the server's `server_tsval` echoed when timestamps are on (the client
+/// sent them and the server answered with them).
 #[inline(always)]
 pub fn build_ack(
     flow: &Flow,
@@ -270,7 +271,7 @@ pub fn build_ack(
     ttl: u8,
     out: &mut SynAck,
 ) {
-    let ts = e.flags & splice_flags::TS != 0;
+    let ts = e.flags & (splice_flags::TS | splice_flags::SERVER_NO_TS) == splice_flags::TS;
     let window = client_window_for_server(e, e.client_window);
     let len = if ts { 32 } else { 20 };
     let tcp = [

@@ -606,6 +606,38 @@ fn attach_and_pin(
     Ok((program_id, verified))
 }
 
+/// Loads the gateway's stages and puts them in `GW_PROGS`, where `xdp_gateway` tail-calls
+/// them (see `intercept_common::maps::GW_PROGS`). Before `xdp_gateway` is attached: a frame
+/// finding a stage missing is aborted.
+///
+/// # Errors
+/// A stage the kernel refuses (the verifier's log says why), or the map write.
+pub fn load_gateway_stages(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let mut fds = Vec::new();
+    for name in maps::GW_STAGES {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|e| explain(e.into(), &format!("load the gateway stage {name}")))
+                .with_context(|| format!("load the gateway stage {name}"))?;
+        }
+        fds.push(prog.fd()?.try_clone()?);
+    }
+    let mut stages: aya::maps::ProgramArray<_> = aya::maps::ProgramArray::try_from(
+        ebpf.map_mut(maps::GW_PROGS)
+            .context("map GW_PROGS missing from the object")?,
+    )?;
+    for (i, fd) in fds.iter().enumerate() {
+        stages
+            .set(u32::try_from(i)?, fd, 0)
+            .with_context(|| format!("put stage {} in GW_PROGS", maps::GW_STAGES[i]))?;
+    }
+    Ok(())
+}
+
 /// Loads `xdp_gateway` and attaches it to the server-facing interface, then the client-facing
 /// one, pinning each link (the client-facing one last: it marks the attachment complete).
 fn attach_gateway_links(
@@ -616,6 +648,7 @@ fn attach_gateway_links(
     mode: AttachMode,
     pins: &PinDir,
 ) -> anyhow::Result<(u32, Option<u32>)> {
+    load_gateway_stages(ebpf)?;
     let prog: &mut Xdp = ebpf
         .program_mut(maps::PROG_GATEWAY)
         .with_context(|| format!("program {} missing from the object", maps::PROG_GATEWAY))?

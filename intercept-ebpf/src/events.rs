@@ -81,6 +81,9 @@ pub enum Abort {
     /// The kernel-cookie engine could not copy a segment's headers for the kernel's cookie
     /// helpers (`bpf_xdp_load_bytes`).
     KernelCookieCopy,
+    /// Gateway mode: a stage of the data path missing from `GW_PROGS` (the tail call failed),
+    /// or a segment the gateway builds could not be written over the frame.
+    Gateway,
 }
 
 /// Per CPU, the last [`Abort`] recorded and the kernel's return code with it: written where the
@@ -145,6 +148,13 @@ pub fn log_abort(ctx: &XdpContext) {
             error,
             ctx,
             "XDP_ABORTED: a SYN-ACK could not be written over its SYN"
+        );
+    } else if why == Abort::Gateway as i64 {
+        rare!(
+            error,
+            ctx,
+            "XDP_ABORTED: gateway: a stage missing from GW_PROGS, or a segment not written ({})",
+            rc
         );
     } else {
         rare!(error, ctx, "XDP_ABORTED (no reason recorded)");

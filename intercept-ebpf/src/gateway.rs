@@ -24,9 +24,13 @@ use intercept_common::{
     config::{FlowKey, Mode, flags},
     cookie::{self, Flow, WSCALE_NONE, slot_of},
     handshake::{SynAck, flow_of},
+    maps::{
+        GW_STAGE_CLIENT, GW_STAGE_COMPLETE, GW_STAGE_COOKIE, GW_STAGE_FORWARD, GW_STAGE_OPEN,
+        GW_STAGE_REPLAY, GW_STAGE_SERVER, GW_STAGE_SYN,
+    },
     parse::{
-        Dissected, ETH_HLEN, Frame, IPV4_MIN_HLEN, IPV6_HLEN, Ip, L3, L4, TCP_MAX_HLEN_MASK,
-        TcpKind, classify, dissect, tcp_flags,
+        Dissected, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Frame, IPV4_MIN_HLEN, IPV6_HLEN, Ip, L3, L4,
+        TCP_MAX_HLEN_MASK, TcpKind, classify, dissect, tcp_flags,
     },
     splice::{
         self, CLOSED, HELD_FRAME_MAX, Held, OPEN, PASSTHROUGH, ROLE_SERVER, SYN_SENT, Splice,
@@ -38,7 +42,7 @@ use intercept_common::{
 use crate::{
     events::Abort,
     frame::Pkt,
-    maps::{CONFIG, GW_PORTS, GW_ROLE, HALF_OPEN, HELD, SECRETS, SPLICE},
+    maps::{CONFIG, GW_PORTS, GW_PROGS, GW_ROLE, HALF_OPEN, HELD, SECRETS, SPLICE},
     scope,
     stats::{aborted, count, drop, pass},
 };
@@ -55,6 +59,10 @@ pub struct GwScratch {
     entry: Splice,
     /// A server's SYN-ACK options (see [`server_options`]).
     opts: tcpopt::TcpOptions,
+    /// What `gw_open` is to do ([`OPEN_NEW`] or [`RESEND_SYN`]).
+    op: u32,
+    /// A client's TSval and TSecr (see [`client_timestamps`]).
+    ts: [u32; 2],
 }
 
 /// See [`GwScratch`].
@@ -64,7 +72,27 @@ static GW_SCRATCH: PerCpuArray<GwScratch> = PerCpuArray::with_max_entries(1, 0);
 /// `-EEXIST`: inserting an existing key with `BPF_NOEXIST`.
 const EEXIST: i32 = -17;
 
-/// Entry of `xdp_gateway`.
+/// The verdict of a stage that translated its segment for forwarding: its program then
+/// tail-calls `gw_forward`. Not an XDP action.
+const FORWARD: u32 = 0x100;
+/// The verdict of `gw_client` for a verified cookie: `gw_open` creates the splice staged in the
+/// scratch map's entry and sends the SYN to the server. Not an XDP action.
+const OPEN_NEW: u32 = 0x101;
+/// The verdict of `gw_client` for a retransmission of the held segment: `gw_open` sends the SYN
+/// to the server again. Not an XDP action.
+const RESEND_SYN: u32 = 0x102;
+/// The verdict of `gw_client` for a segment of no splice: `gw_cookie` decides. Not an XDP
+/// action.
+const UNKNOWN_FLOW: u32 = 0x103;
+/// The verdict of `gw_server` for a server's SYN-ACK of a splice: `gw_complete` completes it.
+/// Not an XDP action.
+const COMPLETE: u32 = 0x104;
+/// The verdict of `gw_complete` when the client's data waits: `gw_replay` sends it to the
+/// server in place of the SYN-ACK. Not an XDP action.
+const REPLAY: u32 = 0x105;
+
+/// Entry of `xdp_gateway`: counts and classifies the frame and tail-calls the stage that
+/// handles it (see `intercept_common::maps::GW_PROGS`).
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
     count(Counter::Packets);
@@ -89,20 +117,143 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     // SAFETY: ctx is the program's own context.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: read-only lookup.
-    if unsafe { GW_ROLE.get(&ingress) }.is_some_and(|r| *r == ROLE_SERVER) {
-        return server_side(ctx, &ip, &tcp);
+    let stage = if unsafe { GW_ROLE.get(&ingress) }.is_some_and(|r| *r == ROLE_SERVER) {
+        GW_STAGE_SERVER
+    } else {
+        match (mode, classify(tcp.flags)) {
+            (Mode::Intercept | Mode::Watch, TcpKind::Syn) => GW_STAGE_SYN,
+            (_, TcpKind::Syn | TcpKind::SynAck) => return pass(Counter::Passed),
+            _ => GW_STAGE_CLIENT,
+        }
+    };
+    stage_to(ctx, stage)
+}
+
+/// Tail-calls the stage `index`; returns only if it is missing.
+#[inline(always)]
+fn stage_to(ctx: &XdpContext, index: u32) -> u32 {
+    // SAFETY: a tail call with the program's own context.
+    unsafe { GW_PROGS.tail_call(ctx, index) };
+    aborted(Abort::Gateway, i64::from(index))
+}
+
+/// Re-dissects the frame for a stage (the entry's dissection does not survive the tail call):
+/// its IP and TCP headers, or the verdict for anything else.
+#[inline(always)]
+fn tcp_of(ctx: &XdpContext) -> Result<(Ip, intercept_common::parse::Tcp), u32> {
+    let mut ip = core::mem::MaybeUninit::<Ip>::uninit();
+    if dissect_into(ctx, ip.as_mut_ptr()) == 0 {
+        return Err(pass(Counter::Passed));
     }
-    match (mode, classify(tcp.flags)) {
-        (Mode::Intercept, TcpKind::Syn) => crate::synack::handle_own_cookie(ctx, &ip, &tcp),
-        (Mode::Watch, TcpKind::Syn) => crate::watch::syn(ctx, &ip, &tcp),
-        (_, TcpKind::Syn | TcpKind::SynAck) => pass(Counter::Passed),
-        _ => client_side(ctx, &ip, &tcp),
+    // SAFETY: `dissect_into` wrote it.
+    let ip = unsafe { ip.assume_init() };
+    let L4::Tcp(tcp) = ip.l4 else {
+        return Err(pass(Counter::Passed));
+    };
+    Ok((ip, tcp))
+}
+
+/// Dissects the frame into `out` if it is TCP (1), else leaves it (0). Not inlined: the
+/// dissector's temporaries then live in a frame of their own, popped before the stage's calls,
+/// not in the stage's, which every call chain of the stage counts against the 512-byte stack.
+#[inline(never)]
+fn dissect_into(ctx: &XdpContext, out: *mut Ip) -> u32 {
+    // Opaque, so LLVM passes the context itself, not the packet bounds it would load from it
+    // (scalars to the verifier, which then refuses the packet pointers made from them).
+    let ctx = core::hint::black_box(ctx);
+    match dissect(&Pkt::new(ctx)) {
+        Ok(Dissected::Ip(ip)) if matches!(ip.l4, L4::Tcp(_)) => {
+            // SAFETY: `out` points to the caller's uninitialised Ip.
+            unsafe { out.write(ip) };
+            1
+        }
+        _ => 0,
     }
 }
 
+/// Stage `gw_syn`: a protected SYN from a client, answered with a cookie (intercept) or
+/// tracked (watch).
+#[inline(always)]
+pub fn stage_syn(ctx: &XdpContext) -> u32 {
+    let (ip, tcp) = match tcp_of(ctx) {
+        Ok(x) => x,
+        Err(v) => return v,
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return pass(Counter::Passed);
+    };
+    let verdict = if Mode::effective(cfg) == Mode::Intercept {
+        crate::synack::handle_own_cookie(ctx, &ip, &tcp)
+    } else {
+        crate::watch::syn(ctx, &ip, &tcp)
+    };
+    if verdict == xdp_action::XDP_ABORTED {
+        crate::events::log_abort(ctx);
+    }
+    verdict
+}
+
+/// Stage `gw_client`: a client's segment other than a SYN.
+#[inline(always)]
+pub fn stage_client(ctx: &XdpContext) -> u32 {
+    let (ip, tcp) = match tcp_of(ctx) {
+        Ok(x) => x,
+        Err(v) => return v,
+    };
+    finish(ctx, client_side(ctx, &ip, &tcp))
+}
+
+/// Stage `gw_server`: a segment from a server.
+#[inline(always)]
+pub fn stage_server(ctx: &XdpContext) -> u32 {
+    let (ip, tcp) = match tcp_of(ctx) {
+        Ok(x) => x,
+        Err(v) => return v,
+    };
+    finish(ctx, server_side(ctx, &ip, &tcp))
+}
+
+/// Stage `gw_forward`: forwards a segment a stage translated.
+#[inline(always)]
+pub fn stage_forward(ctx: &XdpContext) -> u32 {
+    let verdict = forward(ctx);
+    if verdict == xdp_action::XDP_ABORTED {
+        crate::events::log_abort(ctx);
+    }
+    verdict
+}
+
+/// A stage's verdict: [`FORWARD`] goes on to `gw_forward`, [`OPEN_NEW`] and [`RESEND_SYN`] to
+/// `gw_open`.
+#[inline(always)]
+fn finish(ctx: &XdpContext, verdict: u32) -> u32 {
+    if verdict == FORWARD {
+        return stage_to(ctx, GW_STAGE_FORWARD);
+    }
+    if verdict == UNKNOWN_FLOW {
+        return stage_to(ctx, GW_STAGE_COOKIE);
+    }
+    if verdict == COMPLETE {
+        return stage_to(ctx, GW_STAGE_COMPLETE);
+    }
+    if verdict == REPLAY {
+        return stage_to(ctx, GW_STAGE_REPLAY);
+    }
+    if verdict == OPEN_NEW || verdict == RESEND_SYN {
+        if let Some(s) = GW_SCRATCH.get_ptr_mut(0) {
+            // SAFETY: this CPU's scratch, read by the stage called next on this CPU.
+            unsafe { (*s).op = verdict };
+        }
+        return stage_to(ctx, GW_STAGE_OPEN);
+    }
+    if verdict == xdp_action::XDP_ABORTED {
+        crate::events::log_abort(ctx);
+    }
+    verdict
+}
+
 /// A segment from a client (not a SYN): a splice's is translated (or held, while the server
-/// has not answered); a watched handshake's completes it; otherwise a valid cookie opens the
-/// connection to the server, and in intercept mode anything else is dropped.
+/// has not answered); any other goes on to `gw_cookie` ([`UNKNOWN_FLOW`]).
 #[inline(never)]
 fn client_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
     let pkt = Pkt::new(ctx);
@@ -129,17 +280,45 @@ fn client_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
                 if tcp.flags & tcp_flags::RST != 0 {
                     e.state = CLOSED;
                 }
-                forward(ctx, ip.l3_off)
+                FORWARD
             }
             _ => {
                 if !client_to_server(ctx, tcp, e) {
                     return pass(Counter::Malformed);
                 }
                 count(Counter::GwSpliced);
-                forward(ctx, ip.l3_off)
+                FORWARD
             }
         };
     }
+    let _ = cfg;
+    UNKNOWN_FLOW
+}
+
+/// Stage `gw_cookie`: a client's segment of no splice (see [`cookie_side`]).
+#[inline(always)]
+pub fn stage_cookie(ctx: &XdpContext) -> u32 {
+    let (ip, tcp) = match tcp_of(ctx) {
+        Ok(x) => x,
+        Err(v) => return v,
+    };
+    finish(ctx, cookie_side(ctx, &ip, &tcp))
+}
+
+/// A client's segment of no splice: a watched handshake's completes it; otherwise a valid
+/// cookie opens the connection to the server (in `gw_open`), and in intercept mode anything
+/// else is dropped.
+#[inline(never)]
+fn cookie_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
+    let pkt = Pkt::new(ctx);
+    let Some(flow) = flow_of(&pkt, ip, tcp) else {
+        return pass(Counter::Malformed);
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return pass(Counter::Passed);
+    };
+    let key = FlowKey::of(&flow);
+    let now = crate::clock::now_ns();
     let mode = Mode::effective(cfg);
     if (mode == Mode::Watch || cfg.flags & flags::TRACKING != 0)
         && let Some(h) = HALF_OPEN.get_ptr_mut(&key)
@@ -167,7 +346,11 @@ fn client_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
     let Some(secrets) = SECRETS.get(0) else {
         return pass(Counter::PassNoSecret);
     };
-    let ts = tcpopt::timestamps(&pkt, tcp.off, tcp.hdr_len);
+    let ts = if client_timestamps(ctx, tcp.off, tcp.hdr_len) != 0 {
+        GW_SCRATCH.get(0).map(|s| (s.ts[0], s.ts[1]))
+    } else {
+        None
+    };
     match cookie::check(
         secrets,
         &flow,
@@ -179,7 +362,7 @@ fn client_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
         Ok(co) => {
             count(Counter::AckValid);
             let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
-                return aborted(Abort::SynAckWrite, 0);
+                return aborted(Abort::Gateway, 0);
             };
             // SAFETY: this CPU's scratch.
             let e = unsafe { &mut (*s).entry };
@@ -210,10 +393,43 @@ fn client_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
             e.server_wscale = WSCALE_NONE;
             e.sack = u8::from(co.sack);
             e.client_window = tcp.window;
-            open(ctx, ip, tcp)
+            OPEN_NEW
         }
         Err(_) if strict => drop(Counter::AckBadMac),
         Err(_) => pass(Counter::Passed),
+    }
+}
+
+/// Stage `gw_open`: a proven client's splice is created ([`OPEN_NEW`]), or its SYN sent
+/// again ([`RESEND_SYN`]); which, `gw_client` left in the scratch map's `op`.
+#[inline(always)]
+pub fn stage_open(ctx: &XdpContext) -> u32 {
+    finish(ctx, open_stage(ctx))
+}
+
+/// The work of [`stage_open`], in a frame of its own: the stage's entry frame then stays
+/// small, and its longest call chain within the 512-byte stack.
+#[inline(never)]
+fn open_stage(ctx: &XdpContext) -> u32 {
+    let (ip, tcp) = match tcp_of(ctx) {
+        Ok(x) => x,
+        Err(v) => return v,
+    };
+    if GW_SCRATCH.get(0).map_or(0, |s| s.op) == RESEND_SYN {
+        resend(ctx, &ip, &tcp)
+    } else {
+        open(ctx, &ip, &tcp)
+    }
+}
+
+/// Sends the SYN of a splice still waiting for its server again.
+#[inline(never)]
+fn resend(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
+    let pkt = Pkt::new(ctx);
+    match flow_of(&pkt, ip, tcp).and_then(|f| SPLICE.get_ptr(&FlowKey::of(&f))) {
+        // SAFETY: a valid map value.
+        Some(e) => to_syn(ctx, ip, tcp, unsafe { &*e }),
+        None => drop(Counter::GwHeldLost),
     }
 }
 
@@ -228,7 +444,7 @@ fn open(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
     };
     let key = FlowKey::of(&flow);
     let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
-        return aborted(Abort::SynAckWrite, 0);
+        return aborted(Abort::Gateway, 0);
     };
     // SAFETY: this CPU's scratch.
     let s = unsafe { &mut *s };
@@ -242,7 +458,7 @@ fn open(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
         hold(ctx, ip, tcp, &key);
     }
     let Some(e) = SPLICE.get_ptr_mut(&key) else {
-        return aborted(Abort::SynAckWrite, 0);
+        return aborted(Abort::Gateway, 0);
     };
     // SAFETY: a valid map value.
     to_syn(ctx, ip, tcp, unsafe { &*e })
@@ -251,11 +467,11 @@ fn open(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
 /// A client segment while the server has not answered: the first data segment is held, a
 /// retransmission of it sends the SYN again (ours may have been lost), anything else waits for
 /// the client's retransmission.
-#[inline(always)]
+#[inline(never)]
 fn pending(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &mut Splice) -> u32 {
     if tcp.flags & tcp_flags::RST != 0 {
         e.state = CLOSED;
-        return forward(ctx, ip.l3_off);
+        return FORWARD;
     }
     if tcp.payload_len == 0 {
         return drop(Counter::GwHeldLost);
@@ -275,7 +491,7 @@ fn pending(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &mu
                 drop(Counter::GwHeldLost)
             }
         }
-        Some(h) if h.seq == tcp.seq => to_syn(ctx, ip, tcp, e),
+        Some(h) if h.seq == tcp.seq => RESEND_SYN,
         Some(_) => drop(Counter::GwHeldLost),
     }
 }
@@ -323,7 +539,7 @@ fn hold(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, key: &Flo
 }
 
 /// Turns the client's segment into the SYN to the server and forwards it.
-#[inline(never)]
+#[inline(always)]
 fn to_syn(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &Splice) -> u32 {
     let pkt = Pkt::new(ctx);
     let Some(flow) = flow_of(&pkt, ip, tcp) else {
@@ -332,17 +548,17 @@ fn to_syn(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &Spl
     let v6 = matches!(ip.l3, L3::V6 { .. });
     let ttl = pkt.u8_at(ip.l3_off + if v6 { 7 } else { 8 }).unwrap_or(64);
     let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
-        return aborted(Abort::SynAckWrite, 0);
+        return aborted(Abort::Gateway, 0);
     };
     // SAFETY: this CPU's scratch.
     let seg = unsafe { &mut (*s).seg };
     let window = splice::rescale_window(tcp.window, e.client_wscale, WSCALE_NONE);
     splice::build_syn(&flow, v6, e, window, ttl, seg);
     if !write_segment(ctx, ip.l3_off, seg, false) {
-        return aborted(Abort::SynAckWrite, 0);
+        return aborted(Abort::Gateway, 0);
     }
     count(Counter::GwSynSent);
-    forward(ctx, ip.l3_off)
+    FORWARD
 }
 
 /// Refuses a proven client whose splice the full table has no room for: its ACK becomes a RST
@@ -350,7 +566,7 @@ fn to_syn(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &Spl
 #[inline(always)]
 fn refuse(ctx: &XdpContext, ip: &Ip, flow: &Flow, ack_seq: u32) -> u32 {
     let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
-        return aborted(Abort::SynAckWrite, 0);
+        return aborted(Abort::Gateway, 0);
     };
     // SAFETY: this CPU's scratch.
     let seg = unsafe { &mut (*s).seg };
@@ -362,7 +578,7 @@ fn refuse(ctx: &XdpContext, ip: &Ip, flow: &Flow, ack_seq: u32) -> u32 {
     };
     splice::build_rst(&back, matches!(ip.l3, L3::V6 { .. }), ack_seq, 64, seg);
     if !write_segment(ctx, ip.l3_off, seg, true) {
-        return aborted(Abort::SynAckWrite, 0);
+        return aborted(Abort::Gateway, 0);
     }
     count(Counter::GwTableFull);
     xdp_action::XDP_TX
@@ -380,9 +596,6 @@ fn server_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
         daddr: from_server.saddr,
         sport: from_server.dport,
         dport: from_server.sport,
-    };
-    let Some(cfg) = CONFIG.get(0) else {
-        return pass(Counter::Passed);
     };
     if judge(&flow) == OUT_OF_SCOPE {
         return pass(Counter::Passed);
@@ -416,9 +629,9 @@ fn server_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
             if kind == TcpKind::Rst {
                 e.state = CLOSED;
             }
-            forward(ctx, ip.l3_off)
+            FORWARD
         }
-        (_, TcpKind::SynAck) => complete(ctx, ip, tcp, e),
+        (_, TcpKind::SynAck) => COMPLETE,
         (SYN_SENT, TcpKind::Rst) => {
             // The server refused the connection (no listener): the client, which believes
             // it open, is reset at the sequence number it expects.
@@ -441,7 +654,7 @@ fn server_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
                 put16(h, 16, c);
             }
             count(Counter::GwServerReset);
-            forward(ctx, ip.l3_off)
+            FORWARD
         }
         (SYN_SENT, _) => drop(Counter::GwSynAckMismatch),
         _ => {
@@ -452,7 +665,7 @@ fn server_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
                 return pass(Counter::Malformed);
             }
             count(Counter::GwSpliced);
-            forward(ctx, ip.l3_off)
+            FORWARD
         }
     }
 }
@@ -493,6 +706,21 @@ fn server_options(ctx: &XdpContext, tcp_off: usize, hdr_len: usize) -> u32 {
     0
 }
 
+/// Whether the client's segment has timestamps; if so, they are left in the scratch map's
+/// `ts` (see [`judge`] for why not inlined).
+#[inline(never)]
+fn client_timestamps(ctx: &XdpContext, tcp_off: usize, hdr_len: usize) -> u32 {
+    let Some((tsval, tsecr)) = tcpopt::timestamps(&Pkt::new(ctx), tcp_off, hdr_len) else {
+        return 0;
+    };
+    if let Some(s) = GW_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch.
+        unsafe { (*s).ts = [tsval, tsecr] };
+        return 1;
+    }
+    0
+}
+
 /// Records a connection the gateway did not open, to be forwarded untranslated.
 #[inline(always)]
 fn learn(key: &FlowKey, now: u64) {
@@ -518,11 +746,9 @@ fn complete(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &m
     if tcp.ack_seq != e.client_isn.wrapping_add(1) {
         return drop(Counter::GwSynAckMismatch);
     }
-    let pkt = Pkt::new(ctx);
     let _ = server_options(ctx, tcp.off, tcp.hdr_len);
-    let o = match GW_SCRATCH.get(0) {
-        Some(s) => s.opts,
-        None => return aborted(Abort::SynAckWrite, 0),
+    let Some(o) = GW_SCRATCH.get(0).map(|s| s.opts) else {
+        return aborted(Abort::Gateway, 0);
     };
     if e.state == SYN_SENT {
         e.seq_delta = tcp.seq.wrapping_sub(e.cookie_isn);
@@ -541,6 +767,16 @@ fn complete(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &m
         e.state = OPEN;
         count(Counter::GwOpened);
     }
+    if e.flags & splice_flags::HELD != 0 {
+        return REPLAY;
+    }
+    send_ack(ctx, ip, tcp, e)
+}
+
+/// Turns the server's SYN-ACK into the ACK of its handshake, back to it.
+#[inline(never)]
+fn send_ack(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &Splice) -> u32 {
+    let pkt = Pkt::new(ctx);
     let Some(flow) = flow_of(&pkt, ip, tcp) else {
         return pass(Counter::Malformed);
     };
@@ -550,48 +786,100 @@ fn complete(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &m
         sport: flow.dport,
         dport: flow.sport,
     };
-    let key = FlowKey::of(&to_server);
-    if e.flags & splice_flags::HELD != 0 {
-        e.flags &= !splice_flags::HELD;
-        let verdict = replay(ctx, ip.l3_off, &key, e);
-        let _ = HELD.remove(&key);
-        if verdict == xdp_action::XDP_TX {
-            count(Counter::GwHeldReplayed);
-            return verdict;
-        }
-        count(Counter::GwHeldLost);
-    }
     let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
-        return aborted(Abort::SynAckWrite, 0);
+        return aborted(Abort::Gateway, 0);
     };
     // SAFETY: this CPU's scratch.
-    let seg = unsafe { &mut (*s).seg };
-    let ts = e.flags & splice_flags::TS != 0 && e.flags & splice_flags::SERVER_NO_TS == 0;
-    let server_tsval = if ts { o.tsval } else { 0 };
-    let mut e2 = *e;
-    if !ts {
-        e2.flags &= !splice_flags::TS;
-    }
+    let s = unsafe { &mut *s };
     splice::build_ack(
         &to_server,
         matches!(ip.l3, L3::V6 { .. }),
-        &e2,
+        e,
         tcp.seq,
-        server_tsval,
+        s.opts.tsval,
         64,
-        seg,
+        &mut s.seg,
     );
-    if !write_segment(ctx, ip.l3_off, seg, true) {
-        return aborted(Abort::SynAckWrite, 0);
+    if !write_segment(ctx, ip.l3_off, &s.seg, true) {
+        return aborted(Abort::Gateway, 0);
     }
     xdp_action::XDP_TX
+}
+
+/// The splice of a server's segment, by the client-to-server key.
+#[inline(always)]
+fn splice_of_server(
+    ctx: &XdpContext,
+    ip: &Ip,
+    tcp: &intercept_common::parse::Tcp,
+) -> Option<*mut Splice> {
+    let f = flow_of(&Pkt::new(ctx), ip, tcp)?;
+    let to_server = Flow {
+        saddr: f.daddr,
+        daddr: f.saddr,
+        sport: f.dport,
+        dport: f.sport,
+    };
+    SPLICE.get_ptr_mut(&FlowKey::of(&to_server))
+}
+
+/// Stage `gw_complete`: a server's SYN-ACK of a splice (see [`complete`]).
+#[inline(always)]
+pub fn stage_complete(ctx: &XdpContext) -> u32 {
+    let (ip, tcp) = match tcp_of(ctx) {
+        Ok(x) => x,
+        Err(v) => return v,
+    };
+    let Some(e) = splice_of_server(ctx, &ip, &tcp) else {
+        return drop(Counter::GwSynAckMismatch);
+    };
+    // SAFETY: a valid map value.
+    finish(ctx, complete(ctx, &ip, &tcp, unsafe { &mut *e }))
+}
+
+/// Stage `gw_replay`: the server's SYN-ACK becomes the client's held data segment (see
+/// [`replay`]); if it cannot, the handshake's ACK, and the client sends its data again.
+#[inline(always)]
+pub fn stage_replay(ctx: &XdpContext) -> u32 {
+    let (ip, tcp) = match tcp_of(ctx) {
+        Ok(x) => x,
+        Err(v) => return v,
+    };
+    let pkt = Pkt::new(ctx);
+    let Some(f) = flow_of(&pkt, &ip, &tcp) else {
+        return pass(Counter::Malformed);
+    };
+    let key = splice::client_key(&FlowKey::of(&f));
+    let Some(e) = SPLICE.get_ptr_mut(&key) else {
+        return drop(Counter::GwSynAckMismatch);
+    };
+    // SAFETY: a valid map value.
+    let e = unsafe { &mut *e };
+    e.flags &= !splice_flags::HELD;
+    let verdict = replay(ctx, ip.l3_off, &key, e);
+    let _ = HELD.remove(&key);
+    if verdict == xdp_action::XDP_TX {
+        count(Counter::GwHeldReplayed);
+        return verdict;
+    }
+    count(Counter::GwHeldLost);
+    // The frame is still the server's SYN-ACK: `replay` only changes it once it can finish.
+    let (ip, tcp) = match tcp_of(ctx) {
+        Ok(x) => x,
+        Err(v) => return v,
+    };
+    let verdict = send_ack(ctx, &ip, &tcp, e);
+    if verdict == xdp_action::XDP_ABORTED {
+        crate::events::log_abort(ctx);
+    }
+    verdict
 }
 
 /// Replaces the frame's IP packet with the held one of `key`, translated for the server, to go
 /// back where the frame came from. XDP_TX, or XDP_DROP if it could not (then the caller sends
 /// the ACK instead, and the client retransmits its data).
 #[inline(never)]
-fn replay(ctx: &XdpContext, l3_off: usize, key: &FlowKey, e: &Splice) -> u32 {
+fn replay(ctx: &XdpContext, l3_off: usize, key: &FlowKey, e: &mut Splice) -> u32 {
     let Some(h) = HELD.get_ptr(key) else {
         return xdp_action::XDP_DROP;
     };
@@ -661,8 +949,7 @@ fn replay(ctx: &XdpContext, l3_off: usize, key: &FlowKey, e: &Splice) -> u32 {
             window: get16(t, 14),
         }
     };
-    let mut e = *e;
-    if !client_to_server(ctx, &tcp, &mut e) || !decrement_ttl(&pkt, l3_off, &l3) {
+    if !client_to_server(ctx, &tcp, e) || !decrement_ttl(&pkt, l3_off, &l3) {
         return xdp_action::XDP_DROP;
     }
     xdp_action::XDP_TX
@@ -781,6 +1068,7 @@ fn fix_options(ctx: &XdpContext, at: u32, ts_add: u32, sack_add: u32, check: u32
     let hdr_len = if hdr_len > 60 { 60 } else { hdr_len };
     let mut rel = 20;
     let mut n = 0;
+    let (mut ts_rel, mut sack_rel, mut sack_len) = (0, 0, 0);
     while n < tcpopt::MAX_OPTIONS {
         n += 1;
         if rel >= hdr_len {
@@ -803,41 +1091,58 @@ fn fix_options(ctx: &XdpContext, at: u32, ts_add: u32, sack_add: u32, check: u32
         if len < 2 || rel + len > hdr_len {
             break;
         }
-        if kind == 8 && len == 10 && ts_add != 0 {
-            if let Some(o) = pkt.span::<10>(tcp_off + rel) {
-                // SAFETY: the option's 10 bytes are inside the frame (the span).
-                let v = unsafe { get32(o, ts_at) };
-                // An echoed zero is "no timestamp to echo", not ours to translate.
-                if !(ts_at == 6 && v == 0) {
-                    let new = v.wrapping_add(ts_add);
-                    // SAFETY: as above.
-                    unsafe { put32(o, ts_at, new) };
-                    check = update32(check, v, new, rel + ts_at);
-                }
-            }
-        } else if kind == 5 && sack_add != 0 {
-            let mut b = 0;
-            while b < 4 {
-                if 2 + 8 * b + 8 > len {
-                    break;
-                }
-                let at = rel + 2 + 8 * b;
-                if let Some(o) = pkt.span::<8>(tcp_off + at) {
-                    // SAFETY: the block's 8 bytes are inside the frame (the span).
-                    let (l, r) = unsafe { (get32(o, 0), get32(o, 4)) };
-                    let (nl, nr) = (l.wrapping_add(sack_add), r.wrapping_add(sack_add));
-                    // SAFETY: as above.
-                    unsafe {
-                        put32(o, 0, nl);
-                        put32(o, 4, nr);
-                    }
-                    check = update32(check, l, nl, at);
-                    check = update32(check, r, nr, at + 4);
-                }
-                b += 1;
-            }
+        // Found here, fixed after the walk: writes inside it multiplied the states the
+        // verifier explores per hop past its budget.
+        if kind == 8 && len == 10 {
+            ts_rel = rel;
+        } else if kind == 5 {
+            sack_rel = rel;
+            sack_len = len;
         }
         rel = launder(rel + len);
+    }
+    let ts_rel = launder(ts_rel);
+    if ts_rel != 0
+        && ts_add != 0
+        && let Some(o) = pkt.span::<10>(tcp_off + ts_rel)
+    {
+        // SAFETY: the option's 10 bytes are inside the frame (the span).
+        let v = unsafe { get32(o, ts_at) };
+        // An echoed zero is "no timestamp to echo", not ours to translate.
+        if !(ts_at == 6 && v == 0) {
+            let new = v.wrapping_add(ts_add);
+            // SAFETY: as above.
+            unsafe { put32(o, ts_at, new) };
+            check = update32(check, v, new, ts_rel + ts_at);
+        }
+    }
+    let sack_rel = launder(sack_rel);
+    let blocks = if sack_len >= 10 {
+        (sack_len - 2) / 8
+    } else {
+        0
+    };
+    if sack_rel != 0 && sack_add != 0 {
+        let mut b = 0;
+        while b < 4 {
+            if b >= blocks {
+                break;
+            }
+            let at = sack_rel + 2 + 8 * b;
+            if let Some(o) = pkt.span::<8>(tcp_off + at) {
+                // SAFETY: the block's 8 bytes are inside the frame (the span).
+                let (l, r) = unsafe { (get32(o, 0), get32(o, 4)) };
+                let (nl, nr) = (l.wrapping_add(sack_add), r.wrapping_add(sack_add));
+                // SAFETY: as above.
+                unsafe {
+                    put32(o, 0, nl);
+                    put32(o, 4, nr);
+                }
+                check = update32(check, l, nl, at);
+                check = update32(check, r, nr, at + 4);
+            }
+            b += 1;
+        }
     }
     u32::from(check)
 }
@@ -891,12 +1196,13 @@ fn launder(rel: usize) -> usize {
 /// Forwards a (translated) segment: an XDP redirect when the kernel's route leaves through one
 /// of the gateway's interfaces and its neighbour is resolved, otherwise the kernel's forwarding
 /// path (which also answers what needs an ICMP: TTL exceeded, too big).
-#[inline(never)]
-fn forward(ctx: &XdpContext, l3_off: usize) -> u32 {
+#[inline(always)]
+fn forward(ctx: &XdpContext) -> u32 {
     let pkt = Pkt::new(ctx);
-    if l3_off != ETH_HLEN {
+    match pkt.load::<2>(12).map(u16::from_be_bytes) {
+        Some(ETH_P_IP | ETH_P_IPV6) => {}
         // Tagged: the kernel knows the VLAN devices.
-        return pass(Counter::Passed);
+        _ => return pass(Counter::Passed),
     }
     let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
         return pass(Counter::Passed);
@@ -974,14 +1280,14 @@ fn forward(ctx: &XdpContext, l3_off: usize) -> u32 {
     eth[..6].copy_from_slice(&macs.dmac);
     eth[6..].copy_from_slice(&macs.smac);
     if pkt.store(0, &eth).is_none() {
-        return aborted(Abort::SynAckWrite, 0);
+        return aborted(Abort::Gateway, 0);
     }
     match GW_PORTS.redirect(out, 0) {
         Ok(action) => {
             count(Counter::GwRedirected);
             action
         }
-        Err(_) => aborted(Abort::SynAckWrite, 0),
+        Err(_) => aborted(Abort::Gateway, 0),
     }
 }
 

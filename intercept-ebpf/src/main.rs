@@ -111,6 +111,54 @@ pub fn xdp_gateway(ctx: XdpContext) -> u32 {
     gateway::handle(&ctx)
 }
 
+/// Gateway stage: protected SYNs (see `intercept_common::maps::GW_PROGS`).
+#[xdp]
+pub fn gw_syn(ctx: XdpContext) -> u32 {
+    gateway::stage_syn(&ctx)
+}
+
+/// Gateway stage: clients' other segments.
+#[xdp]
+pub fn gw_client(ctx: XdpContext) -> u32 {
+    gateway::stage_client(&ctx)
+}
+
+/// Gateway stage: servers' segments.
+#[xdp]
+pub fn gw_server(ctx: XdpContext) -> u32 {
+    gateway::stage_server(&ctx)
+}
+
+/// Gateway stage: the cookie of a client's segment of no splice.
+#[xdp]
+pub fn gw_cookie(ctx: XdpContext) -> u32 {
+    gateway::stage_cookie(&ctx)
+}
+
+/// Gateway stage: opening a proven client's connection to its server.
+#[xdp]
+pub fn gw_open(ctx: XdpContext) -> u32 {
+    gateway::stage_open(&ctx)
+}
+
+/// Gateway stage: completing a server's handshake.
+#[xdp]
+pub fn gw_complete(ctx: XdpContext) -> u32 {
+    gateway::stage_complete(&ctx)
+}
+
+/// Gateway stage: replaying a client's held data to its server.
+#[xdp]
+pub fn gw_replay(ctx: XdpContext) -> u32 {
+    gateway::stage_replay(&ctx)
+}
+
+/// Gateway stage: forwarding a translated segment.
+#[xdp]
+pub fn gw_forward(ctx: XdpContext) -> u32 {
+    gateway::stage_forward(&ctx)
+}
+
 /// TC ingress: completes handshakes the XDP program verified (see `handoff`).
 #[classifier]
 pub fn tc_handoff(ctx: TcContext) -> i32 {

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use intercept_common::{
     config::{
@@ -168,3 +168,8 @@ pub static GW_ROLE: HashMap<u32, u32> = HashMap::with_max_entries(GW_PORTS_ENTRI
 /// The gateway's interfaces as redirect targets (see `intercept_common::maps::GW_PORTS`).
 #[map(name = "GW_PORTS")]
 pub static GW_PORTS: DevMapHash = DevMapHash::with_max_entries(GW_PORTS_ENTRIES, 0);
+
+/// The gateway's stages (see `intercept_common::maps::GW_PROGS`).
+#[map(name = "GW_PROGS")]
+pub static GW_PROGS: ProgramArray =
+    ProgramArray::with_max_entries(intercept_common::maps::GW_STAGES.len() as u32, 0);

@@ -36,6 +36,7 @@ struct Gw {
 impl Gw {
     fn new() -> Gw {
         let mut obj = Loaded::new(&[PROG_GATEWAY]);
+        intercept_ctl::loader::load_gateway_stages(&mut obj.ebpf).expect("gateway stages");
         let _maps = configure_intercept(&mut obj);
         let mut roles: HashMap<&mut MapData, u32, u32> =
             HashMap::try_from(obj.ebpf.map_mut(GW_ROLE).expect("GW_ROLE")).expect("hash");
