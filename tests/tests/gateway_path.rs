@@ -25,27 +25,58 @@ use intercept_tests::{Loaded, configure_intercept, deltas, require_root};
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
-/// The interface the server's frames arrive on in these runs (loopback: it exists in every
-/// namespace, and the test run needs a real device for an ingress index).
-const SERVER_SIDE: u32 = 1;
+/// Ingress index that marks a frame as the server's in [`Gw::run`] (replaced by the veth
+/// device's real index).
+const SERVER_SIDE: u32 = u32::MAX;
 
 struct Gw {
     obj: Loaded,
+    /// The server-facing device of the test's namespace: a test run needs a real device for an
+    /// ingress index (without one, the kernel runs it as arriving on loopback, which has no
+    /// role: a client's side).
+    server_if: u32,
+}
+
+/// Runs `f` on a thread in a new namespace holding a veth device, the gateway's
+/// server-facing interface there.
+fn in_lab(f: impl FnOnce(Gw) + Send + 'static) {
+    let ns = intercept_ctl::netns::Netns::new("gwp").expect("namespace");
+    ns.ip(&[
+        "link", "add", "gws0", "type", "veth", "peer", "name", "gws1",
+    ])
+    .expect("dummy");
+    ns.ip(&["link", "set", "gws0", "up"]).expect("up");
+    let shown = ns.ip(&["-o", "link", "show", "gws0"]).expect("link");
+    let server_if: u32 = shown
+        .split(':')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .expect("ifindex");
+    let r = ns.spawn(move || f(Gw::new(server_if))).join();
+    drop(ns);
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
 }
 
 impl Gw {
-    fn new() -> Gw {
+    fn new(server_if: u32) -> Gw {
         let mut obj = Loaded::new(&[PROG_GATEWAY]);
         intercept_ctl::loader::load_gateway_stages(&mut obj.ebpf).expect("gateway stages");
         let _maps = configure_intercept(&mut obj);
         let mut roles: HashMap<&mut MapData, u32, u32> =
             HashMap::try_from(obj.ebpf.map_mut(GW_ROLE).expect("GW_ROLE")).expect("hash");
-        roles.insert(&SERVER_SIDE, &ROLE_SERVER, 0).expect("role");
-        Gw { obj }
+        roles.insert(&server_if, &ROLE_SERVER, 0).expect("role");
+        Gw { obj, server_if }
     }
 
     /// Runs the program on `frame` arriving on `ingress` (0: a client-facing interface).
     fn run(&self, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
+        let ingress = if ingress == SERVER_SIDE {
+            self.server_if
+        } else {
+            ingress
+        };
         let p: &Xdp = self
             .obj
             .ebpf
@@ -184,8 +215,14 @@ fn splice_one(gw: &Gw, client: IpAddr, server: IpAddr, sport: u16) {
     let c_isn = 0xffff_ff00_u32;
     let mut syn = seg(client, server, sport, 80, tcp_flags::SYN, c_isn, 0);
     syn.options = linux_syn_options(1460, 5000, 7);
+    let before = gw.obj.counters();
     let (v, out) = gw.run(&frame(&syn), 0);
-    assert_eq!(v, XDP_TX, "the SYN is answered");
+    assert_eq!(
+        v,
+        XDP_TX,
+        "the SYN is answered: {:?}",
+        deltas(&before, &gw.obj.counters())
+    );
     let sa = parse(&out);
     assert_eq!(sa.tcp.flags, tcp_flags::SYN | tcp_flags::ACK);
     let (k, our_ts) = (sa.tcp.seq, sa.opts.tsval);
@@ -351,25 +388,29 @@ fn splice_one(gw: &Gw, client: IpAddr, server: IpAddr, sport: u16) {
 #[test]
 fn a_splice_translates_every_number_both_ways() {
     require_root("a_splice_translates_every_number_both_ways");
-    let gw = Gw::new();
-    splice_one(
-        &gw,
-        "198.18.0.2".parse().unwrap(),
-        "198.18.0.1".parse().unwrap(),
-        40000,
-    );
-    splice_one(
-        &gw,
-        "2001:db8::2".parse().unwrap(),
-        "2001:db8::1".parse().unwrap(),
-        40001,
-    );
+    in_lab(|gw| {
+        splice_one(
+            &gw,
+            "198.18.0.2".parse().unwrap(),
+            "198.18.0.1".parse().unwrap(),
+            40000,
+        );
+        splice_one(
+            &gw,
+            "2001:db8::2".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+            40001,
+        );
+    });
 }
 
 #[test]
 fn forged_acks_and_refusals_reach_no_server() {
     require_root("forged_acks_and_refusals_reach_no_server");
-    let gw = Gw::new();
+    in_lab(forged_and_refused);
+}
+
+fn forged_and_refused(gw: Gw) {
     let (client, server): (IpAddr, IpAddr) =
         ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
     // A forged ACK: dropped, no splice.
