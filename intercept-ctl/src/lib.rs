@@ -9,6 +9,7 @@ pub mod datalog;
 pub mod engine;
 pub mod errors;
 pub mod faults;
+pub mod gwlab;
 pub mod health;
 pub mod lab;
 pub mod loader;
