@@ -90,6 +90,19 @@ impl GatewayLab {
         let client = Netns::new("gc").context("create the client namespace (needs root)")?;
         let gateway = Netns::new("gg").context("create the gateway namespace (needs root)")?;
         let server = Netns::new("gs").context("create the server namespace (needs root)")?;
+        // No duplicate address detection on any address, link-local ones included (`nodad`
+        // covers only the global ones): a tentative link-local address cannot answer neighbour
+        // solicitations, and the gateway's first IPv6 frames to a neighbour died for a second.
+        for ns in [&client, &gateway, &server] {
+            ns.exec(
+                "sysctl",
+                &[
+                    "-qw",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ],
+            )?;
+        }
         let client_veth = VethPair::new(&client, &CLIENT_ADDRS, &gateway, &GATEWAY_CLIENT_ADDRS)?;
         let server_veth = VethPair::new(&gateway, &GATEWAY_SERVER_ADDRS, &server, &SERVER_ADDRS)?;
         let mut lab = GatewayLab {

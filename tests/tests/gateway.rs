@@ -134,6 +134,88 @@ fn plain_forwarding_carries_bulk_data() {
     }
 }
 
+/// The control of the flood and watch tests: without gateway mode, the lab delivers a spoofed
+/// flood's SYNs to the server's kernel (the capture counts them), and a client whose SYN-ACKs
+/// are dropped leaves a half-open handshake on the server and stays in SYN-SENT, so what those
+/// tests see with gateway mode is gateway mode's doing.
+#[test]
+fn without_gateway_mode_floods_and_half_open_handshakes_reach_the_server() {
+    require_root("without_gateway_mode_floods_and_half_open_handshakes_reach_the_server");
+    let _turn = turn();
+    let lab = GatewayLab::new().expect("gateway lab");
+    let (l4, l6) = lab.listen(PORT).expect("listen");
+    intercept_tests::echo_server(l4);
+    intercept_tests::echo_server(l6);
+    // A client whose SYN-ACKs are dropped: half-open on the server, SYN-SENT until it gives up.
+    let held = NftTable::new(
+        &lab.client,
+        "xi_no_synack",
+        "prerouting",
+        -300,
+        &[format!(
+            "tcp sport {PORT} tcp flags & (syn|ack) == syn|ack drop"
+        )],
+    )
+    .expect("nft");
+    let target = GatewayLab::server_addr(false, PORT);
+    let client = lab.client.spawn(move || {
+        std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).map(|_| ())
+    });
+    let start = Instant::now();
+    let half_open = || {
+        lab.server
+            .exec("ss", &["-Htn", "state", "syn-recv", "dst", "198.18.10.2"])
+            .expect("ss")
+            .lines()
+            .count()
+    };
+    while half_open() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the client's handshake never showed half-open on the server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = client
+        .join()
+        .expect("client thread")
+        .expect_err("connect through a dropped SYN-ACK succeeded");
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "connect: {e}");
+    assert_eq!(half_open(), 1, "the half-open handshake did not stay");
+    drop(held);
+    // A spoofed flood: every SYN reaches the server's kernel.
+    let cap = lab.server_capture().expect("capture");
+    let stop = AtomicBool::new(false);
+    let mut sent = 0;
+    for v6 in [false, true] {
+        let spec = FloodSpec {
+            target: GatewayLab::server_addr(v6, PORT),
+            count: 1000,
+            max_time: Duration::from_secs(2),
+            rate: 5_000,
+            flags: tcp_flags::SYN,
+            payload: 0,
+        };
+        sent += lab.flood(spec, &stop).expect("flood");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let synq = lab.server_syn_recv().expect("ss");
+    let seen = cap.finish();
+    eprintln!(
+        "without gateway mode: {sent} spoofed SYNs sent, the server saw {seen:?}, {synq} half-open"
+    );
+    assert_eq!(sent, 2000);
+    assert!(
+        seen.syn >= sent,
+        "the server's kernel saw {} of {sent} spoofed SYNs: the lab lost them",
+        seen.syn
+    );
+    assert!(
+        synq > 1,
+        "the flood left no half-open handshake on the server"
+    );
+}
+
 #[test]
 fn intercept_splices_connections_v4_and_v6() {
     require_root("intercept_splices_connections_v4_and_v6");
