@@ -9,6 +9,7 @@
 //! min-max over repeats, and the targets as ratios) and SVG plots. Needs root. Prints figures;
 //! asserts nothing.
 mod defence;
+mod gateway;
 mod livegen;
 mod report;
 
@@ -60,8 +61,20 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// The intercept-ctl binary, for the daemon (default: `$INTERCEPT_CTL`, or next to this one).
-    #[arg(long)]
+    #[arg(long, global = true)]
     ctl: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+/// Benchmarks other than the comparison (which runs when none is named).
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Gateway mode against plain forwarding on the three-namespace gateway lab: bulk
+    /// throughput, request latency, and the splice's per-packet cost.
+    ///
+    /// Example: `intercept-bench gateway --repeats 3` (or `./x compare -- gateway`).
+    Gateway(gateway::Args),
 }
 
 /// The protected port.
@@ -545,6 +558,9 @@ fn main() -> anyhow::Result<()> {
         bail!(
             "the comparison needs root (network namespaces, BPF, nftables); run `sudo ./x compare`"
         );
+    }
+    if let Some(Cmd::Gateway(g)) = &a.cmd {
+        return gateway::run(g, &ctl_path(&a)?);
     }
     let (mut rates, defences, repeats, seconds) = if a.quick {
         (

@@ -241,21 +241,7 @@ impl Lab {
         &self,
         f: impl FnOnce(&mut Requests) + Send + 'static,
     ) -> anyhow::Result<Requests> {
-        let batch_cpu = self.batch_cpu;
-        self.client
-            .spawn(move || -> anyhow::Result<Requests> {
-                if let Some(cpu) = batch_cpu {
-                    pin(0, cpu)?;
-                    realtime()?;
-                }
-                let before = TcpRetrans::read()?;
-                let mut r = Requests::default();
-                f(&mut r);
-                r.retrans = TcpRetrans::read()?.since(before);
-                Ok(r)
-            })
-            .join()
-            .expect("client thread")
+        run_requests(&self.client, self.batch_cpu, f)
     }
 
     /// MAC address of `dev` in `ns`.
@@ -336,6 +322,29 @@ impl Lab {
     }
 }
 
+/// Runs `f` on a request client's thread in `ns` (pinned to `batch_cpu` at real-time priority
+/// when given, see [`Lab::requests`]) and returns what it recorded, with `ns`'s retransmissions
+/// over the run. Shared by [`Lab`] and the gateway lab.
+pub(crate) fn run_requests(
+    ns: &Netns,
+    batch_cpu: Option<usize>,
+    f: impl FnOnce(&mut Requests) + Send + 'static,
+) -> anyhow::Result<Requests> {
+    ns.spawn(move || -> anyhow::Result<Requests> {
+        if let Some(cpu) = batch_cpu {
+            pin(0, cpu)?;
+            realtime()?;
+        }
+        let before = TcpRetrans::read()?;
+        let mut r = Requests::default();
+        f(&mut r);
+        r.retrans = TcpRetrans::read()?.since(before);
+        Ok(r)
+    })
+    .join()
+    .expect("client thread")
+}
+
 /// How a client sends its 16-byte request, right after `connect()` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -412,7 +421,7 @@ pub struct Requests {
 
 impl Requests {
     /// Makes request `i` (see [`request`]) and records its latency or its failure.
-    fn one(&mut self, target: SocketAddr, shape: Shape, i: usize, timeout: Duration) {
+    pub(crate) fn one(&mut self, target: SocketAddr, shape: Shape, i: usize, timeout: Duration) {
         let start = Instant::now();
         match request_timed(target, shape, i, timeout) {
             Ok(connected) => {
@@ -547,7 +556,7 @@ pub const NAPI_RT_PRIORITY: i32 = 1;
 
 /// Gives the calling thread `SCHED_FIFO` priority [`CLIENT_RT_PRIORITY`]: no normal thread (nor a
 /// NAPI thread at [`NAPI_RT_PRIORITY`]) preempts it on its core.
-fn realtime() -> anyhow::Result<()> {
+pub(crate) fn realtime() -> anyhow::Result<()> {
     let p = libc::sched_param {
         sched_priority: CLIENT_RT_PRIORITY,
     };
@@ -559,7 +568,7 @@ fn realtime() -> anyhow::Result<()> {
 }
 
 /// Pins thread `pid` (0: the calling thread) to `cpu`.
-fn pin(pid: i32, cpu: usize) -> anyhow::Result<()> {
+pub(crate) fn pin(pid: i32, cpu: usize) -> anyhow::Result<()> {
     // SAFETY: cpu_set_t is plain data; zeroed, then one bit set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     unsafe { libc::CPU_SET(cpu, &mut set) };
@@ -574,13 +583,13 @@ fn pin(pid: i32, cpu: usize) -> anyhow::Result<()> {
 /// Sends whole Ethernet frames out of one interface.
 #[derive(Debug)]
 pub struct RawSender {
-    fd: OwnedFd,
+    pub(crate) fd: OwnedFd,
     /// Link layer for frames built by this sender (client MAC -> server MAC).
     pub link: Link,
 }
 
 impl RawSender {
-    fn open(dev: &str) -> anyhow::Result<OwnedFd> {
+    pub(crate) fn open(dev: &str) -> anyhow::Result<OwnedFd> {
         packet_socket(dev, 0)
     }
 
@@ -642,13 +651,26 @@ pub fn flood_until(
     spec: FloodSpec,
     stop: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<u64> {
+    flood_from(sender, spec, stop, spoofed_source)
+}
+
+/// As [`flood_until`], frame `i` coming from `source(target, i)` (a lab's own spoofed range).
+///
+/// # Errors
+/// If sending fails for a reason other than a full queue.
+pub fn flood_from(
+    sender: &RawSender,
+    spec: FloodSpec,
+    stop: &std::sync::atomic::AtomicBool,
+    source: fn(IpAddr, u64) -> IpAddr,
+) -> anyhow::Result<u64> {
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < spec.count
         && start.elapsed() < spec.max_time
         && !stop.load(std::sync::atomic::Ordering::Relaxed)
     {
-        let src = spoofed_source(spec.target.ip(), sent);
+        let src = source(spec.target.ip(), sent);
         let mut seg = TcpSegment::new(
             src,
             spec.target.ip(),

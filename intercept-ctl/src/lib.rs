@@ -10,6 +10,7 @@ pub mod engine;
 pub mod errors;
 pub mod faults;
 pub mod gateway;
+pub mod gwlab;
 pub mod health;
 pub mod lab;
 pub mod loader;

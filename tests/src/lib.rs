@@ -458,6 +458,126 @@ impl Drop for InterceptLab {
     }
 }
 
+/// A gateway lab ([`intercept_ctl::gwlab::GatewayLab`]) whose gateway runs gateway mode
+/// (`attach CLIENT_IF --gateway SERVER_IF`, attached with the real binary) protecting port
+/// `port` on the server's IPv4 and IPv6 addresses, and whose client and server ends run the
+/// pass-through program (a veth drops the frames XDP sends or redirects into it unless its peer
+/// runs XDP). Detaches everything on drop.
+pub struct GatewayTest {
+    /// The namespaces and veth pairs.
+    pub lab: intercept_ctl::gwlab::GatewayLab,
+    /// Protected port.
+    pub port: u16,
+}
+
+impl GatewayTest {
+    /// Builds it in intercept mode (the attachment's default).
+    ///
+    /// # Panics
+    /// On any set-up failure, with intercept-ctl's stderr.
+    #[must_use]
+    pub fn new(port: u16) -> GatewayTest {
+        GatewayTest::attached(port, &[])
+    }
+
+    /// [`GatewayTest::new`] with more arguments to `attach` (`--mode watch`, say).
+    ///
+    /// # Panics
+    /// On any set-up failure, with intercept-ctl's stderr.
+    #[must_use]
+    pub fn attached(port: u16, attach_args: &[&str]) -> GatewayTest {
+        let lab = intercept_ctl::gwlab::GatewayLab::new().expect("gateway lab");
+        let t = GatewayTest { lab, port };
+        for (ns, dev) in [
+            (&t.lab.client, t.lab.client_if()),
+            (&t.lab.server, t.lab.server_if()),
+        ] {
+            let _ = ctl_ok(&["--netns", ns.name(), "attach", dev, "--program", "pass"]);
+        }
+        let mut attach = vec![
+            "--netns",
+            t.gw(),
+            "attach",
+            t.gw_if(),
+            "--gateway",
+            t.lab.gateway_server_if(),
+        ];
+        attach.extend_from_slice(attach_args);
+        let _ = ctl_ok(&attach);
+        let p = port.to_string();
+        for prefix in ["198.18.20.2/32", "2001:db8:20::2/128"] {
+            t.ctl(&["scope", "add", t.gw_if(), prefix, "--ports", &p]);
+        }
+        t
+    }
+
+    /// [`GatewayTest::new`] with an echo server on `port` (IPv4 and IPv6) in the server
+    /// namespace.
+    ///
+    /// # Panics
+    /// On any set-up failure.
+    #[must_use]
+    pub fn echoing(port: u16, attach_args: &[&str]) -> GatewayTest {
+        let t = GatewayTest::attached(port, attach_args);
+        let (l4, l6) = t.lab.listen(port).expect("listen");
+        echo_server(l4);
+        echo_server(l6);
+        t
+    }
+
+    /// Gateway namespace name.
+    #[must_use]
+    pub fn gw(&self) -> &str {
+        self.lab.gateway.name()
+    }
+
+    /// The gateway's client-facing interface: the attachment's name in every command.
+    #[must_use]
+    pub fn gw_if(&self) -> &str {
+        self.lab.gateway_client_if()
+    }
+
+    /// The server's address of `v6`'s family on the protected port.
+    #[must_use]
+    pub fn target(&self, v6: bool) -> std::net::SocketAddr {
+        intercept_ctl::gwlab::GatewayLab::server_addr(v6, self.port)
+    }
+
+    /// The gateway's counters (`stats --json CLIENT_IF`).
+    #[must_use]
+    pub fn stats(&self) -> Counters {
+        Counters(counters_from_json(&self.ctl(&[
+            "--json",
+            "stats",
+            self.gw_if(),
+        ])))
+    }
+
+    /// intercept-ctl with `--netns <gateway>` prepended; fails the test if it fails. Returns
+    /// stdout.
+    #[allow(
+        clippy::must_use_candidate,
+        reason = "most calls are made for their effect"
+    )]
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let mut a = vec!["--netns", self.gw()];
+        a.extend_from_slice(args);
+        ctl_ok(&a)
+    }
+}
+
+impl Drop for GatewayTest {
+    fn drop(&mut self) {
+        let _ = ctl(&["--netns", self.gw(), "detach", self.gw_if()]);
+        for (ns, dev) in [
+            (&self.lab.client, self.lab.client_if()),
+            (&self.lab.server, self.lab.server_if()),
+        ] {
+            let _ = ctl(&["--netns", ns.name(), "detach", dev]);
+        }
+    }
+}
+
 /// The current cookie slot, from CLOCK_MONOTONIC (the clock of `bpf_ktime_get_coarse_ns`, which the data path reads).
 ///
 /// # Panics
