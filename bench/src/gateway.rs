@@ -353,6 +353,7 @@ fn splice_cost(
                     .try_into()?;
                 p.load().with_context(|| format!("load {name}"))?;
             }
+            intercept_ctl::loader::load_gateway_stages(&mut ebpf)?;
             let mut roles: HashMap<_, u32, u32> =
                 HashMap::try_from(ebpf.take_map(GW_ROLE).context("GW_ROLE")?)?;
             roles.insert(&client_side, &ROLE_CLIENT, 0)?;
@@ -387,7 +388,7 @@ fn splice_cost(
                 our_wscale: 7,
                 server_wscale: 9,
                 sack: 1,
-                _pad: [0; 2],
+                client_window: 502,
             };
             let mut table: HashMap<_, FlowKey, Splice> =
                 HashMap::try_from(ebpf.take_map(SPLICE).context("SPLICE")?)?;
