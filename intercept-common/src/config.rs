@@ -181,6 +181,10 @@ pub mod flags {
     /// splices proven connections to servers behind this box (see `crate::splice`). Derived
     /// from the recorded engine.
     pub const GATEWAY: u32 = 1024;
+    /// A gateway forwards what it translates with XDP redirects (`attach --forward redirect`,
+    /// the default); without it, through the kernel's forwarding path. Derived from the
+    /// attachment's record.
+    pub const GW_REDIRECT: u32 = 2048;
     /// Bits the controller derives from the maps, the engine and the kernel (not set by an
     /// operator).
     pub const DERIVED: u32 = SCOPE_PORTS
@@ -191,7 +195,8 @@ pub mod flags {
         | EXEMPT_LIST
         | KERNEL_COOKIE
         | NO_SACK
-        | GATEWAY;
+        | GATEWAY
+        | GW_REDIRECT;
 }
 
 /// The data path's configuration, one entry in [`crate::maps::CONFIG`]; written by the controller.

@@ -310,6 +310,12 @@ impl Maps {
         let engine = self.engine;
         if engine.is_gateway() {
             c.flags |= flags::GATEWAY;
+            let forward = pins
+                .and_then(crate::gateway::ServerIface::read)
+                .map_or(crate::gateway::Forward::Redirect, |s| s.forward);
+            if forward == crate::gateway::Forward::Redirect {
+                c.flags |= flags::GW_REDIRECT;
+            }
         }
         if engine == crate::engine::Engine::KernelCookie {
             // The kernel's cookie: the window scale and SACK the kernel itself will give the

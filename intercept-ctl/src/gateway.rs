@@ -32,6 +32,51 @@ pub const SERVER_LINK_PIN: &str = "link_server";
 /// Pin (a symlink `name=IFACE ifindex=N`) recording the server-facing interface at attach.
 pub const SERVER_PIN: &str = "server";
 
+/// How a gateway forwards the segments it translates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forward {
+    /// The kernel's route lookup from XDP (`bpf_fib_lookup`) and an XDP redirect to the egress
+    /// interface when it is one of the gateway's and its neighbour is resolved; the kernel's
+    /// forwarding path otherwise. Fastest on NICs with native XDP redirect.
+    #[default]
+    Redirect,
+    /// Always the kernel's forwarding path (XDP_PASS): it aggregates segments (GRO) before
+    /// forwarding them, which on veth and NICs without XDP redirect carries bulk transfers
+    /// faster than forwarding each frame from XDP.
+    Kernel,
+}
+
+impl Forward {
+    /// Its name in the record and in `status`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Forward::Redirect => "redirect",
+            Forward::Kernel => "kernel",
+        }
+    }
+}
+
+/// The forwarding the next gateway attach of this process records (`attach --forward`).
+static FORWARD_KERNEL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets how the gateways this process attaches next forward (set once, from the command line
+/// or a dead attachment's record, before attaching).
+pub fn set_forward(f: Forward) {
+    FORWARD_KERNEL.store(f == Forward::Kernel, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`set_forward`].
+#[must_use]
+pub fn forward() -> Forward {
+    if FORWARD_KERNEL.load(std::sync::atomic::Ordering::Relaxed) {
+        Forward::Kernel
+    } else {
+        Forward::Redirect
+    }
+}
+
 /// The server-facing interface of a gateway attachment, as recorded at attach.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ServerIface {
@@ -39,25 +84,34 @@ pub struct ServerIface {
     pub name: String,
     /// Its index at attach.
     pub ifindex: u32,
+    /// How the gateway forwards (`attach --forward`).
+    pub forward: Forward,
 }
 
 impl ServerIface {
     fn encode(&self) -> String {
-        format!("name={} ifindex={}", self.name, self.ifindex)
+        format!(
+            "name={} ifindex={} forward={}",
+            self.name,
+            self.ifindex,
+            self.forward.name()
+        )
     }
 
     fn decode(s: &str) -> Option<ServerIface> {
-        let (mut name, mut ifindex) = (None, None);
+        let (mut name, mut ifindex, mut forward) = (None, None, Forward::Redirect);
         for kv in s.split_whitespace() {
             match kv.split_once('=')? {
                 ("name", v) if !v.is_empty() => name = Some(v.to_owned()),
                 ("ifindex", v) => ifindex = v.parse().ok(),
+                ("forward", "kernel") => forward = Forward::Kernel,
                 _ => {}
             }
         }
         Some(ServerIface {
             name: name?,
             ifindex: ifindex?,
+            forward,
         })
     }
 
@@ -86,7 +140,8 @@ impl ServerIface {
 ///
 /// # Errors
 /// A map cannot be opened or written.
-pub fn write_roles(pins: &PinDir, client: u32, server: u32) -> anyhow::Result<()> {
+pub fn write_roles(pins: &PinDir, client: u32, server: &ServerIface) -> anyhow::Result<()> {
+    let server_if = server.ifindex;
     let open = |name: &str| {
         MapData::from_pin(pins.map(name)).map_err(|e| explain(e.into(), &format!("open {name}")))
     };
@@ -96,10 +151,13 @@ pub fn write_roles(pins: &PinDir, client: u32, server: u32) -> anyhow::Result<()
         .insert(&client, &ROLE_CLIENT, 0)
         .context("write GW_ROLE (client-facing)")?;
     roles
-        .insert(&server, &ROLE_SERVER, 0)
+        .insert(&server_if, &ROLE_SERVER, 0)
         .context("write GW_ROLE (server-facing)")?;
+    if server.forward == Forward::Kernel {
+        return Ok(());
+    }
     let mut ports = DevMapHash::try_from(Map::DevMapHash(open(maps::GW_PORTS)?))?;
-    for i in [client, server] {
+    for i in [client, server_if] {
         ports
             .insert(i, i, None, 0)
             .with_context(|| format!("write GW_PORTS (ifindex {i})"))?;
@@ -399,8 +457,14 @@ mod tests {
         let r = ServerIface {
             name: "eth1".to_owned(),
             ifindex: 9,
+            forward: Forward::Kernel,
         };
-        assert_eq!(ServerIface::decode(&r.encode()), Some(r));
+        assert_eq!(ServerIface::decode(&r.encode()), Some(r.clone()));
+        // Recorded before the choice existed: redirect.
+        assert_eq!(
+            ServerIface::decode("name=eth1 ifindex=9").map(|s| s.forward),
+            Some(Forward::Redirect)
+        );
         assert_eq!(ServerIface::decode("name= ifindex=3"), None);
         assert_eq!(ServerIface::decode("ifindex=3"), None);
     }

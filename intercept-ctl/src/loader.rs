@@ -411,6 +411,7 @@ fn check_gateway(
     Ok(crate::gateway::ServerIface {
         name: server.to_owned(),
         ifindex: server_ifindex,
+        forward: crate::gateway::forward(),
     })
 }
 
@@ -538,7 +539,7 @@ fn attach_and_pin(
     if let Some(server) = server {
         crate::engine::record(pins, engine)?;
         configure(iface, netns, initial, mode)?;
-        crate::gateway::write_roles(pins, ifindex, server.ifindex)?;
+        crate::gateway::write_roles(pins, ifindex, server)?;
         crate::faults::kill_point("attach:configured");
         crate::faults::fail_point("attach:configure")?;
         return attach_gateway_links(ebpf, iface, ifindex, server, mode, pins);

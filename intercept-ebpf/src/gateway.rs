@@ -117,7 +117,16 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     // SAFETY: ctx is the program's own context.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: read-only lookup.
-    let stage = if unsafe { GW_ROLE.get(&ingress) }.is_some_and(|r| *r == ROLE_SERVER) {
+    let from_server = unsafe { GW_ROLE.get(&ingress) }.is_some_and(|r| *r == ROLE_SERVER);
+    if classify(tcp.flags) == TcpKind::Ack {
+        // Most of what crosses the gateway: a segment of an open splice, translated here
+        // without a tail call or a second dissection.
+        let verdict = established(ctx, &ip, &tcp, u32::from(from_server));
+        if verdict != NOT_ESTABLISHED {
+            return finish(ctx, verdict);
+        }
+    }
+    let stage = if from_server {
         GW_STAGE_SERVER
     } else {
         match (mode, classify(tcp.flags)) {
@@ -127,6 +136,55 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         }
     };
     stage_to(ctx, stage)
+}
+
+/// [`established`]: not a segment of an open splice; the stages decide.
+const NOT_ESTABLISHED: u32 = 0x1ff;
+
+/// A segment (ACK, data, FIN; no SYN or RST) of an open or learned splice: translated (an
+/// open one) and [`FORWARD`]; anything else [`NOT_ESTABLISHED`]. `from_server`: it arrived on
+/// a server-facing interface. The scope is not asked: a splice exists only for a flow that
+/// was protected when it was opened, and must outlive a change of scope.
+#[inline(never)]
+fn established(
+    ctx: &XdpContext,
+    ip: &Ip,
+    tcp: &intercept_common::parse::Tcp,
+    from_server: u32,
+) -> u32 {
+    let Some(f) = flow_of(&Pkt::new(ctx), ip, tcp) else {
+        return NOT_ESTABLISHED;
+    };
+    let key = if from_server != 0 {
+        splice::client_key(&FlowKey::of(&f))
+    } else {
+        FlowKey::of(&f)
+    };
+    let Some(e) = SPLICE.get_ptr_mut(&key) else {
+        return NOT_ESTABLISHED;
+    };
+    // SAFETY: a valid map value; only this flow's segments write it (see `Splice`).
+    let e = unsafe { &mut *e };
+    match e.state {
+        OPEN => {
+            e.last_ns = crate::clock::now_ns();
+            let ok = if from_server != 0 {
+                server_to_client(ctx, tcp, e)
+            } else {
+                client_to_server(ctx, tcp, e)
+            };
+            if !ok {
+                return pass(Counter::Malformed);
+            }
+            count(Counter::GwSpliced);
+            FORWARD
+        }
+        PASSTHROUGH => {
+            e.last_ns = crate::clock::now_ns();
+            FORWARD
+        }
+        _ => NOT_ESTABLISHED,
+    }
 }
 
 /// Tail-calls the stage `index`; returns only if it is missing.
@@ -228,7 +286,13 @@ pub fn stage_forward(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn finish(ctx: &XdpContext, verdict: u32) -> u32 {
     if verdict == FORWARD {
-        return stage_to(ctx, GW_STAGE_FORWARD);
+        if CONFIG
+            .get(0)
+            .is_some_and(|c| c.flags & flags::GW_REDIRECT != 0)
+        {
+            return stage_to(ctx, GW_STAGE_FORWARD);
+        }
+        return pass(Counter::Passed);
     }
     if verdict == UNKNOWN_FLOW {
         return stage_to(ctx, GW_STAGE_COOKIE);

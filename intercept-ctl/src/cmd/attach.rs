@@ -13,6 +13,12 @@ pub struct Args {
     /// forwarding on. Example: `intercept-ctl attach eth0 --gateway eth1`.
     #[arg(long, value_name = "SERVER_IFACE")]
     pub gateway: Option<String>,
+    /// With --gateway: how translated segments are forwarded: redirect (a route lookup and an
+    /// XDP redirect from the data path, default) or kernel (the kernel's forwarding path, which
+    /// aggregates segments first: faster for bulk transfers on veth and NICs without XDP
+    /// redirect). Example: `--forward kernel`.
+    #[arg(long, value_enum, requires = "gateway")]
+    pub forward: Option<intercept_ctl::gateway::Forward>,
     /// XDP mode: native (in the driver, default) or generic (slow fallback for drivers without
     /// native XDP).
     #[arg(long, value_enum, default_value = "native")]
@@ -68,6 +74,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
                 a.engine,
                 true,
             )?;
+            intercept_ctl::gateway::set_forward(a.forward.unwrap_or_default());
             loader::attach_gateway(&a.iface, server, ctx.netns, a.xdp_mode, initial)?
         }
         None => loader::attach_engine(

@@ -23,6 +23,9 @@ pub struct Args {
     /// Example: `intercept-ctl run eth0 --gateway eth1`.
     #[arg(long, value_name = "SERVER_IFACE")]
     pub gateway: Option<String>,
+    /// With --gateway: how translated segments are forwarded (see `attach --forward`).
+    #[arg(long, value_enum, requires = "gateway")]
+    pub forward: Option<intercept_ctl::gateway::Forward>,
     /// XDP mode.
     #[arg(long, value_enum, default_value = "native")]
     pub xdp_mode: AttachMode,
@@ -151,6 +154,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     // whoever attached before, so it is left running like an adopted one.
     let mut ours = None;
     if !pins.is_attached() {
+        intercept_ctl::gateway::set_forward(a.forward.unwrap_or_default());
         let att = match &a.gateway {
             Some(server) => loader::attach_gateway(
                 &a.iface,
@@ -508,8 +512,13 @@ fn reattach(
         "intercept-ctl: the attachment of {} is dead ({reason}); re-attaching",
         a.iface
     );
+    // A gateway stays a gateway, with the server-facing interface and forwarding it had.
+    if let Some(rec) = intercept_ctl::gateway::ServerIface::read(&intercept_ctl::pins::PinDir::new(
+        ctx.netns, &a.iface,
+    )) {
+        intercept_ctl::gateway::set_forward(rec.forward);
+    }
     let att = match server {
-        // A gateway stays a gateway, with the server-facing interface it had.
         Some(server) => loader::attach_gateway(
             &a.iface,
             server,
