@@ -389,6 +389,8 @@ fn splice_cost(
                 server_wscale: 9,
                 sack: 1,
                 client_window: 502,
+                client_acked: CLIENT_ISN + 1,
+                server_acked: SERVER_ISN + 1,
             };
             let mut table: HashMap<_, FlowKey, Splice> =
                 HashMap::try_from(ebpf.take_map(SPLICE).context("SPLICE")?)?;

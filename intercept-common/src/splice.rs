@@ -55,6 +55,9 @@ pub mod splice_flags {
     /// The server answered without timestamps though the client uses them: the client's TS
     /// options still reach it (it ignores them), the server's segments carry none.
     pub const SERVER_NO_TS: u32 = 16;
+    /// The server's SYN-ACK came and its numbers are recorded (`seq_delta`, `ts_delta`,
+    /// `server_wscale`): set once, by the first one.
+    pub const ANSWERED: u32 = 32;
 }
 
 /// A spliced connection ([`crate::maps::SPLICE`], keyed by the client-to-server [`FlowKey`]).
@@ -98,8 +101,15 @@ pub struct Splice {
     /// The window field of the client's handshake ACK (scaled by its window scale), for the
     /// ACK the gateway sends the server on its behalf.
     pub client_window: u16,
+    /// The latest acknowledgment the server sent: where it expects the client's next byte (its
+    /// RCV.NXT as last seen). A client's RST counts only at exactly this number, a FIN only
+    /// near it (see [`observe`]).
+    pub client_acked: u32,
+    /// The latest acknowledgment the client sent, in the server's sequence space: the server's
+    /// RST and FIN are judged against it.
+    pub server_acked: u32,
 }
-const _: () = assert!(size_of::<Splice>() == 56);
+const _: () = assert!(size_of::<Splice>() == 64);
 
 /// Largest client data segment the gateway holds while the server has not answered (the MSS of
 /// a 1500-byte MTU over IPv4); a larger one is left to the client to send again.
@@ -131,14 +141,71 @@ pub const ROLE_CLIENT: u32 = 1;
 /// trusted to come from a server.
 pub const ROLE_SERVER: u32 = 2;
 
-/// How long an entry lives without a segment either way once [`OPEN`] or [`PASSTHROUGH`]
-/// (conntrack's established timeout is five days; ours is bounded by the table, so an hour).
-pub const IDLE_NS: u64 = 3_600 * 1_000_000_000;
+/// How long an entry lives without a segment either way once [`OPEN`] or [`PASSTHROUGH`]:
+/// past Linux's default keepalive time (two hours), so an idle connection kept alive by it is
+/// never freed under it (conntrack's established timeout is five days; ours is bounded by the
+/// table).
+pub const IDLE_NS: u64 = 7_800 * 1_000_000_000;
 /// How long a [`SYN_SENT`] entry waits for the server's SYN-ACK (the client's data
 /// retransmissions send the SYN again meanwhile).
 pub const SYN_SENT_NS: u64 = 30 * 1_000_000_000;
 /// How long a [`CLOSED`] entry stays, for late segments (retransmitted FINs, their ACKs).
 pub const LINGER_NS: u64 = 10 * 1_000_000_000;
+
+/// How far past the receiver's last acknowledgment a FIN may lie and still end a splice's
+/// half (1 MiB: a blind sender must guess the sequence number to within it).
+pub const FIN_WINDOW: u32 = 1 << 20;
+/// How far one acknowledgment may move [`Splice::client_acked`] or [`Splice::server_acked`] on
+/// (a quarter of the sequence space: further is taken as old).
+const ACK_ADVANCE_MAX: u32 = 1 << 30;
+
+/// The bookkeeping of a splice's segment, after which its state says whether it ended: a RST
+/// at exactly the receiver's last acknowledgment (RFC 5961: what the receiver itself accepts;
+/// any other is a blind guess, and the receiver ignores it too), or both FINs near it.
+/// `from_server`: the segment's direction; `seq` and `ack` in the server's sequence space
+/// where they are the server's (a server's sequence number, a client's acknowledgment
+/// translated); `len` its payload.
+#[inline(always)]
+pub fn observe(e: &mut Splice, from_server: bool, flags: u8, seq: u32, len: u32, ack: u32) {
+    if flags & tcp_flags::ACK != 0 {
+        let cur = if from_server {
+            e.client_acked
+        } else {
+            e.server_acked
+        };
+        let step = ack.wrapping_sub(cur);
+        if step != 0 && step < ACK_ADVANCE_MAX {
+            if from_server {
+                e.client_acked = ack;
+            } else {
+                e.server_acked = ack;
+            }
+        }
+    }
+    // Where the receiver of this segment expects the sender's next byte.
+    let expected = if from_server {
+        e.server_acked
+    } else {
+        e.client_acked
+    };
+    if flags & tcp_flags::RST != 0 {
+        if seq == expected {
+            e.state = CLOSED;
+        }
+        return;
+    }
+    if flags & tcp_flags::FIN != 0 && seq.wrapping_add(len).wrapping_sub(expected) < FIN_WINDOW {
+        e.flags |= if from_server {
+            splice_flags::SERVER_FIN
+        } else {
+            splice_flags::CLIENT_FIN
+        };
+    }
+    let both = splice_flags::CLIENT_FIN | splice_flags::SERVER_FIN;
+    if e.flags & both == both {
+        e.state = CLOSED;
+    }
+}
 
 /// Whether the controller frees `s` at `now_ns`: closed and lingered, never answered, or idle.
 #[must_use]
@@ -164,7 +231,9 @@ pub const fn client_key(server_side: &FlowKey) -> FlowKey {
 }
 
 /// A TCP window field advertised under window scale `from` (`WSCALE_NONE`: unscaled) as read
-/// under `to`: the same number of bytes, rounded down, at most 65,535 units.
+/// under `to`: the same number of bytes, rounded up to a whole unit as Linux rounds its own
+/// window to its scale (rounded down, a window below one unit would read as zero and stall the
+/// sender), at most 65,535 units.
 #[inline(always)]
 #[must_use]
 pub const fn rescale_window(win: u16, from: u8, to: u8) -> u16 {
@@ -182,7 +251,7 @@ pub const fn rescale_window(win: u16, from: u8, to: u8) -> u16 {
         return win;
     }
     let bytes = (win as u64) << from;
-    let units = bytes >> to;
+    let units = (bytes + (1 << to) - 1) >> to;
     if units > 0xffff { 0xffff } else { units as u16 }
 }
 
@@ -396,15 +465,15 @@ mod tests {
             proptest::prop_assert!(same(update16_at(before, old, new, off), sum(&data)));
         }
 
-        /// A rescaled window never offers more bytes than the original, and loses less than one
-        /// unit of the new scale unless it saturates.
+        /// A rescaled window offers the original bytes rounded up to less than one unit of
+        /// the new scale (unless it saturates), and never closes an open window.
         #[test]
-        fn rescaled_windows_round_down(win in proptest::num::u16::ANY, from in 0u8..15, to in 0u8..15) {
+        fn rescaled_windows_round_up(win in proptest::num::u16::ANY, from in 0u8..15, to in 0u8..15) {
             let out = rescale_window(win, from, to);
             let bytes = u64::from(win) << from;
             let got = u64::from(out) << to;
-            proptest::prop_assert!(got <= bytes);
-            proptest::prop_assert!(out == 0xffff || bytes - got < 1u64 << to);
+            proptest::prop_assert!(out == 0xffff || got >= bytes && got - bytes < 1u64 << to);
+            proptest::prop_assert!(win == 0 || out > 0);
         }
     }
 
@@ -416,6 +485,8 @@ mod tests {
         assert_eq!(rescale_window(1000, none, 2), 250);
         assert_eq!(rescale_window(1000, 7, 9), 250);
         assert_eq!(rescale_window(1000, 9, 7), 4000);
+        assert_eq!(rescale_window(1, 0, 7), 1, "open stays open");
+        assert_eq!(rescale_window(1001, 7, 9), 251);
         assert_eq!(rescale_window(0xffff, 14, 0), 0xffff);
     }
 
@@ -583,6 +654,52 @@ mod tests {
             checksum::pseudo_v4([198, 18, 10, 2], [198, 18, 20, 2], 6, seg.len() as u16),
             seg
         ));
+    }
+
+    /// A blind RST or FIN ends nothing; the ones the receiver would accept do.
+    #[test]
+    fn only_segments_at_the_receivers_numbers_end_a_splice() {
+        let open = || Splice {
+            state: OPEN,
+            client_acked: 1_000,
+            server_acked: 9_000,
+            ..Splice::default()
+        };
+        let (ack, rst, fin) = (
+            tcp_flags::ACK,
+            tcp_flags::RST,
+            tcp_flags::FIN | tcp_flags::ACK,
+        );
+        let mut e = open();
+        observe(&mut e, false, rst, 1_001, 0, 0);
+        observe(&mut e, true, rst | ack, 8_999, 0, 1_000);
+        assert_eq!(e.state, OPEN, "RSTs one off the acknowledged number");
+        observe(&mut e, false, fin, 1_000 + FIN_WINDOW + 5, 0, 9_000);
+        assert_eq!(
+            e.flags & splice_flags::CLIENT_FIN,
+            0,
+            "a FIN far out of the window"
+        );
+        let mut e = open();
+        observe(&mut e, false, rst, 1_000, 0, 0);
+        assert_eq!(e.state, CLOSED, "the client's RST at the server's RCV.NXT");
+        let mut e = open();
+        observe(&mut e, true, rst, 9_000, 0, 0);
+        assert_eq!(e.state, CLOSED, "the server's RST at the client's RCV.NXT");
+        // Data, acknowledgments, then both FINs.
+        let mut e = open();
+        observe(&mut e, false, ack, 1_000, 500, 9_000);
+        observe(&mut e, true, ack, 9_000, 100, 1_500);
+        assert_eq!(e.client_acked, 1_500);
+        observe(&mut e, false, fin, 1_500, 0, 9_100);
+        assert_eq!(e.server_acked, 9_100);
+        assert_eq!(e.state, OPEN, "one FIN");
+        observe(&mut e, true, fin, 9_100, 0, 1_501);
+        assert_eq!(e.state, CLOSED, "both FINs");
+        // An acknowledgment far ahead (forged) does not move the numbers.
+        let mut e = open();
+        observe(&mut e, false, ack, 1_000, 0, 9_000 + (1 << 31));
+        assert_eq!(e.server_acked, 9_000);
     }
 
     #[test]

@@ -310,6 +310,9 @@ impl Maps {
         let engine = self.engine;
         if engine.is_gateway() {
             c.flags |= flags::GATEWAY;
+            // The cookie SYN-ACK would agree to ECN with the client, but the server decides
+            // whether the connection uses it, after: a gateway offers none (see the README).
+            c.flags &= !flags::ECN;
             let forward = pins
                 .and_then(crate::gateway::ServerIface::read)
                 .map_or(crate::gateway::Forward::Redirect, |s| s.forward);

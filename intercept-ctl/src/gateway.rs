@@ -18,6 +18,7 @@ use intercept_common::{
     craft::{TcpSegment, tcp_packet},
     maps,
     parse::tcp_flags,
+    splice::Held,
     splice::{self, ROLE_CLIENT, ROLE_SERVER, Splice},
 };
 
@@ -186,6 +187,52 @@ pub fn open_splice(
     Ok(HashMap::try_from(Map::HashMap(data))?)
 }
 
+/// Opens the pinned `HELD` map of the attachment of `iface`.
+///
+/// # Errors
+/// [`CtlError::NotAttached`] if it has none.
+pub fn open_held(
+    iface: &str,
+    netns: Option<&str>,
+) -> anyhow::Result<HashMap<MapData, FlowKey, Held>> {
+    let pins = PinDir::new(netns, iface);
+    let path = pins.map(maps::HELD);
+    if !path.exists() {
+        return Err(CtlError::NotAttached {
+            iface: iface.to_owned(),
+            pin: pins.path().display().to_string(),
+        }
+        .into());
+    }
+    let data = MapData::from_pin(&path).map_err(|e| explain(e.into(), "open map HELD"))?;
+    Ok(HashMap::try_from(Map::HashMap(data))?)
+}
+
+/// Frees the held segments whose splice no longer waits for its server (freed, refused,
+/// closed, or opened without replaying them: a race between CPUs); returns how many. The data
+/// path deletes what it replays; this is the rest, so `HELD` cannot fill up with leftovers.
+///
+/// # Errors
+/// bpf() failure.
+pub fn sweep_held(
+    held: &mut HashMap<MapData, FlowKey, Held>,
+    splice: &HashMap<MapData, FlowKey, Splice>,
+) -> anyhow::Result<u64> {
+    let keys: Vec<FlowKey> = held.keys().collect::<Result<_, _>>()?;
+    let mut freed = 0;
+    for key in keys {
+        let waiting = match splice.get(&key, 0) {
+            Ok(s) => s.state == splice::SYN_SENT,
+            Err(aya::maps::MapError::KeyNotFound) => false,
+            Err(e) => return Err(e).context("read SPLICE"),
+        };
+        if !waiting && held.remove(&key).is_ok() {
+            freed += 1;
+        }
+    }
+    Ok(freed)
+}
+
 /// Frees the entries of `splice` that [`splice::idle_verdict`] gives up at `now_ns` (the data
 /// path's clock: `CLOCK_MONOTONIC`, see [`crate::watchctl::monotonic_ns`]); returns how many it
 /// deleted. Each entry is read again right before its deletion, so one a segment refreshed since
@@ -220,6 +267,7 @@ pub fn sweep(splice: &mut HashMap<MapData, FlowKey, Splice>, now_ns: u64) -> any
 pub fn sweep_pinned(iface: &str, netns: Option<&str>) -> anyhow::Result<u64> {
     let mut splice = open_splice(iface, netns)?;
     let freed = sweep(&mut splice, crate::watchctl::monotonic_ns())?;
+    sweep_held(&mut open_held(iface, netns)?, &splice)?;
     crate::watchctl::WatchMaps::open(iface, netns)?
         .bump(intercept_common::Counter::GwFreed, freed)?;
     Ok(freed)

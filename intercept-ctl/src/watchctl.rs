@@ -185,6 +185,8 @@ pub struct Tick {
 /// The gateway's part of a [`Watcher`].
 struct Gateway {
     splice: HashMap<MapData, FlowKey, intercept_common::splice::Splice>,
+    /// Its held segments (`HELD`), swept with it.
+    held: HashMap<MapData, FlowKey, intercept_common::splice::Held>,
     sender: crate::gateway::RawSender,
     /// When the splice table was last swept.
     last_sweep: u64,
@@ -234,6 +236,7 @@ impl Watcher {
         let gateway = if crate::engine::recorded(&PinDir::new(netns, iface)).is_gateway() {
             Some(Gateway {
                 splice: crate::gateway::open_splice(iface, netns)?,
+                held: crate::gateway::open_held(iface, netns)?,
                 sender: crate::gateway::RawSender::default(),
                 last_sweep: 0,
                 said: None,
@@ -524,6 +527,7 @@ impl Watcher {
         if now.saturating_sub(gw.last_sweep) >= SWEEP_EVERY_NS {
             gw.last_sweep = now;
             t.freed = crate::gateway::sweep(&mut gw.splice, now)?;
+            crate::gateway::sweep_held(&mut gw.held, &gw.splice)?;
         }
         self.wmaps.bump(Counter::HalfOpenTimedOut, timed_out)?;
         self.wmaps.bump(Counter::HalfOpenDropped, dropped)?;

@@ -181,6 +181,14 @@ fn established(
         }
         PASSTHROUGH => {
             e.last_ns = crate::clock::now_ns();
+            splice::observe(
+                e,
+                from_server != 0,
+                tcp.flags,
+                tcp.seq,
+                tcp.payload_len as u32,
+                tcp.ack_seq,
+            );
             FORWARD
         }
         _ => NOT_ESTABLISHED,
@@ -341,9 +349,14 @@ fn client_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
         return match e.state {
             SYN_SENT => pending(ctx, ip, tcp, e),
             PASSTHROUGH => {
-                if tcp.flags & tcp_flags::RST != 0 {
-                    e.state = CLOSED;
-                }
+                splice::observe(
+                    e,
+                    false,
+                    tcp.flags,
+                    tcp.seq,
+                    tcp.payload_len as u32,
+                    tcp.ack_seq,
+                );
                 FORWARD
             }
             _ => {
@@ -388,17 +401,20 @@ fn cookie_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
         && let Some(h) = HALF_OPEN.get_ptr_mut(&key)
     {
         // SAFETY: a valid map value.
-        let h = unsafe { &*h };
+        let h = unsafe { &mut *h };
         if tcp.flags & tcp_flags::RST != 0 {
-            let _ = HALF_OPEN.remove(&key);
-            return pass(Counter::HalfOpenAborted);
+            // Counted, never untracked: only the server knows whether its sequence number
+            // ended the handshake, and a blind RST must not hide a half-open one from the
+            // watch timeout, which resets it on both ends if it is still there.
+            h.resets += 1;
+            return pass(Counter::Passed);
         }
         if h.answered != 0 && tcp.ack_seq == h.server_isn.wrapping_add(1) {
             // The handshake completed through the box: no longer half-open, and its
             // connection passes in intercept mode too.
             let _ = HALF_OPEN.remove(&key);
             count(Counter::HalfOpenCompleted);
-            learn(&key, now);
+            learn(&key, now, tcp.seq, tcp.ack_seq);
         }
         return pass(Counter::Passed);
     }
@@ -457,6 +473,8 @@ fn cookie_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
             e.server_wscale = WSCALE_NONE;
             e.sack = u8::from(co.sack);
             e.client_window = tcp.window;
+            e.client_acked = tcp.seq;
+            e.server_acked = 0;
             OPEN_NEW
         }
         Err(_) if strict => drop(Counter::AckBadMac),
@@ -534,7 +552,11 @@ fn open(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
 #[inline(never)]
 fn pending(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &mut Splice) -> u32 {
     if tcp.flags & tcp_flags::RST != 0 {
-        e.state = CLOSED;
+        // To the server, which judges it against the request its SYN made; the splice ends
+        // only with one the server accepts (at the client's ISN + 1: it sent no data yet).
+        if tcp.seq == e.client_isn.wrapping_add(1) {
+            e.state = CLOSED;
+        }
         return FORWARD;
     }
     if tcp.payload_len == 0 {
@@ -661,7 +683,8 @@ fn server_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
         sport: from_server.dport,
         dport: from_server.sport,
     };
-    if judge(&flow) == OUT_OF_SCOPE {
+    let scope = judge(&flow);
+    if scope == OUT_OF_SCOPE {
         return pass(Counter::Passed);
     }
     let key = FlowKey::of(&flow);
@@ -679,9 +702,12 @@ fn server_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
             }
             return pass(Counter::Passed);
         }
-        if matches!(kind, TcpKind::SynAck | TcpKind::Ack) {
-            // A connection the gateway did not open: from now on it is known.
-            learn(&key, now);
+        if kind == TcpKind::Ack && scope != EXEMPT {
+            // An established connection the gateway did not open (older than the attachment):
+            // from now on it is known. Only from the server's side, and never from a SYN-ACK:
+            // a server acknowledges data only of a handshake that completed, so no spoofed
+            // SYN makes the gateway learn a flow. An exempt client's segments pass anyway.
+            learn(&key, now, tcp.ack_seq, tcp.seq);
         }
         return pass(Counter::Passed);
     };
@@ -690,9 +716,14 @@ fn server_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
     e.last_ns = now;
     match (e.state, kind) {
         (PASSTHROUGH, _) => {
-            if kind == TcpKind::Rst {
-                e.state = CLOSED;
-            }
+            splice::observe(
+                e,
+                true,
+                tcp.flags,
+                tcp.seq,
+                tcp.payload_len as u32,
+                tcp.ack_seq,
+            );
             FORWARD
         }
         (_, TcpKind::SynAck) => COMPLETE,
@@ -700,6 +731,7 @@ fn server_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
             // The server refused the connection (no listener): the client, which believes
             // it open, is reset at the sequence number it expects.
             e.state = CLOSED;
+            let _ = HELD.remove(&key);
             let seq = e.cookie_isn.wrapping_add(1);
             let Some(h) = pkt.span::<20>(tcp.off) else {
                 return pass(Counter::Malformed);
@@ -785,13 +817,16 @@ fn client_timestamps(ctx: &XdpContext, tcp_off: usize, hdr_len: usize) -> u32 {
     0
 }
 
-/// Records a connection the gateway did not open, to be forwarded untranslated.
+/// Records a connection the gateway did not open, to be forwarded untranslated, with the
+/// numbers each end last acknowledged (see [`splice::observe`]).
 #[inline(always)]
-fn learn(key: &FlowKey, now: u64) {
+fn learn(key: &FlowKey, now: u64, client_acked: u32, server_acked: u32) {
     let e = Splice {
         state: PASSTHROUGH,
         created_ns: now,
         last_ns: now,
+        client_acked,
+        server_acked,
         client_wscale: WSCALE_NONE,
         our_wscale: WSCALE_NONE,
         server_wscale: WSCALE_NONE,
@@ -814,8 +849,14 @@ fn complete(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &m
     let Some(o) = GW_SCRATCH.get(0).map(|s| s.opts) else {
         return aborted(Abort::Gateway, 0);
     };
-    if e.state == SYN_SENT {
+    if e.flags & splice_flags::ANSWERED == 0 {
+        if e.state != SYN_SENT {
+            // The client reset it before the server answered: no splice to complete (the
+            // server's request expires on its own).
+            return drop(Counter::GwSynAckMismatch);
+        }
         e.seq_delta = tcp.seq.wrapping_sub(e.cookie_isn);
+        e.server_acked = tcp.seq.wrapping_add(1);
         e.server_wscale = if e.client_wscale == WSCALE_NONE {
             WSCALE_NONE
         } else {
@@ -828,7 +869,13 @@ fn complete(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &m
                 e.flags |= splice_flags::SERVER_NO_TS;
             }
         }
-        e.state = OPEN;
+        e.flags |= splice_flags::ANSWERED;
+        // Last, and kept last by the compiler: a client segment on another CPU that sees the
+        // splice open finds its numbers written (x86 keeps stores in order; so does the BPF
+        // JIT of every architecture with a weaker model, which fences atomics only, hence
+        // this is the order that matters here).
+        // SAFETY: a valid map value.
+        unsafe { (&raw mut e.state).write_volatile(OPEN) };
         count(Counter::GwOpened);
     }
     if e.flags & splice_flags::HELD != 0 {
@@ -926,8 +973,11 @@ pub fn stage_replay(ctx: &XdpContext) -> u32 {
         count(Counter::GwHeldReplayed);
         return verdict;
     }
+    if verdict == SPOILED {
+        return drop(Counter::GwHeldLost);
+    }
     count(Counter::GwHeldLost);
-    // The frame is still the server's SYN-ACK: `replay` only changes it once it can finish.
+    // The frame is still the server's SYN-ACK (perhaps longer: `send_ack` resizes it).
     let (ip, tcp) = match tcp_of(ctx) {
         Ok(x) => x,
         Err(v) => return v,
@@ -939,9 +989,15 @@ pub fn stage_replay(ctx: &XdpContext) -> u32 {
     verdict
 }
 
+/// [`replay`] failed after it began to write the frame, which is then neither the SYN-ACK
+/// nor the held segment: dropped (the server sends its SYN-ACK again, and the handshake's ACK
+/// answers it).
+const SPOILED: u32 = xdp_action::XDP_ABORTED;
+
 /// Replaces the frame's IP packet with the held one of `key`, translated for the server, to go
-/// back where the frame came from. XDP_TX, or XDP_DROP if it could not (then the caller sends
-/// the ACK instead, and the client retransmits its data).
+/// back where the frame came from. XDP_TX; XDP_DROP if it could not and left the frame as it
+/// was (then the caller sends the ACK instead, and the client retransmits its data); or
+/// [`SPOILED`].
 #[inline(never)]
 fn replay(ctx: &XdpContext, l3_off: usize, key: &FlowKey, e: &mut Splice) -> u32 {
     let Some(h) = HELD.get_ptr(key) else {
@@ -951,6 +1007,15 @@ fn replay(ctx: &XdpContext, l3_off: usize, key: &FlowKey, e: &mut Splice) -> u32
     let h = unsafe { &*h };
     let len = h.len as usize;
     if len > HELD_FRAME_MAX || len < IPV4_MIN_HLEN || l3_off > 64 {
+        return xdp_action::XDP_DROP;
+    }
+    // Its TTL (hop limit) must survive forwarding, checked before anything is written.
+    let ttl = if h.frame[0] >> 4 == 6 {
+        h.frame[7]
+    } else {
+        h.frame[8]
+    };
+    if ttl <= 1 {
         return xdp_action::XDP_DROP;
     }
     let pkt = Pkt::new(ctx);
@@ -972,15 +1037,15 @@ fn replay(ctx: &XdpContext, l3_off: usize, key: &FlowKey, e: &mut Splice) -> u32
         )
     };
     if rc != 0 {
-        return xdp_action::XDP_DROP;
+        return SPOILED;
     }
     let pkt = Pkt::new(ctx);
     if !swap_macs(&pkt, &macs) {
-        return xdp_action::XDP_DROP;
+        return SPOILED;
     }
     // The held packet's TCP header follows its IP header (see `hold`).
     let Some(h) = pkt.span::<20>(l3_off) else {
-        return xdp_action::XDP_DROP;
+        return SPOILED;
     };
     // SAFETY: 20 bytes of the IP header are inside the frame (the span).
     let first = unsafe { *h };
@@ -997,14 +1062,14 @@ fn replay(ctx: &XdpContext, l3_off: usize, key: &FlowKey, e: &mut Splice) -> u32
     };
     let toff = l3_off + (ip_len & 0x3c);
     let Some(t) = pkt.span::<20>(toff) else {
-        return xdp_action::XDP_DROP;
+        return SPOILED;
     };
     // SAFETY: the fixed TCP header is inside the frame (the span).
     let tcp = unsafe {
         intercept_common::parse::Tcp {
             off: toff,
             hdr_len: usize::from(*t.add(12) >> 4) * 4,
-            payload_len: 0,
+            payload_len: len.saturating_sub((ip_len & 0x3c) + usize::from(*t.add(12) >> 4) * 4),
             sport: get16(t, 0),
             dport: get16(t, 2),
             seq: get32(t, 4),
@@ -1014,7 +1079,7 @@ fn replay(ctx: &XdpContext, l3_off: usize, key: &FlowKey, e: &mut Splice) -> u32
         }
     };
     if !client_to_server(ctx, &tcp, e) || !decrement_ttl(&pkt, l3_off, &l3) {
-        return xdp_action::XDP_DROP;
+        return SPOILED;
     }
     xdp_action::XDP_TX
 }
@@ -1052,15 +1117,14 @@ fn client_to_server(ctx: &XdpContext, tcp: &intercept_common::parse::Tcp, e: &mu
             u32::from(check),
         ) as u16;
     }
-    if tcp.flags & tcp_flags::FIN != 0 {
-        e.flags |= splice_flags::CLIENT_FIN;
-    }
-    if tcp.flags & tcp_flags::RST != 0
-        || e.flags & (splice_flags::CLIENT_FIN | splice_flags::SERVER_FIN)
-            == splice_flags::CLIENT_FIN | splice_flags::SERVER_FIN
-    {
-        e.state = CLOSED;
-    }
+    splice::observe(
+        e,
+        false,
+        tcp.flags,
+        tcp.seq,
+        tcp.payload_len as u32,
+        tcp.ack_seq.wrapping_add(e.seq_delta),
+    );
     let Some(h) = pkt.span::<20>(tcp.off) else {
         return false;
     };
@@ -1079,6 +1143,14 @@ fn server_to_client(ctx: &XdpContext, tcp: &intercept_common::parse::Tcp, e: &mu
     };
     // SAFETY: the 20 bytes of the fixed header are inside the frame (the span).
     let mut check = unsafe { get16(h, 16) };
+    splice::observe(
+        e,
+        true,
+        tcp.flags,
+        tcp.seq,
+        tcp.payload_len as u32,
+        tcp.ack_seq,
+    );
     if e.seq_delta != 0 {
         let seq = tcp.seq.wrapping_sub(e.seq_delta);
         check = update32(check, tcp.seq, seq, 4);
@@ -1099,15 +1171,6 @@ fn server_to_client(ctx: &XdpContext, tcp: &intercept_common::parse::Tcp, e: &mu
             0,
             u32::from(check),
         ) as u16;
-    }
-    if tcp.flags & tcp_flags::FIN != 0 {
-        e.flags |= splice_flags::SERVER_FIN;
-    }
-    if tcp.flags & tcp_flags::RST != 0
-        || e.flags & (splice_flags::CLIENT_FIN | splice_flags::SERVER_FIN)
-            == splice_flags::CLIENT_FIN | splice_flags::SERVER_FIN
-    {
-        e.state = CLOSED;
     }
     let Some(h) = pkt.span::<20>(tcp.off) else {
         return false;

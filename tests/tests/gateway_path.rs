@@ -31,6 +31,8 @@ const SERVER_SIDE: u32 = u32::MAX;
 
 struct Gw {
     obj: Loaded,
+    /// The configuration maps (taken out of the object by `configure_intercept`).
+    maps: intercept_ctl::control::Maps,
     /// The server-facing device of the test's namespace: a test run needs a real device for an
     /// ingress index (without one, the kernel runs it as arriving on loopback, which has no
     /// role: a client's side).
@@ -63,11 +65,15 @@ impl Gw {
     fn new(server_if: u32) -> Gw {
         let mut obj = Loaded::new(&[PROG_GATEWAY]);
         intercept_ctl::loader::load_gateway_stages(&mut obj.ebpf).expect("gateway stages");
-        let _maps = configure_intercept(&mut obj);
+        let maps = configure_intercept(&mut obj);
         let mut roles: HashMap<&mut MapData, u32, u32> =
             HashMap::try_from(obj.ebpf.map_mut(GW_ROLE).expect("GW_ROLE")).expect("hash");
         roles.insert(&server_if, &ROLE_SERVER, 0).expect("role");
-        Gw { obj, server_if }
+        Gw {
+            obj,
+            maps,
+            server_if,
+        }
     }
 
     /// Runs the program on `frame` arriving on `ingress` (0: a client-facing interface).
@@ -522,4 +528,245 @@ fn forged_and_refused(gw: Gw) {
         (201, 10, 7001, 3)
     );
     assert!(r.payload.is_empty());
+}
+
+/// Opens a splice for `client`:`sport` through the cookie handshake and the server's SYN-ACK
+/// (no held data); returns our ISN `k`, our TSval and the server's ISN.
+fn open_one(gw: &Gw, client: IpAddr, server: IpAddr, sport: u16, c_isn: u32) -> (u32, u32, u32) {
+    let mut syn = seg(client, server, sport, 80, tcp_flags::SYN, c_isn, 0);
+    syn.options = linux_syn_options(1460, 7000, 7);
+    let (v, out) = gw.run(&frame(&syn), 0);
+    assert_eq!(v, XDP_TX, "SYN answered");
+    let sa = parse(&out);
+    let (k, our_ts) = (sa.tcp.seq, sa.opts.tsval);
+    let mut ack = seg(
+        client,
+        server,
+        sport,
+        80,
+        tcp_flags::ACK,
+        c_isn + 1,
+        k.wrapping_add(1),
+    );
+    ack.options = ts(7001, our_ts);
+    assert_eq!(gw.run(&frame(&ack), 0).0, XDP_PASS, "SYN to the server");
+    let s_isn = 0x5000_0000;
+    let mut good = seg(
+        server,
+        client,
+        80,
+        sport,
+        tcp_flags::SYN | tcp_flags::ACK,
+        s_isn,
+        c_isn + 1,
+    );
+    good.options = {
+        let mut o = vec![2, 4, 0x05, 0xb4, 4, 2, 8, 10];
+        o.extend_from_slice(&3u32.to_be_bytes());
+        o.extend_from_slice(&7001u32.to_be_bytes());
+        o.extend_from_slice(&[1, 3, 3, 7]);
+        o
+    };
+    assert_eq!(
+        gw.run(&frame(&good), SERVER_SIDE).0,
+        XDP_TX,
+        "ACK to the server"
+    );
+    (k, our_ts, s_isn)
+}
+
+fn flow(client: IpAddr, server: IpAddr, sport: u16) -> Flow {
+    Flow {
+        saddr: intercept_common::cookie::words_of(client),
+        daddr: intercept_common::cookie::words_of(server),
+        sport,
+        dport: 80,
+    }
+}
+
+/// An off-path sender's RST or FIN (any number but the one the receiver expects) ends no
+/// splice, and no spoofed handshake makes the gateway learn a flow: only a server's
+/// acknowledgment of a completed one does, and never an exempt client's.
+#[test]
+fn blind_resets_and_spoofed_handshakes_change_no_state() {
+    require_root("blind_resets_and_spoofed_handshakes_change_no_state");
+    in_lab(|gw| {
+        let (client, server): (IpAddr, IpAddr) =
+            ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
+        let c_isn = 0x100;
+        let (k, our_ts, _) = open_one(&gw, client, server, 42000, c_isn);
+        let f = flow(client, server, 42000);
+        for (what, flags, seq) in [
+            (
+                "a RST one past the server's RCV.NXT",
+                tcp_flags::RST,
+                c_isn + 2,
+            ),
+            ("a RST far off", tcp_flags::RST, c_isn + 100_000),
+            (
+                "a FIN far out of the window",
+                tcp_flags::FIN | tcp_flags::ACK,
+                c_isn + (1 << 21),
+            ),
+        ] {
+            let mut s = seg(client, server, 42000, 80, flags, seq, k.wrapping_add(1));
+            s.options = ts(7002, our_ts);
+            let _ = gw.run(&frame(&s), 0);
+            let e = gw.splice(&f).expect("splice");
+            assert_eq!(e.state, OPEN, "{what} ended the splice");
+            assert_eq!(
+                e.flags & intercept_common::splice::splice_flags::CLIENT_FIN,
+                0,
+                "{what}"
+            );
+        }
+        // The RST the server would accept (at its RCV.NXT) ends it.
+        let rst = seg(client, server, 42000, 80, tcp_flags::RST, c_isn + 1, 0);
+        assert_eq!(gw.run(&frame(&rst), 0).0, XDP_PASS);
+        assert_eq!(
+            gw.splice(&f).expect("splice").state,
+            intercept_common::splice::CLOSED
+        );
+
+        // A server's SYN-ACK (to a spoofed SYN that got through, an exempt client's): not
+        // learned. Its acknowledgment of a completed handshake: learned. An exempt client's:
+        // not learned (its segments pass anyway).
+        let sa = seg(
+            server,
+            client,
+            80,
+            42001,
+            tcp_flags::SYN | tcp_flags::ACK,
+            9,
+            77,
+        );
+        assert_eq!(gw.run(&frame(&sa), SERVER_SIDE).0, XDP_PASS);
+        assert!(
+            gw.splice(&flow(client, server, 42001)).is_none(),
+            "learned from a SYN-ACK"
+        );
+        let data = seg(server, client, 80, 42002, tcp_flags::ACK, 9, 77);
+        assert_eq!(gw.run(&frame(&data), SERVER_SIDE).0, XDP_PASS);
+        let learned = gw.splice(&flow(client, server, 42002)).expect("learned");
+        assert_eq!(
+            (learned.state, learned.client_acked, learned.server_acked),
+            (intercept_common::splice::PASSTHROUGH, 77, 9)
+        );
+        let exempt: IpAddr = "198.18.0.77".parse().unwrap();
+        let data = seg(server, exempt, 80, 42003, tcp_flags::ACK, 9, 77);
+        assert_eq!(gw.run(&frame(&data), SERVER_SIDE).0, XDP_PASS);
+        assert!(
+            gw.splice(&flow(exempt, server, 42003)).is_none(),
+            "learned an exempt flow"
+        );
+    });
+}
+
+/// A proven client finding the splice table full is refused with a RST at the sequence number
+/// it expects, and nothing goes to the server.
+#[test]
+fn a_full_splice_table_refuses_proven_clients_with_a_reset() {
+    require_root("a_full_splice_table_refuses_proven_clients_with_a_reset");
+    in_lab(|mut gw| {
+        {
+            let mut t: HashMap<&mut MapData, FlowKey, Splice> =
+                HashMap::try_from(gw.obj.ebpf.map_mut(SPLICE).expect("SPLICE")).expect("hash");
+            for i in 0..intercept_common::maps::SPLICE_ENTRIES {
+                let key = FlowKey {
+                    saddr: [0, 0, 0xffff, 0xc613_0000 | (i >> 16)],
+                    daddr: [0, 0, 0xffff, 0xc612_0001],
+                    sport: (i & 0xffff) as u16,
+                    dport: 80,
+                };
+                t.insert(&key, &Splice::default(), 0).expect("fill");
+            }
+        }
+        let (client, server): (IpAddr, IpAddr) =
+            ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
+        let mut syn = seg(client, server, 43000, 80, tcp_flags::SYN, 500, 0);
+        syn.options = linux_syn_options(1460, 7000, 7);
+        let (_, out) = gw.run(&frame(&syn), 0);
+        let sa = parse(&out);
+        let mut ack = seg(
+            client,
+            server,
+            43000,
+            80,
+            tcp_flags::ACK,
+            501,
+            sa.tcp.seq.wrapping_add(1),
+        );
+        ack.options = ts(7001, sa.opts.tsval);
+        let before = gw.obj.counters();
+        let (v, out) = gw.run(&frame(&ack), 0);
+        assert_eq!(v, XDP_TX, "refused back to the client");
+        assert!(deltas(&before, &gw.obj.counters()).contains(&(Counter::GwTableFull, 1)));
+        let r = parse(&out);
+        assert_eq!(
+            (r.src, r.dst, r.tcp.sport, r.tcp.dport),
+            (server, client, 80, 43000)
+        );
+        assert_eq!(
+            (r.tcp.flags, r.tcp.seq),
+            (tcp_flags::RST, sa.tcp.seq.wrapping_add(1))
+        );
+    });
+}
+
+/// Watch mode on the gateway: a client's RST, whatever its number, does not untrack a
+/// half-open handshake (only the server knows whether it ended it; the watch timeout resets
+/// what is left on both ends).
+#[test]
+fn a_blind_reset_does_not_hide_a_watched_handshake() {
+    require_root("a_blind_reset_does_not_hide_a_watched_handshake");
+    in_lab(|mut gw| {
+        let mut cfg = gw.maps.config().expect("config");
+        cfg.mode = intercept_common::config::Mode::Watch as u32;
+        gw.maps.set_config(&cfg).expect("watch mode");
+        let (client, server): (IpAddr, IpAddr) =
+            ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
+        let mut syn = seg(client, server, 44000, 80, tcp_flags::SYN, 900, 0);
+        syn.options = linux_syn_options(1460, 7000, 7);
+        assert_eq!(gw.run(&frame(&syn), 0).0, XDP_PASS, "watched SYNs pass");
+        let key = FlowKey::of(&flow(client, server, 44000));
+        let tracked = |gw: &Gw| {
+            let t: HashMap<&MapData, FlowKey, intercept_common::config::HalfOpen> =
+                HashMap::try_from(
+                    gw.obj
+                        .ebpf
+                        .map(intercept_common::maps::HALF_OPEN)
+                        .expect("HALF_OPEN"),
+                )
+                .expect("hash");
+            t.get(&key, 0).ok()
+        };
+        assert!(tracked(&gw).is_some(), "tracked");
+        let rst = seg(client, server, 44000, 80, tcp_flags::RST, 12345, 0);
+        assert_eq!(gw.run(&frame(&rst), 0).0, XDP_PASS);
+        let h = tracked(&gw).expect("still tracked after a blind RST");
+        assert_eq!(h.resets, 1);
+        // The server's SYN-ACK records its ISN for the box's resets.
+        let sa = seg(
+            server,
+            client,
+            80,
+            44000,
+            tcp_flags::SYN | tcp_flags::ACK,
+            4242,
+            901,
+        );
+        assert_eq!(gw.run(&frame(&sa), SERVER_SIDE).0, XDP_PASS);
+        let h = tracked(&gw).expect("tracked");
+        assert_eq!((h.server_isn, h.answered), (4242, 1));
+        // The client's ACK of it completes the handshake, and the flow is known from then on.
+        let ack = seg(client, server, 44000, 80, tcp_flags::ACK, 901, 4243);
+        assert_eq!(gw.run(&frame(&ack), 0).0, XDP_PASS);
+        assert!(tracked(&gw).is_none(), "completed");
+        assert_eq!(
+            gw.splice(&flow(client, server, 44000))
+                .expect("learned")
+                .state,
+            intercept_common::splice::PASSTHROUGH
+        );
+    });
 }
