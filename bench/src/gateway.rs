@@ -46,6 +46,9 @@ pub struct Args {
     /// BPF_PROG_TEST_RUN runs per row of the per-packet table.
     #[arg(long, default_value_t = 20_000)]
     runs: usize,
+    /// How the gateway forwards (`attach --forward`): auto, redirect or kernel.
+    #[arg(long, value_enum, default_value = "auto")]
+    forward: intercept_ctl::gateway::Forward,
 }
 
 /// Port of the echo server (requests).
@@ -100,12 +103,23 @@ fn ctl(ctl: &Path, lab: &GatewayLab, args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// Attaches gateway mode protecting both server addresses on both ports.
-fn attach(ctl_bin: &Path, lab: &GatewayLab) -> anyhow::Result<()> {
+fn attach(
+    ctl_bin: &Path,
+    lab: &GatewayLab,
+    forward: intercept_ctl::gateway::Forward,
+) -> anyhow::Result<()> {
     let gi = lab.gateway_client_if();
     ctl(
         ctl_bin,
         lab,
-        &["attach", gi, "--gateway", lab.gateway_server_if()],
+        &[
+            "attach",
+            gi,
+            "--gateway",
+            lab.gateway_server_if(),
+            "--forward",
+            forward.name(),
+        ],
     )?;
     let ports = format!("{PORT},{BULK_PORT}");
     for prefix in ["198.18.20.2/32", "2001:db8:20::2/128"] {
@@ -158,7 +172,7 @@ pub fn run(a: &Args, ctl_bin: &Path) -> anyhow::Result<()> {
                 if gateway_error.is_some() {
                     continue;
                 }
-                if let Err(e) = attach(ctl_bin, &lab) {
+                if let Err(e) = attach(ctl_bin, &lab, a.forward) {
                     eprintln!("gateway mode unavailable: {e:#}");
                     gateway_error = Some(format!("{e:#}"));
                     let _ = ctl(ctl_bin, &lab, &["detach", lab.gateway_client_if()]);
@@ -204,10 +218,11 @@ pub fn run(a: &Args, ctl_bin: &Path) -> anyhow::Result<()> {
 
     println!(
         "\ngateway benchmark: {} alternations, {} MB each way per bulk run (IPv4, checked byte \
-         for byte), {} requests per family per run; {:.0} s; load {}",
+         for byte), {} requests per family per run; gateway forwarding: {}; {:.0} s; load {}",
         a.repeats.max(1),
         a.megabytes,
         a.requests,
+        a.forward.name(),
         started.elapsed().as_secs_f64(),
         crate::loadavg()
     );
@@ -306,7 +321,7 @@ fn verdict_name(v: u32) -> &'static str {
     match v {
         0 => "XDP_ABORTED",
         1 => "XDP_DROP",
-        2 => "XDP_PASS (not spliced)",
+        2 => "XDP_PASS (translated, to the kernel's forwarding path)",
         3 => "XDP_TX",
         4 => "XDP_REDIRECT",
         _ => "?",

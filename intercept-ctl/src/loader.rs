@@ -411,7 +411,7 @@ fn check_gateway(
     Ok(crate::gateway::ServerIface {
         name: server.to_owned(),
         ifindex: server_ifindex,
-        forward: crate::gateway::forward(),
+        forward: crate::gateway::forward().resolve(&[client, server]),
     })
 }
 

@@ -289,6 +289,32 @@ fn intercept_bulk_transfer_with_loss_is_intact() {
     );
 }
 
+/// `--forward redirect`: the gateway forwards what it translates itself (route lookup and XDP
+/// redirect), and the transfers are as intact (the lab's veths would choose the kernel's path).
+#[test]
+fn redirect_forwarding_carries_intact_bulk_transfers() {
+    require_root("redirect_forwarding_carries_intact_bulk_transfers");
+    let _turn = turn();
+    let t = GatewayTest::attached(PORT, &["--forward", "redirect"]);
+    let before = t.stats();
+    for v6 in [false, true] {
+        let what = format!("bulk transfer through XDP redirects, {}", family(v6));
+        let b = bulk(&t.lab, t.target(v6), &what);
+        assert_options(&what, "client", &b.client);
+        assert_options(&what, "server", &b.server);
+    }
+    let d = t.stats().delta(&before);
+    assert!(
+        d.get(Counter::GwRedirected) > 0 && d.get(Counter::GwSpliced) > 0,
+        "the transfers were not spliced and redirected: {d:?}"
+    );
+    let status = t.ctl(&["--json", "status", t.lab.gateway_client_if()]);
+    assert!(
+        status.contains("\"redirect\""),
+        "status does not say the forwarding: {status}"
+    );
+}
+
 #[test]
 fn spoofed_flood_never_reaches_the_server() {
     require_root("spoofed_flood_never_reaches_the_server");

@@ -14,9 +14,10 @@ pub struct Args {
     #[arg(long, value_name = "SERVER_IFACE")]
     pub gateway: Option<String>,
     /// With --gateway: how translated segments are forwarded: redirect (a route lookup and an
-    /// XDP redirect from the data path, default) or kernel (the kernel's forwarding path, which
-    /// aggregates segments first: faster for bulk transfers on veth and NICs without XDP
-    /// redirect). Example: `--forward kernel`.
+    /// XDP redirect from the data path), kernel (the kernel's forwarding path, which aggregates
+    /// segments first: faster for bulk transfers on veth and NICs without XDP redirect), or
+    /// auto (default: kernel if either interface is a veth, else redirect). Example:
+    /// `--forward kernel`.
     #[arg(long, value_enum, requires = "gateway")]
     pub forward: Option<intercept_ctl::gateway::Forward>,
     /// XDP mode: native (in the driver, default) or generic (slow fallback for drivers without

@@ -177,6 +177,7 @@ fn gateway(
     let fwd = intercept_ctl::sysctl::forwarding();
     Ok(serde_json::json!({
         "server_interface": server.name,
+        "forwarding": server.forward.name(),
         "server_ifindex": server.ifindex,
         "server_link_attached": health.server.as_ref().is_some_and(|s| s.link_ifindex != 0 && s.ifindex == Some(s.link_ifindex)),
         "splice_entries": by_state.values().sum::<u64>(),
