@@ -790,11 +790,34 @@ fn judge(flow: &Flow) -> u32 {
     }
 }
 
-/// The options of a server's SYN-ACK, walked in a frame of their own and returned through the
-/// scratch map (see [`judge`] for why).
+/// The options of a server's SYN-ACK the splice needs (window scale, timestamps), walked in a
+/// frame of their own and returned through the scratch map (see [`judge`] for why).
 #[inline(never)]
 fn server_options(ctx: &XdpContext, tcp_off: usize, hdr_len: usize) -> u32 {
-    let o = tcpopt::parse(&Pkt::new(ctx), tcp_off, hdr_len);
+    let pkt = Pkt::new(ctx);
+    let tcp_off = tcp_off & 0x3ff;
+    let w = walk(&pkt, tcp_off, hdr_len);
+    let mut o = tcpopt::TcpOptions::default();
+    let ws = launder(w.wscale);
+    if ws != 0
+        && let Some(p) = pkt.span::<3>(tcp_off + ws)
+    {
+        // SAFETY: the option's 3 bytes are inside the frame (the span).
+        let v = unsafe { *p.add(2) };
+        o.wscale = if v > cookie::WSCALE_MAX {
+            cookie::WSCALE_MAX
+        } else {
+            v
+        };
+    }
+    let ts = launder(w.ts);
+    if ts != 0
+        && let Some(p) = pkt.span::<10>(tcp_off + ts)
+    {
+        o.ts_ok = true;
+        // SAFETY: the option's 10 bytes are inside the frame (the span).
+        (o.tsval, o.tsecr) = unsafe { (get32(p, 2), get32(p, 6)) };
+    }
     if let Some(s) = GW_SCRATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's scratch.
         unsafe { (*s).opts = o };
@@ -1188,46 +1211,14 @@ fn server_to_client(ctx: &XdpContext, tcp: &intercept_common::parse::Tcp, e: &mu
 #[inline(never)]
 fn fix_options(ctx: &XdpContext, at: u32, ts_add: u32, sack_add: u32, check: u32) -> u32 {
     let pkt = Pkt::new(ctx);
-    let tcp_off = (at & 0xffff) as usize;
+    // A TCP header starts within the first KiB (Ethernet, two tags, IPv6 and its walked
+    // extension headers); the mask tells the verifier, whose packet ranges end at 64 KiB.
+    let tcp_off = (at & 0x3ff) as usize;
     let hdr_len = ((at >> 16) & 0xff) as usize;
     let ts_at = if at >> 24 == 2 { 2 } else { 6 };
     let mut check = check as u16;
-    let hdr_len = if hdr_len > 60 { 60 } else { hdr_len };
-    let mut rel = 20;
-    let mut n = 0;
-    let (mut ts_rel, mut sack_rel, mut sack_len) = (0, 0, 0);
-    while n < tcpopt::MAX_OPTIONS {
-        n += 1;
-        if rel >= hdr_len {
-            break;
-        }
-        // Kind and length in one read: a one-byte read's bounds check compiles to a comparison
-        // the verifier learns no range from (`pkt < pkt_end` at offset 0). A NOP in the last
-        // byte of a header without payload ends the walk one byte early, which changes nothing.
-        let Some([kind, len]) = pkt.load::<2>(tcp_off + rel) else {
-            break;
-        };
-        if kind == 0 {
-            break;
-        }
-        if kind == 1 {
-            rel = launder(rel + 1);
-            continue;
-        }
-        let len = usize::from(len);
-        if len < 2 || rel + len > hdr_len {
-            break;
-        }
-        // Found here, fixed after the walk: writes inside it multiplied the states the
-        // verifier explores per hop past its budget.
-        if kind == 8 && len == 10 {
-            ts_rel = rel;
-        } else if kind == 5 {
-            sack_rel = rel;
-            sack_len = len;
-        }
-        rel = launder(rel + len);
-    }
+    let w = walk(&pkt, tcp_off, hdr_len);
+    let (ts_rel, sack_rel, sack_len) = (w.ts, w.sack, w.sack_len);
     let ts_rel = launder(ts_rel);
     if ts_rel != 0
         && ts_add != 0
@@ -1312,6 +1303,66 @@ unsafe fn get16(p: *mut u8, at: usize) -> u16 {
 unsafe fn put16(p: *mut u8, at: usize, v: u16) {
     // SAFETY: the caller's.
     unsafe { core::ptr::write_unaligned(p.add(at).cast::<u16>(), v.to_be()) };
+}
+
+/// Where a segment's options are, from the TCP header (0: absent).
+#[derive(Default)]
+struct Offsets {
+    /// The timestamps option.
+    ts: usize,
+    /// The SACK option.
+    sack: usize,
+    /// Its length.
+    sack_len: usize,
+    /// The window scale option.
+    wscale: usize,
+}
+
+/// Walks the options of the TCP header at `tcp_off` (`hdr_len` long) and says where the ones
+/// the gateway reads or rewrites are; read and written after the walk, never in it: writes or
+/// many-field results inside it multiplied the states the verifier explores per hop past its
+/// budget (on 6.1 even tcpopt's full parse, alone in a subprogram, did).
+#[inline(always)]
+fn walk(pkt: &Pkt<XdpContext>, tcp_off: usize, hdr_len: usize) -> Offsets {
+    let hdr_len = if hdr_len > 60 { 60 } else { hdr_len };
+    let mut rel = 20;
+    let mut n = 0;
+    let mut w = Offsets::default();
+    while n < tcpopt::MAX_OPTIONS {
+        n += 1;
+        if rel >= hdr_len {
+            break;
+        }
+        // Kind and length in one read: a one-byte read's bounds check compiles to a comparison
+        // the verifier learns no range from (`pkt < pkt_end` at offset 0). A NOP in the last
+        // byte of a header without payload ends the walk one byte early, which changes nothing.
+        let Some([kind, len]) = pkt.load::<2>(tcp_off + rel) else {
+            break;
+        };
+        if kind == 0 {
+            break;
+        }
+        if kind == 1 {
+            rel = launder(rel + 1);
+            continue;
+        }
+        let len = usize::from(len);
+        if len < 2 || rel + len > hdr_len {
+            break;
+        }
+        // Found here, fixed after the walk: writes inside it multiplied the states the
+        // verifier explores per hop past its budget.
+        if kind == 8 && len == 10 {
+            w.ts = rel;
+        } else if kind == 5 {
+            w.sack = rel;
+            w.sack_len = len;
+        } else if kind == 3 && len == 3 {
+            w.wscale = rel;
+        }
+        rel = launder(rel + len);
+    }
+    w
 }
 
 /// See `tcpopt::launder`: the same shape of offset at the top of every hop.
