@@ -347,6 +347,7 @@ pub fn handoff_attrs(
 /// `l4_len` bytes from address words, in the accumulator of [`add_words`]. (An IPv4-mapped
 /// address sums to its IPv4 address plus 0xffff, which folds to nothing.)
 #[inline(always)]
+#[must_use]
 pub fn pseudo_words(src: &[u32; 4], dst: &[u32; 4], v6: bool, l4_len: u32) -> u64 {
     let tail = u64::from(l4_len) + u64::from(IPPROTO_TCP);
     if v6 {

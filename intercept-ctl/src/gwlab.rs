@@ -278,16 +278,7 @@ impl GatewayLab {
     /// # Panics
     /// If the thread in the namespace panics.
     pub fn listen(&self, port: u16) -> anyhow::Result<(TcpListener, TcpListener)> {
-        self.server
-            .spawn(move || -> io::Result<_> {
-                let v4 =
-                    TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?;
-                let v6 = TcpListener::bind(SocketAddr::new(IpAddr::V6(SERVER_V6), port))?;
-                Ok((v4, v6))
-            })
-            .join()
-            .expect("listener thread")
-            .with_context(|| format!("listen on port {port} in {}", self.server.name()))
+        crate::lab::listen_in(&self.server, SERVER_V6, port)
     }
 
     /// Connects from the client namespace to `addr`, within `timeout`.
@@ -298,11 +289,7 @@ impl GatewayLab {
     /// # Panics
     /// If the thread in the namespace panics.
     pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
-        self.client
-            .spawn(move || TcpStream::connect_timeout(&addr, timeout))
-            .join()
-            .expect("connect thread")
-            .with_context(|| format!("connect to {addr} through the gateway"))
+        crate::lab::connect_in(&self.client, addr, timeout)
     }
 
     /// Makes `n` requests from the client namespace to `target` through the gateway, as

@@ -267,17 +267,7 @@ impl Lab {
     /// # Panics
     /// If the thread in the namespace panics.
     pub fn listen(&self, port: u16) -> anyhow::Result<(TcpListener, TcpListener)> {
-        self.server
-            .spawn(move || -> io::Result<_> {
-                let v4 =
-                    TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?;
-                // The server address, not [::]: a dual-stack [::] would collide with the IPv4 bind.
-                let v6 = TcpListener::bind(SocketAddr::new(IpAddr::V6(SERVER_V6), port))?;
-                Ok((v4, v6))
-            })
-            .join()
-            .expect("listener thread")
-            .with_context(|| format!("listen on port {port} in {}", self.server.name()))
+        listen_in(&self.server, SERVER_V6, port)
     }
 
     /// Connects from the client namespace to `addr`, within `timeout`.
@@ -288,11 +278,7 @@ impl Lab {
     /// # Panics
     /// If the thread in the namespace panics.
     pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
-        self.client
-            .spawn(move || TcpStream::connect_timeout(&addr, timeout))
-            .join()
-            .expect("connect thread")
-            .with_context(|| format!("connect to {addr}"))
+        connect_in(&self.client, addr, timeout)
     }
 
     /// A raw AF_PACKET sender on the client's end of the veth.
@@ -861,4 +847,41 @@ fn packet_socket(dev: &str, proto: u16) -> anyhow::Result<OwnedFd> {
         return Err(io::Error::last_os_error()).with_context(|| format!("bind AF_PACKET to {dev}"));
     }
     Ok(fd)
+}
+
+/// Listens on `port` in `ns`: IPv4 on every address, IPv6 on `v6` (not [::]: a dual-stack [::]
+/// would collide with the IPv4 bind).
+///
+/// # Errors
+/// If binding fails.
+///
+/// # Panics
+/// If the thread in the namespace panics.
+pub fn listen_in(
+    ns: &Netns,
+    v6: Ipv6Addr,
+    port: u16,
+) -> anyhow::Result<(TcpListener, TcpListener)> {
+    ns.spawn(move || -> io::Result<_> {
+        let v4 = TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?;
+        let v6 = TcpListener::bind(SocketAddr::new(IpAddr::V6(v6), port))?;
+        Ok((v4, v6))
+    })
+    .join()
+    .expect("listener thread")
+    .with_context(|| format!("listen on port {port} in {}", ns.name()))
+}
+
+/// Connects from `ns` to `addr`, within `timeout`.
+///
+/// # Errors
+/// If the connection fails or times out.
+///
+/// # Panics
+/// If the thread in the namespace panics.
+pub fn connect_in(ns: &Netns, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
+    ns.spawn(move || TcpStream::connect_timeout(&addr, timeout))
+        .join()
+        .expect("connect thread")
+        .with_context(|| format!("connect to {addr} from {}", ns.name()))
 }
