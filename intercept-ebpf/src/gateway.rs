@@ -584,6 +584,10 @@ fn pending(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &mu
 
 /// Copies the client's data segment (its IP packet) into `HELD`; false if it cannot.
 #[inline(always)]
+#[expect(
+    clippy::manual_range_contains,
+    reason = "two comparisons give the verifier the bound of the helper's length; `contains` compiles to one it cannot follow"
+)]
 fn hold(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, key: &FlowKey) -> bool {
     let len = match ip.l3 {
         L3::V4 { total_len, .. } => total_len,
@@ -1022,6 +1026,10 @@ const SPOILED: u32 = xdp_action::XDP_ABORTED;
 /// was (then the caller sends the ACK instead, and the client retransmits its data); or
 /// [`SPOILED`].
 #[inline(never)]
+#[expect(
+    clippy::manual_range_contains,
+    reason = "two comparisons give the verifier the bound of the helper's length; `contains` compiles to one it cannot follow"
+)]
 fn replay(ctx: &XdpContext, l3_off: usize, key: &FlowKey, e: &mut Splice) -> u32 {
     let Some(h) = HELD.get_ptr(key) else {
         return xdp_action::XDP_DROP;

@@ -488,3 +488,112 @@ fn watch_mode_resets_timed_out_half_open_on_both_sides() {
         d.get(Counter::GwWatchReset)
     );
 }
+
+/// `auto` on the gateway: calm, it watches (handshakes pass to the server); a spoofed flood
+/// through the box past the thresholds makes the daemon switch to intercept mode, where new
+/// clients are spliced and the server sees no more of the flood; once the flood's handshakes
+/// are reset and the count falls, it watches again, and a connection spliced meanwhile keeps
+/// working.
+#[test]
+fn auto_mode_switches_on_a_flood_through_the_gateway() {
+    require_root("auto_mode_switches_on_a_flood_through_the_gateway");
+    let _turn = turn();
+    let t = GatewayTest::echoing(PORT, &["--mode", "auto"]);
+    let timeout = 4 * time_scale();
+    t.ctl(&[
+        "thresholds",
+        t.gw_if(),
+        "--watch-timeout",
+        &timeout.to_string(),
+        "--max-incomplete-high",
+        "50",
+        "--max-incomplete-low",
+        "20",
+        "--one-minute-high",
+        "200",
+        "--one-minute-low",
+        "100",
+        "--rate-window",
+        "3",
+    ]);
+    let _d = Daemon::start(t.gw(), t.gw_if());
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&t.ctl(&["--json", "status", t.gw_if()])).expect("status JSON")
+    };
+    let wait = |what: &str, limit: Duration, f: &dyn Fn(&serde_json::Value) -> bool| {
+        let start = Instant::now();
+        loop {
+            let s = status();
+            if f(&s) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{what} not within {limit:?}: active {}, half-open {}",
+                s["active_mode"],
+                s["watch"]["half_open"]
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(status()["active_mode"], "watch");
+    let before = t.stats();
+    // 600 spoofed SYNs at 300/s: the server answers each (watch), half-open past 50.
+    let sender = t.lab.raw_sender().expect("raw sender");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let spec = FloodSpec {
+                target: GatewayLab::server_addr(false, PORT),
+                count: 600,
+                max_time: Duration::from_secs(4),
+                rate: 300,
+                flags: tcp_flags::SYN,
+                payload: 0,
+            };
+            intercept_ctl::lab::flood_from(
+                &sender,
+                spec,
+                &stop,
+                intercept_ctl::gwlab::spoofed_source,
+            )
+            .expect("flood")
+        })
+    };
+    let took = wait(
+        "the switch to intercept",
+        scaled(Duration::from_secs(6)),
+        &|s| s["active_mode"] == "intercept",
+    );
+    eprintln!("switched to intercept {took:?} into the flood");
+    // A client now is spliced by the gateway.
+    let mut c = t
+        .lab
+        .connect(t.target(false), scaled(Duration::from_secs(3)))
+        .expect("connect during the flood");
+    ping(&mut c, "spliced while aggressive");
+    let sent = flooder.join().expect("flood thread");
+    let d = t.stats().delta(&before);
+    assert!(
+        d.get(Counter::GwSynSent) >= 1,
+        "nothing spliced in intercept mode: {d:?}"
+    );
+    assert!(
+        d.get(Counter::SynAckSent) > 0,
+        "the gateway answered no SYN itself: {d:?}"
+    );
+    // The flood's handshakes time out and are reset; calm again, it watches.
+    let limit = Duration::from_secs(u64::from(timeout)) + scaled(Duration::from_secs(20));
+    let took = wait("the switch back to watch", limit, &|s| {
+        s["active_mode"] == "watch"
+    });
+    eprintln!("{sent} spoofed SYNs; back to watch {took:?} after the flood");
+    let d = t.stats().delta(&before);
+    assert!(
+        d.get(Counter::GwWatchReset) > 0,
+        "no handshake reset by the box: {d:?}"
+    );
+    // The connection spliced in intercept mode goes on in watch mode.
+    ping(&mut c, "spliced, after the switch back");
+}
