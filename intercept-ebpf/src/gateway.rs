@@ -848,16 +848,27 @@ fn client_timestamps(ctx: &XdpContext, tcp_off: usize, hdr_len: usize) -> u32 {
 /// numbers each end last acknowledged (see [`splice::observe`]).
 #[inline(always)]
 fn learn(key: &FlowKey, now: u64, client_acked: u32, server_acked: u32) {
+    // Zero fields from an opaque zero (see `watch::syn`): literal zeros become `memset`.
+    let zero = core::hint::black_box(0u32);
     let e = Splice {
         state: PASSTHROUGH,
+        flags: zero,
         created_ns: now,
         last_ns: now,
-        client_acked,
-        server_acked,
+        client_isn: zero,
+        cookie_isn: zero,
+        seq_delta: zero,
+        ts_delta: zero,
+        our_tsval: zero,
+        client_tsval: zero,
+        mss: zero as u16,
         client_wscale: WSCALE_NONE,
         our_wscale: WSCALE_NONE,
         server_wscale: WSCALE_NONE,
-        ..Splice::default()
+        sack: zero as u8,
+        client_window: zero as u16,
+        client_acked,
+        server_acked,
     };
     if SPLICE.insert(key, &e, u64::from(BPF_NOEXIST)).is_ok() {
         count(Counter::GwLearned);
@@ -1417,10 +1428,10 @@ fn forward(ctx: &XdpContext) -> u32 {
         // addresses are copied as they are, in network order.
         unsafe {
             p.__bindgen_anon_1.tot_len = (get16(h, 4).wrapping_add(IPV6_HLEN as u16)).to_be();
-            let a = h.add(8).cast::<[u32; 4]>().read_unaligned();
-            let b = h.add(24).cast::<[u32; 4]>().read_unaligned();
-            p.__bindgen_anon_3.ipv6_src = a;
-            p.__bindgen_anon_4.ipv6_dst = b;
+            // Word by word: a 16-byte copy becomes a call to `memmove`.
+            let w = |at: usize| h.add(at).cast::<u32>().read_unaligned();
+            p.__bindgen_anon_3.ipv6_src = [w(8), w(12), w(16), w(20)];
+            p.__bindgen_anon_4.ipv6_dst = [w(24), w(28), w(32), w(36)];
         }
     } else {
         p.family = 2;
