@@ -87,11 +87,12 @@ pub const GW_STAGE_COMPLETE: u32 = 6;
 /// [`GW_PROGS`] index of `gw_replay`.
 pub const GW_STAGE_REPLAY: u32 = 7;
 /// `HashMap<FlowKey, Splice>`: the gateway's spliced connections, keyed client to server (see
-/// [`crate::splice`]). Inserted and updated by the data path; deleted by the controller only
-/// (see [`crate::splice::idle_verdict`]). Preallocated: an insert into the full table fails
+/// [`crate::splice`]). Inserted and updated by the data path; deleted by the controller (see
+/// [`crate::splice::idle_verdict`]), and by the data path when a new SYN reuses the 4-tuple of an
+/// ended one. Preallocated: an insert into the full table fails
 /// and the client's connection is refused with a RST (`gw_table_full`).
 pub const SPLICE: &str = "SPLICE";
-/// Capacity of [`SPLICE`] (56-byte values, about 6 MiB preallocated).
+/// Capacity of [`SPLICE`] (64-byte values, about 7 MiB preallocated).
 pub const SPLICE_ENTRIES: u32 = 65_536;
 /// `HashMap<FlowKey, Held>`: each proven client's first data segment while its server has not
 /// answered (see [`crate::splice::Held`]); written and deleted by the data path. Allocated as

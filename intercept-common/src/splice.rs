@@ -63,7 +63,8 @@ pub mod splice_flags {
 /// A spliced connection ([`crate::maps::SPLICE`], keyed by the client-to-server [`FlowKey`]).
 /// Created by the data path when a cookie verifies (or when it learns a flow from the server's
 /// side); its numbers are written by the data path only; the controller only reads it and
-/// deletes it once idle, closed or never answered (see [`idle_verdict`]).
+/// deletes it once idle, closed or never answered (see [`idle_verdict`]); the data path deletes
+/// an ended one when a new SYN reuses its 4-tuple.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Splice {

@@ -248,6 +248,7 @@ pub fn stage_syn(ctx: &XdpContext) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
         return pass(Counter::Passed);
     };
+    let _ = reuse(ctx, &ip, &tcp);
     let verdict = if Mode::effective(cfg) == Mode::Intercept {
         crate::synack::handle_own_cookie(ctx, &ip, &tcp)
     } else {
@@ -257,6 +258,26 @@ pub fn stage_syn(ctx: &XdpContext) -> u32 {
         crate::events::log_abort(ctx);
     }
     verdict
+}
+
+/// A new SYN of a 4-tuple whose splice has ended: the ended splice goes (1), so that the new
+/// handshake's ACK opens a splice of its own instead of being translated with the old one's
+/// numbers. (The controller frees ended splices too, later; a second delete is harmless.)
+#[inline(never)]
+fn reuse(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
+    let Some(f) = flow_of(&Pkt::new(ctx), ip, tcp) else {
+        return 0;
+    };
+    let key = FlowKey::of(&f);
+    // SAFETY: read-only lookup.
+    match unsafe { SPLICE.get(&key) } {
+        Some(e) if e.state == CLOSED => {
+            let _ = SPLICE.remove(&key);
+            let _ = HELD.remove(&key);
+            1
+        }
+        _ => 0,
+    }
 }
 
 /// Stage `gw_client`: a client's segment other than a SYN.

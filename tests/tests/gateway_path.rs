@@ -627,6 +627,15 @@ fn blind_resets_and_spoofed_handshakes_change_no_state() {
             gw.splice(&f).expect("splice").state,
             intercept_common::splice::CLOSED
         );
+        // The client's next connection on the same 4-tuple gets a splice of its own.
+        let new_isn = 0x9000;
+        let _ = open_one(&gw, client, server, 42000, new_isn);
+        let e = gw.splice(&f).expect("a new splice");
+        assert_eq!(
+            (e.state, e.client_isn),
+            (OPEN, new_isn),
+            "the ended splice was reused"
+        );
 
         // A server's SYN-ACK (to a spoofed SYN that got through, an exempt client's): not
         // learned. Its acknowledgment of a completed handshake: learned. An exempt client's:
