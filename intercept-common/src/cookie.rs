@@ -166,6 +166,18 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// The same connection seen from the other end: addresses and ports swapped.
+    #[inline(always)]
+    #[must_use]
+    pub const fn reversed(&self) -> Flow {
+        Flow {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
+
     /// An IPv4 flow (addresses as big-endian words), stored IPv4-mapped.
     #[inline(always)]
     #[must_use]

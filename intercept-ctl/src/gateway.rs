@@ -211,17 +211,7 @@ pub fn open_splice(
     iface: &str,
     netns: Option<&str>,
 ) -> anyhow::Result<HashMap<MapData, FlowKey, Splice>> {
-    let pins = PinDir::new(netns, iface);
-    let path = pins.map(maps::SPLICE);
-    if !path.exists() {
-        return Err(CtlError::NotAttached {
-            iface: iface.to_owned(),
-            pin: pins.path().display().to_string(),
-        }
-        .into());
-    }
-    let data = MapData::from_pin(&path).map_err(|e| explain(e.into(), "open map SPLICE"))?;
-    Ok(HashMap::try_from(Map::HashMap(data))?)
+    open_pinned(iface, netns, maps::SPLICE)
 }
 
 /// Opens the pinned `HELD` map of the attachment of `iface`.
@@ -232,8 +222,20 @@ pub fn open_held(
     iface: &str,
     netns: Option<&str>,
 ) -> anyhow::Result<HashMap<MapData, FlowKey, Held>> {
+    open_pinned(iface, netns, maps::HELD)
+}
+
+/// Opens the pinned hash map `name`, keyed by flow, of the attachment of `iface`.
+///
+/// # Errors
+/// [`CtlError::NotAttached`] if it has none.
+fn open_pinned<V: aya::Pod>(
+    iface: &str,
+    netns: Option<&str>,
+    name: &str,
+) -> anyhow::Result<HashMap<MapData, FlowKey, V>> {
     let pins = PinDir::new(netns, iface);
-    let path = pins.map(maps::HELD);
+    let path = pins.map(name);
     if !path.exists() {
         return Err(CtlError::NotAttached {
             iface: iface.to_owned(),
@@ -241,7 +243,8 @@ pub fn open_held(
         }
         .into());
     }
-    let data = MapData::from_pin(&path).map_err(|e| explain(e.into(), "open map HELD"))?;
+    let data =
+        MapData::from_pin(&path).map_err(|e| explain(e.into(), &format!("open map {name}")))?;
     Ok(HashMap::try_from(Map::HashMap(data))?)
 }
 

@@ -9,6 +9,21 @@ use aya_ebpf::{
 };
 use intercept_common::parse::{Frame, Wire};
 
+/// The Ethernet addresses of a reply to a frame whose first 12 bytes are `macs`: its source
+/// as destination, its destination as source.
+#[inline(always)]
+#[must_use]
+pub fn swapped_macs(macs: &[u8; 12]) -> [u8; 12] {
+    let mut eth = [0u8; 12];
+    let mut i = 0;
+    while i < 6 {
+        eth[i] = macs[i + 6];
+        eth[i + 6] = macs[i];
+        i += 1;
+    }
+    eth
+}
+
 /// A context with direct packet access.
 pub trait Bounds {
     /// Start of packet data.

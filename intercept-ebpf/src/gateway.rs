@@ -681,12 +681,7 @@ fn refuse(ctx: &XdpContext, ip: &Ip, flow: &Flow, ack_seq: u32) -> u32 {
     };
     // SAFETY: this CPU's scratch.
     let seg = unsafe { &mut (*s).seg };
-    let back = Flow {
-        saddr: flow.daddr,
-        daddr: flow.saddr,
-        sport: flow.dport,
-        dport: flow.sport,
-    };
+    let back = flow.reversed();
     splice::build_rst(&back, matches!(ip.l3, L3::V6 { .. }), ack_seq, 64, seg);
     if !write_segment(ctx, ip.l3_off, seg, true) {
         return aborted(Abort::Gateway, 0);
@@ -702,12 +697,7 @@ fn server_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
     let Some(from_server) = flow_of(&pkt, ip, tcp) else {
         return pass(Counter::Malformed);
     };
-    let flow = Flow {
-        saddr: from_server.daddr,
-        daddr: from_server.saddr,
-        sport: from_server.dport,
-        dport: from_server.sport,
-    };
+    let flow = from_server.reversed();
     let scope = judge(&flow);
     if scope == OUT_OF_SCOPE {
         return pass(Counter::Passed);
@@ -950,12 +940,7 @@ fn send_ack(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &S
     let Some(flow) = flow_of(&pkt, ip, tcp) else {
         return pass(Counter::Malformed);
     };
-    let to_server = Flow {
-        saddr: flow.daddr,
-        daddr: flow.saddr,
-        sport: flow.dport,
-        dport: flow.sport,
-    };
+    let to_server = flow.reversed();
     let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
         return aborted(Abort::Gateway, 0);
     };
@@ -984,12 +969,7 @@ fn splice_of_server(
     tcp: &intercept_common::parse::Tcp,
 ) -> Option<*mut Splice> {
     let f = flow_of(&Pkt::new(ctx), ip, tcp)?;
-    let to_server = Flow {
-        saddr: f.daddr,
-        daddr: f.saddr,
-        sport: f.dport,
-        dport: f.sport,
-    };
+    let to_server = f.reversed();
     SPLICE.get_ptr_mut(&FlowKey::of(&to_server))
 }
 
@@ -1544,14 +1524,7 @@ fn decrement_ttl(pkt: &Pkt<XdpContext>, l3_off: usize, l3: &L3) -> bool {
 /// frame's first 12 bytes as they arrived).
 #[inline(always)]
 fn swap_macs(pkt: &Pkt<XdpContext>, macs: &[u8; 12]) -> bool {
-    let mut eth = [0u8; 12];
-    let mut i = 0;
-    while i < 6 {
-        eth[i] = macs[i + 6];
-        eth[i + 6] = macs[i];
-        i += 1;
-    }
-    pkt.store(0, &eth).is_some()
+    pkt.store(0, &crate::frame::swapped_macs(macs)).is_some()
 }
 
 /// Makes the frame `seg` (IP and TCP headers, no payload) after its first `l3_off` bytes,

@@ -147,13 +147,7 @@ fn answer<const KERNEL_COOKIE: bool>(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u3
     }
     // Packet pointers changed: a fresh view re-reads data/data_end.
     let pkt = Pkt::new(ctx);
-    let mut eth = [0u8; 12];
-    let mut i = 0;
-    while i < 6 {
-        eth[i] = macs[i + 6];
-        eth[i + 6] = macs[i];
-        i += 1;
-    }
+    let mut eth = crate::frame::swapped_macs(&macs);
     if hop == HOP_VIA {
         // SAFETY: on success the helper wrote the MACs over the request's mark.
         let via = unsafe { scratch.fib.__bindgen_anon_6.__bindgen_anon_2 };
