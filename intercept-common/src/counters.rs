@@ -176,7 +176,8 @@ pub enum Counter {
     /// Gateway mode: held data segments sent to the server as its handshake's ACK.
     GwHeldReplayed,
     /// Gateway mode: client data segments arriving before the server answered that could not be
-    /// held (a second one, larger than `HELD_MAX`, `HELD` full, or no room to replay it):
+    /// held (not the client's first bytes, larger than `HELD_MAX`, `HELD` full, or no room to
+    /// replay it):
     /// dropped, and the client sends them again (about 200 ms later).
     GwHeldLost,
     /// Gateway mode: ACKs whose cookie verified while the splice table (`SPLICE`) was full: the

@@ -580,7 +580,13 @@ fn pending(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &mu
         }
         return FORWARD;
     }
-    if tcp.payload_len == 0 {
+    // Only the client's first bytes (at its ISN + 1, acknowledging our cookie) are held: a
+    // segment anywhere else is not its first (or not its at all), and held it would take the
+    // place of the request the server's handshake completes with.
+    if tcp.payload_len == 0
+        || tcp.seq != e.client_isn.wrapping_add(1)
+        || tcp.ack_seq != e.cookie_isn.wrapping_add(1)
+    {
         return drop(Counter::GwHeldLost);
     }
     let pkt = Pkt::new(ctx);

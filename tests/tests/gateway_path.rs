@@ -779,3 +779,70 @@ fn a_blind_reset_does_not_hide_a_watched_handshake() {
         );
     });
 }
+
+/// While the server has not answered, only the client's first data segment (at its ISN + 1,
+/// acknowledging our cookie) is held: a segment an off-path sender injects at any other
+/// number is dropped, and the client's own request is still held and replayed.
+#[test]
+fn only_the_clients_first_bytes_are_held() {
+    require_root("only_the_clients_first_bytes_are_held");
+    in_lab(|gw| {
+        let (client, server): (IpAddr, IpAddr) =
+            ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
+        let c_isn = 0x7000;
+        let mut syn = seg(client, server, 45000, 80, tcp_flags::SYN, c_isn, 0);
+        syn.options = linux_syn_options(1460, 7000, 7);
+        let sa = parse(&gw.run(&frame(&syn), 0).1);
+        let k = sa.tcp.seq;
+        let mut ack = seg(
+            client,
+            server,
+            45000,
+            80,
+            tcp_flags::ACK,
+            c_isn + 1,
+            k.wrapping_add(1),
+        );
+        ack.options = ts(7001, sa.opts.tsval);
+        assert_eq!(gw.run(&frame(&ack), 0).0, XDP_PASS, "SYN to the server");
+        for (what, seq, ack_seq) in [
+            ("past the first byte", c_isn + 1001, k.wrapping_add(1)),
+            (
+                "acknowledging something else",
+                c_isn + 1,
+                k.wrapping_add(77),
+            ),
+        ] {
+            let mut forged = seg(
+                client,
+                server,
+                45000,
+                80,
+                tcp_flags::ACK | tcp_flags::PSH,
+                seq,
+                ack_seq,
+            );
+            forged.payload = b"injected".to_vec();
+            let before = gw.obj.counters();
+            assert_eq!(gw.run(&frame(&forged), 0).0, XDP_DROP, "{what}");
+            let d = deltas(&before, &gw.obj.counters());
+            assert!(
+                d.contains(&(Counter::GwHeldLost, 1)),
+                "a segment {what} was held: {d:?}"
+            );
+        }
+        let mut req = seg(
+            client,
+            server,
+            45000,
+            80,
+            tcp_flags::ACK | tcp_flags::PSH,
+            c_isn + 1,
+            k.wrapping_add(1),
+        );
+        req.payload = b"GET /".to_vec();
+        let before = gw.obj.counters();
+        assert_eq!(gw.run(&frame(&req), 0).0, XDP_DROP, "held");
+        assert!(deltas(&before, &gw.obj.counters()).contains(&(Counter::GwHeld, 1)));
+    });
+}
