@@ -1421,6 +1421,7 @@ fn forward(ctx: &XdpContext) -> u32 {
         i += 1;
     }
     p.l4_protocol = 6;
+    // `tot_len` (the MTU check's length) is in host order, unlike the addresses.
     let Some(h) = pkt.span::<20>(ETH_HLEN) else {
         return pass(Counter::Passed);
     };
@@ -1434,7 +1435,7 @@ fn forward(ctx: &XdpContext) -> u32 {
         // SAFETY: the 40 bytes of the IPv6 header are inside the frame (the span); the
         // addresses are copied as they are, in network order.
         unsafe {
-            p.__bindgen_anon_1.tot_len = (get16(h, 4).wrapping_add(IPV6_HLEN as u16)).to_be();
+            p.__bindgen_anon_1.tot_len = get16(h, 4).wrapping_add(IPV6_HLEN as u16);
             // Word by word: a 16-byte copy becomes a call to `memmove`.
             let w = |at: usize| h.add(at).cast::<u32>().read_unaligned();
             p.__bindgen_anon_3.ipv6_src = [w(8), w(12), w(16), w(20)];
@@ -1444,7 +1445,7 @@ fn forward(ctx: &XdpContext) -> u32 {
         p.family = 2;
         // SAFETY: as above, 20 bytes.
         unsafe {
-            p.__bindgen_anon_1.tot_len = get16(h, 2).to_be();
+            p.__bindgen_anon_1.tot_len = get16(h, 2);
             p.__bindgen_anon_3.ipv4_src = h.add(12).cast::<u32>().read_unaligned();
             p.__bindgen_anon_4.ipv4_dst = h.add(16).cast::<u32>().read_unaligned();
         }
