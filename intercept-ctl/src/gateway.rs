@@ -37,19 +37,18 @@ pub const SERVER_PIN: &str = "server";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Forward {
-    /// Chosen at attach: `kernel` when either interface is a veth (XDP redirect into a veth
-    /// forwards frame by frame, where the kernel forwards aggregated segments: measured at 72%
-    /// of plain forwarding's bulk throughput against 95% for `kernel`), `redirect` otherwise.
-    /// Recorded as what it chose.
+    /// Chosen at attach: `kernel` when either interface is a veth (an XDP redirect into a veth
+    /// bypasses the qdisc and drops frames when the peer's ring is full: thousands of
+    /// retransmissions per 100 MB measured, against tens through the kernel's path),
+    /// `redirect` otherwise. Recorded as what it chose.
     #[default]
     Auto,
     /// The kernel's route lookup from XDP (`bpf_fib_lookup`) and an XDP redirect to the egress
     /// interface when it is one of the gateway's and its neighbour is resolved; the kernel's
     /// forwarding path otherwise. For NICs with native XDP redirect.
     Redirect,
-    /// Always the kernel's forwarding path (XDP_PASS): it aggregates segments (GRO) before
-    /// forwarding them, which on veth and NICs without XDP redirect carries bulk transfers
-    /// faster than forwarding each frame from XDP.
+    /// Always the kernel's forwarding path (XDP_PASS), queued by the egress qdisc: for veth
+    /// (see [`Forward::Auto`]) and NICs without XDP redirect.
     Kernel,
 }
 

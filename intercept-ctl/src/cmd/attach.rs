@@ -14,8 +14,8 @@ pub struct Args {
     #[arg(long, value_name = "SERVER_IFACE")]
     pub gateway: Option<String>,
     /// With --gateway: how translated segments are forwarded: redirect (a route lookup and an
-    /// XDP redirect from the data path), kernel (the kernel's forwarding path, which aggregates
-    /// segments first: faster for bulk transfers on veth and NICs without XDP redirect), or
+    /// XDP redirect from the data path), kernel (the kernel's forwarding path, queued by its qdisc:
+    /// no drops at a veth's full ring, and for NICs without XDP redirect), or
     /// auto (default: kernel if either interface is a veth, else redirect). Example:
     /// `--forward kernel`.
     #[arg(long, value_enum, requires = "gateway")]
