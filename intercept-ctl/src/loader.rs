@@ -270,6 +270,21 @@ pub fn hold_off_attaches() -> anyhow::Result<fs::File> {
     lock_root(rustix::fs::FlockOperation::LockShared)
 }
 
+/// For the verbs that read or write an attachment's pins (all but `attach`, `detach`, `run` and
+/// `lab`): waits for an attach or detach in progress (one may be replacing the very pins the verb
+/// is about to open) and holds the next one off while the returned file lives, so the verb sees
+/// one attachment whole, never one half removed. `None` when nothing was ever attached here (no
+/// pin root): there is nothing to wait for.
+///
+/// # Errors
+/// If the pin root exists but cannot be opened or locked.
+pub fn wait_for_attaches() -> anyhow::Result<Option<fs::File>> {
+    if fs::symlink_metadata(crate::pins::ROOT).is_err() {
+        return Ok(None);
+    }
+    lock_root(rustix::fs::FlockOperation::LockShared).map(Some)
+}
+
 fn lock_root(how: rustix::fs::FlockOperation) -> anyhow::Result<fs::File> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -1033,6 +1048,8 @@ pub fn check_tracepoint_format(text: &str) -> anyhow::Result<()> {
 /// [`CtlError::NotAttached`] if nothing is pinned for `iface`.
 pub fn detach(iface: &str, netns: Option<&str>) -> anyhow::Result<()> {
     check_bpffs()?;
+    // Like an attach: no verb reads the pins while they go.
+    let _lock = lock_attaches()?;
     let pins = PinDir::new(netns, iface);
     if !pins.is_attached() {
         return Err(CtlError::NotAttached {

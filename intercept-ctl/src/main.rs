@@ -105,6 +105,13 @@ fn main() -> ExitCode {
             json: cli.json,
             netns: cli.netns.as_deref(),
         };
+        // The verbs that read or write an attachment wait for an attach or detach in progress
+        // (the daemon's re-attach replaces the pins) and hold the next off until they are done.
+        // The rest take the attach lock themselves, at their moments.
+        let _attaches_held_off = match &cli.cmd {
+            Command::Attach(_) | Command::Detach(_) | Command::Run(_) | Command::Lab(_) => None,
+            _ => intercept_ctl::loader::wait_for_attaches()?,
+        };
         match &cli.cmd {
             Command::Attach(a) => cmd::attach::run(&ctx, a),
             Command::Detach(a) => cmd::detach::run(&ctx, a),

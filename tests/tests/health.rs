@@ -459,3 +459,71 @@ fn a_driver_refusing_metadata_is_reported_and_the_daemon_moves_to_generic() {
     let (st, err) = d.stop();
     assert!(st.success(), "{err}");
 }
+
+/// A verb run while an attach or detach replaces the pins (the daemon moving to generic mode,
+/// re-attaching a re-created interface, or an operator's `attach`) waits for it, then reads the
+/// new attachment. Held here as an attach holds it: the attach lock taken, the pin directory
+/// away. Before, `status` failed mid-replacement with "`BPF_OBJ_GET` failed: No such file or
+/// directory" and printed nothing (CI caught it once, in the metadata test above).
+#[test]
+fn verbs_wait_for_an_attach_in_progress() {
+    require_root("verbs_wait_for_an_attach_in_progress");
+    use std::{os::fd::AsRawFd, process::Stdio};
+    let t = InterceptLab::echoing(PORT);
+    let pins = PinDir::new(Some(t.srv()), t.srv_if());
+    let root = std::fs::File::open(intercept_ctl::pins::ROOT).expect("open the pin root");
+    // SAFETY: flock on a file this function owns.
+    assert_eq!(unsafe { libc::flock(root.as_raw_fd(), libc::LOCK_EX) }, 0);
+    // (bpffs refuses names with dots.)
+    let away = pins
+        .path()
+        .with_file_name(format!("{}-replacing", t.srv_if()));
+    std::fs::rename(pins.path(), &away).expect("move the pins away");
+    let verbs: Vec<Vec<&str>> = vec![
+        vec!["--json", "status", t.srv_if()],
+        vec!["--json", "stats", t.srv_if()],
+        vec!["exempt", "add", t.srv_if(), "198.18.0.77"],
+        vec!["thresholds", t.srv_if(), "--watch-timeout", "9"],
+    ];
+    let children: Vec<_> = verbs
+        .iter()
+        .map(|v| {
+            std::process::Command::new(intercept_tests::ctl_bin())
+                .args(["--netns", t.srv()])
+                .args(v)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn intercept-ctl")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let mut children: Vec<_> = children
+        .into_iter()
+        .zip(&verbs)
+        .map(|(mut c, v)| {
+            let early = c.try_wait().expect("try_wait");
+            (c, v, early)
+        })
+        .collect();
+    std::fs::rename(&away, pins.path()).expect("put the pins back");
+    drop(root);
+    for (c, v, early) in children.drain(..) {
+        let o = c.wait_with_output().expect("wait");
+        assert!(
+            early.is_none(),
+            "{v:?} ended ({}) while the attach was in progress: {}",
+            o.status,
+            stderr(&o)
+        );
+        assert!(o.status.success(), "{v:?}: {}: {}", o.status, stderr(&o));
+        if v[0] == "--json" {
+            serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                .unwrap_or_else(|e| panic!("{v:?} printed no JSON ({e}): {}", stderr(&o)));
+        }
+    }
+    let (o, v) = status_of(&t);
+    assert!(o.status.success(), "{v}");
+    assert_eq!(v["exempt_entries"], 1, "the exempt entry was written: {v}");
+    assert_eq!(v["watch"]["timeout_s"], 9, "{v}");
+}
