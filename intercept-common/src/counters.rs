@@ -202,6 +202,9 @@ pub enum Counter {
     /// Gateway mode: SYN-ACKs from a server that do not acknowledge the SYN the gateway sent for
     /// that flow (or arrive with no splice waiting for one): dropped.
     GwSynAckMismatch,
+    /// Gateway mode: SYNs the controller sent again to servers that had not answered the
+    /// gateway's SYN for a proven client (1, 3, 7 and 15 s after it).
+    GwSynResent,
     /// Number of counters; not a counter.
     Count,
 }
@@ -291,6 +294,7 @@ impl Counter {
         Counter::GwFreed,
         Counter::GwWatchReset,
         Counter::GwSynAckMismatch,
+        Counter::GwSynResent,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -365,6 +369,7 @@ impl Counter {
             Counter::GwFreed => "gw_freed",
             Counter::GwWatchReset => "gw_watch_reset",
             Counter::GwSynAckMismatch => "gw_syn_ack_mismatch",
+            Counter::GwSynResent => "gw_syn_resent",
             Counter::Count => "count",
         }
     }
@@ -467,6 +472,7 @@ impl Counter {
             Counter::GwSynAckMismatch => {
                 "Gateway: server SYN-ACKs not acknowledging our SYN, dropped"
             }
+            Counter::GwSynResent => "Gateway: SYNs sent again to servers that had not answered",
             Counter::Count => "",
         }
     }

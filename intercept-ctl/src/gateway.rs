@@ -1,10 +1,12 @@
 //! The controller's half of gateway mode (`attach CLIENT_IFACE --gateway SERVER_IFACE`): what
 //! the attachment records of its server-facing interface, the interface roles it writes, the
-//! sweep that frees idle spliced connections (the controller is the only deleter of
-//! `intercept_common::maps::SPLICE`), and the resets watch mode sends for timed-out handshakes,
-//! whose server is not local (no `SOCK_DESTROY`: the gateway resets both ends over the wire).
+//! sweep that frees idle spliced connections (the controller deletes what ages out of
+//! `intercept_common::maps::SPLICE`; the data path only an ended splice whose 4-tuple a new SYN
+//! reuses), the SYNs it sends again to servers that have not answered, and the resets watch mode
+//! sends for timed-out handshakes, whose server is not local (no `SOCK_DESTROY`: the gateway
+//! resets both ends over the wire).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fs,
     net::{IpAddr, SocketAddr},
     os::fd::OwnedFd,
@@ -14,8 +16,9 @@ use anyhow::Context as _;
 use aya::maps::{DevMapHash, HashMap, IterableMap as _, Map, MapData};
 use intercept_common::{
     config::{FlowKey, HalfOpen},
-    cookie::ip_of,
+    cookie::{WSCALE_NONE, ip_of},
     craft::{TcpSegment, tcp_packet},
+    handshake::SynAck,
     maps,
     parse::tcp_flags,
     splice::Held,
@@ -312,6 +315,111 @@ pub fn sweep_pinned(iface: &str, netns: Option<&str>) -> anyhow::Result<u64> {
     Ok(freed)
 }
 
+/// How many times the controller sends a proven client's SYN to its server again while the
+/// server has not answered (after the data path's first one).
+pub const SYN_RESENDS: u32 = 4;
+
+/// Whether the SYN of a splice still waiting for its server (`age_ns` since the data path sent
+/// the first one, `sent` resends so far) is due again: 1, 3, 7 and 15 s after the first, the
+/// gaps doubling from 1 s as TCP's own SYN retransmissions do, then no more (the splice is given
+/// up 30 s after it was made, see [`splice::idle_verdict`]).
+#[must_use]
+pub const fn syn_resend_due(age_ns: u64, sent: u32) -> bool {
+    sent < SYN_RESENDS && age_ns >= ((1 << (sent + 1)) - 1) * 1_000_000_000
+}
+
+/// The SYN the data path sent the server of the splice at `key` (client to server), built again
+/// from the entry ([`splice::build_syn`]: the client's ISN, the options the cookie kept, the
+/// client's TSval), as an IP packet from the client's address.
+#[must_use]
+pub fn syn_packet(key: &FlowKey, e: &Splice) -> Vec<u8> {
+    let flow = intercept_common::cookie::Flow {
+        saddr: key.saddr,
+        daddr: key.daddr,
+        sport: key.sport,
+        dport: key.dport,
+    };
+    let v6 = ip_of(&key.daddr).is_ipv6();
+    let window = splice::rescale_window(e.client_window, e.client_wscale, WSCALE_NONE);
+    let mut out = SynAck {
+        ip: [0; 10],
+        ip_len: 0,
+        tcp: [0; 10],
+        tcp_len: 0,
+    };
+    splice::build_syn(&flow, v6, e, window, SYN_TTL, &mut out);
+    out.ip[..out.ip_len / 4]
+        .iter()
+        .chain(&out.tcp[..out.tcp_len / 4])
+        .flat_map(|w| w.to_be_bytes())
+        .collect()
+}
+
+/// The TTL (hop limit) of the SYNs the controller sends again: the kernel's default.
+const SYN_TTL: u8 = 64;
+
+/// The SYNs sent again so far per splice still waiting for its server, kept by the daemon
+/// across [`resend_syns`] passes.
+#[derive(Debug, Default)]
+pub struct SynResends(std::collections::HashMap<FlowKey, u32>);
+
+/// What [`resend_syns`] did in one pass.
+#[derive(Debug, Default)]
+pub struct Resent {
+    /// SYNs sent again.
+    pub sent: u64,
+    /// SYNs that could not be sent (tried again next pass), and the first error.
+    pub failed: u64,
+    /// The first failure's error.
+    pub error: Option<anyhow::Error>,
+}
+
+/// Sends again, from raw sockets of the gateway's namespace, the SYN of every splice whose server
+/// has not answered when [`syn_resend_due`] says so. Without it a lost SYN to the server would
+/// be sent again only when the client retransmits its held request: a protocol whose server
+/// speaks first (SMTP, SSH) would wait for nothing. `resent` keeps the count per flow across
+/// passes (entries no longer waiting are dropped from it); `now_ns` is the data path's clock.
+///
+/// # Errors
+/// bpf() failure reading the table (a failed send is in [`Resent`], not an error).
+pub fn resend_syns(
+    splice: &HashMap<MapData, FlowKey, Splice>,
+    resent: &mut SynResends,
+    sender: &mut RawSender,
+    now_ns: u64,
+) -> anyhow::Result<Resent> {
+    let waiting: Vec<(FlowKey, Splice)> = crate::batch::entries::<FlowKey, Splice>(splice.map())?
+        .into_iter()
+        .filter(|(_, e)| e.state == splice::SYN_SENT)
+        .collect();
+    let keys: HashSet<FlowKey> = waiting.iter().map(|(k, _)| *k).collect();
+    resent.0.retain(|k, _| keys.contains(k));
+    let mut r = Resent::default();
+    for (key, e) in waiting {
+        let n = resent.0.entry(key).or_default();
+        if !syn_resend_due(now_ns.saturating_sub(e.created_ns), *n) {
+            continue;
+        }
+        match sender.send_packet(ip_of(&key.daddr), &syn_packet(&key, &e)) {
+            Ok(()) => {
+                *n += 1;
+                r.sent += 1;
+            }
+            Err(err) => {
+                r.failed += 1;
+                r.error.get_or_insert(err.context(format!(
+                    "send the SYN again {}:{} -> {}:{}",
+                    ip_of(&key.saddr),
+                    key.sport,
+                    ip_of(&key.daddr),
+                    key.dport
+                )));
+            }
+        }
+    }
+    Ok(r)
+}
+
 /// The name of a [`Splice::state`] for `status`.
 #[must_use]
 pub const fn state_name(state: u32) -> &'static str {
@@ -381,7 +489,7 @@ pub fn resets(key: &FlowKey, e: &HalfOpen) -> [TcpSegment; 2] {
 
 /// Raw IP sockets of the calling thread's network namespace that send whole IP packets (the
 /// header included: `IPPROTO_RAW` implies `IP_HDRINCL` for IPv4 and IPv6 alike on Linux), so a
-/// reset leaves with the address of the end it stands for. Opened on first use per family.
+/// reset, or a SYN sent again, leaves with the address of the end it stands for. Opened on first use per family.
 #[derive(Debug, Default)]
 pub struct RawSender {
     v4: Option<OwnedFd>,
@@ -395,9 +503,22 @@ impl RawSender {
     /// The socket cannot be opened (no `CAP_NET_RAW`) or the kernel refuses the packet (no
     /// route to its destination, ...).
     pub fn send(&mut self, seg: &TcpSegment) -> anyhow::Result<()> {
+        self.send_packet(seg.dst, &tcp_packet(seg))
+            .with_context(|| {
+                format!(
+                    "send a reset {}:{} -> {}:{}",
+                    seg.src, seg.sport, seg.dst, seg.dport
+                )
+            })
+    }
+
+    /// Sends `packet`, a whole IP packet, to `dst` (its destination).
+    ///
+    /// # Errors
+    /// As [`RawSender::send`].
+    pub fn send_packet(&mut self, dst: IpAddr, packet: &[u8]) -> anyhow::Result<()> {
         use rustix::net::{AddressFamily, SendFlags, SocketType, ipproto, sendto, socket};
-        let packet = tcp_packet(seg);
-        let (slot, family) = match seg.dst {
+        let (slot, family) = match dst {
             IpAddr::V4(_) => (&mut self.v4, AddressFamily::INET),
             IpAddr::V6(_) => (&mut self.v6, AddressFamily::INET6),
         };
@@ -406,19 +527,12 @@ impl RawSender {
             None => slot.insert(
                 socket(family, SocketType::RAW, Some(ipproto::RAW))
                     .map_err(std::io::Error::from)
-                    .map_err(|e| explain(e.into(), "open a raw IP socket to send resets"))?,
+                    .map_err(|e| explain(e.into(), "open a raw IP socket"))?,
             ),
         };
         // The port of a raw socket's destination must be 0 for IPv6 (or the protocol number).
-        let to = SocketAddr::new(seg.dst, 0);
-        sendto(&*fd, &packet, SendFlags::empty(), &to)
-            .map_err(std::io::Error::from)
-            .with_context(|| {
-                format!(
-                    "send a reset {}:{} -> {}:{}",
-                    seg.src, seg.sport, seg.dst, seg.dport
-                )
-            })?;
+        sendto(&*fd, packet, SendFlags::empty(), &SocketAddr::new(dst, 0))
+            .map_err(std::io::Error::from)?;
         Ok(())
     }
 }
@@ -535,6 +649,98 @@ mod tests {
                     seg.ack_seq
                 );
                 assert_eq!(t[13], seg.flags);
+            }
+        }
+    }
+
+    #[test]
+    fn syns_are_sent_again_at_1_3_7_and_15_s_then_never() {
+        let s = 1_000_000_000;
+        let mut sent = 0;
+        let mut at = Vec::new();
+        for t in (0..40 * s).step_by(100_000_000) {
+            if syn_resend_due(t, sent) {
+                sent += 1;
+                at.push(t / s);
+            }
+        }
+        assert_eq!(at, [1, 3, 7, 15]);
+        assert!(!syn_resend_due(29 * s, SYN_RESENDS));
+        assert!(!syn_resend_due(s - 1, 0), "not before 1 s");
+    }
+
+    /// The SYN sent again is the data path's: the client's ISN and TSval, the MSS, window scale
+    /// and SACK-permitted of the entry, the window unscaled, both checksums right.
+    #[test]
+    fn a_syn_sent_again_is_the_data_paths_syn() {
+        use intercept_common::{
+            checksum::{add_bytes, finish, pseudo_v4, pseudo_v6},
+            tcpopt,
+        };
+        for (c, s) in [
+            ("198.18.0.10", "198.18.1.2"),
+            ("2001:db8::10", "2001:db8:1::2"),
+        ] {
+            for ts in [true, false] {
+                let k = key(c, s);
+                let e = Splice {
+                    state: splice::SYN_SENT,
+                    flags: if ts { splice::splice_flags::TS } else { 0 },
+                    client_isn: 0x1234_5678,
+                    client_tsval: 0xdead_beef,
+                    mss: 1400,
+                    client_wscale: 7,
+                    sack: 1,
+                    client_window: 600,
+                    ..Splice::default()
+                };
+                let p = syn_packet(&k, &e);
+                let (hl, eth, acc) = match (ip_of(&k.saddr), ip_of(&k.daddr)) {
+                    (IpAddr::V4(a), IpAddr::V4(b)) => {
+                        assert_eq!(p[0], 0x45, "IPv4 header");
+                        assert_eq!(finish(add_bytes(0, &p[..20])), 0, "IPv4 header checksum");
+                        assert_eq!(p[8], SYN_TTL);
+                        let len = u16::from_be_bytes([p[2], p[3]]);
+                        assert_eq!(usize::from(len), p.len());
+                        let tcp_len = p.len() as u16 - 20;
+                        (20, 0x0800u16, pseudo_v4(a.octets(), b.octets(), 6, tcp_len))
+                    }
+                    (IpAddr::V6(a), IpAddr::V6(b)) => {
+                        assert_eq!(p[0] >> 4, 6, "IPv6 header");
+                        assert_eq!(p[7], SYN_TTL);
+                        let len = u16::from_be_bytes([p[4], p[5]]);
+                        assert_eq!(usize::from(len), p.len() - 40);
+                        (
+                            40,
+                            0x86dd,
+                            pseudo_v6(&a.octets(), &b.octets(), 6, len.into()),
+                        )
+                    }
+                    _ => unreachable!(),
+                };
+                let t = &p[hl..];
+                assert_eq!(finish(add_bytes(acc, t)), 0, "TCP checksum ({c}, ts {ts})");
+                assert_eq!(u16::from_be_bytes([t[0], t[1]]), k.sport);
+                assert_eq!(u16::from_be_bytes([t[2], t[3]]), k.dport);
+                assert_eq!(
+                    u32::from_be_bytes(t[4..8].try_into().unwrap()),
+                    e.client_isn
+                );
+                assert_eq!(t[13], tcp_flags::SYN);
+                assert_eq!(
+                    u16::from_be_bytes([t[14], t[15]]),
+                    0xffff,
+                    "the window unscaled (600 << 7 does not fit: the largest)"
+                );
+                let mut frame = vec![0u8; 12];
+                frame.extend_from_slice(&eth.to_be_bytes());
+                frame.extend_from_slice(&p);
+                let o = tcpopt::parse(&frame[..], 14 + hl, usize::from(t[12] >> 4) * 4);
+                assert!(!o.malformed, "{o:?}");
+                assert_eq!((o.mss, o.wscale, o.sack_perm, o.ts_ok), (1400, 7, true, ts));
+                if ts {
+                    assert_eq!(o.tsval, 0xdead_beef);
+                }
             }
         }
     }

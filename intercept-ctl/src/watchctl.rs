@@ -180,6 +180,9 @@ pub struct Tick {
     pub reset_failures: u64,
     /// Gateway: idle spliced connections freed this tick.
     pub freed: u64,
+    /// Gateway: SYNs sent again to servers that have not answered (see
+    /// [`crate::gateway::resend_syns`]).
+    pub syn_resent: u64,
 }
 
 /// The gateway's part of a [`Watcher`].
@@ -194,6 +197,10 @@ struct Gateway {
     said: Option<(u64, u64)>,
     /// When victims that could not be reset were last said, and how many since.
     unknown_said: (u64, u64),
+    /// SYNs sent again per splice still waiting for its server.
+    resent: crate::gateway::SynResends,
+    /// When a failure to send a SYN again was last said, and how many since.
+    resend_said: (u64, u64),
 }
 
 /// How often the gateway's splice table is swept (its timeouts are 10 s and more).
@@ -241,6 +248,8 @@ impl Watcher {
                 last_sweep: 0,
                 said: None,
                 unknown_said: (0, 0),
+                resent: crate::gateway::SynResends::default(),
+                resend_said: (0, 0),
             })
         } else {
             None
@@ -528,6 +537,20 @@ impl Watcher {
             gw.last_sweep = now;
             t.freed = crate::gateway::sweep(&mut gw.splice, now)?;
             crate::gateway::sweep_held(&mut gw.held, &gw.splice)?;
+            let r = crate::gateway::resend_syns(&gw.splice, &mut gw.resent, &mut gw.sender, now)?;
+            t.syn_resent = r.sent;
+            t.reset_failures += r.failed;
+            gw.resend_said.1 += r.failed;
+            let (since, n) = gw.resend_said;
+            if let Some(err) = r.error
+                && (since == 0 || now.saturating_sub(since) >= SAY_EVERY_NS)
+            {
+                eprintln!(
+                    "intercept-ctl: error: {n} SYNs to servers that have not answered could not \
+                     be sent again (tried again next second): {err:#}"
+                );
+                gw.resend_said = (now, 0);
+            }
         }
         self.wmaps.bump(Counter::HalfOpenTimedOut, timed_out)?;
         self.wmaps.bump(Counter::HalfOpenDropped, dropped)?;
@@ -535,6 +558,7 @@ impl Watcher {
         self.wmaps
             .bump(Counter::ControllerErrors, t.reset_failures)?;
         self.wmaps.bump(Counter::GwFreed, t.freed)?;
+        self.wmaps.bump(Counter::GwSynResent, t.syn_resent)?;
         Ok(!entries.is_empty())
     }
 

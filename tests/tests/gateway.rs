@@ -18,7 +18,7 @@ use intercept_ctl::{
     gwlab::{Bulk, GatewayLab, NftTable, TcpInfo},
     lab::{FloodSpec, Requests, Shape},
 };
-use intercept_tests::{Daemon, GatewayTest, ping, require_root, scaled, time_scale};
+use intercept_tests::{Daemon, GatewayTest, echo_server, ping, require_root, scaled, time_scale};
 
 const PORT: u16 = 8080;
 /// The bulk transfers' size each way (issue #13: at least 100 MB, checked byte for byte).
@@ -312,6 +312,75 @@ fn redirect_forwarding_carries_intact_bulk_transfers() {
     assert!(
         status.contains("\"redirect\""),
         "status does not say the forwarding: {status}"
+    );
+}
+
+/// The gateway's SYN to the server for a proven client is lost, and the protocol is one whose
+/// server speaks first (SMTP, SSH): the client sends nothing that would make the data path send
+/// the SYN again. The controller sends it again 1 s later, and the greeting arrives. Before,
+/// the client waited for a greeting that never came (the splice was given up at 30 s).
+#[test]
+fn a_lost_syn_to_the_server_is_sent_again() {
+    use std::io::{Read as _, Write as _};
+    require_root("a_lost_syn_to_the_server_is_sent_again");
+    let _turn = turn();
+    let t = GatewayTest::new(PORT);
+    let (l4, l6) = t.lab.listen(PORT).expect("listen");
+    for l in [l4, l6] {
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                let _ = s.write_all(b"220 greeting\r\n");
+            }
+        });
+    }
+    let _d = Daemon::start(t.gw(), t.gw_if());
+    let before = t.stats();
+    for v6 in [false, true] {
+        // Only the first SYN: the quota counts the IP packet's bytes (60 for IPv4, 80 for
+        // IPv6, with the SYN's 40 bytes of TCP header), so the second one is over it.
+        let lost = NftTable::new(
+            &t.lab.server,
+            "xi_lose_syn",
+            "prerouting",
+            -300,
+            &[format!(
+                "tcp dport {PORT} tcp flags & (syn|ack) == syn quota until 100 bytes counter drop"
+            )],
+        )
+        .expect("nft");
+        let start = Instant::now();
+        let mut c = t
+            .lab
+            .connect(t.target(v6), scaled(Duration::from_secs(3)))
+            .unwrap_or_else(|e| panic!("connect through the gateway: {e:#}"));
+        c.set_read_timeout(Some(scaled(Duration::from_secs(5))))
+            .expect("timeout");
+        let mut greeting = [0u8; 14];
+        let read = c.read_exact(&mut greeting);
+        let waited = start.elapsed();
+        assert_eq!(
+            lost.counted().expect("nft counters"),
+            1,
+            "{}: the gateway's first SYN was dropped at the server",
+            family(v6)
+        );
+        assert!(
+            read.is_ok(),
+            "{}: no greeting {waited:?} after the SYN to the server was lost: {read:?}",
+            family(v6)
+        );
+        assert_eq!(&greeting, b"220 greeting\r\n");
+        eprintln!("{}: greeting after a lost SYN: {waited:?}", family(v6));
+        assert!(
+            waited < scaled(Duration::from_millis(2500)),
+            "{}: the greeting took {waited:?}",
+            family(v6)
+        );
+    }
+    let d = t.stats().delta(&before);
+    assert!(
+        d.get(Counter::GwSynResent) >= 2,
+        "the controller sent no SYN again: {d:?}"
     );
 }
 
