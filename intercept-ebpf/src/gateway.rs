@@ -13,7 +13,8 @@
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup as FibLookup, xdp_action},
     helpers::generated::{
-        bpf_fib_lookup, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_fib_lookup, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
     },
     macros::map,
     maps::PerCpuArray,
@@ -30,7 +31,7 @@ use intercept_common::{
     },
     parse::{
         Dissected, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Frame, IPV4_MIN_HLEN, IPV6_HLEN, Ip, L3, L4,
-        TCP_MAX_HLEN_MASK, TcpKind, classify, dissect, tcp_flags,
+        MAX_VLANS, TCP_MAX_HLEN_MASK, TcpKind, VLAN_HLEN, classify, dissect, tcp_flags,
     },
     splice::{
         self, CLOSED, HELD_FRAME_MAX, Held, OPEN, PASSTHROUGH, ROLE_SERVER, SYN_SENT, Splice,
@@ -1071,9 +1072,7 @@ fn replay(ctx: &XdpContext, l3_off: usize, key: &FlowKey, e: &mut Splice) -> u32
     let Some(macs) = pkt.load::<12>(0) else {
         return xdp_action::XDP_DROP;
     };
-    let delta = (l3_off + len) as i32 - pkt.len() as i32;
-    // SAFETY: ctx is the program's own context.
-    if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+    if !resize(ctx, l3_off, (l3_off + len) as i32 - pkt.len() as i32) {
         return xdp_action::XDP_DROP;
     }
     // SAFETY: `len` bytes of the held frame; the helper checks the packet's bounds.
@@ -1551,9 +1550,11 @@ fn write_segment(ctx: &XdpContext, l3_off: usize, seg: &SynAck, reply: bool) -> 
     let Some(macs) = pkt.load::<12>(0) else {
         return false;
     };
-    let delta = (l3_off + ip_len + tcp_len) as i32 - pkt.len() as i32;
-    // SAFETY: ctx is the program's own context.
-    if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+    if !resize(
+        ctx,
+        l3_off,
+        (l3_off + ip_len + tcp_len) as i32 - pkt.len() as i32,
+    ) {
         return false;
     }
     let pkt = Pkt::new(ctx);
@@ -1576,6 +1577,41 @@ fn write_segment(ctx: &XdpContext, l3_off: usize, seg: &SynAck, reply: bool) -> 
         20 => store_prefix::<5>(&pkt, toff, &seg.tcp),
         _ => false,
     }
+}
+
+/// The longest link header the dissector follows: Ethernet and two VLAN tags.
+const LINK_MAX: usize = ETH_HLEN + MAX_VLANS * VLAN_HLEN;
+const _: () = assert!(LINK_MAX == 22);
+
+/// Resizes the frame by `delta` bytes, its first `l3_off` bytes (the link header) kept at its
+/// start, whatever follows them left to the caller to write. At the tail; or, when the frame
+/// grows and its tail has no room, at the head, where XDP keeps at least 256 bytes: a frame the
+/// driver built on a small socket buffer (veth receiving from a local stack, generic XDP) has
+/// only a few bytes of tailroom, and a server's SYN-ACK without timestamps could then not become
+/// the client's held request (which waited 200 ms for its retransmission). False, the frame
+/// unchanged, if neither end had room.
+#[inline(never)]
+fn resize(ctx: &XdpContext, l3_off: usize, delta: i32) -> bool {
+    // SAFETY: ctx is the program's own context.
+    if delta == 0 || unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } == 0 {
+        return true;
+    }
+    if delta < 0 || l3_off > LINK_MAX {
+        return false;
+    }
+    // The link header, in a frame of its own (this function's: the callers' stack is full).
+    let z = core::hint::black_box(0u64);
+    let mut link = [z, z, z];
+    // SAFETY: LINK_MAX bytes into `link` (24 bytes); the helper checks the packet's bounds.
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, link.as_mut_ptr().cast(), LINK_MAX as u32) } != 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } != 0 {
+        return false;
+    }
+    // SAFETY: LINK_MAX bytes of `link` into the grown frame; the helper checks its bounds.
+    unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, link.as_mut_ptr().cast(), LINK_MAX as u32) == 0 }
 }
 
 /// Stores the first `N` words of `src` at `off`.

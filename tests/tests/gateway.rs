@@ -289,6 +289,99 @@ fn intercept_bulk_transfer_with_loss_is_intact() {
     );
 }
 
+/// A server whose kernel refuses every option the client agreed with the gateway's cookie
+/// SYN-ACK (timestamps, SACK and window scaling off): the splice carries the difference (no
+/// timestamps from the server, windows unscaled towards it and scaled towards the client), so
+/// requests are answered with no client retransmission, and a transfer each way through segment
+/// loss arrives intact.
+#[test]
+fn a_server_refusing_every_option_is_spliced_intact() {
+    require_root("a_server_refusing_every_option_is_spliced_intact");
+    let _turn = turn();
+    let t = GatewayTest::new(PORT);
+    let (l4, l6) = t.lab.listen(PORT).expect("listen");
+    echo_server(l4);
+    echo_server(l6);
+    let before = t.stats();
+    let n = 20;
+    // Each option refused alone, then all three: a SYN-ACK of 4 to 12 bytes of options.
+    for (what, ts, sack, ws) in [
+        ("a server without timestamps", 0, 1, 1),
+        ("a server without SACK", 1, 0, 1),
+        ("a server without window scaling", 1, 1, 0),
+        ("a server without options", 0, 0, 0),
+    ] {
+        t.lab
+            .server
+            .exec(
+                "sysctl",
+                &[
+                    "-qw",
+                    &format!("net.ipv4.tcp_timestamps={ts}"),
+                    &format!("net.ipv4.tcp_sack={sack}"),
+                    &format!("net.ipv4.tcp_window_scaling={ws}"),
+                ],
+            )
+            .expect("sysctl");
+        for v6 in [false, true] {
+            let target = t.target(v6);
+            let r = t
+                .lab
+                .requests(target, Shape::One, n, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("{what}: requests to {target}: {e:#}"));
+            assert_requests(what, target, &r, n);
+        }
+    }
+    let d = t.stats().delta(&before);
+    assert!(
+        d.get(Counter::GwHeldReplayed) >= 8 * n as u64 && d.get(Counter::GwHeldLost) == 0,
+        "every request was held and replayed in place of its server's SYN-ACK: {d:?}"
+    );
+    // The bulk transfer's listener on a port of its own, protected as well.
+    let bulk_port = PORT + 1;
+    for prefix in ["198.18.20.2/32", "2001:db8:20::2/128"] {
+        t.ctl(&[
+            "scope",
+            "add",
+            t.gw_if(),
+            prefix,
+            "--ports",
+            &bulk_port.to_string(),
+        ]);
+    }
+    let loss = t.lab.lose_segments(200).expect("segment loss");
+    for v6 in [false, true] {
+        let what = format!(
+            "bulk transfer with a server without options, {}",
+            family(v6)
+        );
+        let dropped = loss.dropped().expect("nft counters");
+        let b = t
+            .lab
+            .bulk(
+                GatewayLab::server_addr(v6, bulk_port),
+                20 * 1000 * 1000,
+                scaled(Duration::from_secs(10)),
+            )
+            .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        eprintln!(
+            "{what}: client->server {:.2} Gbit/s, server->client {:.2} Gbit/s; client {:?}; \
+             server {:?}",
+            b.up.gbit_per_s(),
+            b.down.gbit_per_s(),
+            b.client,
+            b.server
+        );
+        assert_options(&what, "client", &b.client);
+        assert_eq!(
+            b.server.options, 0,
+            "{what}: the server's kernel used an option: {:?}",
+            b.server
+        );
+        assert_recovered(&what, &b, dropped, loss.dropped().expect("nft counters"));
+    }
+}
+
 /// `--forward redirect`: the gateway forwards what it translates itself (route lookup and XDP
 /// redirect), and the transfers are as intact (the lab's veths would choose the kernel's path).
 #[test]
