@@ -984,6 +984,8 @@ mod pod {
     unsafe impl aya::Pod for super::HalfOpen {}
     unsafe impl aya::Pod for crate::splice::Splice {}
     unsafe impl aya::Pod for crate::splice::Held {}
+    unsafe impl aya::Pod for crate::splice::ServerKey {}
+    unsafe impl aya::Pod for crate::splice::ServerOpts {}
     unsafe impl aya::Pod for super::Proven {}
     unsafe impl aya::Pod for super::Watch {}
     unsafe impl aya::Pod for super::Info {}

@@ -101,6 +101,14 @@ pub const HELD: &str = "HELD";
 /// Capacity of [`HELD`]: a segment finding it full is left to the client's retransmission
 /// (`gw_held_lost`).
 pub const HELD_ENTRIES: u32 = 4_096;
+/// `LruHashMap<ServerKey, ServerOpts>`: per protected server (address and port), the options
+/// its SYN-ACKs refused, learned by the data path from a server's SYN-ACK to the gateway's SYN
+/// (see [`crate::splice::learn_refused`]) and left out of the cookie SYN-ACKs of that server's
+/// next clients ([`crate::splice::strip_refused`]) for [`crate::splice::SERVER_OPTS_TTL_NS`].
+/// A server not (or no longer) in it is offered whatever its client offered.
+pub const GW_SERVER_OPTS: &str = "GW_SERVER_OPTS";
+/// Capacity of [`GW_SERVER_OPTS`] (least recently used servers make room).
+pub const GW_SERVER_OPTS_ENTRIES: u32 = 16_384;
 /// `HashMap<u32, u32>`: ifindex -> [`crate::splice::ROLE_CLIENT`] or
 /// [`crate::splice::ROLE_SERVER`] for the gateway's interfaces; written by the controller.
 pub const GW_ROLE: &str = "GW_ROLE";

@@ -433,6 +433,128 @@ fn finish_segment(flow: &Flow, v6: bool, mut tcp: [u32; 10], len: u32, ttl: u8, 
     }
 }
 
+/// Key of [`crate::maps::GW_SERVER_OPTS`]: a protected server's address (IPv4-mapped for IPv4)
+/// and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServerKey {
+    /// The server's address words, host order.
+    pub addr: [u32; 4],
+    /// The server's port.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+const _: () = assert!(size_of::<ServerKey>() == 20);
+
+impl ServerKey {
+    /// The server of `flow` (client to server).
+    #[inline(always)]
+    #[must_use]
+    pub const fn of(flow: &Flow) -> ServerKey {
+        ServerKey {
+            addr: flow.daddr,
+            port: flow.dport,
+            pad: 0,
+        }
+    }
+}
+
+/// Value of [`crate::maps::GW_SERVER_OPTS`]: what a server refused, and when that was learned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerOpts {
+    /// [`refused`] bits.
+    pub refused: u32,
+    /// Zero.
+    pub pad: u32,
+    /// Monotonic time (ns) it was learned.
+    pub learned_ns: u64,
+}
+const _: () = assert!(size_of::<ServerOpts>() == 16);
+
+/// How long what a server refused is believed: a refused option is no longer offered, so no
+/// SYN-ACK can say the server takes it up again; past this, the next client is offered all it
+/// offers, and that server's SYN-ACK is learned anew. A server whose configuration changed is
+/// thus followed within 10 minutes, at the cost of one client in 10 minutes per server with the
+/// options it refuses.
+pub const SERVER_OPTS_TTL_NS: u64 = 600 * 1_000_000_000;
+
+impl ServerOpts {
+    /// The [`refused`] bits still believed at `now_ns` (none once [`SERVER_OPTS_TTL_NS`]
+    /// passed).
+    #[inline(always)]
+    #[must_use]
+    pub const fn refused_at(&self, now_ns: u64) -> u32 {
+        if now_ns.saturating_sub(self.learned_ns) < SERVER_OPTS_TTL_NS {
+            self.refused
+        } else {
+            0
+        }
+    }
+}
+
+/// Bits of [`ServerOpts::refused`]: the options a server left out of its SYN-ACK although the
+/// gateway's SYN offered them.
+pub mod refused {
+    /// Timestamps (RFC 7323).
+    pub const TIMESTAMPS: u32 = 1;
+    /// SACK-permitted (RFC 2018).
+    pub const SACK: u32 = 2;
+    /// Window scaling (RFC 7323).
+    pub const WSCALE: u32 = 4;
+}
+
+/// What a server refuses after its SYN-ACK to the SYN of `e` carried timestamps (`ts`),
+/// SACK-permitted (`sack`) and a window scale (`wscale`) or not; `old` what was known before.
+/// An option the SYN did not offer says nothing of the server: its bit stays as it was. An
+/// option the server takes up again (its configuration changed) is no longer refused.
+#[inline(always)]
+#[must_use]
+pub const fn learn_refused(old: u32, e: &Splice, ts: bool, sack: bool, wscale: bool) -> u32 {
+    let mut offered = 0;
+    let mut out = 0;
+    if e.flags & splice_flags::TS != 0 {
+        offered |= refused::TIMESTAMPS;
+        if !ts {
+            out |= refused::TIMESTAMPS;
+        }
+    }
+    if e.sack != 0 {
+        offered |= refused::SACK;
+        if !sack {
+            out |= refused::SACK;
+        }
+    }
+    if e.client_wscale != WSCALE_NONE {
+        offered |= refused::WSCALE;
+        if !wscale {
+            out |= refused::WSCALE;
+        }
+    }
+    (old & !offered) | out
+}
+
+/// Leaves out of a client's SYN options what its server refuses (`refused` bits), before the
+/// cookie records them: the client then agrees with the gateway to what the server will do.
+/// Agreed to SACK that the server refused, a client never learns of the segments the server
+/// received out of order and recovers every loss towards the server by its retransmission
+/// timeout instead of a fast retransmit.
+#[inline(always)]
+pub fn strip_refused(o: &mut crate::tcpopt::TcpOptions, refused: u32) {
+    if refused & refused::TIMESTAMPS != 0 {
+        o.ts_ok = false;
+        o.tsval = 0;
+        o.tsecr = 0;
+    }
+    if refused & refused::SACK != 0 {
+        o.sack_perm = false;
+    }
+    if refused & refused::WSCALE != 0 {
+        o.wscale = WSCALE_NONE;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -720,5 +842,92 @@ mod tests {
             (k.daddr, k.saddr, 40000, 80)
         );
         assert_eq!(client_key(&c), k);
+    }
+
+    #[test]
+    fn servers_refusals_are_learned_for_what_was_offered_only() {
+        use super::refused::{SACK, TIMESTAMPS, WSCALE};
+        let all = Splice {
+            flags: splice_flags::TS,
+            sack: 1,
+            client_wscale: 7,
+            ..Splice::default()
+        };
+        assert_eq!(learn_refused(0, &all, true, true, true), 0);
+        assert_eq!(learn_refused(0, &all, false, true, true), TIMESTAMPS);
+        assert_eq!(learn_refused(0, &all, true, false, true), SACK);
+        assert_eq!(learn_refused(0, &all, true, true, false), WSCALE);
+        assert_eq!(
+            learn_refused(0, &all, false, false, false),
+            TIMESTAMPS | SACK | WSCALE
+        );
+        // Taken up again: no longer refused.
+        assert_eq!(
+            learn_refused(TIMESTAMPS | SACK | WSCALE, &all, true, true, true),
+            0
+        );
+        // Not offered: nothing learned, what was known stays.
+        let none = Splice {
+            client_wscale: WSCALE_NONE,
+            ..Splice::default()
+        };
+        for old in 0..8 {
+            assert_eq!(learn_refused(old, &none, false, false, false), old);
+            assert_eq!(learn_refused(old, &none, true, true, true), old);
+        }
+        let only_sack = Splice {
+            sack: 1,
+            client_wscale: WSCALE_NONE,
+            ..Splice::default()
+        };
+        assert_eq!(
+            learn_refused(TIMESTAMPS | WSCALE, &only_sack, false, false, false),
+            TIMESTAMPS | SACK | WSCALE
+        );
+        assert_eq!(
+            learn_refused(TIMESTAMPS | SACK, &only_sack, false, true, false),
+            TIMESTAMPS
+        );
+    }
+
+    #[test]
+    fn what_a_server_refused_is_believed_for_ten_minutes() {
+        let o = ServerOpts {
+            refused: refused::SACK,
+            pad: 0,
+            learned_ns: 1_000,
+        };
+        assert_eq!(o.refused_at(1_000), refused::SACK);
+        assert_eq!(o.refused_at(1_000 + SERVER_OPTS_TTL_NS - 1), refused::SACK);
+        assert_eq!(o.refused_at(1_000 + SERVER_OPTS_TTL_NS), 0);
+        assert_eq!(
+            o.refused_at(0),
+            refused::SACK,
+            "a clock read before it: believed"
+        );
+    }
+
+    #[test]
+    fn refused_options_are_left_out_of_the_cookie() {
+        use super::refused::{SACK, TIMESTAMPS, WSCALE};
+        use crate::tcpopt::TcpOptions;
+        let offered = TcpOptions {
+            mss: 1460,
+            wscale: 7,
+            sack_perm: true,
+            ts_ok: true,
+            tsval: 5,
+            tsecr: 0,
+            ..TcpOptions::default()
+        };
+        for bits in 0..8 {
+            let mut o = offered;
+            strip_refused(&mut o, bits);
+            assert_eq!(o.mss, 1460, "the MSS is never refused");
+            assert_eq!(o.ts_ok, bits & TIMESTAMPS == 0);
+            assert_eq!(o.tsval, if bits & TIMESTAMPS == 0 { 5 } else { 0 });
+            assert_eq!(o.sack_perm, bits & SACK == 0);
+            assert_eq!(o.wscale, if bits & WSCALE == 0 { 7 } else { WSCALE_NONE });
+        }
     }
 }

@@ -22,7 +22,7 @@ use intercept_common::{
     maps,
     parse::tcp_flags,
     splice::Held,
-    splice::{self, ROLE_CLIENT, ROLE_SERVER, Splice},
+    splice::{self, ROLE_CLIENT, ROLE_SERVER, ServerKey, ServerOpts, Splice},
 };
 
 use crate::{
@@ -418,6 +418,49 @@ pub fn resend_syns(
         }
     }
     Ok(r)
+}
+
+/// The names of [`splice::refused`] bits, for `status`.
+#[must_use]
+pub fn refused_names(bits: u32) -> Vec<&'static str> {
+    [
+        (splice::refused::TIMESTAMPS, "timestamps"),
+        (splice::refused::SACK, "sack"),
+        (splice::refused::WSCALE, "window_scaling"),
+    ]
+    .into_iter()
+    .filter(|(b, _)| bits & b != 0)
+    .map(|(_, n)| n)
+    .collect()
+}
+
+/// The servers (`address:port`) whose SYN-ACKs refused options the gateway's SYN offered, with
+/// those options, as still believed at `now_ns` (`GW_SERVER_OPTS`: their clients are not offered
+/// them). Empty for an attachment without the map.
+///
+/// # Errors
+/// bpf() failure.
+pub fn refusing_servers(
+    iface: &str,
+    netns: Option<&str>,
+    now_ns: u64,
+) -> anyhow::Result<BTreeMap<String, Vec<&'static str>>> {
+    let path = PinDir::new(netns, iface).map(maps::GW_SERVER_OPTS);
+    if !path.exists() {
+        return Ok(BTreeMap::new());
+    }
+    let data = MapData::from_pin(&path)
+        .map_err(|e| explain(e.into(), &format!("open map {}", maps::GW_SERVER_OPTS)))?;
+    Ok(crate::batch::entries::<ServerKey, ServerOpts>(&data)?
+        .into_iter()
+        .filter(|(_, v)| v.refused_at(now_ns) != 0)
+        .map(|(k, v)| {
+            (
+                SocketAddr::new(ip_of(&k.addr), k.port).to_string(),
+                refused_names(v.refused_at(now_ns)),
+            )
+        })
+        .collect())
 }
 
 /// The name of a [`Splice::state`] for `status`.

@@ -34,8 +34,8 @@ use intercept_common::{
         MAX_VLANS, TCP_MAX_HLEN_MASK, TcpKind, VLAN_HLEN, classify, dissect, tcp_flags,
     },
     splice::{
-        self, CLOSED, HELD_FRAME_MAX, Held, OPEN, PASSTHROUGH, ROLE_SERVER, SYN_SENT, Splice,
-        splice_flags, update16_at, update32,
+        self, CLOSED, HELD_FRAME_MAX, Held, OPEN, PASSTHROUGH, ROLE_SERVER, SYN_SENT, ServerKey,
+        ServerOpts, Splice, splice_flags, update16_at, update32,
     },
     tcpopt,
 };
@@ -43,7 +43,7 @@ use intercept_common::{
 use crate::{
     events::Abort,
     frame::Pkt,
-    maps::{CONFIG, GW_PORTS, GW_PROGS, GW_ROLE, HALF_OPEN, HELD, SECRETS, SPLICE},
+    maps::{CONFIG, GW_PORTS, GW_PROGS, GW_ROLE, GW_SERVER_OPTS, HALF_OPEN, HELD, SECRETS, SPLICE},
     scope,
     stats::{aborted, count, drop, pass},
 };
@@ -812,7 +812,7 @@ fn judge(flow: &Flow) -> u32 {
     }
 }
 
-/// The options of a server's SYN-ACK the splice needs (window scale, timestamps), walked in a
+/// The options of a server's SYN-ACK the splice needs (window scale, timestamps, SACK), walked in a
 /// frame of their own and returned through the scratch map (see [`judge`] for why).
 #[inline(never)]
 fn server_options(ctx: &XdpContext, tcp_off: usize, hdr_len: usize) -> u32 {
@@ -832,6 +832,7 @@ fn server_options(ctx: &XdpContext, tcp_off: usize, hdr_len: usize) -> u32 {
             v
         };
     }
+    o.sack_perm = w.sack_perm != 0;
     let ts = launder(w.ts);
     if ts != 0
         && let Some(p) = pkt.span::<10>(tcp_off + ts)
@@ -926,6 +927,7 @@ fn complete(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &m
             }
         }
         e.flags |= splice_flags::ANSWERED;
+        learn_server(ctx, ip, tcp, e);
         // Last, and kept last by the compiler: a client segment on another CPU that sees the
         // splice open finds its numbers written (x86 keeps stores in order; so does the BPF
         // JIT of every architecture with a weaker model, which fences atomics only, hence
@@ -938,6 +940,42 @@ fn complete(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &m
         return REPLAY;
     }
     send_ack(ctx, ip, tcp, e)
+}
+
+/// Records what the server refused of the options of our SYN (see
+/// `intercept_common::maps::GW_SERVER_OPTS`), so its next clients are not offered them.
+#[inline(never)]
+fn learn_server(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &Splice) {
+    // The SYN-ACK's options, as `server_options` left them (a sixth argument would not fit in
+    // the registers of a BPF call).
+    let Some(o) = GW_SCRATCH.get(0).map(|s| s.opts) else {
+        return;
+    };
+    // The SYN-ACK's flow is the server's: its source.
+    let Some(f) = flow_of(&Pkt::new(ctx), ip, tcp) else {
+        return;
+    };
+    let key = ServerKey::of(&f.reversed());
+    let now = crate::clock::now_ns();
+    // SAFETY: read-only lookup.
+    let old = unsafe { GW_SERVER_OPTS.get(&key) }.map(|v| v.refused_at(now));
+    let new = splice::learn_refused(
+        old.unwrap_or(0),
+        e,
+        o.ts_ok,
+        o.sack_perm,
+        o.wscale != WSCALE_NONE,
+    );
+    // Written only when it changes or expired: a refusal is never renewed by a SYN-ACK to a SYN
+    // that did not offer the option (see `SERVER_OPTS_TTL_NS`).
+    if old != Some(new) {
+        let v = ServerOpts {
+            refused: new,
+            pad: 0,
+            learned_ns: now,
+        };
+        let _ = GW_SERVER_OPTS.insert(&key, &v, 0);
+    }
 }
 
 /// Turns the server's SYN-ACK into the ACK of its handshake, back to it.
@@ -1341,6 +1379,8 @@ struct Offsets {
     sack_len: usize,
     /// The window scale option.
     wscale: usize,
+    /// The SACK-permitted option.
+    sack_perm: usize,
 }
 
 /// Walks the options of the TCP header at `tcp_off` (`hdr_len` long) and says where the ones
@@ -1384,6 +1424,8 @@ fn walk(pkt: &Pkt<XdpContext>, tcp_off: usize, hdr_len: usize) -> Offsets {
             w.sack_len = len;
         } else if kind == 3 && len == 3 {
             w.wscale = rel;
+        } else if kind == 4 && len == 2 {
+            w.sack_perm = rel;
         }
         rel = launder(rel + len);
     }

@@ -13,11 +13,11 @@ use intercept_common::{
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
     maps::{
-        CLOSING_ENTRIES, CounterBlock, GW_PORTS_ENTRIES, HALF_OPEN_ENTRIES, HELD_ENTRIES,
-        PROVEN_SLOTS, SCOPE_ENTRIES, SOCKET_BUCKETS, SOCKET_ENTRIES, SPLICE_ENTRIES,
+        CLOSING_ENTRIES, CounterBlock, GW_PORTS_ENTRIES, GW_SERVER_OPTS_ENTRIES, HALF_OPEN_ENTRIES,
+        HELD_ENTRIES, PROVEN_SLOTS, SCOPE_ENTRIES, SOCKET_BUCKETS, SOCKET_ENTRIES, SPLICE_ENTRIES,
         TIME_WAIT_BUCKETS, TIME_WAIT_ENTRIES,
     },
-    splice::{Held, Splice},
+    splice::{Held, ServerKey, ServerOpts, Splice},
 };
 
 /// Per-CPU counters, indexed by [`Counter`]; written here, summed by the controller.
@@ -160,6 +160,11 @@ pub static SPLICE: HashMap<FlowKey, Splice> = HashMap::with_max_entries(SPLICE_E
 #[map(name = "HELD")]
 pub static HELD: HashMap<FlowKey, Held> =
     HashMap::with_max_entries(HELD_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The options each protected server refuses (see `intercept_common::maps::GW_SERVER_OPTS`).
+#[map(name = "GW_SERVER_OPTS")]
+pub static GW_SERVER_OPTS: LruHashMap<ServerKey, ServerOpts> =
+    LruHashMap::with_max_entries(GW_SERVER_OPTS_ENTRIES, 0);
 
 /// The gateway's interfaces and their roles (see `intercept_common::maps::GW_ROLE`).
 #[map(name = "GW_ROLE")]

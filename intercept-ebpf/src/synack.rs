@@ -11,12 +11,13 @@ use intercept_common::{
     parse::{
         ETH_P_8021AD, ETH_P_8021Q, Frame, IPV4_MIN_HLEN, IPV6_HLEN, Ip, TCP_MAX_HLEN_MASK, Tcp,
     },
+    splice::ServerKey,
 };
 
 use crate::{
     events::Abort,
     frame::Pkt,
-    maps::{CONFIG, SCRATCH, SECRETS},
+    maps::{CONFIG, GW_SERVER_OPTS, SCRATCH, SECRETS},
     scope,
     stats::{aborted, count, drop, pass},
 };
@@ -25,19 +26,24 @@ use crate::{
 /// stack frame apart from the ACK path's ("BPF stack limit is exceeded" when both share one).
 #[inline(never)]
 pub fn handle(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
-    answer::<true>(ctx, ip, tcp)
+    answer::<true, false>(ctx, ip, tcp)
 }
 
 /// [`handle`] for the gateway, which has no listener: our own cookies only (the kernel-cookie
 /// engine's branch compiled out, and with it its cost to the verifier).
 #[inline(never)]
 pub fn handle_own_cookie(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
-    answer::<false>(ctx, ip, tcp)
+    answer::<false, true>(ctx, ip, tcp)
 }
 
-/// The SYN path; `KERNEL_COOKIE`: whether the kernel-cookie engine may be configured.
+/// The SYN path; `KERNEL_COOKIE`: whether the kernel-cookie engine may be configured;
+/// `GATEWAY`: the SYN is a gateway's, whose server may refuse options its client offers.
 #[inline(always)]
-fn answer<const KERNEL_COOKIE: bool>(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u32 {
+fn answer<const KERNEL_COOKIE: bool, const GATEWAY: bool>(
+    ctx: &XdpContext,
+    ip: &Ip,
+    tcp: &Tcp,
+) -> u32 {
     // Config is fetched here, not passed: LLVM promotes pointer arguments of a subprogram to
     // scalars, and past five arguments it spills to a stack the kernel does not have ("R11 is
     // invalid"). An array lookup is inlined by the verifier and costs next to nothing.
@@ -115,6 +121,16 @@ fn answer<const KERNEL_COOKIE: bool>(ctx: &XdpContext, ip: &Ip, tcp: &Tcp) -> u3
         let Some((idx, key, ts_offset)) = SECRETS.get(0).and_then(|s| s.current_key()) else {
             return to_kernel(Counter::PassNoSecret);
         };
+        if GATEWAY {
+            // The client agrees with us to what its server will do, as far as its SYN-ACKs
+            // taught us (see `intercept_common::splice::strip_refused`).
+            let req = &mut scratch.req;
+            // SAFETY: read-only lookup.
+            if let Some(o) = unsafe { GW_SERVER_OPTS.get(&ServerKey::of(&req.flow)) } {
+                intercept_common::splice::strip_refused(&mut req.opts, o.refused_at(now));
+            }
+        }
+        let req = &scratch.req;
         let input = req.cookie_input(cfg, now);
         let c = cookie::make(key, idx, ts_offset, &input);
         // The kernel continues the connection's timestamps from our TSval (its `ts_off`).

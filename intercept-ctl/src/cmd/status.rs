@@ -175,6 +175,7 @@ fn gateway(
     let splice = intercept_ctl::gateway::open_splice(iface, netns)?;
     let by_state = intercept_ctl::gateway::count_by_state(&splice)?;
     let fwd = intercept_ctl::sysctl::forwarding();
+    let refusing = intercept_ctl::gateway::refusing_servers(iface, netns, monotonic_ns())?;
     Ok(serde_json::json!({
         "server_interface": server.name,
         "forwarding": server.forward.name(),
@@ -183,6 +184,9 @@ fn gateway(
         "splice_entries": by_state.values().sum::<u64>(),
         "splice_by_state": by_state,
         "forwarding_off": fwd.off,
+        // Servers whose clients are not offered the options they refuse (at most 64 shown).
+        "servers_refusing_options": refusing.len(),
+        "refused_options": refusing.into_iter().take(64).collect::<std::collections::BTreeMap<_, _>>(),
     }))
 }
 
