@@ -625,8 +625,13 @@ pub struct Watch {
     /// Length of the "one-minute" rate window in seconds (0 means 60, Cisco's; shorter only for
     /// tests and labs).
     pub rate_window_s: u32,
+    /// Gateway mode: the most spliced connections one client address (an IPv4 address, an
+    /// IPv6 /64) may hold (see [`crate::maps::GW_SOURCES`]); 0: no limit.
+    pub splices_per_source: u32,
+    /// Zero.
+    pub pad: u32,
 }
-const _: () = assert!(size_of::<Watch>() == 48);
+const _: () = assert!(size_of::<Watch>() == 56);
 
 impl Default for Watch {
     fn default() -> Self {
@@ -642,6 +647,8 @@ impl Default for Watch {
             last_transition_ns: 0,
             last_cause: 0,
             rate_window_s: 60,
+            splices_per_source: crate::maps::GW_SPLICES_PER_SOURCE,
+            pad: 0,
         }
     }
 }

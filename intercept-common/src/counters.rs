@@ -205,6 +205,9 @@ pub enum Counter {
     /// Gateway mode: SYNs the controller sent again to servers that had not answered the
     /// gateway's SYN for a proven client (1, 3, 7 and 15 s after it).
     GwSynResent,
+    /// Gateway mode: proven clients refused with a RST because their address holds its
+    /// `splices_per_source` already.
+    GwSourceLimit,
     /// Number of counters; not a counter.
     Count,
 }
@@ -295,6 +298,7 @@ impl Counter {
         Counter::GwWatchReset,
         Counter::GwSynAckMismatch,
         Counter::GwSynResent,
+        Counter::GwSourceLimit,
     ];
 
     /// The counter's stable name, used in JSON output and (as `intercept_<name>_total`) in metrics.
@@ -370,6 +374,7 @@ impl Counter {
             Counter::GwWatchReset => "gw_watch_reset",
             Counter::GwSynAckMismatch => "gw_syn_ack_mismatch",
             Counter::GwSynResent => "gw_syn_resent",
+            Counter::GwSourceLimit => "gw_source_limit",
             Counter::Count => "count",
         }
     }
@@ -473,6 +478,9 @@ impl Counter {
                 "Gateway: server SYN-ACKs not acknowledging our SYN, dropped"
             }
             Counter::GwSynResent => "Gateway: SYNs sent again to servers that had not answered",
+            Counter::GwSourceLimit => {
+                "Gateway: proven clients refused (RST): their address holds its splices"
+            }
             Counter::Count => "",
         }
     }

@@ -433,6 +433,32 @@ fn finish_segment(flow: &Flow, v6: bool, mut tcp: [u32; 10], len: u32, ttl: u8, 
     }
 }
 
+/// The [`crate::maps::GW_SOURCES`] bucket of a client address (host-order words, IPv4-mapped
+/// for IPv4): its IPv4 address, or its IPv6 /64 (what one host is given), mixed (the SplitMix64
+/// finalizer) so neighbouring addresses spread over the buckets.
+#[inline(always)]
+#[must_use]
+pub const fn source_bucket(addr: &[u32; 4]) -> u32 {
+    let v4 = addr[0] == 0 && addr[1] == 0 && addr[2] == 0xffff;
+    let mut h = if v4 {
+        1 << 32 | addr[3] as u64
+    } else {
+        (addr[0] as u64) << 32 | addr[1] as u64
+    };
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    (h as u32) & (crate::maps::GW_SOURCE_BUCKETS - 1)
+}
+
+/// Whether an entry counts against its client's [`crate::maps::GW_SOURCES`] bucket: one the
+/// gateway opened for a proven client (a learned [`PASSTHROUGH`] flow does not).
+#[inline(always)]
+#[must_use]
+pub const fn counts_against_source(e: &Splice) -> bool {
+    e.state != PASSTHROUGH
+}
+
 /// Key of [`crate::maps::GW_SERVER_OPTS`]: a protected server's address (IPv4-mapped for IPv4)
 /// and port.
 #[repr(C)]
@@ -929,5 +955,27 @@ mod tests {
             assert_eq!(o.sack_perm, bits & SACK == 0);
             assert_eq!(o.wscale, if bits & WSCALE == 0 { 7 } else { WSCALE_NONE });
         }
+    }
+
+    #[test]
+    fn a_source_is_an_ipv4_address_or_an_ipv6_slash_64() {
+        use crate::cookie::words_of;
+        let b = |a: &str| source_bucket(&words_of(a.parse().unwrap()));
+        assert_eq!(b("2001:db8:1:2::1"), b("2001:db8:1:2:ffff::9"), "one /64");
+        assert_ne!(b("2001:db8:1:2::1"), b("2001:db8:1:3::1"));
+        assert_ne!(b("198.18.0.1"), b("198.18.0.2"));
+        // Neighbouring addresses spread: 4,096 consecutive IPv4 addresses over many buckets.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..4096u32 {
+            let a = std::net::Ipv4Addr::from(0xc612_0000 + i);
+            let k = source_bucket(&words_of(a.into()));
+            assert!(k < crate::maps::GW_SOURCE_BUCKETS);
+            seen.insert(k);
+        }
+        assert!(
+            seen.len() > 3_900,
+            "{} buckets for 4,096 addresses",
+            seen.len()
+        );
     }
 }

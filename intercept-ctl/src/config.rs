@@ -53,6 +53,7 @@ struct WatchFile {
     one_minute_low: Option<Spanned<u32>>,
     drop_mode: Option<Spanned<String>>,
     rate_window: Option<Spanned<u32>>,
+    splices_per_source: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +224,7 @@ pub fn parse(name: &str, text: &str) -> anyhow::Result<Settings> {
             .as_ref()
             .map_or(dw.one_minute_low, |s| *s.get_ref()),
         rate_window_s: rate_window,
+        splices_per_source: f.watch.splices_per_source.unwrap_or(dw.splices_per_source),
         ..dw
     };
     for (low_name, low, high_name, high, at_low) in [
@@ -412,6 +414,7 @@ pub fn apply(iface: &str, netns: Option<&str>, s: &Settings) -> anyhow::Result<(
     w.one_minute_high = s.watch.one_minute_high;
     w.one_minute_low = s.watch.one_minute_low;
     w.rate_window_s = s.watch.rate_window_s;
+    w.splices_per_source = s.watch.splices_per_source;
     wm.set_watch(&w)?;
     crate::faults::kill_point("apply:watch-written");
     let current: BTreeSet<(String, u16)> = m

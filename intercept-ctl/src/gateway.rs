@@ -283,10 +283,24 @@ pub fn sweep_held(
 /// # Errors
 /// bpf() failure.
 pub fn sweep(splice: &mut HashMap<MapData, FlowKey, Splice>, now_ns: u64) -> anyhow::Result<u64> {
+    sweep_kept(splice, now_ns).map(|(freed, _)| freed)
+}
+
+/// [`sweep`], also returning the entries it kept, as read (for [`resend_syns`] and
+/// [`SourceCounts::set_from`], which need no second walk of the table).
+///
+/// # Errors
+/// bpf() failure.
+pub fn sweep_kept(
+    splice: &mut HashMap<MapData, FlowKey, Splice>,
+    now_ns: u64,
+) -> anyhow::Result<(u64, Vec<(FlowKey, Splice)>)> {
     let entries: Vec<(FlowKey, Splice)> = crate::batch::entries(splice.map())?;
     let mut freed = 0;
+    let mut kept = Vec::with_capacity(entries.len());
     for (key, s) in entries {
         if !splice::idle_verdict(&s, now_ns) {
+            kept.push((key, s));
             continue;
         }
         let again = match splice.get(&key, 0) {
@@ -296,9 +310,115 @@ pub fn sweep(splice: &mut HashMap<MapData, FlowKey, Splice>, now_ns: u64) -> any
         };
         if splice::idle_verdict(&again, now_ns) && splice.remove(&key).is_ok() {
             freed += 1;
+        } else {
+            kept.push((key, again));
         }
     }
-    Ok(freed)
+    Ok((freed, kept))
+}
+
+/// The `GW_SOURCES` array of an attachment (splices held per bucket of client addresses, see
+/// `intercept_common::maps::GW_SOURCES`), mapped into this process: the data path adds to its
+/// buckets atomically, and [`SourceCounts::set_from`] sets each one to what the table holds.
+#[derive(Debug)]
+pub struct SourceCounts {
+    cells: std::ptr::NonNull<std::sync::atomic::AtomicU32>,
+}
+
+// SAFETY: the mapping is shared memory of atomic cells, valid until drop; nothing else refers
+// to it in this process.
+unsafe impl Send for SourceCounts {}
+
+/// Bytes of the `GW_SOURCES` mapping.
+const SOURCES_LEN: usize = maps::GW_SOURCE_BUCKETS as usize * 4;
+
+impl SourceCounts {
+    /// Maps the pinned `GW_SOURCES` of the attachment of `iface`.
+    ///
+    /// # Errors
+    /// [`CtlError::NotAttached`] if it has none; the kernel refusing the mapping.
+    pub fn open(iface: &str, netns: Option<&str>) -> anyhow::Result<SourceCounts> {
+        let pins = PinDir::new(netns, iface);
+        let path = pins.map(maps::GW_SOURCES);
+        if !path.exists() {
+            return Err(CtlError::NotAttached {
+                iface: iface.to_owned(),
+                pin: pins.path().display().to_string(),
+            }
+            .into());
+        }
+        let data = MapData::from_pin(&path)
+            .map_err(|e| explain(e.into(), &format!("open map {}", maps::GW_SOURCES)))?;
+        SourceCounts::of(&data)
+    }
+
+    /// Maps `data`, a `GW_SOURCES` map (the mapping outlives the descriptor).
+    ///
+    /// # Errors
+    /// The kernel refusing the mapping (not an mmapable array of the size expected).
+    pub fn of(data: &MapData) -> anyhow::Result<SourceCounts> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        // SAFETY: a new shared mapping of the map's fd; the kernel checks the length against the
+        // map (an mmapable array of SOURCES_LEN bytes, a whole number of pages).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SOURCES_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(anyhow::Error::new(std::io::Error::last_os_error()))
+                .with_context(|| format!("map {} into memory", maps::GW_SOURCES));
+        }
+        let cells = std::ptr::NonNull::new(p.cast())
+            .with_context(|| format!("map {} into memory: a null mapping", maps::GW_SOURCES))?;
+        Ok(SourceCounts { cells })
+    }
+
+    fn cells(&self) -> &[std::sync::atomic::AtomicU32] {
+        // SAFETY: SOURCES_LEN bytes of 4-byte cells, mapped until drop.
+        unsafe { std::slice::from_raw_parts(self.cells.as_ptr(), maps::GW_SOURCE_BUCKETS as usize) }
+    }
+
+    /// Sets every bucket to the splices `entries` (the whole table) hold against it, giving
+    /// back what was freed since. (A splice the data path opens meanwhile may be counted once
+    /// less until the next sweep: the limit holds within a few.)
+    pub fn set_from(&self, entries: &[(FlowKey, Splice)]) {
+        let mut counts = vec![0u32; maps::GW_SOURCE_BUCKETS as usize];
+        for (k, e) in entries {
+            if splice::counts_against_source(e) {
+                counts[splice::source_bucket(&k.saddr) as usize] += 1;
+            }
+        }
+        for (cell, n) in self.cells().iter().zip(counts) {
+            if cell.load(std::sync::atomic::Ordering::Relaxed) != n {
+                cell.store(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// How many buckets hold `limit` splices or more (0: no limit, none).
+    #[must_use]
+    pub fn at_limit(&self, limit: u32) -> usize {
+        if limit == 0 {
+            return 0;
+        }
+        self.cells()
+            .iter()
+            .filter(|c| c.load(std::sync::atomic::Ordering::Relaxed) >= limit)
+            .count()
+    }
+}
+
+impl Drop for SourceCounts {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, no longer referred to.
+        unsafe { libc::munmap(self.cells.as_ptr().cast(), SOURCES_LEN) };
+    }
 }
 
 /// [`sweep`] of the attachment of `iface` now, counted in `gw_freed` (tests, and one-shot use);
@@ -308,8 +428,9 @@ pub fn sweep(splice: &mut HashMap<MapData, FlowKey, Splice>, now_ns: u64) -> any
 /// Not a gateway's attachment, or bpf() failure.
 pub fn sweep_pinned(iface: &str, netns: Option<&str>) -> anyhow::Result<u64> {
     let mut splice = open_splice(iface, netns)?;
-    let freed = sweep(&mut splice, crate::watchctl::monotonic_ns())?;
+    let (freed, kept) = sweep_kept(&mut splice, crate::watchctl::monotonic_ns())?;
     sweep_held(&mut open_held(iface, netns)?, &splice)?;
+    SourceCounts::open(iface, netns)?.set_from(&kept);
     crate::watchctl::WatchMaps::open(iface, netns)?
         .bump(intercept_common::Counter::GwFreed, freed)?;
     Ok(freed)
@@ -378,24 +499,23 @@ pub struct Resent {
 /// has not answered when [`syn_resend_due`] says so. Without it a lost SYN to the server would
 /// be sent again only when the client retransmits its held request: a protocol whose server
 /// speaks first (SMTP, SSH) would wait for nothing. `resent` keeps the count per flow across
-/// passes (entries no longer waiting are dropped from it); `now_ns` is the data path's clock.
-///
-/// # Errors
-/// bpf() failure reading the table (a failed send is in [`Resent`], not an error).
+/// passes (entries no longer waiting are dropped from it); `entries` the table as the sweep
+/// left it ([`sweep_kept`]); `now_ns` the data path's clock.
+#[must_use]
 pub fn resend_syns(
-    splice: &HashMap<MapData, FlowKey, Splice>,
+    entries: &[(FlowKey, Splice)],
     resent: &mut SynResends,
     sender: &mut RawSender,
     now_ns: u64,
-) -> anyhow::Result<Resent> {
-    let waiting: Vec<(FlowKey, Splice)> = crate::batch::entries::<FlowKey, Splice>(splice.map())?
-        .into_iter()
+) -> Resent {
+    let waiting: Vec<&(FlowKey, Splice)> = entries
+        .iter()
         .filter(|(_, e)| e.state == splice::SYN_SENT)
         .collect();
     let keys: HashSet<FlowKey> = waiting.iter().map(|(k, _)| *k).collect();
     resent.0.retain(|k, _| keys.contains(k));
     let mut r = Resent::default();
-    for (key, e) in waiting {
+    for &(key, e) in waiting {
         let n = resent.0.entry(key).or_default();
         if !syn_resend_due(now_ns.saturating_sub(e.created_ns), *n) {
             continue;
@@ -417,7 +537,7 @@ pub fn resend_syns(
             }
         }
     }
-    Ok(r)
+    r
 }
 
 /// The names of [`splice::refused`] bits, for `status`.

@@ -199,6 +199,8 @@ struct Gateway {
     unknown_said: (u64, u64),
     /// SYNs sent again per splice still waiting for its server.
     resent: crate::gateway::SynResends,
+    /// Splices held per bucket of client addresses, set at each sweep.
+    sources: crate::gateway::SourceCounts,
     /// When a failure to send a SYN again was last said, and how many since.
     resend_said: (u64, u64),
 }
@@ -249,6 +251,7 @@ impl Watcher {
                 said: None,
                 unknown_said: (0, 0),
                 resent: crate::gateway::SynResends::default(),
+                sources: crate::gateway::SourceCounts::open(iface, netns)?,
                 resend_said: (0, 0),
             })
         } else {
@@ -535,9 +538,11 @@ impl Watcher {
         t.victims_closed = dropped;
         if now.saturating_sub(gw.last_sweep) >= SWEEP_EVERY_NS {
             gw.last_sweep = now;
-            t.freed = crate::gateway::sweep(&mut gw.splice, now)?;
+            let (freed, kept) = crate::gateway::sweep_kept(&mut gw.splice, now)?;
+            t.freed = freed;
             crate::gateway::sweep_held(&mut gw.held, &gw.splice)?;
-            let r = crate::gateway::resend_syns(&gw.splice, &mut gw.resent, &mut gw.sender, now)?;
+            gw.sources.set_from(&kept);
+            let r = crate::gateway::resend_syns(&kept, &mut gw.resent, &mut gw.sender, now);
             t.syn_resent = r.sent;
             t.reset_failures += r.failed;
             gw.resend_said.1 += r.failed;

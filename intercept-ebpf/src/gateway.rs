@@ -43,7 +43,10 @@ use intercept_common::{
 use crate::{
     events::Abort,
     frame::Pkt,
-    maps::{CONFIG, GW_PORTS, GW_PROGS, GW_ROLE, GW_SERVER_OPTS, HALF_OPEN, HELD, SECRETS, SPLICE},
+    maps::{
+        CONFIG, GW_PORTS, GW_PROGS, GW_ROLE, GW_SERVER_OPTS, GW_SOURCES, HALF_OPEN, HELD, SECRETS,
+        SPLICE, WATCH,
+    },
     scope,
     stats::{aborted, count, drop, pass},
 };
@@ -552,11 +555,31 @@ fn open(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
     };
     // SAFETY: this CPU's scratch.
     let s = unsafe { &mut *s };
+    // What its address holds already (see `intercept_common::maps::GW_SOURCES`).
+    let held = GW_SOURCES.get_ptr_mut(splice::source_bucket(&key.saddr));
+    let limit = WATCH.get(0).map_or(0, |w| w.splices_per_source);
+    let at_limit = match held {
+        // SAFETY: a valid map value (read racing other CPUs' adds: at worst a few over).
+        Some(n) if limit != 0 => (unsafe { *n }) >= limit,
+        _ => false,
+    };
+    if at_limit {
+        return refuse(ctx, ip, &flow, tcp.ack_seq, Counter::GwSourceLimit);
+    }
     match SPLICE.insert(&key, &s.entry, u64::from(BPF_NOEXIST)) {
         Ok(()) => {}
         // Another CPU opened it with the same ACK's duplicate: that one sends the SYN.
         Err(e) if e == EEXIST => return drop(Counter::GwHeldLost),
-        Err(_) => return refuse(ctx, ip, &flow, tcp.ack_seq),
+        Err(_) => return refuse(ctx, ip, &flow, tcp.ack_seq, Counter::GwTableFull),
+    }
+    if let Some(n) = held {
+        // SAFETY: a valid map value, added to atomically (other CPUs add to it too; the BPF
+        // target's atomic types have no fetch_add, see main.rs).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                n, 1,
+            )
+        };
     }
     if tcp.payload_len > 0 {
         hold(ctx, ip, tcp, &key);
@@ -679,10 +702,10 @@ fn to_syn(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e: &Spl
     FORWARD
 }
 
-/// Refuses a proven client whose splice the full table has no room for: its ACK becomes a RST
-/// back to it.
+/// Refuses a proven client whose splice the full table has no room for, or whose address holds
+/// its share of it (`counter` says which): its ACK becomes a RST back to it.
 #[inline(always)]
-fn refuse(ctx: &XdpContext, ip: &Ip, flow: &Flow, ack_seq: u32) -> u32 {
+fn refuse(ctx: &XdpContext, ip: &Ip, flow: &Flow, ack_seq: u32, counter: Counter) -> u32 {
     let Some(s) = GW_SCRATCH.get_ptr_mut(0) else {
         return aborted(Abort::Gateway, 0);
     };
@@ -693,7 +716,7 @@ fn refuse(ctx: &XdpContext, ip: &Ip, flow: &Flow, ack_seq: u32) -> u32 {
     if !write_segment(ctx, ip.l3_off, seg, true) {
         return aborted(Abort::Gateway, 0);
     }
-    count(Counter::GwTableFull);
+    count(counter);
     xdp_action::XDP_TX
 }
 

@@ -1,7 +1,7 @@
 //! Maps of the data path. Names match `intercept_common::maps`; the controller pins them under
 //! the interface's bpffs directory and writes the configuration ones.
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
@@ -13,9 +13,9 @@ use intercept_common::{
     cookie::Secrets,
     handshake::{SynAck, SynRequest},
     maps::{
-        CLOSING_ENTRIES, CounterBlock, GW_PORTS_ENTRIES, GW_SERVER_OPTS_ENTRIES, HALF_OPEN_ENTRIES,
-        HELD_ENTRIES, PROVEN_SLOTS, SCOPE_ENTRIES, SOCKET_BUCKETS, SOCKET_ENTRIES, SPLICE_ENTRIES,
-        TIME_WAIT_BUCKETS, TIME_WAIT_ENTRIES,
+        CLOSING_ENTRIES, CounterBlock, GW_PORTS_ENTRIES, GW_SERVER_OPTS_ENTRIES, GW_SOURCE_BUCKETS,
+        HALF_OPEN_ENTRIES, HELD_ENTRIES, PROVEN_SLOTS, SCOPE_ENTRIES, SOCKET_BUCKETS,
+        SOCKET_ENTRIES, SPLICE_ENTRIES, TIME_WAIT_BUCKETS, TIME_WAIT_ENTRIES,
     },
     splice::{Held, ServerKey, ServerOpts, Splice},
 };
@@ -160,6 +160,11 @@ pub static SPLICE: HashMap<FlowKey, Splice> = HashMap::with_max_entries(SPLICE_E
 #[map(name = "HELD")]
 pub static HELD: HashMap<FlowKey, Held> =
     HashMap::with_max_entries(HELD_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Splices held per bucket of client addresses (see `intercept_common::maps::GW_SOURCES`);
+/// mmapable, so the controller sets the buckets in place.
+#[map(name = "GW_SOURCES")]
+pub static GW_SOURCES: Array<u32> = Array::with_max_entries(GW_SOURCE_BUCKETS, BPF_F_MMAPABLE);
 
 /// The options each protected server refuses (see `intercept_common::maps::GW_SERVER_OPTS`).
 #[map(name = "GW_SERVER_OPTS")]

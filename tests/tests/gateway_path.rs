@@ -722,6 +722,94 @@ fn a_full_splice_table_refuses_proven_clients_with_a_reset() {
     });
 }
 
+/// One client address holds at most `splices_per_source` splices: past it, a proven client is
+/// refused with a RST and nothing reaches the server, while another address gets through; once
+/// the controller's sweep finds one of its splices gone, it gets one again.
+#[test]
+fn one_address_holds_at_most_its_splices() {
+    require_root("one_address_holds_at_most_its_splices");
+    in_lab(|mut gw| {
+        {
+            let mut w: aya::maps::Array<&mut MapData, intercept_common::config::Watch> =
+                aya::maps::Array::try_from(gw.obj.ebpf.map_mut("WATCH").expect("WATCH"))
+                    .expect("array");
+            let mut v = w.get(&0, 0).expect("watch");
+            v.splices_per_source = 2;
+            w.set(0, &v, 0).expect("set");
+        }
+        let server: IpAddr = "198.18.0.1".parse().unwrap();
+        // A cookie handshake from `client`:`port`: the verdict on its ACK and the frame sent.
+        let handshake = |gw: &Gw, client: IpAddr, port: u16| {
+            let mut syn = seg(client, server, port, 80, tcp_flags::SYN, 700, 0);
+            syn.options = linux_syn_options(1460, 7000, 7);
+            let (_, out) = gw.run(&frame(&syn), 0);
+            let sa = parse(&out);
+            let mut ack = seg(
+                client,
+                server,
+                port,
+                80,
+                tcp_flags::ACK,
+                701,
+                sa.tcp.seq.wrapping_add(1),
+            );
+            ack.options = ts(7001, sa.opts.tsval);
+            let (v, out) = gw.run(&frame(&ack), 0);
+            (v, parse(&out), sa.tcp.seq)
+        };
+        let (a, b): (IpAddr, IpAddr) =
+            ("198.18.0.2".parse().unwrap(), "198.18.0.3".parse().unwrap());
+        for port in [45000, 45001] {
+            let (v, out, _) = handshake(&gw, a, port);
+            assert_eq!(v, XDP_PASS, "splice {port} of the limit's 2");
+            assert_eq!(
+                (out.dst, out.tcp.flags),
+                (server, tcp_flags::SYN),
+                "to the server"
+            );
+        }
+        let before = gw.obj.counters();
+        let (v, out, cookie) = handshake(&gw, a, 45002);
+        assert_eq!(
+            v, XDP_TX,
+            "a third splice of one address is refused back to it"
+        );
+        assert!(deltas(&before, &gw.obj.counters()).contains(&(Counter::GwSourceLimit, 1)));
+        assert_eq!(
+            (out.dst, out.tcp.flags, out.tcp.seq),
+            (a, tcp_flags::RST, cookie.wrapping_add(1))
+        );
+        assert!(gw.splice(&flow(a, server, 45002)).is_none(), "nothing kept");
+        let (v, out, _) = handshake(&gw, b, 45002);
+        assert_eq!(
+            (v, out.tcp.flags),
+            (XDP_PASS, tcp_flags::SYN),
+            "another address"
+        );
+        // One of the first address's splices ends and is freed; the sweep gives it back.
+        {
+            let mut t: HashMap<&mut MapData, FlowKey, Splice> =
+                HashMap::try_from(gw.obj.ebpf.map_mut(SPLICE).expect("SPLICE")).expect("hash");
+            t.remove(&FlowKey::of(&flow(a, server, 45000)))
+                .expect("free");
+        }
+        let data = |name: &str| match gw.obj.ebpf.map(name) {
+            Some(aya::maps::Map::HashMap(d) | aya::maps::Map::Array(d)) => d,
+            _ => panic!("{name}: unexpected map type"),
+        };
+        let entries: Vec<(FlowKey, Splice)> =
+            intercept_ctl::batch::entries(data(SPLICE)).expect("entries");
+        let counts =
+            intercept_ctl::gateway::SourceCounts::of(data(intercept_common::maps::GW_SOURCES))
+                .expect("mmap");
+        counts.set_from(&entries);
+        assert_eq!(counts.at_limit(2), 0, "{entries:?}");
+        assert_eq!(counts.at_limit(1), 2, "each address holds one");
+        let (v, out, _) = handshake(&gw, a, 45003);
+        assert_eq!((v, out.tcp.flags), (XDP_PASS, tcp_flags::SYN), "given back");
+    });
+}
+
 /// Watch mode on the gateway: a client's RST, whatever its number, does not untrack a
 /// half-open handshake (only the server knows whether it ended it; the watch timeout resets
 /// what is left on both ends).

@@ -176,6 +176,8 @@ fn gateway(
     let by_state = intercept_ctl::gateway::count_by_state(&splice)?;
     let fwd = intercept_ctl::sysctl::forwarding();
     let refusing = intercept_ctl::gateway::refusing_servers(iface, netns, monotonic_ns())?;
+    let limit = WatchMaps::open(iface, netns)?.watch()?.splices_per_source;
+    let at_limit = intercept_ctl::gateway::SourceCounts::open(iface, netns)?.at_limit(limit);
     Ok(serde_json::json!({
         "server_interface": server.name,
         "forwarding": server.forward.name(),
@@ -184,6 +186,9 @@ fn gateway(
         "splice_entries": by_state.values().sum::<u64>(),
         "splice_by_state": by_state,
         "forwarding_off": fwd.off,
+        "splices_per_source": limit,
+        // Buckets of client addresses holding the limit (refused until some of theirs end).
+        "sources_at_limit": at_limit,
         // Servers whose clients are not offered the options they refuse (at most 64 shown).
         "servers_refusing_options": refusing.len(),
         "refused_options": refusing.into_iter().take(64).collect::<std::collections::BTreeMap<_, _>>(),

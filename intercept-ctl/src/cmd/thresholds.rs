@@ -38,6 +38,11 @@ pub struct Args {
     /// Length of the "one-minute" window in seconds (default 60; shorten only for labs and tests).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=600))]
     pub rate_window: Option<u32>,
+    /// Gateway mode: the most spliced connections one client address (an IPv4 address, an IPv6
+    /// /64) may hold; a proven client past it is refused with a RST. 0: no limit (default 4096,
+    /// a 16th of the table).
+    #[arg(long)]
+    pub splices_per_source: Option<u32>,
 }
 
 pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
@@ -58,6 +63,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
     w.one_minute_high = a.one_minute_high.unwrap_or(w.one_minute_high);
     w.one_minute_low = a.one_minute_low.unwrap_or(w.one_minute_low);
     w.rate_window_s = a.rate_window.unwrap_or(w.rate_window_s);
+    w.splices_per_source = a.splices_per_source.unwrap_or(w.splices_per_source);
     ensure!(
         w.max_incomplete_low <= w.max_incomplete_high,
         "max-incomplete low ({}) is above high ({}): the low mark must not exceed the high one",
@@ -84,6 +90,7 @@ pub fn run(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
         "one_minute": { "high": w.one_minute_high, "low": w.one_minute_low },
         "rate_window_s": w.rate_window_s,
         "drop_mode": drop_mode,
+        "splices_per_source": w.splices_per_source,
     });
     if ctx.json {
         print_json(&v);
