@@ -628,13 +628,19 @@ fn watch_mode_resets_timed_out_half_open_on_both_sides() {
         &timeout.to_string(),
     ]);
     let _d = Daemon::start(t.gw(), t.gw_if());
-    // A connection through watch mode completes as it would without the gateway.
+    // A connection through watch mode completes as it would without the gateway, and a
+    // client sending its request right after connect() retransmits nothing.
     for v6 in [false, true] {
         let mut c = t
             .lab
             .connect(t.target(v6), scaled(Duration::from_secs(3)))
             .unwrap_or_else(|e| panic!("connect through watch mode: {e:#}"));
         ping(&mut c, "watched");
+        let r = t
+            .lab
+            .requests(t.target(v6), Shape::One, 20, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("requests through watch mode: {e:#}"));
+        assert_requests("through the gateway in watch mode", t.target(v6), &r, 20);
     }
     // The server's SYN-ACKs never reach the client: the client stays in SYN-SENT (retrying its
     // SYN for two minutes), the server holds a half-open handshake per client.
@@ -760,6 +766,17 @@ fn auto_mode_switches_on_a_flood_through_the_gateway() {
         }
     };
     assert_eq!(status()["active_mode"], "watch");
+    // What a client sees in each state: every request answered, none retransmitted.
+    let requests = |what: &str| {
+        for v6 in [false, true] {
+            let r = t
+                .lab
+                .requests(t.target(v6), Shape::One, 20, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("requests {what}: {e:#}"));
+            assert_requests(what, t.target(v6), &r, 20);
+        }
+    };
+    requests("through auto mode, calm (watching)");
     let before = t.stats();
     // 600 spoofed SYNs at 300/s: the server answers each (watch), half-open past 50.
     let sender = t.lab.raw_sender().expect("raw sender");
@@ -796,6 +813,7 @@ fn auto_mode_switches_on_a_flood_through_the_gateway() {
         .connect(t.target(false), scaled(Duration::from_secs(3)))
         .expect("connect during the flood");
     ping(&mut c, "spliced while aggressive");
+    requests("through auto mode during the flood (intercepting)");
     let sent = flooder.join().expect("flood thread");
     let d = t.stats().delta(&before);
     assert!(
@@ -819,4 +837,5 @@ fn auto_mode_switches_on_a_flood_through_the_gateway() {
     );
     // The connection spliced in intercept mode goes on in watch mode.
     ping(&mut c, "spliced, after the switch back");
+    requests("through auto mode after the flood (watching)");
 }
