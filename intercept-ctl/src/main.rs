@@ -106,10 +106,13 @@ fn main() -> ExitCode {
             netns: cli.netns.as_deref(),
         };
         // The verbs that read or write an attachment wait for an attach or detach in progress
-        // (the daemon's re-attach replaces the pins) and hold the next off until they are done.
-        // The rest take the attach lock themselves, at their moments.
+        // (the daemon's re-attach replaces the pins) and hold the next off until they are done
+        // (a moment: none of them waits for anything else meanwhile). The rest take the attach
+        // lock themselves, at their moments.
         let _attaches_held_off = match &cli.cmd {
             Command::Attach(_) | Command::Detach(_) | Command::Run(_) | Command::Lab(_) => None,
+            // It runs until stopped: it holds them off for each read instead.
+            Command::Stats(a) if a.watch => None,
             _ => intercept_ctl::loader::wait_for_attaches()?,
         };
         match &cli.cmd {

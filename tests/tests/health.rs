@@ -527,3 +527,41 @@ fn verbs_wait_for_an_attach_in_progress() {
     assert_eq!(v["exempt_entries"], 1, "the exempt entry was written: {v}");
     assert_eq!(v["watch"]["timeout_s"], 9, "{v}");
 }
+
+/// `stats --watch` runs until stopped: it must not hold attaches and detaches off meanwhile (a
+/// daemon re-attaching, an operator detaching). Before, it held the pin root's lock for its
+/// whole life, and `detach` waited for it to end.
+#[test]
+fn a_running_stats_watch_holds_no_detach_off() {
+    require_root("a_running_stats_watch_holds_no_detach_off");
+    let t = InterceptLab::echoing(PORT);
+    let mut watch = std::process::Command::new(intercept_tests::ctl_bin())
+        .args(["--netns", t.srv(), "stats", t.srv_if(), "--watch"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn stats --watch");
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut detach = std::process::Command::new(intercept_tests::ctl_bin())
+        .args(["--netns", t.srv(), "detach", t.srv_if()])
+        .spawn()
+        .expect("spawn detach");
+    let start = Instant::now();
+    let done = loop {
+        if let Some(st) = detach.try_wait().expect("try_wait") {
+            break Some(st);
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = watch.kill();
+    let _ = watch.wait();
+    if done.is_none() {
+        let _ = detach.kill();
+        let _ = detach.wait();
+    }
+    let st = done.expect("detach did not finish within 5 s of a running stats --watch");
+    assert!(st.success(), "detach: {st}");
+}

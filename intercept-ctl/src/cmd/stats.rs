@@ -38,12 +38,18 @@ pub fn print_table(c: &Counters) {
 
 /// `stats --watch`: every counter with its per-second rate, once a second.
 fn watch(ctx: &Ctx, a: &Args) -> anyhow::Result<()> {
-    let mut prev = read_pinned(&a.iface, ctx.netns)?;
+    // Each read waits for an attach or detach in progress, and holds the next off only while
+    // it reads: held for the whole watch, it would hold them off until Ctrl-C.
+    let read = || {
+        let _held = intercept_ctl::loader::wait_for_attaches()?;
+        read_pinned(&a.iface, ctx.netns)
+    };
+    let mut prev = read()?;
     let mut last = std::time::Instant::now();
     let mut n = 0;
     while a.count.is_none_or(|c| n < c) {
         std::thread::sleep(std::time::Duration::from_secs(1));
-        let now = read_pinned(&a.iface, ctx.netns)?;
+        let now = read()?;
         let dt = last.elapsed().as_secs_f64();
         last = std::time::Instant::now();
         if ctx.json {
