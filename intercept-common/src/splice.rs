@@ -535,30 +535,37 @@ pub mod refused {
 /// SACK-permitted (`sack`) and a window scale (`wscale`) or not; `old` what was known before.
 /// An option the SYN did not offer says nothing of the server: its bit stays as it was. An
 /// option the server takes up again (its configuration changed) is no longer refused.
+///
+/// SACK and window scaling left out are taken for refusals only when the SYN offered
+/// timestamps: a Linux server answering with a SYN cookie (`tcp_syncookies=2`, or a full SYN
+/// queue) has nowhere to keep them without timestamps and leaves them out for that one SYN
+/// (`tcp_conn_request`), and one client without timestamps would otherwise take SACK and window
+/// scaling from every client of that server.
 #[inline(always)]
 #[must_use]
 pub const fn learn_refused(old: u32, e: &Splice, ts: bool, sack: bool, wscale: bool) -> u32 {
-    let mut offered = 0;
+    let with_ts = e.flags & splice_flags::TS != 0;
+    let mut judged = 0;
     let mut out = 0;
-    if e.flags & splice_flags::TS != 0 {
-        offered |= refused::TIMESTAMPS;
+    if with_ts {
+        judged |= refused::TIMESTAMPS;
         if !ts {
             out |= refused::TIMESTAMPS;
         }
     }
-    if e.sack != 0 {
-        offered |= refused::SACK;
+    if e.sack != 0 && (with_ts || sack) {
+        judged |= refused::SACK;
         if !sack {
             out |= refused::SACK;
         }
     }
-    if e.client_wscale != WSCALE_NONE {
-        offered |= refused::WSCALE;
+    if e.client_wscale != WSCALE_NONE && (with_ts || wscale) {
+        judged |= refused::WSCALE;
         if !wscale {
             out |= refused::WSCALE;
         }
     }
-    (old & !offered) | out
+    (old & !judged) | out
 }
 
 /// Leaves out of a client's SYN options what its server refuses (`refused` bits), before the
@@ -906,13 +913,26 @@ mod tests {
             client_wscale: WSCALE_NONE,
             ..Splice::default()
         };
+        // Without timestamps, SACK or window scaling left out may be a SYN cookie's doing:
+        // not learned; taken up, they are.
         assert_eq!(
             learn_refused(TIMESTAMPS | WSCALE, &only_sack, false, false, false),
-            TIMESTAMPS | SACK | WSCALE
+            TIMESTAMPS | WSCALE
         );
         assert_eq!(
             learn_refused(TIMESTAMPS | SACK, &only_sack, false, true, false),
             TIMESTAMPS
+        );
+        let no_ts = Splice {
+            sack: 1,
+            client_wscale: 7,
+            ..Splice::default()
+        };
+        assert_eq!(learn_refused(0, &no_ts, false, false, false), 0);
+        assert_eq!(learn_refused(SACK | WSCALE, &no_ts, false, true, true), 0);
+        assert_eq!(
+            learn_refused(SACK | WSCALE, &no_ts, false, false, true),
+            SACK
         );
     }
 

@@ -443,6 +443,55 @@ fn a_server_refusing_every_option_is_spliced_intact() {
     }
 }
 
+/// A server answering with SYN cookies leaves SACK and window scaling out of its SYN-ACK to a
+/// SYN without timestamps (it has nowhere else to keep them): that is no refusal, and the next
+/// client, with timestamps, is still offered both (review finding: one client without
+/// timestamps took them from every client of the server for 10 minutes).
+#[test]
+fn a_server_answering_with_syn_cookies_teaches_no_refusal() {
+    require_root("a_server_answering_with_syn_cookies_teaches_no_refusal");
+    let _turn = turn();
+    let t = GatewayTest::echoing(PORT, &[]);
+    t.lab
+        .server
+        .exec("sysctl", &["-qw", "net.ipv4.tcp_syncookies=2"])
+        .expect("sysctl");
+    for v6 in [false, true] {
+        let target = t.target(v6);
+        let connect = |what: &str| {
+            let mut c = t
+                .lab
+                .connect(target, scaled(Duration::from_secs(3)))
+                .unwrap_or_else(|e| panic!("{what}: connect to {target}: {e:#}"));
+            ping(&mut c, what);
+            TcpInfo::of(&c).expect("TCP_INFO")
+        };
+        t.lab
+            .client
+            .exec("sysctl", &["-qw", "net.ipv4.tcp_timestamps=0"])
+            .expect("sysctl");
+        let without = connect("a client without timestamps");
+        t.lab
+            .client
+            .exec("sysctl", &["-qw", "net.ipv4.tcp_timestamps=1"])
+            .expect("sysctl");
+        let with = connect("a client with timestamps");
+        assert_eq!(
+            with.options & 7,
+            TcpInfo::TIMESTAMPS | TcpInfo::SACK | TcpInfo::WSCALE,
+            "{target}: the client after one without timestamps (options {without:?}) lost an \
+             option: {with:?}"
+        );
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&t.ctl(&["--json", "status", t.gw_if()])).expect("status JSON");
+    assert_eq!(
+        status["gateway"]["refused_options"],
+        serde_json::json!({}),
+        "{status}"
+    );
+}
+
 /// `--forward redirect`: the gateway forwards what it translates itself (route lookup and XDP
 /// redirect), and the transfers are as intact (the lab's veths would choose the kernel's path).
 #[test]
