@@ -481,8 +481,13 @@ const SYN_TTL: u8 = 64;
 
 /// The SYNs sent again so far per splice still waiting for its server, kept by the daemon
 /// across [`resend_syns`] passes.
+/// Keyed by flow and creation time: a new splice of a reused 4-tuple starts from none.
 #[derive(Debug, Default)]
-pub struct SynResends(std::collections::HashMap<FlowKey, u32>);
+pub struct SynResends(std::collections::HashMap<(FlowKey, u64), u32>);
+
+/// The most SYNs one pass of [`resend_syns`] sends (the rest wait for the next pass, a second
+/// later): a full table of unanswered splices must not stall the daemon's tick.
+pub const RESENDS_PER_PASS: u64 = 4_096;
 
 /// What [`resend_syns`] did in one pass.
 #[derive(Debug, Default)]
@@ -512,11 +517,14 @@ pub fn resend_syns(
         .iter()
         .filter(|(_, e)| e.state == splice::SYN_SENT)
         .collect();
-    let keys: HashSet<FlowKey> = waiting.iter().map(|(k, _)| *k).collect();
+    let keys: HashSet<(FlowKey, u64)> = waiting.iter().map(|(k, e)| (*k, e.created_ns)).collect();
     resent.0.retain(|k, _| keys.contains(k));
     let mut r = Resent::default();
     for &(key, e) in waiting {
-        let n = resent.0.entry(key).or_default();
+        if r.sent + r.failed >= RESENDS_PER_PASS {
+            break;
+        }
+        let n = resent.0.entry((key, e.created_ns)).or_default();
         if !syn_resend_due(now_ns.saturating_sub(e.created_ns), *n) {
             continue;
         }

@@ -856,6 +856,8 @@ fn server_options(ctx: &XdpContext, tcp_off: usize, hdr_len: usize) -> u32 {
         };
     }
     o.sack_perm = w.sack_perm != 0;
+    // Options the walk did not reach may be there: nothing is learned from them.
+    o.malformed = !w.complete;
     let ts = launder(w.ts);
     if ts != 0
         && let Some(p) = pkt.span::<10>(tcp_off + ts)
@@ -974,6 +976,9 @@ fn learn_server(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e
     let Some(o) = GW_SCRATCH.get(0).map(|s| s.opts) else {
         return;
     };
+    if o.malformed {
+        return;
+    }
     // The SYN-ACK's flow is the server's: its source.
     let Some(f) = flow_of(&Pkt::new(ctx), ip, tcp) else {
         return;
@@ -981,17 +986,12 @@ fn learn_server(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp, e
     let key = ServerKey::of(&f.reversed());
     let now = crate::clock::now_ns();
     // SAFETY: read-only lookup.
-    let old = unsafe { GW_SERVER_OPTS.get(&key) }.map(|v| v.refused_at(now));
-    let new = splice::learn_refused(
-        old.unwrap_or(0),
-        e,
-        o.ts_ok,
-        o.sack_perm,
-        o.wscale != WSCALE_NONE,
-    );
-    // Written only when it changes or expired: a refusal is never renewed by a SYN-ACK to a SYN
-    // that did not offer the option (see `SERVER_OPTS_TTL_NS`).
-    if old != Some(new) {
+    let old = unsafe { GW_SERVER_OPTS.get(&key) }.map_or(0, |v| v.refused_at(now));
+    let new = splice::learn_refused(old, e, o.ts_ok, o.sack_perm, o.wscale != WSCALE_NONE);
+    // Written only when it changes or expired (and not at all for a server refusing nothing): a
+    // refusal is never renewed by a SYN-ACK to a SYN that did not offer the option (see
+    // `SERVER_OPTS_TTL_NS`).
+    if old != new {
         let v = ServerOpts {
             refused: new,
             pad: 0,
@@ -1404,6 +1404,9 @@ struct Offsets {
     wscale: usize,
     /// The SACK-permitted option.
     sack_perm: usize,
+    /// The walk reached the end of the options (their last byte or an end-of-list), within
+    /// its hops: an option it did not find is absent.
+    complete: bool,
 }
 
 /// Walks the options of the TCP header at `tcp_off` (`hdr_len` long) and says where the ones
@@ -1419,6 +1422,7 @@ fn walk(pkt: &Pkt<XdpContext>, tcp_off: usize, hdr_len: usize) -> Offsets {
     while n < tcpopt::MAX_OPTIONS {
         n += 1;
         if rel >= hdr_len {
+            w.complete = true;
             break;
         }
         // Kind and length in one read: a one-byte read's bounds check compiles to a comparison
@@ -1428,6 +1432,7 @@ fn walk(pkt: &Pkt<XdpContext>, tcp_off: usize, hdr_len: usize) -> Offsets {
             break;
         };
         if kind == 0 {
+            w.complete = true;
             break;
         }
         if kind == 1 {
@@ -1676,7 +1681,14 @@ fn resize(ctx: &XdpContext, l3_off: usize, delta: i32) -> bool {
         return false;
     }
     // SAFETY: LINK_MAX bytes of `link` into the grown frame; the helper checks its bounds.
-    unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, link.as_mut_ptr().cast(), LINK_MAX as u32) == 0 }
+    if unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, link.as_mut_ptr().cast(), LINK_MAX as u32) } == 0 {
+        return true;
+    }
+    // Cannot happen (the frame grew past LINK_MAX); if it did, nothing was written: the head
+    // goes back, the frame as it was, as "false" promises.
+    // SAFETY: as above.
+    let _ = unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) };
+    false
 }
 
 /// Stores the first `N` words of `src` at `off`.

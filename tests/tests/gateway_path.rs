@@ -810,6 +810,93 @@ fn one_address_holds_at_most_its_splices() {
     });
 }
 
+/// What a server's SYN-ACK refused is learned only from options walked to their end: a SYN-ACK
+/// whose options hide past the walk's hops (NOP padding) teaches nothing, while one that plainly
+/// leaves SACK out is learned (review finding: the padded one was taken as refusing all three,
+/// for every client of the server for 10 minutes).
+#[test]
+fn only_options_walked_to_their_end_are_learned() {
+    require_root("only_options_walked_to_their_end_are_learned");
+    in_lab(|gw| {
+        let (client, server): (IpAddr, IpAddr) =
+            ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
+        // A client's handshake to `port`, then the server's SYN-ACK with `options`.
+        let answer = |port: u16, options: Vec<u8>| {
+            let mut syn = seg(client, server, 46000, port, tcp_flags::SYN, 900, 0);
+            syn.options = linux_syn_options(1460, 7000, 7);
+            let sa = parse(&gw.run(&frame(&syn), 0).1);
+            let mut ack = seg(
+                client,
+                server,
+                46000,
+                port,
+                tcp_flags::ACK,
+                901,
+                sa.tcp.seq.wrapping_add(1),
+            );
+            ack.options = ts(7001, sa.opts.tsval);
+            assert_eq!(gw.run(&frame(&ack), 0).0, XDP_PASS, "the SYN to the server");
+            let mut s = seg(
+                server,
+                client,
+                port,
+                46000,
+                tcp_flags::SYN | tcp_flags::ACK,
+                0x5000_0000,
+                901,
+            );
+            s.options = options;
+            assert_eq!(
+                gw.run(&frame(&s), SERVER_SIDE).0,
+                XDP_TX,
+                "the handshake's ACK"
+            );
+        };
+        let learned = |port: u16| {
+            let m: HashMap<
+                &MapData,
+                intercept_common::splice::ServerKey,
+                intercept_common::splice::ServerOpts,
+            > = HashMap::try_from(
+                gw.obj
+                    .ebpf
+                    .map(intercept_common::maps::GW_SERVER_OPTS)
+                    .expect("map"),
+            )
+            .expect("hash");
+            m.get(
+                &intercept_common::splice::ServerKey {
+                    addr: intercept_common::cookie::words_of(server),
+                    port,
+                    pad: 0,
+                },
+                0,
+            )
+            .ok()
+            .map(|v| v.refused)
+        };
+        // MSS, SACK-permitted, timestamps, window scale: behind 12 NOPs, past the walk's hops.
+        let mut padded = vec![1u8; 12];
+        padded.extend_from_slice(&[2, 4, 0x05, 0xb4, 4, 2, 8, 10]);
+        padded.extend_from_slice(&9000u32.to_be_bytes());
+        padded.extend_from_slice(&7001u32.to_be_bytes());
+        padded.extend_from_slice(&[1, 3, 3, 9]);
+        answer(81, padded);
+        assert_eq!(
+            learned(81).unwrap_or(0),
+            0,
+            "nothing learned from a padded SYN-ACK"
+        );
+        // MSS, timestamps, window scale, no SACK-permitted: SACK refused.
+        let mut no_sack = vec![2, 4, 0x05, 0xb4, 1, 1, 8, 10];
+        no_sack.extend_from_slice(&9000u32.to_be_bytes());
+        no_sack.extend_from_slice(&7001u32.to_be_bytes());
+        no_sack.extend_from_slice(&[1, 3, 3, 9]);
+        answer(82, no_sack);
+        assert_eq!(learned(82), Some(intercept_common::splice::refused::SACK));
+    });
+}
+
 /// Watch mode on the gateway: a client's RST, whatever its number, does not untrack a
 /// half-open handshake (only the server knows whether it ended it; the watch timeout resets
 /// what is left on both ends).
