@@ -110,6 +110,34 @@ impl Gw {
             HashMap::try_from(self.obj.ebpf.map(SPLICE).expect("SPLICE")).expect("hash");
         m.get(&FlowKey::of(flow), 0).ok()
     }
+
+    /// A client's cookie handshake (Linux's SYN options, ISN `isn`, then the ACK with
+    /// timestamps) from `client`:`sport` to `server`:`dport`: the verdict on the ACK, the frame
+    /// it made, and our cookie ISN.
+    fn handshake(
+        &self,
+        client: IpAddr,
+        server: IpAddr,
+        sport: u16,
+        dport: u16,
+        isn: u32,
+    ) -> (u32, Seg, u32) {
+        let mut syn = seg(client, server, sport, dport, tcp_flags::SYN, isn, 0);
+        syn.options = linux_syn_options(1460, 7000, 7);
+        let sa = parse(&self.run(&frame(&syn), 0).1);
+        let mut ack = seg(
+            client,
+            server,
+            sport,
+            dport,
+            tcp_flags::ACK,
+            isn + 1,
+            sa.tcp.seq.wrapping_add(1),
+        );
+        ack.options = ts(7001, sa.opts.tsval);
+        let (v, out) = self.run(&frame(&ack), 0);
+        (v, parse(&out), sa.tcp.seq)
+    }
 }
 
 /// A parsed output frame.
@@ -692,32 +720,17 @@ fn a_full_splice_table_refuses_proven_clients_with_a_reset() {
         }
         let (client, server): (IpAddr, IpAddr) =
             ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
-        let mut syn = seg(client, server, 43000, 80, tcp_flags::SYN, 500, 0);
-        syn.options = linux_syn_options(1460, 7000, 7);
-        let (_, out) = gw.run(&frame(&syn), 0);
-        let sa = parse(&out);
-        let mut ack = seg(
-            client,
-            server,
-            43000,
-            80,
-            tcp_flags::ACK,
-            501,
-            sa.tcp.seq.wrapping_add(1),
-        );
-        ack.options = ts(7001, sa.opts.tsval);
         let before = gw.obj.counters();
-        let (v, out) = gw.run(&frame(&ack), 0);
+        let (v, r, cookie) = gw.handshake(client, server, 43000, 80, 500);
         assert_eq!(v, XDP_TX, "refused back to the client");
         assert!(deltas(&before, &gw.obj.counters()).contains(&(Counter::GwTableFull, 1)));
-        let r = parse(&out);
         assert_eq!(
             (r.src, r.dst, r.tcp.sport, r.tcp.dport),
             (server, client, 80, 43000)
         );
         assert_eq!(
             (r.tcp.flags, r.tcp.seq),
-            (tcp_flags::RST, sa.tcp.seq.wrapping_add(1))
+            (tcp_flags::RST, cookie.wrapping_add(1))
         );
     });
 }
@@ -738,25 +751,8 @@ fn one_address_holds_at_most_its_splices() {
             w.set(0, &v, 0).expect("set");
         }
         let server: IpAddr = "198.18.0.1".parse().unwrap();
-        // A cookie handshake from `client`:`port`: the verdict on its ACK and the frame sent.
-        let handshake = |gw: &Gw, client: IpAddr, port: u16| {
-            let mut syn = seg(client, server, port, 80, tcp_flags::SYN, 700, 0);
-            syn.options = linux_syn_options(1460, 7000, 7);
-            let (_, out) = gw.run(&frame(&syn), 0);
-            let sa = parse(&out);
-            let mut ack = seg(
-                client,
-                server,
-                port,
-                80,
-                tcp_flags::ACK,
-                701,
-                sa.tcp.seq.wrapping_add(1),
-            );
-            ack.options = ts(7001, sa.opts.tsval);
-            let (v, out) = gw.run(&frame(&ack), 0);
-            (v, parse(&out), sa.tcp.seq)
-        };
+        let handshake =
+            |gw: &Gw, client: IpAddr, port: u16| gw.handshake(client, server, port, 80, 700);
         let (a, b): (IpAddr, IpAddr) =
             ("198.18.0.2".parse().unwrap(), "198.18.0.3".parse().unwrap());
         for port in [45000, 45001] {
@@ -822,20 +818,8 @@ fn only_options_walked_to_their_end_are_learned() {
             ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
         // A client's handshake to `port`, then the server's SYN-ACK with `options`.
         let answer = |port: u16, options: Vec<u8>| {
-            let mut syn = seg(client, server, 46000, port, tcp_flags::SYN, 900, 0);
-            syn.options = linux_syn_options(1460, 7000, 7);
-            let sa = parse(&gw.run(&frame(&syn), 0).1);
-            let mut ack = seg(
-                client,
-                server,
-                46000,
-                port,
-                tcp_flags::ACK,
-                901,
-                sa.tcp.seq.wrapping_add(1),
-            );
-            ack.options = ts(7001, sa.opts.tsval);
-            assert_eq!(gw.run(&frame(&ack), 0).0, XDP_PASS, "the SYN to the server");
+            let (v, _, _) = gw.handshake(client, server, 46000, port, 900);
+            assert_eq!(v, XDP_PASS, "the SYN to the server");
             let mut s = seg(
                 server,
                 client,

@@ -132,14 +132,17 @@ const KERNEL_COOKIE_TESTS: [&str; 21] = [
 /// Not auto switching: under TCG its switch took from under 6 s to 9.8 s in runs of the same
 /// code, a figure of the emulation's load, not of the product (it passes there on its own:
 /// `./x vm-test -- a_flood_switches_auto`).
-const VM_CI_TESTS: [&str; 6] = [
+const VM_CI_TESTS: [&str; 8] = [
     "kernel_cookie_engine",
     "without_a_handoff_engine",
     "legitimate_clients_get_through",
     "half_open_connections_are_counted",
-    // Gateway mode: its stages load and splice on 6.1's verifier too.
+    // Gateway mode: its stages load and splice on 6.1's verifier too, the per-source limit's
+    // atomic add and the option learning included.
     "a_splice_translates_every_number_both_ways",
     "blind_resets_and_spoofed_handshakes_change_no_state",
+    "one_address_holds_at_most_its_splices",
+    "only_options_walked_to_their_end_are_learned",
 ];
 
 /// `./x vm-test`: the test binaries, built here, run with `args` in a guest booting `kernel`.
