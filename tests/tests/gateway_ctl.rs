@@ -100,6 +100,15 @@ fn gateway_attach_status_sweep_detach() {
     assert_eq!(v["gateway"]["server_link_attached"], true, "{v}");
     assert_eq!(v["gateway"]["splice_entries"], 0, "{v}");
     assert_eq!(v["health"]["server"]["interface"], "xg2", "{v}");
+    // Without `run`, nothing frees splices: said, with the command to run.
+    let warned = format!("run `intercept-ctl --netns {} run xg0`", ns.name());
+    assert!(
+        v["limitations"].as_array().is_some_and(|l| l
+            .iter()
+            .any(|x| x.as_str().is_some_and(|x| x.contains(&warned)))),
+        "{v}"
+    );
+    assert!(stderr(&o).contains(&warned), "{}", stderr(&o));
 
     // The configuration says gateway; the sweep frees a lingered closed splice and keeps a
     // fresh open one, counting what it freed.

@@ -212,5 +212,24 @@ fn limitations(pins: &PinDir, iface: &str, netns: Option<&str>) -> Vec<String> {
             c.get(intercept_common::Counter::SynOwnWindow)
         ));
     }
+    if intercept_ctl::gateway::ServerIface::read(pins).is_some()
+        && !intercept_ctl::daemon_running(iface, netns)
+    {
+        out.push(format!(
+            "no controller runs for this gateway: its spliced connections are never freed, SYNs \
+             unanswered by a server are not sent again, and once a client address holds its \
+             splices_per_source (or the table its {}) proven clients are refused; run `{}`",
+            intercept_common::maps::SPLICE_ENTRIES,
+            run_command(iface, netns)
+        ));
+    }
     out
+}
+
+/// The command that runs the controller for `iface`.
+fn run_command(iface: &str, netns: Option<&str>) -> String {
+    match netns {
+        Some(ns) => format!("intercept-ctl --netns {ns} run {iface}"),
+        None => format!("intercept-ctl run {iface}"),
+    }
 }
