@@ -987,6 +987,7 @@ mod pod {
     unsafe impl aya::Pod for super::ScopeValue {}
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for crate::cookie::Secrets {}
+    unsafe impl aya::Pod for crate::cookie::Key {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::HalfOpen {}
     unsafe impl aya::Pod for crate::splice::Splice {}

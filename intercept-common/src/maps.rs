@@ -101,15 +101,19 @@ pub const HELD: &str = "HELD";
 /// Capacity of [`HELD`]: a segment finding it full is left to the client's retransmission
 /// (`gw_held_lost`).
 pub const HELD_ENTRIES: u32 = 4_096;
-/// `Array<u32>` (mmapable): per bucket of client addresses (see
-/// [`crate::splice::source_bucket`]), the splices they hold. The data path adds one for each it
-/// opens and refuses a proven client whose bucket holds `Watch::splices_per_source` already
-/// (with a RST, `gw_source_limit`); the controller sets every bucket to what the table holds at
-/// each sweep (once a second), so the splices it or the data path freed are given back. Without
-/// it, one client address could fill [`SPLICE`] by completing handshakes and going quiet.
+/// `Array<u64>` (mmapable; 8-byte values, the kernel's array stride): per bucket of client
+/// addresses (see [`crate::splice::source_bucket`]), the splices they hold. The data path adds
+/// one for each it opens and refuses a proven client whose bucket holds
+/// `Watch::splices_per_source` already (with a RST, `gw_source_limit`); the controller brings
+/// every bucket to what the table holds at each sweep (once a second, keeping what was added
+/// meanwhile), so the splices it or the data path freed are given back. Without it, one client
+/// address could fill [`SPLICE`] by completing handshakes and going quiet.
 pub const GW_SOURCES: &str = "GW_SOURCES";
 /// Buckets of [`GW_SOURCES`] (a power of two).
 pub const GW_SOURCE_BUCKETS: u32 = 65_536;
+/// `Array<Key>` of one: the attachment's random key of [`crate::splice::source_bucket`],
+/// written at attach (never rotated: the buckets would move).
+pub const GW_SOURCE_KEY: &str = "GW_SOURCE_KEY";
 /// The default of `Watch::splices_per_source`: one client address may hold a 16th of the table.
 pub const GW_SPLICES_PER_SOURCE: u32 = SPLICE_ENTRIES / 16;
 /// `LruHashMap<ServerKey, ServerOpts>`: per protected server (address and port), the options

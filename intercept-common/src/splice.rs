@@ -58,6 +58,9 @@ pub mod splice_flags {
     /// The server's SYN-ACK came and its numbers are recorded (`seq_delta`, `ts_delta`,
     /// `server_wscale`): set once, by the first one.
     pub const ANSWERED: u32 = 32;
+    /// Opened by the gateway for a proven client (not learned): counted against its address
+    /// (see [`crate::maps::GW_SOURCES`]).
+    pub const OPENED: u32 = 64;
 }
 
 /// A spliced connection ([`crate::maps::SPLICE`], keyed by the client-to-server [`FlowKey`]).
@@ -434,29 +437,28 @@ fn finish_segment(flow: &Flow, v6: bool, mut tcp: [u32; 10], len: u32, ttl: u8, 
 }
 
 /// The [`crate::maps::GW_SOURCES`] bucket of a client address (host-order words, IPv4-mapped
-/// for IPv4): its IPv4 address, or its IPv6 /64 (what one host is given), mixed (the SplitMix64
-/// finalizer) so neighbouring addresses spread over the buckets.
+/// for IPv4): its IPv4 address, or its IPv6 /64 (what one host is given), hashed with the
+/// attachment's own `key` (SipHash-2-4, [`crate::maps::GW_SOURCE_KEY`]), so no one can choose
+/// addresses that share a victim's bucket.
 #[inline(always)]
 #[must_use]
-pub const fn source_bucket(addr: &[u32; 4]) -> u32 {
+pub fn source_bucket(addr: &[u32; 4], key: &crate::cookie::Key) -> u32 {
     let v4 = addr[0] == 0 && addr[1] == 0 && addr[2] == 0xffff;
-    let mut h = if v4 {
-        1 << 32 | addr[3] as u64
+    let word = if v4 {
+        1 << 32 | u64::from(addr[3])
     } else {
-        (addr[0] as u64) << 32 | addr[1] as u64
+        u64::from(addr[0]) << 32 | u64::from(addr[1])
     };
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^= h >> 31;
-    (h as u32) & (crate::maps::GW_SOURCE_BUCKETS - 1)
+    (crate::cookie::siphash24(key, &[word], 0, 0) as u32) & (crate::maps::GW_SOURCE_BUCKETS - 1)
 }
 
 /// Whether an entry counts against its client's [`crate::maps::GW_SOURCES`] bucket: one the
-/// gateway opened for a proven client (a learned [`PASSTHROUGH`] flow does not).
+/// gateway opened for a proven client ([`splice_flags::OPENED`]; a learned flow does not, even
+/// once closed).
 #[inline(always)]
 #[must_use]
 pub const fn counts_against_source(e: &Splice) -> bool {
-    e.state != PASSTHROUGH
+    e.flags & splice_flags::OPENED != 0
 }
 
 /// Key of [`crate::maps::GW_SERVER_OPTS`]: a protected server's address (IPv4-mapped for IPv4)
@@ -978,17 +980,31 @@ mod tests {
     }
 
     #[test]
-    fn a_source_is_an_ipv4_address_or_an_ipv6_slash_64() {
-        use crate::cookie::words_of;
-        let b = |a: &str| source_bucket(&words_of(a.parse().unwrap()));
-        assert_eq!(b("2001:db8:1:2::1"), b("2001:db8:1:2:ffff::9"), "one /64");
-        assert_ne!(b("2001:db8:1:2::1"), b("2001:db8:1:3::1"));
-        assert_ne!(b("198.18.0.1"), b("198.18.0.2"));
+    fn a_source_is_an_ipv4_address_or_an_ipv6_slash_64_in_a_keyed_bucket() {
+        use crate::cookie::{Key, words_of};
+        let key = Key { k: [1, 2] };
+        let b = |a: &str, key: &Key| source_bucket(&words_of(a.parse().unwrap()), key);
+        assert_eq!(
+            b("2001:db8:1:2::1", &key),
+            b("2001:db8:1:2:ffff::9", &key),
+            "one /64"
+        );
+        assert_ne!(b("2001:db8:1:2::1", &key), b("2001:db8:1:3::1", &key));
+        assert_ne!(b("198.18.0.1", &key), b("198.18.0.2", &key));
+        // Another attachment's key puts the same addresses elsewhere.
+        let other = Key { k: [3, 4] };
+        let moved = (0..64u32)
+            .filter(|i| {
+                let a = std::net::Ipv4Addr::from(0xc612_0000 + i).to_string();
+                b(&a, &key) != b(&a, &other)
+            })
+            .count();
+        assert!(moved > 60, "{moved} of 64 moved");
         // Neighbouring addresses spread: 4,096 consecutive IPv4 addresses over many buckets.
         let mut seen = std::collections::HashSet::new();
         for i in 0..4096u32 {
             let a = std::net::Ipv4Addr::from(0xc612_0000 + i);
-            let k = source_bucket(&words_of(a.into()));
+            let k = source_bucket(&words_of(a.into()), &key);
             assert!(k < crate::maps::GW_SOURCE_BUCKETS);
             seen.insert(k);
         }

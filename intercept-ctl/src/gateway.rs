@@ -318,25 +318,43 @@ pub fn sweep_kept(
 }
 
 /// The `GW_SOURCES` array of an attachment (splices held per bucket of client addresses, see
-/// `intercept_common::maps::GW_SOURCES`), mapped into this process: the data path adds to its
-/// buckets atomically, and [`SourceCounts::set_from`] sets each one to what the table holds.
+/// `intercept_common::maps::GW_SOURCES`), mapped into this process, with the attachment's
+/// bucket key: the data path adds to its buckets atomically, and [`SourceCounts::set_from`]
+/// brings each one to what the table holds.
 #[derive(Debug)]
 pub struct SourceCounts {
-    cells: std::ptr::NonNull<std::sync::atomic::AtomicU32>,
+    cells: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    key: intercept_common::cookie::Key,
 }
 
 // SAFETY: the mapping is shared memory of atomic cells, valid until drop; nothing else refers
 // to it in this process.
 unsafe impl Send for SourceCounts {}
 
-/// Bytes of the `GW_SOURCES` mapping.
-const SOURCES_LEN: usize = maps::GW_SOURCE_BUCKETS as usize * 4;
+/// `BPF_F_MMAPABLE` (include/uapi/linux/bpf.h).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Bytes of the `GW_SOURCES` mapping: the kernel spaces an array's values 8 bytes apart.
+const SOURCES_LEN: usize = maps::GW_SOURCE_BUCKETS as usize * 8;
+
+/// Writes a fresh random bucket key into the attachment's `GW_SOURCE_KEY` (at attach).
+///
+/// # Errors
+/// The map cannot be opened or written, or getrandom fails.
+pub fn write_source_key(pins: &PinDir) -> anyhow::Result<()> {
+    let data = MapData::from_pin(pins.map(maps::GW_SOURCE_KEY))
+        .map_err(|e| explain(e.into(), &format!("open map {}", maps::GW_SOURCE_KEY)))?;
+    let mut a: aya::maps::Array<MapData, intercept_common::cookie::Key> =
+        aya::maps::Array::try_from(Map::Array(data))?;
+    a.set(0, &crate::control::random_key()?, 0)
+        .context("write GW_SOURCE_KEY")
+}
 
 impl SourceCounts {
-    /// Maps the pinned `GW_SOURCES` of the attachment of `iface`.
+    /// Maps the pinned `GW_SOURCES` of the attachment of `iface`, and reads its key.
     ///
     /// # Errors
-    /// [`CtlError::NotAttached`] if it has none; the kernel refusing the mapping.
+    /// [`CtlError::NotAttached`] if it has none; as [`SourceCounts::of`].
     pub fn open(iface: &str, netns: Option<&str>) -> anyhow::Result<SourceCounts> {
         let pins = PinDir::new(netns, iface);
         let path = pins.map(maps::GW_SOURCES);
@@ -347,17 +365,35 @@ impl SourceCounts {
             }
             .into());
         }
-        let data = MapData::from_pin(&path)
-            .map_err(|e| explain(e.into(), &format!("open map {}", maps::GW_SOURCES)))?;
-        SourceCounts::of(&data)
+        let open = |name: &str| {
+            MapData::from_pin(pins.map(name))
+                .map_err(|e| explain(e.into(), &format!("open map {name}")))
+        };
+        let keys: aya::maps::Array<MapData, intercept_common::cookie::Key> =
+            aya::maps::Array::try_from(Map::Array(open(maps::GW_SOURCE_KEY)?))?;
+        SourceCounts::of(&open(maps::GW_SOURCES)?, keys.get(&0, 0)?)
     }
 
-    /// Maps `data`, a `GW_SOURCES` map (the mapping outlives the descriptor).
+    /// Maps `data`, a `GW_SOURCES` map (the mapping outlives the descriptor), whose buckets
+    /// `key` hashes.
     ///
     /// # Errors
-    /// The kernel refusing the mapping (not an mmapable array of the size expected).
-    pub fn of(data: &MapData) -> anyhow::Result<SourceCounts> {
+    /// A map of another build (not an mmapable array of 65,536 8-byte values: detach and attach
+    /// again), or the kernel refusing the mapping.
+    pub fn of(data: &MapData, key: intercept_common::cookie::Key) -> anyhow::Result<SourceCounts> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
+        let info = data.info().context("describe GW_SOURCES")?;
+        anyhow::ensure!(
+            info.map_flags() & BPF_F_MMAPABLE != 0
+                && info.value_size() == 8
+                && info.max_entries() == maps::GW_SOURCE_BUCKETS,
+            "{} of this attachment was made by another build of intercept-ctl (flags {:#x}, \
+             {}-byte values, {} entries): detach and attach again",
+            maps::GW_SOURCES,
+            info.map_flags(),
+            info.value_size(),
+            info.max_entries()
+        );
         // SAFETY: a new shared mapping of the map's fd; the kernel checks the length against the
         // map (an mmapable array of SOURCES_LEN bytes, a whole number of pages).
         let p = unsafe {
@@ -376,27 +412,44 @@ impl SourceCounts {
         }
         let cells = std::ptr::NonNull::new(p.cast())
             .with_context(|| format!("map {} into memory: a null mapping", maps::GW_SOURCES))?;
-        Ok(SourceCounts { cells })
+        Ok(SourceCounts { cells, key })
     }
 
-    fn cells(&self) -> &[std::sync::atomic::AtomicU32] {
-        // SAFETY: SOURCES_LEN bytes of 4-byte cells, mapped until drop.
+    fn cells(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: SOURCES_LEN bytes of 8-byte cells, mapped until drop.
         unsafe { std::slice::from_raw_parts(self.cells.as_ptr(), maps::GW_SOURCE_BUCKETS as usize) }
     }
 
-    /// Sets every bucket to the splices `entries` (the whole table) hold against it, giving
-    /// back what was freed since. (A splice the data path opens meanwhile may be counted once
-    /// less until the next sweep: the limit holds within a few.)
-    pub fn set_from(&self, entries: &[(FlowKey, Splice)]) {
-        let mut counts = vec![0u32; maps::GW_SOURCE_BUCKETS as usize];
+    /// The bucket of a client address (see `intercept_common::splice::source_bucket`).
+    #[must_use]
+    pub fn bucket(&self, addr: &[u32; 4]) -> u32 {
+        splice::source_bucket(addr, &self.key)
+    }
+
+    /// Every bucket now: taken before the table is read for [`SourceCounts::set_from`].
+    #[must_use]
+    pub fn snapshot(&self) -> Vec<u64> {
+        self.cells()
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Brings every bucket to the splices `entries` (the whole table, read after `before` was
+    /// taken) hold against it, giving back what was freed, by adding the difference: what the
+    /// data path added meanwhile stays (a splice opened between the snapshot and the read is
+    /// counted twice until the next sweep: the count errs high, never low).
+    pub fn set_from(&self, before: &[u64], entries: &[(FlowKey, Splice)]) {
+        let mut counts = vec![0u64; maps::GW_SOURCE_BUCKETS as usize];
         for (k, e) in entries {
             if splice::counts_against_source(e) {
-                counts[splice::source_bucket(&k.saddr) as usize] += 1;
+                counts[self.bucket(&k.saddr) as usize] += 1;
             }
         }
-        for (cell, n) in self.cells().iter().zip(counts) {
-            if cell.load(std::sync::atomic::Ordering::Relaxed) != n {
-                cell.store(n, std::sync::atomic::Ordering::Relaxed);
+        for ((cell, n), was) in self.cells().iter().zip(counts).zip(before) {
+            let d = n.wrapping_sub(*was);
+            if d != 0 {
+                cell.fetch_add(d, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
@@ -409,7 +462,7 @@ impl SourceCounts {
         }
         self.cells()
             .iter()
-            .filter(|c| c.load(std::sync::atomic::Ordering::Relaxed) >= limit)
+            .filter(|c| c.load(std::sync::atomic::Ordering::Relaxed) >= u64::from(limit))
             .count()
     }
 }
@@ -428,9 +481,11 @@ impl Drop for SourceCounts {
 /// Not a gateway's attachment, or bpf() failure.
 pub fn sweep_pinned(iface: &str, netns: Option<&str>) -> anyhow::Result<u64> {
     let mut splice = open_splice(iface, netns)?;
+    let sources = SourceCounts::open(iface, netns)?;
+    let before = sources.snapshot();
     let (freed, kept) = sweep_kept(&mut splice, crate::watchctl::monotonic_ns())?;
     sweep_held(&mut open_held(iface, netns)?, &splice)?;
-    SourceCounts::open(iface, netns)?.set_from(&kept);
+    sources.set_from(&before, &kept);
     crate::watchctl::WatchMaps::open(iface, netns)?
         .bump(intercept_common::Counter::GwFreed, freed)?;
     Ok(freed)

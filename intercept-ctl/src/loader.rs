@@ -555,6 +555,7 @@ fn attach_and_pin(
         crate::engine::record(pins, engine)?;
         configure(iface, netns, initial, mode)?;
         crate::gateway::write_roles(pins, ifindex, server)?;
+        crate::gateway::write_source_key(pins)?;
         crate::faults::kill_point("attach:configured");
         crate::faults::fail_point("attach:configure")?;
         return attach_gateway_links(ebpf, iface, ifindex, server, mode, pins);

@@ -538,10 +538,11 @@ impl Watcher {
         t.victims_closed = dropped;
         if now.saturating_sub(gw.last_sweep) >= SWEEP_EVERY_NS {
             gw.last_sweep = now;
+            let before = gw.sources.snapshot();
             let (freed, kept) = crate::gateway::sweep_kept(&mut gw.splice, now)?;
             t.freed = freed;
             crate::gateway::sweep_held(&mut gw.held, &gw.splice)?;
-            gw.sources.set_from(&kept);
+            gw.sources.set_from(&before, &kept);
             let r = crate::gateway::resend_syns(&kept, &mut gw.resent, &mut gw.sender, now);
             t.syn_resent = r.sent;
             t.reset_failures += r.failed;

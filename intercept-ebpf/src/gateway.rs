@@ -44,8 +44,8 @@ use crate::{
     events::Abort,
     frame::Pkt,
     maps::{
-        CONFIG, GW_PORTS, GW_PROGS, GW_ROLE, GW_SERVER_OPTS, GW_SOURCES, HALF_OPEN, HELD, SECRETS,
-        SPLICE, WATCH,
+        CONFIG, GW_PORTS, GW_PROGS, GW_ROLE, GW_SERVER_OPTS, GW_SOURCE_KEY, GW_SOURCES, HALF_OPEN,
+        HELD, SECRETS, SPLICE, WATCH,
     },
     scope,
     stats::{aborted, count, drop, pass},
@@ -67,6 +67,9 @@ pub struct GwScratch {
     op: u32,
     /// A client's TSval and TSecr (see [`client_timestamps`]).
     ts: [u32; 2],
+    /// The `GW_SOURCES` bucket of the proven client `entry` is for (hashed in `gw_cookie`,
+    /// where the hashing fits: `gw_open`'s stack is full).
+    bucket: u32,
 }
 
 /// See [`GwScratch`].
@@ -500,6 +503,12 @@ fn cookie_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
             e.client_window = tcp.window;
             e.client_acked = tcp.seq;
             e.server_acked = 0;
+            e.flags |= splice_flags::OPENED;
+            let bucket = GW_SOURCE_KEY
+                .get(0)
+                .map_or(0, |k| splice::source_bucket(&flow.saddr, k));
+            // SAFETY: this CPU's scratch.
+            unsafe { (*s).bucket = bucket };
             OPEN_NEW
         }
         Err(_) if strict => drop(Counter::AckBadMac),
@@ -556,8 +565,8 @@ fn open(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
     // SAFETY: this CPU's scratch.
     let s = unsafe { &mut *s };
     // What its address holds already (see `intercept_common::maps::GW_SOURCES`).
-    let held = GW_SOURCES.get_ptr_mut(splice::source_bucket(&key.saddr));
-    let limit = WATCH.get(0).map_or(0, |w| w.splices_per_source);
+    let held = GW_SOURCES.get_ptr_mut(s.bucket);
+    let limit = WATCH.get(0).map_or(0, |w| u64::from(w.splices_per_source));
     let at_limit = match held {
         // SAFETY: a valid map value (read racing other CPUs' adds: at worst a few over).
         Some(n) if limit != 0 => (unsafe { *n }) >= limit,
@@ -576,7 +585,7 @@ fn open(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
         // SAFETY: a valid map value, added to atomically (other CPUs add to it too; the BPF
         // target's atomic types have no fetch_add, see main.rs).
         unsafe {
-            core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
                 n, 1,
             )
         };
@@ -1456,6 +1465,11 @@ fn walk(pkt: &Pkt<XdpContext>, tcp_off: usize, hdr_len: usize) -> Offsets {
             w.sack_perm = rel;
         }
         rel = launder(rel + len);
+    }
+    // The last hop may end the options exactly (or leave one trailing NOP byte, which a
+    // two-byte read cannot take).
+    if rel + 1 >= hdr_len {
+        w.complete = true;
     }
     w
 }

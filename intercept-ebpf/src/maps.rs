@@ -164,7 +164,11 @@ pub static HELD: HashMap<FlowKey, Held> =
 /// Splices held per bucket of client addresses (see `intercept_common::maps::GW_SOURCES`);
 /// mmapable, so the controller sets the buckets in place.
 #[map(name = "GW_SOURCES")]
-pub static GW_SOURCES: Array<u32> = Array::with_max_entries(GW_SOURCE_BUCKETS, BPF_F_MMAPABLE);
+pub static GW_SOURCES: Array<u64> = Array::with_max_entries(GW_SOURCE_BUCKETS, BPF_F_MMAPABLE);
+
+/// The key of the buckets of [`GW_SOURCES`] (see `intercept_common::maps::GW_SOURCE_KEY`).
+#[map(name = "GW_SOURCE_KEY")]
+pub static GW_SOURCE_KEY: Array<intercept_common::cookie::Key> = Array::with_max_entries(1, 0);
 
 /// The options each protected server refuses (see `intercept_common::maps::GW_SERVER_OPTS`).
 #[map(name = "GW_SERVER_OPTS")]

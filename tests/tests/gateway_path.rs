@@ -742,6 +742,8 @@ fn a_full_splice_table_refuses_proven_clients_with_a_reset() {
 fn one_address_holds_at_most_its_splices() {
     require_root("one_address_holds_at_most_its_splices");
     in_lab(|mut gw| {
+        use intercept_common::cookie::{Key, words_of};
+        let key = Key { k: [7, 9] };
         {
             let mut w: aya::maps::Array<&mut MapData, intercept_common::config::Watch> =
                 aya::maps::Array::try_from(gw.obj.ebpf.map_mut("WATCH").expect("WATCH"))
@@ -749,12 +751,38 @@ fn one_address_holds_at_most_its_splices() {
             let mut v = w.get(&0, 0).expect("watch");
             v.splices_per_source = 2;
             w.set(0, &v, 0).expect("set");
+            let mut k: aya::maps::Array<&mut MapData, Key> = aya::maps::Array::try_from(
+                gw.obj
+                    .ebpf
+                    .map_mut(intercept_common::maps::GW_SOURCE_KEY)
+                    .expect("GW_SOURCE_KEY"),
+            )
+            .expect("array");
+            k.set(0, &key, 0).expect("key");
         }
         let server: IpAddr = "198.18.0.1".parse().unwrap();
         let handshake =
             |gw: &Gw, client: IpAddr, port: u16| gw.handshake(client, server, port, 80, 700);
-        let (a, b): (IpAddr, IpAddr) =
-            ("198.18.0.2".parse().unwrap(), "198.18.0.3".parse().unwrap());
+        let bucket = |ip: IpAddr| intercept_common::splice::source_bucket(&words_of(ip), &key);
+        // `a` in the upper half of the buckets (a mapping of the wrong stride never reaches
+        // them), `b` another address.
+        let a: IpAddr = (2..250u8)
+            .map(|i| IpAddr::from([198, 18, 0, i]))
+            .find(|&ip| bucket(ip) >= intercept_common::maps::GW_SOURCE_BUCKETS / 2)
+            .expect("an address in the upper half");
+        let b: IpAddr = "198.18.1.3".parse().unwrap();
+        assert_ne!(bucket(a), bucket(b));
+        // The data path's own view of a bucket (the kernel's array, not the controller's map).
+        let held = |gw: &Gw, ip: IpAddr| {
+            let m: aya::maps::Array<&MapData, u64> = aya::maps::Array::try_from(
+                gw.obj
+                    .ebpf
+                    .map(intercept_common::maps::GW_SOURCES)
+                    .expect("GW_SOURCES"),
+            )
+            .expect("array");
+            m.get(&bucket(ip), 0).expect("bucket")
+        };
         for port in [45000, 45001] {
             let (v, out, _) = handshake(&gw, a, port);
             assert_eq!(v, XDP_PASS, "splice {port} of the limit's 2");
@@ -764,44 +792,58 @@ fn one_address_holds_at_most_its_splices() {
                 "to the server"
             );
         }
-        let before = gw.obj.counters();
-        let (v, out, cookie) = handshake(&gw, a, 45002);
-        assert_eq!(
-            v, XDP_TX,
-            "a third splice of one address is refused back to it"
-        );
-        assert!(deltas(&before, &gw.obj.counters()).contains(&(Counter::GwSourceLimit, 1)));
-        assert_eq!(
-            (out.dst, out.tcp.flags, out.tcp.seq),
-            (a, tcp_flags::RST, cookie.wrapping_add(1))
-        );
-        assert!(gw.splice(&flow(a, server, 45002)).is_none(), "nothing kept");
+        assert_eq!(held(&gw, a), 2);
+        let refused = |gw: &Gw, port: u16| {
+            let before = gw.obj.counters();
+            let (v, out, cookie) = handshake(gw, a, port);
+            assert_eq!(
+                v, XDP_TX,
+                "a third splice of one address is refused back to it"
+            );
+            assert!(deltas(&before, &gw.obj.counters()).contains(&(Counter::GwSourceLimit, 1)));
+            assert_eq!(
+                (out.dst, out.tcp.flags, out.tcp.seq),
+                (a, tcp_flags::RST, cookie.wrapping_add(1))
+            );
+            assert!(gw.splice(&flow(a, server, port)).is_none(), "nothing kept");
+        };
+        refused(&gw, 45002);
         let (v, out, _) = handshake(&gw, b, 45002);
         assert_eq!(
             (v, out.tcp.flags),
             (XDP_PASS, tcp_flags::SYN),
             "another address"
         );
-        // One of the first address's splices ends and is freed; the sweep gives it back.
+        // The controller's sweep, reading the table, leaves the buckets as they are when
+        // nothing was freed ...
+        let sweep = |gw: &Gw| {
+            let data = |name: &str| match gw.obj.ebpf.map(name) {
+                Some(aya::maps::Map::HashMap(d) | aya::maps::Map::Array(d)) => d,
+                _ => panic!("{name}: unexpected map type"),
+            };
+            let counts = intercept_ctl::gateway::SourceCounts::of(
+                data(intercept_common::maps::GW_SOURCES),
+                key,
+            )
+            .expect("mmap");
+            let before = counts.snapshot();
+            let entries: Vec<(FlowKey, Splice)> =
+                intercept_ctl::batch::entries(data(SPLICE)).expect("entries");
+            counts.set_from(&before, &entries);
+        };
+        sweep(&gw);
+        assert_eq!((held(&gw, a), held(&gw, b)), (2, 1));
+        refused(&gw, 45003);
+        // ... and gives back what was freed.
         {
             let mut t: HashMap<&mut MapData, FlowKey, Splice> =
                 HashMap::try_from(gw.obj.ebpf.map_mut(SPLICE).expect("SPLICE")).expect("hash");
             t.remove(&FlowKey::of(&flow(a, server, 45000)))
                 .expect("free");
         }
-        let data = |name: &str| match gw.obj.ebpf.map(name) {
-            Some(aya::maps::Map::HashMap(d) | aya::maps::Map::Array(d)) => d,
-            _ => panic!("{name}: unexpected map type"),
-        };
-        let entries: Vec<(FlowKey, Splice)> =
-            intercept_ctl::batch::entries(data(SPLICE)).expect("entries");
-        let counts =
-            intercept_ctl::gateway::SourceCounts::of(data(intercept_common::maps::GW_SOURCES))
-                .expect("mmap");
-        counts.set_from(&entries);
-        assert_eq!(counts.at_limit(2), 0, "{entries:?}");
-        assert_eq!(counts.at_limit(1), 2, "each address holds one");
-        let (v, out, _) = handshake(&gw, a, 45003);
+        sweep(&gw);
+        assert_eq!((held(&gw, a), held(&gw, b)), (1, 1));
+        let (v, out, _) = handshake(&gw, a, 45004);
         assert_eq!((v, out.tcp.flags), (XDP_PASS, tcp_flags::SYN), "given back");
     });
 }
