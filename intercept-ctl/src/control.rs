@@ -180,16 +180,22 @@ impl Maps {
         }
         let d = pins.path();
         Ok(Maps {
-            config: Array::try_from(Map::Array(open(d, maps::CONFIG)?))?,
-            secrets: Array::try_from(Map::Array(open(d, maps::SECRETS)?))?,
+            config: Array::try_from(Map::Array(open(d, maps::CONFIG)?))
+                .map_err(|e| crate::errors::other_build(e, maps::CONFIG))?,
+            secrets: Array::try_from(Map::Array(open(d, maps::SECRETS)?))
+                .map_err(|e| crate::errors::other_build(e, maps::SECRETS))?,
             scope: LpmTrie::try_from(Map::LpmTrie(open(d, maps::SCOPE)?))?,
             scope_hosts: HashMap::try_from(Map::HashMap(open(d, maps::SCOPE_HOSTS)?))?,
-            scope_list: Array::try_from(Map::Array(open(d, maps::SCOPE_LIST)?))?,
-            exempt_list: Array::try_from(Map::Array(open(d, maps::EXEMPT_LIST)?))?,
+            scope_list: Array::try_from(Map::Array(open(d, maps::SCOPE_LIST)?))
+                .map_err(|e| crate::errors::other_build(e, maps::SCOPE_LIST))?,
+            exempt_list: Array::try_from(Map::Array(open(d, maps::EXEMPT_LIST)?))
+                .map_err(|e| crate::errors::other_build(e, maps::EXEMPT_LIST))?,
             exempt: LpmTrie::try_from(Map::LpmTrie(open(d, maps::EXEMPT)?))?,
-            info: Array::try_from(Map::Array(open(d, maps::INFO)?))?,
+            info: Array::try_from(Map::Array(open(d, maps::INFO)?))
+                .map_err(|e| crate::errors::other_build(e, maps::INFO))?,
             sockets: HashMap::try_from(Map::HashMap(open(d, maps::SOCKETS)?))?,
-            socket_table: Array::try_from(Map::Array(open(d, maps::SOCKET_TABLE)?))?,
+            socket_table: Array::try_from(Map::Array(open(d, maps::SOCKET_TABLE)?))
+                .map_err(|e| crate::errors::other_build(e, maps::SOCKET_TABLE))?,
             pinned: Some((pins.clone(), iface.to_owned())),
             engine: crate::engine::recorded(&pins),
         })

@@ -183,6 +183,22 @@ pub enum CtlError {
     UnknownNetns(String),
 }
 
+/// A pinned map whose values are not this build's size (`map`: its name): the attachment was
+/// made by another build of intercept-ctl, whose maps this one cannot read or write. Says so,
+/// and what to do; any other error is returned as it was.
+#[must_use]
+pub fn other_build(err: aya::maps::MapError, map: &str) -> anyhow::Error {
+    // aya's `size` is this build's, `expected` the pinned map's.
+    if let aya::maps::MapError::InvalidValueSize { size, expected } = err {
+        return anyhow::anyhow!(
+            "map {map} of this attachment holds {expected}-byte values where this build expects \
+             {size}: it was attached by another build of intercept-ctl; detach it and attach \
+             again (with this build)"
+        );
+    }
+    err.into()
+}
+
 /// Turns low-level failures anywhere in `err`'s chain into a [`CtlError`] that says what to do;
 /// other errors are returned unchanged.
 #[must_use]

@@ -91,7 +91,8 @@ pub fn read_pinned(iface: &str, netns: Option<&str>) -> anyhow::Result<Counters>
     }
     let data = MapData::from_pin(&path).map_err(|e| explain(e.into(), "open the counters map"))?;
     let map = Map::PerCpuArray(data);
-    let arr: PerCpuArray<&MapData, CounterBlock> = PerCpuArray::try_from(&map)?;
+    let arr: PerCpuArray<&MapData, CounterBlock> =
+        PerCpuArray::try_from(&map).map_err(|e| crate::errors::other_build(e, maps::COUNTERS))?;
     read_map(&arr)
 }
 

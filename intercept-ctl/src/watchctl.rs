@@ -80,8 +80,10 @@ impl WatchMaps {
             half_open: HashMap::try_from(Map::HashMap(open(&pins, maps::HALF_OPEN)?))?,
             closing: HashMap::try_from(Map::HashMap(open(&pins, maps::CLOSING)?))?,
             closing_gate: Array::try_from(Map::Array(open(&pins, maps::CLOSING_GATE)?))?,
-            watch: Array::try_from(Map::Array(open(&pins, maps::WATCH)?))?,
-            counters: PerCpuArray::try_from(Map::PerCpuArray(open(&pins, maps::COUNTERS)?))?,
+            watch: Array::try_from(Map::Array(open(&pins, maps::WATCH)?))
+                .map_err(|e| crate::errors::other_build(e, maps::WATCH))?,
+            counters: PerCpuArray::try_from(Map::PerCpuArray(open(&pins, maps::COUNTERS)?))
+                .map_err(|e| crate::errors::other_build(e, maps::COUNTERS))?,
             pinned: (pins, iface.to_owned()),
         })
     }

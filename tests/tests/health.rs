@@ -565,3 +565,74 @@ fn a_running_stats_watch_holds_no_detach_off() {
     let st = done.expect("detach did not finish within 5 s of a running stats --watch");
     assert!(st.success(), "detach: {st}");
 }
+
+/// An attachment made by another build, whose maps hold values of another size (a counter or a
+/// knob added since), is said to be one, with what to do, by every verb that reads it, instead
+/// of aya's bare "invalid value size". Stood in for here by re-pinning `WATCH` and `COUNTERS`
+/// as arrays of the size the previous build's were.
+#[test]
+fn an_attachment_of_another_build_says_so() {
+    require_root("an_attachment_of_another_build_says_so");
+    let t = InterceptLab::echoing(PORT);
+    let pins = PinDir::new(Some(t.srv()), t.srv_if());
+    for (name, map_type, value_size) in [
+        (intercept_common::maps::WATCH, 2u32, 48u32),
+        (intercept_common::maps::COUNTERS, 6, 8 * 60),
+    ] {
+        let path = pins.map(name);
+        std::fs::remove_file(&path).expect("unpin");
+        pin_new_array(&path, map_type, value_size);
+    }
+    for verb in [
+        vec!["--json", "status", t.srv_if()],
+        vec!["--json", "stats", t.srv_if()],
+        vec!["thresholds", t.srv_if(), "--watch-timeout", "9"],
+    ] {
+        let mut a = vec!["--netns", t.srv()];
+        a.extend_from_slice(&verb);
+        let o = ctl(&a);
+        assert!(!o.status.success(), "{verb:?} succeeded");
+        assert!(
+            stderr(&o).contains("attached by another build of intercept-ctl")
+                && stderr(&o).contains("detach it and attach again")
+                && stderr(&o).contains("where this build expects"),
+            "{verb:?}: {}",
+            stderr(&o)
+        );
+    }
+    let _ = ctl(&["--netns", t.srv(), "detach", t.srv_if()]);
+}
+
+/// Creates an array map (`map_type` 2: array, 6: per-CPU array) of one `value_size`-byte
+/// value and pins it at `path` (the bpf(2) system call itself: the test needs a map of a size
+/// no object of this build has).
+fn pin_new_array(path: &std::path::Path, map_type: u32, value_size: u32) {
+    use std::os::unix::ffi::OsStrExt as _;
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries, ...
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[map_type, 4, value_size, 1]);
+    // SAFETY: bpf(BPF_MAP_CREATE) with an attribute block of its size, zero past the fields.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            create.as_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    // union bpf_attr for BPF_OBJ_PIN: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut pin = [0u64; 4];
+    pin[0] = c.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: bpf(BPF_OBJ_PIN) with the path and the fd made above.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_ptr(), std::mem::size_of_val(&pin)) };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: our own fd, pinned now.
+    unsafe { libc::close(fd as i32) };
+}
