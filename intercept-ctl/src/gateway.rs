@@ -538,7 +538,12 @@ const SYN_TTL: u8 = 64;
 /// across [`resend_syns`] passes.
 /// Keyed by flow and creation time: a new splice of a reused 4-tuple starts from none.
 #[derive(Debug, Default)]
-pub struct SynResends(std::collections::HashMap<(FlowKey, u64), u32>);
+pub struct SynResends {
+    sent: std::collections::HashMap<(FlowKey, u64), u32>,
+    /// Where the next pass starts among the waiting splices: past the cap, the ones left out
+    /// come first next time.
+    start: usize,
+}
 
 /// The most SYNs one pass of [`resend_syns`] sends (the rest wait for the next pass, a second
 /// later): a full table of unanswered splices must not stall the daemon's tick.
@@ -573,13 +578,26 @@ pub fn resend_syns(
         .filter(|(_, e)| e.state == splice::SYN_SENT)
         .collect();
     let keys: HashSet<(FlowKey, u64)> = waiting.iter().map(|(k, e)| (*k, e.created_ns)).collect();
-    resent.0.retain(|k, _| keys.contains(k));
+    resent.sent.retain(|k, _| keys.contains(k));
     let mut r = Resent::default();
-    for &(key, e) in waiting {
+    let start = if waiting.is_empty() {
+        0
+    } else {
+        resent.start % waiting.len()
+    };
+    resent.start = 0;
+    for (i, &&(key, e)) in waiting
+        .iter()
+        .enumerate()
+        .cycle()
+        .skip(start)
+        .take(waiting.len())
+    {
         if r.sent + r.failed >= RESENDS_PER_PASS {
+            resent.start = i;
             break;
         }
-        let n = resent.0.entry((key, e.created_ns)).or_default();
+        let n = resent.sent.entry((key, e.created_ns)).or_default();
         if !syn_resend_due(now_ns.saturating_sub(e.created_ns), *n) {
             continue;
         }
