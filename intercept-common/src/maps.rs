@@ -109,8 +109,10 @@ pub const HELD_ENTRIES: u32 = 4_096;
 /// meanwhile), so the splices it or the data path freed are given back. Without it, one client
 /// address could fill [`SPLICE`] by completing handshakes and going quiet.
 pub const GW_SOURCES: &str = "GW_SOURCES";
-/// Buckets of [`GW_SOURCES`] (a power of two).
-pub const GW_SOURCE_BUCKETS: u32 = 65_536;
+/// Log2 of [`GW_SOURCE_BUCKETS`].
+pub const GW_SOURCE_BUCKET_BITS: u32 = 16;
+/// Buckets of [`GW_SOURCES`].
+pub const GW_SOURCE_BUCKETS: u32 = 1 << GW_SOURCE_BUCKET_BITS;
 /// `Array<Key>` of one: the attachment's random key of [`crate::splice::source_bucket`],
 /// written at attach (never rotated: the buckets would move).
 pub const GW_SOURCE_KEY: &str = "GW_SOURCE_KEY";

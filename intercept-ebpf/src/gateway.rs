@@ -67,9 +67,6 @@ pub struct GwScratch {
     op: u32,
     /// A client's TSval and TSecr (see [`client_timestamps`]).
     ts: [u32; 2],
-    /// The `GW_SOURCES` bucket of the proven client `entry` is for (hashed in `gw_cookie`,
-    /// where the hashing fits: `gw_open`'s stack is full).
-    bucket: u32,
 }
 
 /// See [`GwScratch`].
@@ -480,7 +477,7 @@ fn cookie_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
                 None => (0, 0, 0),
             };
             e.state = SYN_SENT;
-            e.flags = ts_flag;
+            e.flags = ts_flag | splice_flags::OPENED;
             e.created_ns = now;
             e.last_ns = now;
             e.client_isn = tcp.seq.wrapping_sub(1);
@@ -503,12 +500,6 @@ fn cookie_side(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) ->
             e.client_window = tcp.window;
             e.client_acked = tcp.seq;
             e.server_acked = 0;
-            e.flags |= splice_flags::OPENED;
-            let bucket = GW_SOURCE_KEY
-                .get(0)
-                .map_or(0, |k| splice::source_bucket(&flow.saddr, k));
-            // SAFETY: this CPU's scratch.
-            unsafe { (*s).bucket = bucket };
             OPEN_NEW
         }
         Err(_) if strict => drop(Counter::AckBadMac),
@@ -565,7 +556,10 @@ fn open(ctx: &XdpContext, ip: &Ip, tcp: &intercept_common::parse::Tcp) -> u32 {
     // SAFETY: this CPU's scratch.
     let s = unsafe { &mut *s };
     // What its address holds already (see `intercept_common::maps::GW_SOURCES`).
-    let held = GW_SOURCES.get_ptr_mut(s.bucket);
+    let bucket = GW_SOURCE_KEY
+        .get(0)
+        .map_or(0, |k| splice::source_bucket(&key.saddr, k));
+    let held = GW_SOURCES.get_ptr_mut(bucket);
     let limit = WATCH.get(0).map_or(0, |w| u64::from(w.splices_per_source));
     let at_limit = match held {
         // SAFETY: a valid map value (read racing other CPUs' adds: at worst a few over).

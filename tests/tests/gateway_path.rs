@@ -743,7 +743,9 @@ fn one_address_holds_at_most_its_splices() {
     require_root("one_address_holds_at_most_its_splices");
     in_lab(|mut gw| {
         use intercept_common::cookie::{Key, words_of};
-        let key = Key { k: [7, 9] };
+        let key = Key {
+            k: [0x2545_f491_4f6c_dd1d, 0x9e37_79b9_7f4a_7c15],
+        };
         {
             let mut w: aya::maps::Array<&mut MapData, intercept_common::config::Watch> =
                 aya::maps::Array::try_from(gw.obj.ebpf.map_mut("WATCH").expect("WATCH"))
