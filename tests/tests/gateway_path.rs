@@ -113,7 +113,7 @@ impl Gw {
 
     /// A client's cookie handshake (Linux's SYN options, ISN `isn`, then the ACK with
     /// timestamps) from `client`:`sport` to `server`:`dport`: the verdict on the ACK, the frame
-    /// it made, and our cookie ISN.
+    /// it made, and our SYN-ACK (its ISN is our cookie, its TSval ours).
     fn handshake(
         &self,
         client: IpAddr,
@@ -121,10 +121,12 @@ impl Gw {
         sport: u16,
         dport: u16,
         isn: u32,
-    ) -> (u32, Seg, u32) {
+    ) -> (u32, Seg, Seg) {
         let mut syn = seg(client, server, sport, dport, tcp_flags::SYN, isn, 0);
         syn.options = linux_syn_options(1460, 7000, 7);
-        let sa = parse(&self.run(&frame(&syn), 0).1);
+        let (v, out) = self.run(&frame(&syn), 0);
+        assert_eq!(v, XDP_TX, "SYN answered");
+        let sa = parse(&out);
         let mut ack = seg(
             client,
             server,
@@ -136,7 +138,7 @@ impl Gw {
         );
         ack.options = ts(7001, sa.opts.tsval);
         let (v, out) = self.run(&frame(&ack), 0);
-        (v, parse(&out), sa.tcp.seq)
+        (v, parse(&out), sa)
     }
 }
 
@@ -561,23 +563,9 @@ fn forged_and_refused(gw: &Gw) {
 /// Opens a splice for `client`:`sport` through the cookie handshake and the server's SYN-ACK
 /// (no held data); returns our ISN `k`, our TSval and the server's ISN.
 fn open_one(gw: &Gw, client: IpAddr, server: IpAddr, sport: u16, c_isn: u32) -> (u32, u32, u32) {
-    let mut syn = seg(client, server, sport, 80, tcp_flags::SYN, c_isn, 0);
-    syn.options = linux_syn_options(1460, 7000, 7);
-    let (v, out) = gw.run(&frame(&syn), 0);
-    assert_eq!(v, XDP_TX, "SYN answered");
-    let sa = parse(&out);
+    let (v, _, sa) = gw.handshake(client, server, sport, 80, c_isn);
+    assert_eq!(v, XDP_PASS, "SYN to the server");
     let (k, our_ts) = (sa.tcp.seq, sa.opts.tsval);
-    let mut ack = seg(
-        client,
-        server,
-        sport,
-        80,
-        tcp_flags::ACK,
-        c_isn + 1,
-        k.wrapping_add(1),
-    );
-    ack.options = ts(7001, our_ts);
-    assert_eq!(gw.run(&frame(&ack), 0).0, XDP_PASS, "SYN to the server");
     let s_isn = 0x5000_0000;
     let mut good = seg(
         server,
@@ -721,7 +709,8 @@ fn a_full_splice_table_refuses_proven_clients_with_a_reset() {
         let (client, server): (IpAddr, IpAddr) =
             ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
         let before = gw.obj.counters();
-        let (v, r, cookie) = gw.handshake(client, server, 43000, 80, 500);
+        let (v, r, sa) = gw.handshake(client, server, 43000, 80, 500);
+        let cookie = sa.tcp.seq;
         assert_eq!(v, XDP_TX, "refused back to the client");
         assert!(deltas(&before, &gw.obj.counters()).contains(&(Counter::GwTableFull, 1)));
         assert_eq!(
@@ -797,7 +786,8 @@ fn one_address_holds_at_most_its_splices() {
         assert_eq!(held(&gw, a), 2);
         let refused = |gw: &Gw, port: u16| {
             let before = gw.obj.counters();
-            let (v, out, cookie) = handshake(gw, a, port);
+            let (v, out, sa) = handshake(gw, a, port);
+            let cookie = sa.tcp.seq;
             assert_eq!(
                 v, XDP_TX,
                 "a third splice of one address is refused back to it"
@@ -993,21 +983,9 @@ fn only_the_clients_first_bytes_are_held() {
         let (client, server): (IpAddr, IpAddr) =
             ("198.18.0.2".parse().unwrap(), "198.18.0.1".parse().unwrap());
         let c_isn = 0x7000;
-        let mut syn = seg(client, server, 45000, 80, tcp_flags::SYN, c_isn, 0);
-        syn.options = linux_syn_options(1460, 7000, 7);
-        let sa = parse(&gw.run(&frame(&syn), 0).1);
+        let (v, _, sa) = gw.handshake(client, server, 45000, 80, c_isn);
+        assert_eq!(v, XDP_PASS, "SYN to the server");
         let k = sa.tcp.seq;
-        let mut ack = seg(
-            client,
-            server,
-            45000,
-            80,
-            tcp_flags::ACK,
-            c_isn + 1,
-            k.wrapping_add(1),
-        );
-        ack.options = ts(7001, sa.opts.tsval);
-        assert_eq!(gw.run(&frame(&ack), 0).0, XDP_PASS, "SYN to the server");
         for (what, seq, ack_seq) in [
             ("past the first byte", c_isn + 1001, k.wrapping_add(1)),
             (
